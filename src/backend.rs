@@ -1,0 +1,80 @@
+//! The interface the training loop, evaluation and benchmarks use, so they
+//! run unchanged on the CPU and the GPU.
+
+use crate::error::Result;
+use crate::model::Mlp;
+
+/// Training loss and accuracy summed over the steps run since the last
+/// [`Backend::take_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepStats {
+    /// Sum of per-example cross-entropy losses.
+    pub loss_sum: f64,
+    /// Examples whose arg-max matched the label.
+    pub correct: u64,
+    /// Examples seen.
+    pub examples: u64,
+    /// Steps run.
+    pub steps: u64,
+}
+
+impl StepStats {
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.examples.max(1) as f64
+    }
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.examples.max(1) as f64
+    }
+}
+
+/// Which split to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitKind {
+    Train,
+    Test,
+}
+
+/// Per-example results of a forward pass over a whole split.
+#[derive(Debug, Clone, Default)]
+pub struct Predictions {
+    /// Sum of per-example cross-entropy losses.
+    pub loss_sum: f64,
+    /// Arg-max class of each example, in the split's order.
+    pub classes: Vec<u32>,
+}
+
+/// A device that holds the parameters and the data and runs training steps.
+///
+/// A training step takes batch `i` of the current epoch: the examples
+/// `order[i*batch .. min((i+1)*batch, n)]`, so the last, partial batch is
+/// kept. The loss is the mean over the batch, as PyTorch's
+/// `CrossEntropyLoss` computes it.
+pub trait Backend {
+    /// A human-readable name, e.g. `cpu (2 threads)` or the adapter's name.
+    fn name(&self) -> String;
+
+    /// Examples per training step.
+    fn batch_size(&self) -> usize;
+
+    /// Start an epoch with this order of training examples (a permutation
+    /// of `0..n_train`).
+    fn begin_epoch(&mut self, order: &[u32]) -> Result<()>;
+
+    /// Run `steps` SGD steps with learning rate `lr`, starting at batch
+    /// `first` of the current epoch. Does not wait for results.
+    fn train_steps(&mut self, first: usize, steps: usize, lr: f32) -> Result<()>;
+
+    /// Loss and accuracy of the steps since the last call (waits for them).
+    fn take_stats(&mut self) -> Result<StepStats>;
+
+    /// Forward pass over a whole split with the current parameters.
+    fn predict_split(&mut self, split: SplitKind) -> Result<Predictions>;
+
+    /// The current parameters (read back from the device).
+    fn model(&mut self) -> Result<Mlp>;
+}
+
+/// Number of training steps in an epoch of `n` examples at batch `batch`.
+pub fn steps_per_epoch(n: usize, batch: usize) -> usize {
+    n.div_ceil(batch)
+}

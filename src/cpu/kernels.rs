@@ -1,0 +1,298 @@
+//! CPU kernels. Each function has a WGSL twin in `shaders/` with the same
+//! name; the GPU tests compare the two. Matrices are row-major slices.
+//!
+//! The matrix products go through the `gemm` crate, whose single entry point
+//! takes strides, so the transposed variants cost nothing extra, and whose
+//! `dst = alpha*dst + beta*lhs*rhs` form lets the SGD update ride in the
+//! weight-gradient product.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Set how many threads the CPU kernels may use (0: all cores).
+pub fn set_threads(n: usize) {
+    THREADS.store(n, Ordering::Relaxed);
+}
+
+/// Threads the CPU kernels use.
+pub fn threads() -> usize {
+    match THREADS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    }
+}
+
+/// Below this many multiply-adds a product runs on one thread: waking the
+/// pool costs more than it saves.
+const PARALLEL_MIN_FLOPS: usize = 1 << 17;
+
+/// `c = alpha*c + beta*op(a)*op(b)` where `op(a)` is `[m, k]` and `op(b)` is
+/// `[k, n]`, with `ta`/`tb` saying whether `a`/`b` are stored transposed.
+/// With `accumulate == false`, `c`'s old contents are ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    c: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    accumulate: bool,
+) {
+    assert!(a.len() >= m * k, "gemm: a holds {} values, needs {}", a.len(), m * k);
+    assert!(b.len() >= k * n, "gemm: b holds {} values, needs {}", b.len(), k * n);
+    assert!(c.len() >= m * n, "gemm: c holds {} values, needs {}", c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        } else {
+            c[..m * n].iter_mut().for_each(|v| *v *= alpha);
+        }
+        return;
+    }
+    // Strides (column stride, row stride) of each operand as stored.
+    let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
+    let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
+    let t = threads();
+    let par = if t > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
+        gemm::Parallelism::Rayon(t)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above guarantee every element the strides address
+    // lies inside the slices; `c` is borrowed mutably and does not alias `a`
+    // or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `c[m,n] = a[m,k] * b[k,n]`.
+pub fn matmul_nn(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
+    gemm(m, n, k, a, false, b, false, c, 0.0, 1.0, false);
+}
+
+/// `c[m,n] = a[m,k] * b[n,k]^T` (the forward pass of `nn.Linear`).
+pub fn matmul_nt(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
+    gemm(m, n, k, a, false, b, true, c, 0.0, 1.0, false);
+}
+
+/// `c[m,n] = a[k,m]^T * b[k,n]` (the weight gradient).
+pub fn matmul_tn(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
+    gemm(m, n, k, a, true, b, false, c, 0.0, 1.0, false);
+}
+
+/// `y[rows, out] = x[rows, in] * w[out, in]^T + bias`, then ReLU when `relu`.
+pub fn linear_forward(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    relu: bool,
+) {
+    matmul_nt(x, w, y, rows, outputs, inputs);
+    bias_act(y, bias, rows, outputs, relu);
+}
+
+/// Add the bias to each row, then apply ReLU when `relu`.
+pub fn bias_act(y: &mut [f32], bias: &[f32], rows: usize, outputs: usize, relu: bool) {
+    for row in y[..rows * outputs].chunks_exact_mut(outputs) {
+        if relu {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = (*v + b).max(0.0);
+            }
+        } else {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+}
+
+/// Softmax cross-entropy over `rows` rows of `classes` logits, forward and
+/// backward in one pass. Writes `dlogits = (softmax - onehot) / rows` (the
+/// gradient of the mean loss) and returns the summed loss and the number of
+/// rows whose arg-max equals the label.
+pub fn softmax_xent(logits: &[f32], labels: &[u32], dlogits: &mut [f32], rows: usize, classes: usize) -> (f64, u32) {
+    let inv = 1.0 / rows as f32;
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    for r in 0..rows {
+        let z = &logits[r * classes..(r + 1) * classes];
+        let d = &mut dlogits[r * classes..(r + 1) * classes];
+        let label = labels[r] as usize;
+        let (mut best, mut max) = (0, f32::NEG_INFINITY);
+        for (j, &v) in z.iter().enumerate() {
+            if v > max {
+                max = v;
+                best = j;
+            }
+        }
+        let mut sum = 0.0f32;
+        for (dj, &v) in d.iter_mut().zip(z) {
+            *dj = (v - max).exp();
+            sum += *dj;
+        }
+        loss += (sum.ln() - (z[label] - max)) as f64;
+        let s = inv / sum;
+        for dj in d.iter_mut() {
+            *dj *= s;
+        }
+        d[label] -= inv;
+        correct += (best == label) as u32;
+    }
+    (loss, correct)
+}
+
+/// Per-row loss and arg-max of softmax cross-entropy, without gradients
+/// (evaluation). Returns the summed loss.
+pub fn softmax_xent_eval(logits: &[f32], labels: &[u32], predictions: &mut [u32], rows: usize, classes: usize) -> f64 {
+    let mut loss = 0.0f64;
+    for r in 0..rows {
+        let z = &logits[r * classes..(r + 1) * classes];
+        let (best, max) = argmax(z);
+        let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+        loss += (sum.ln() - (z[labels[r] as usize] - max)) as f64;
+        predictions[r] = best as u32;
+    }
+    loss
+}
+
+/// Index and value of the largest element (the first one on ties).
+pub fn argmax(z: &[f32]) -> (usize, f32) {
+    z.iter().enumerate().fold(
+        (0, f32::NEG_INFINITY),
+        |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+    )
+}
+
+/// In-place softmax of each row.
+pub fn softmax_rows(z: &mut [f32], classes: usize) {
+    for row in z.chunks_exact_mut(classes) {
+        let (_, max) = argmax(row);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
+    }
+}
+
+/// Back-propagate through a linear layer and the ReLU before it:
+/// `dx[rows, in] = (dy[rows, out] * w[out, in]) * (x > 0)`, where `x` is the
+/// layer's (post-ReLU) input.
+pub fn backprop_input(dy: &[f32], w: &[f32], x: &[f32], dx: &mut [f32], rows: usize, inputs: usize, outputs: usize) {
+    matmul_nn(dy, w, dx, rows, inputs, outputs);
+    for (d, &h) in dx[..rows * inputs].iter_mut().zip(x) {
+        if h <= 0.0 {
+            *d = 0.0;
+        }
+    }
+}
+
+/// SGD on a weight matrix, fused with its gradient:
+/// `w[out, in] -= lr * dy[rows, out]^T * x[rows, in]`.
+pub fn weight_update(w: &mut [f32], dy: &[f32], x: &[f32], rows: usize, inputs: usize, outputs: usize, lr: f32) {
+    gemm(outputs, inputs, rows, dy, true, x, false, w, 1.0, -lr, true);
+}
+
+/// SGD on a bias: `b[out] -= lr * sum over rows of dy[rows, out]`.
+pub fn bias_update(b: &mut [f32], dy: &[f32], rows: usize, outputs: usize, lr: f32) {
+    for row in dy[..rows * outputs].chunks_exact(outputs) {
+        for (bj, &g) in b.iter_mut().zip(row) {
+            *bj -= lr * g;
+        }
+    }
+}
+
+/// Gather rows of raw features by index and preprocess them:
+/// `x[r, :] = features[index[r], :] * scale + offset`.
+pub fn gather_rows(features: &[f32], index: &[u32], dim: usize, scale: f32, offset: f32, x: &mut [f32]) {
+    for (r, &i) in index.iter().enumerate() {
+        let src = &features[i as usize * dim..(i as usize + 1) * dim];
+        for (o, &v) in x[r * dim..(r + 1) * dim].iter_mut().zip(src) {
+            *o = v * scale + offset;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward triple loop in f64, the reference for `gemm`.
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let av = if ta { a[p * m + i] } else { a[i * k + p] } as f64;
+                    let bv = if tb { b[j * k + p] } else { b[p * n + j] } as f64;
+                    c[i * n + j] += av * bv;
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn gemm_variants_match_naive() {
+        let (m, n, k) = (37, 29, 71);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let mut c = vec![f32::NAN; m * n];
+            gemm(m, n, k, &a, ta, &b, tb, &mut c, 0.0, 1.0, false);
+            let r = naive(m, n, k, &a, ta, &b, tb);
+            for (x, y) in c.iter().zip(&r) {
+                assert!((*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()), "{ta} {tb}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_xent_gradient_rows_sum_to_zero() {
+        let z = [1.0, 2.0, 3.0, -1.0, 0.5, 0.0];
+        let mut d = [0.0; 6];
+        let (loss, correct) = softmax_xent(&z, &[2, 0], &mut d, 2, 3);
+        // Row 0: log(e^1+e^2+e^3) - 3 = 0.407606; row 1: log(e^-1+e^.5+e^0) + 1 = 2.104131.
+        assert!((loss - (0.407_605_96 + 2.104_130_6)).abs() < 1e-5, "{loss}");
+        assert_eq!(correct, 1);
+        assert!(d[..3].iter().sum::<f32>().abs() < 1e-6);
+        assert!(d[3..].iter().sum::<f32>().abs() < 1e-6);
+    }
+}

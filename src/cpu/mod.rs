@@ -1,0 +1,248 @@
+//! The CPU backend: the fallback when there is no GPU and the reference every
+//! GPU kernel is tested against. It never touches wgpu.
+
+pub mod kernels;
+
+use std::sync::Arc;
+
+use crate::backend::{Backend, Predictions, SplitKind, StepStats};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::Mlp;
+
+pub use kernels::{set_threads, threads};
+
+/// Rows per forward pass when evaluating.
+const EVAL_CHUNK: usize = 1024;
+
+/// Parameters, data and every buffer a step needs, allocated once.
+pub struct CpuBackend {
+    model: Mlp,
+    data: Arc<Dataset>,
+    batch: usize,
+    order: Vec<u32>,
+    /// `acts[0]` is the preprocessed input batch, `acts[l+1]` the output of
+    /// layer `l` (post-ReLU for hidden layers, logits for the last).
+    acts: Vec<Vec<f32>>,
+    /// `grads[l]` is the gradient of the loss with respect to `acts[l]`
+    /// (`grads[0]` is unused).
+    grads: Vec<Vec<f32>>,
+    labels: Vec<u32>,
+    stats: StepStats,
+}
+
+impl CpuBackend {
+    pub fn new(model: Mlp, data: Arc<Dataset>, batch: usize) -> Result<Self> {
+        check_fit(&model, &data)?;
+        if batch == 0 {
+            return Err(Error::Config("--batch must be at least 1".into()));
+        }
+        let sizes = model.sizes();
+        let acts = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
+        let grads = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
+        Ok(CpuBackend {
+            model,
+            data,
+            batch,
+            order: Vec::new(),
+            acts,
+            grads,
+            labels: vec![0; batch],
+            stats: StepStats::default(),
+        })
+    }
+
+    fn step(&mut self, index: usize, lr: f32) {
+        let n = self.order.len();
+        let start = index * self.batch;
+        let rows = self.batch.min(n - start);
+        let idx = &self.order[start..start + rows];
+        let dim = self.model.inputs();
+        let p = self.model.preprocess;
+        kernels::gather_rows(
+            &self.data.train.features,
+            idx,
+            dim,
+            p.scale,
+            p.offset,
+            &mut self.acts[0],
+        );
+        for (r, &i) in idx.iter().enumerate() {
+            self.labels[r] = self.data.train.labels[i as usize];
+        }
+        forward(&self.model, &mut self.acts, rows);
+        let nl = self.model.layers.len();
+        let classes = self.model.classes();
+        let (loss, correct) = kernels::softmax_xent(&self.acts[nl], &self.labels, &mut self.grads[nl], rows, classes);
+        for l in (0..nl).rev() {
+            let layer = &mut self.model.layers[l];
+            let (lo, hi) = self.grads.split_at_mut(l + 1);
+            let dy = &hi[0];
+            if l > 0 {
+                // Uses the weights before this step's update.
+                kernels::backprop_input(
+                    dy,
+                    &layer.weight,
+                    &self.acts[l],
+                    &mut lo[l],
+                    rows,
+                    layer.inputs,
+                    layer.outputs,
+                );
+            }
+            kernels::weight_update(
+                &mut layer.weight,
+                dy,
+                &self.acts[l],
+                rows,
+                layer.inputs,
+                layer.outputs,
+                lr,
+            );
+            kernels::bias_update(&mut layer.bias, dy, rows, layer.outputs, lr);
+        }
+        self.stats.loss_sum += loss;
+        self.stats.correct += correct as u64;
+        self.stats.examples += rows as u64;
+        self.stats.steps += 1;
+    }
+}
+
+/// Forward pass of `rows` preprocessed rows in `acts[0]`, filling every
+/// later activation.
+pub fn forward(model: &Mlp, acts: &mut [Vec<f32>], rows: usize) {
+    let nl = model.layers.len();
+    for (l, layer) in model.layers.iter().enumerate() {
+        let (lo, hi) = acts.split_at_mut(l + 1);
+        kernels::linear_forward(
+            &lo[l],
+            &layer.weight,
+            &layer.bias,
+            &mut hi[0],
+            rows,
+            layer.inputs,
+            layer.outputs,
+            l + 1 < nl,
+        );
+    }
+}
+
+/// Check that a model and a dataset fit each other.
+pub fn check_fit(model: &Mlp, data: &Dataset) -> Result<()> {
+    if model.inputs() != data.dim() {
+        return Err(crate::error::ModelError::InputMismatch {
+            expected: model.inputs(),
+            found: data.dim(),
+        }
+        .into());
+    }
+    let max_label = data
+        .train
+        .labels
+        .iter()
+        .chain(&data.test.labels)
+        .copied()
+        .max()
+        .unwrap_or(0) as usize;
+    if max_label >= model.classes() {
+        return Err(crate::error::ModelError::ClassMismatch {
+            model: model.classes(),
+            data: max_label,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", threads())
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
+        if order.len() != self.data.train.len() {
+            return Err(Error::Config(format!(
+                "epoch order has {} entries for {} training examples",
+                order.len(),
+                self.data.train.len()
+            )));
+        }
+        self.order.clear();
+        self.order.extend_from_slice(order);
+        Ok(())
+    }
+
+    fn train_steps(&mut self, first: usize, steps: usize, lr: f32) -> Result<()> {
+        let total = crate::backend::steps_per_epoch(self.order.len(), self.batch);
+        if first + steps > total {
+            return Err(Error::Config(format!(
+                "steps {first}..{} past the epoch's {total}",
+                first + steps
+            )));
+        }
+        for i in first..first + steps {
+            self.step(i, lr);
+        }
+        Ok(())
+    }
+
+    fn take_stats(&mut self) -> Result<StepStats> {
+        Ok(std::mem::take(&mut self.stats))
+    }
+
+    fn predict_split(&mut self, split: SplitKind) -> Result<Predictions> {
+        let s = match split {
+            SplitKind::Train => &self.data.train,
+            SplitKind::Test => &self.data.test,
+        };
+        Ok(predict_rows(&self.model, &s.features, &s.labels))
+    }
+
+    fn model(&mut self) -> Result<Mlp> {
+        Ok(self.model.clone())
+    }
+}
+
+/// Forward pass over raw (not preprocessed) rows with labels: summed loss and
+/// the arg-max of each row.
+pub fn predict_rows(model: &Mlp, features: &[f32], labels: &[u32]) -> Predictions {
+    let dim = model.inputs();
+    let n = labels.len();
+    let chunk = EVAL_CHUNK.min(n.max(1));
+    let mut acts: Vec<Vec<f32>> = model.sizes().iter().map(|&s| vec![0.0; s * chunk]).collect();
+    let mut out = Predictions {
+        loss_sum: 0.0,
+        classes: vec![0; n],
+    };
+    let p = model.preprocess;
+    let nl = model.layers.len();
+    for start in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - start);
+        p.apply_into(&features[start * dim..(start + rows) * dim], &mut acts[0]);
+        forward(model, &mut acts, rows);
+        out.loss_sum += kernels::softmax_xent_eval(
+            &acts[nl],
+            &labels[start..start + rows],
+            &mut out.classes[start..start + rows],
+            rows,
+            model.classes(),
+        );
+    }
+    out
+}
+
+/// Class probabilities of raw (not preprocessed) rows: `[rows, classes]`.
+pub fn probabilities(model: &Mlp, features: &[f32]) -> Vec<f32> {
+    let dim = model.inputs();
+    let rows = features.len() / dim;
+    let mut acts: Vec<Vec<f32>> = model.sizes().iter().map(|&s| vec![0.0; s * rows]).collect();
+    model.preprocess.apply_into(features, &mut acts[0]);
+    forward(model, &mut acts, rows);
+    let mut z = acts.pop().unwrap_or_default();
+    kernels::softmax_rows(&mut z, model.classes());
+    z
+}

@@ -1,0 +1,112 @@
+//! Typed errors of the library. Every message says what failed and, where it
+//! helps, what was expected and what was found.
+
+use std::path::PathBuf;
+
+/// Errors from reading and checking datasets.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: cannot read file: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not found (looked for {tried})")]
+    Missing { path: PathBuf, tried: String },
+    #[error("{path}: wrong magic number 0x{found:08x}, expected 0x{expected:08x} ({what})")]
+    BadMagic {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+        what: &'static str,
+    },
+    #[error("{path}: truncated: header promises {expected} bytes of data, file holds {found}")]
+    Truncated {
+        path: PathBuf,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels")]
+    CountMismatch {
+        images: PathBuf,
+        n_images: usize,
+        labels: PathBuf,
+        n_labels: usize,
+    },
+    #[error("{path}: label {label} at index {index} is out of range (the labels must be 0..{max})")]
+    LabelOutOfRange {
+        path: PathBuf,
+        index: usize,
+        label: i64,
+        max: usize,
+    },
+    #[error("{path}:{line}: {message}")]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: dataset is empty ({what})")]
+    Empty { path: PathBuf, what: String },
+    #[error("{what}: train images are {train} values each but test images are {test}")]
+    ShapeMismatch { what: String, train: usize, test: usize },
+    #[error("invalid dataset option: {0}")]
+    Invalid(String),
+}
+
+/// Errors from reading, writing and checking model files.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: cannot read model file: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a safetensors file: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path}: not a wgtrain model: {message}")]
+    NotWgtrain { path: PathBuf, message: String },
+    #[error("invalid model: {0}")]
+    Invalid(String),
+    #[error("model expects {expected} input values per example, data has {found}")]
+    InputMismatch { expected: usize, found: usize },
+    #[error("model has {model} classes but the data has labels up to {data}")]
+    ClassMismatch { model: usize, data: usize },
+}
+
+/// Errors from the GPU backend.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found{0}")]
+    NoAdapter(String),
+    #[error("cannot open device on adapter {adapter}: {message}")]
+    Device { adapter: String, message: String },
+    #[error("{what} needs {needed} but the adapter allows at most {limit} ({limit_name}); try a smaller --batch or --hidden, or --device cpu")]
+    Limit {
+        what: String,
+        needed: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
+    #[error("GPU readback failed: {0}")]
+    Readback(String),
+    #[error("GPU error: {0}")]
+    Other(String),
+}
+
+/// The library's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

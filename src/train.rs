@@ -1,0 +1,118 @@
+//! The training loop, the same for every backend: epochs, seeded shuffles,
+//! log points, and evaluation after each epoch.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::{steps_per_epoch, Backend, SplitKind};
+use crate::data::{epoch_permutation, Dataset};
+use crate::error::{Error, Result};
+use crate::metrics::Evaluation;
+use crate::model::Mlp;
+
+/// Hyper-parameters of a run.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub lr: f32,
+    pub seed: u64,
+    /// Steps between training log lines (0: never).
+    pub log_every: usize,
+}
+
+/// What the loop reports as it goes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Training loss and accuracy over the steps since the previous log point.
+    Step {
+        epoch: usize,
+        step: usize,
+        global_step: usize,
+        loss: f64,
+        accuracy: f64,
+    },
+    /// The end of an epoch: training figures over the epoch and test figures.
+    Epoch {
+        epoch: usize,
+        train_loss: f64,
+        train_accuracy: f64,
+        test_loss: f64,
+        test_accuracy: f64,
+        seconds: f64,
+    },
+}
+
+/// Train for `cfg.epochs` epochs, calling `on_event` at every log point and
+/// epoch end, and return the trained model.
+pub fn train(
+    backend: &mut dyn Backend,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Mlp> {
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(Error::Config(format!("--lr must be a positive number, got {}", cfg.lr)));
+    }
+    let n = data.train.len();
+    let steps = steps_per_epoch(n, backend.batch_size());
+    let chunk = if cfg.log_every == 0 { steps } else { cfg.log_every };
+    let mut global = 0;
+    for epoch in 1..=cfg.epochs {
+        let t0 = Instant::now();
+        backend.begin_epoch(&epoch_permutation(n, cfg.seed, epoch))?;
+        let mut epoch_stats = crate::backend::StepStats::default();
+        let mut done = 0;
+        while done < steps {
+            // Run up to the next log point (counted in global steps, so the
+            // points fall every `log_every` steps across epochs).
+            let to_log = chunk - global % chunk;
+            let now = to_log.min(steps - done);
+            backend.train_steps(done, now, cfg.lr)?;
+            done += now;
+            global += now;
+            if cfg.log_every > 0 && global % cfg.log_every == 0 {
+                let s = backend.take_stats()?;
+                epoch_stats.loss_sum += s.loss_sum;
+                epoch_stats.correct += s.correct;
+                epoch_stats.examples += s.examples;
+                on_event(&Event::Step {
+                    epoch,
+                    step: done,
+                    global_step: global,
+                    loss: s.mean_loss(),
+                    accuracy: s.accuracy(),
+                });
+            }
+        }
+        let s = backend.take_stats()?;
+        epoch_stats.loss_sum += s.loss_sum;
+        epoch_stats.correct += s.correct;
+        epoch_stats.examples += s.examples;
+        let seconds = t0.elapsed().as_secs_f64();
+        let eval = evaluate(backend, data, SplitKind::Test)?;
+        on_event(&Event::Epoch {
+            epoch,
+            train_loss: epoch_stats.mean_loss(),
+            train_accuracy: epoch_stats.accuracy(),
+            test_loss: eval.loss,
+            test_accuracy: eval.accuracy,
+            seconds,
+        });
+    }
+    backend.model()
+}
+
+/// Evaluate the backend's current parameters on a split.
+pub fn evaluate(backend: &mut dyn Backend, data: &Dataset, split: SplitKind) -> Result<Evaluation> {
+    let pred = backend.predict_split(split)?;
+    let labels = match split {
+        SplitKind::Train => &data.train.labels,
+        SplitKind::Test => &data.test.labels,
+    };
+    let classes = data
+        .classes
+        .max(pred.classes.iter().copied().max().unwrap_or(0) as usize + 1);
+    Ok(Evaluation::new(&pred, labels, classes))
+}
