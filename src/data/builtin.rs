@@ -8,6 +8,9 @@ use std::path::Path;
 use super::{csv, Dataset};
 use crate::error::DataError;
 
+/// The `Dataset::source` of the built-in digits.
+pub const SOURCE: &str = "builtin digits";
+
 const DIGITS_CSV_GZ: &[u8] = include_bytes!("../../assets/digits.csv.gz");
 
 /// Load the digits, split into train and test with a seeded shuffle.
@@ -25,7 +28,7 @@ pub fn load(test_split: f64, seed: u64) -> Result<Dataset, DataError> {
         seed,
     };
     let mut ds = csv::parse_str(&text, Path::new("builtin digits"), opts)?;
-    ds.source = "builtin digits".into();
+    ds.source = SOURCE.into();
     ds.shape = vec![8, 8];
     ds.value_max = 16.0;
     Ok(ds)

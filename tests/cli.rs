@@ -1,0 +1,148 @@
+//! End-to-end runs of the `wgtrain` binary: train, save, eval, and the errors
+//! a user sees.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn wgtrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgtrain"))
+        .args(args)
+        .env_remove("WGTRAIN_DATA")
+        .output()
+        .expect("run wgtrain")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn train_save_eval_round_trip_on_builtin_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let m = model.to_str().unwrap();
+    let o = wgtrain(&[
+        "train", "--data", "builtin", "--device", "cpu", "--epochs", "5", "--hidden", "64", "--save", m, "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // One JSON object per epoch on stdout.
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each stdout line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 5);
+    let last_acc = lines[4]["test_accuracy"].as_f64().unwrap();
+    assert!(last_acc > 0.8, "{last_acc}");
+    for k in ["epoch", "train_loss", "test_loss", "seconds"] {
+        assert!(lines[4].get(k).is_some(), "missing {k}");
+    }
+
+    let o = wgtrain(&["eval", "--model", m, "--data", "builtin", "--device", "cpu", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Same split (same seed), same weights: the same accuracy as training reported.
+    assert!((v["accuracy"].as_f64().unwrap() - last_acc).abs() < 1e-9, "{v}");
+    let confusion = v["confusion"].as_array().unwrap();
+    assert_eq!(confusion.len(), 10);
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 359);
+    assert!(v["loss"].as_f64().unwrap() > 0.0);
+
+    let o = wgtrain(&["eval", "--model", m, "--data", "builtin", "--device", "cpu"]);
+    assert!(text(&o).contains("test accuracy"), "{}", text(&o));
+}
+
+#[test]
+fn bad_data_fails_cleanly_and_leaves_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("d.csv");
+    std::fs::write(&csv, "1,2,0\n3,4,1\n5,oops,1\n").unwrap();
+    let model = dir.path().join("m.safetensors");
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        csv.to_str().unwrap(),
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("d.csv:3") && t.contains("`oops` is not a number"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    assert!(!model.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no stray files");
+}
+
+#[test]
+fn unsaveable_path_fails_before_training() {
+    let o = wgtrain(&["train", "--data", "builtin", "--save", "/no/such/dir/m.safetensors"]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("/no/such/dir") && t.contains("does not exist"), "{t}");
+    assert!(!t.contains("epoch 1"), "{t}");
+}
+
+#[test]
+fn eval_rejects_files_that_are_not_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.txt");
+    std::fs::write(&p, "hello").unwrap();
+    let o = wgtrain(&["eval", "--model", p.to_str().unwrap(), "--data", "builtin"]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("notes.txt") && t.contains("not a safetensors file"), "{t}");
+    let o = wgtrain(&["eval", "--model", "/no/model.safetensors", "--data", "builtin"]);
+    assert!(text(&o).contains("/no/model.safetensors"), "{}", text(&o));
+}
+
+#[test]
+fn eval_rejects_a_model_that_does_not_fit_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("d.csv");
+    let rows: String = (0..20).map(|i| format!("{},{},{}\n", i, i * 2, i % 2)).collect();
+    std::fs::write(&csv, rows).unwrap();
+    let model = dir.path().join("m.safetensors");
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        csv.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(Path::new(&model).exists());
+    let o = wgtrain(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("expects 2 input values") && t.contains("64"), "{t}");
+}
+
+#[test]
+fn bad_arguments_are_explained() {
+    let t = text(&wgtrain(&["train", "--data", "builtin", "--hidden", "500,x"]));
+    assert!(t.contains("`x` is not a positive layer width"), "{t}");
+    let t = text(&wgtrain(&["train", "--data", "builtin", "--batch", "0"]));
+    assert!(t.contains("--batch must be at least 1"), "{t}");
+    let t = text(&wgtrain(&["train", "--data", "builtin", "--lr=-1"]));
+    assert!(t.contains("--lr must be a positive number"), "{t}");
+}
