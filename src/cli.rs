@@ -39,6 +39,9 @@ enum Command {
     Eval(EvalArgs),
     /// List the GPU adapters wgpu can see, with the limits that matter here.
     Devices(DevicesArgs),
+    /// Measure training speed (epoch time) and matrix-product throughput on
+    /// each device: a table on stderr, JSON lines on stdout.
+    Bench(BenchArgs),
 }
 
 /// Where the data comes from and how CSV files are read.
@@ -130,6 +133,44 @@ struct EvalArgs {
 }
 
 #[derive(Debug, Args)]
+struct BenchArgs {
+    /// Devices to measure, comma-separated (cpu, gpu, auto or part of an
+    /// adapter name). Default: the CPU and the hardware GPU if there is one.
+    #[arg(long, value_name = "LIST")]
+    device: Option<String>,
+    /// Batch sizes of the epoch benchmark, comma-separated.
+    #[arg(long, default_value = "64,256", value_name = "LIST")]
+    batch: String,
+    /// Epochs per configuration; the first is reported apart (warm-up), the
+    /// median of the rest is the steady epoch time.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Run at most N steps per epoch and scale the time to a full epoch
+    /// (for slow devices such as software adapters).
+    #[arg(long, value_name = "N")]
+    max_steps: Option<usize>,
+    /// Square matrix sizes for the matmul benchmark, comma-separated.
+    #[arg(long, default_value = "1024,4096", value_name = "LIST")]
+    square: String,
+    /// Only the epoch benchmark.
+    #[arg(long)]
+    epoch: bool,
+    /// Only the matmul benchmark.
+    #[arg(long)]
+    matmul: bool,
+    /// Data for the epoch benchmark; default Fashion-MNIST when installed,
+    /// else random images of the same shape.
+    #[arg(long, value_name = "PATH")]
+    data: Option<String>,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+    /// Seconds spent timing each matmul shape.
+    #[arg(long, default_value_t = 1.0, value_name = "S")]
+    seconds: f64,
+}
+
+#[derive(Debug, Args)]
 struct DevicesArgs {
     /// Print JSON instead of text.
     #[arg(long)]
@@ -144,6 +185,7 @@ pub fn run() -> Result<()> {
         Command::Train(a) => train(a),
         Command::Eval(a) => eval(a),
         Command::Devices(a) => devices(a),
+        Command::Bench(a) => bench(a),
     }
 }
 
@@ -179,6 +221,19 @@ fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
         ds.classes
     );
     Ok(ds)
+}
+
+fn parse_list(flag: &str, s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|x| x.trim())
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<usize>()
+                .ok()
+                .filter(|&v| v > 0)
+                .with_context(|| format!("{flag} `{s}`: `{x}` is not a positive number"))
+        })
+        .collect()
 }
 
 fn parse_hidden(s: &str) -> Result<Vec<usize>> {
@@ -378,5 +433,107 @@ fn devices(a: DevicesArgs) -> Result<()> {
         "cpu: {} threads (always available as --device cpu)",
         wgtrain::cpu::threads()
     );
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use wgtrain::bench;
+    wgtrain::cpu::set_threads(a.threads);
+    let (run_epoch, run_matmul) = match (a.epoch, a.matmul) {
+        (false, false) => (true, true),
+        x => x,
+    };
+    let batches = parse_list("--batch", &a.batch)?;
+    let square = parse_list("--square", &a.square)?;
+    let choices: Vec<DeviceChoice> = match &a.device {
+        Some(list) => list.split(',').map(|d| d.trim().parse().unwrap_or(DeviceChoice::Cpu)).collect(),
+        None => vec![DeviceChoice::Cpu, DeviceChoice::Auto],
+    };
+    // `None` is the CPU; `auto` without a hardware GPU falls back to it, so
+    // keep one CPU entry at most.
+    let mut devices = Vec::new();
+    for c in choices {
+        match wgtrain::device::open_gpu(&c)? {
+            Some(ctx) => devices.push(Some(ctx)),
+            None if !devices.iter().any(Option::is_none) => devices.push(None),
+            None => {}
+        }
+    }
+    let mut out = std::io::stdout();
+    let mut emit = |v: serde_json::Value| -> Result<()> { Ok(writeln!(out, "{v}")?) };
+    if run_epoch {
+        let data = Arc::new(match &a.data {
+            Some(_) => load_data(
+                &DataArgs {
+                    data: a.data.clone(),
+                    label_col: -1,
+                    test_split: 0.2,
+                },
+                0,
+            )?,
+            None => match DataSource::resolve(None)? {
+                (src @ DataSource::IdxDir(_), _) => {
+                    log::info!("bench data: {src}");
+                    src.load(CsvOptions::default())?
+                }
+                _ => {
+                    log::info!("bench data: no Fashion-MNIST installed; using random 28x28 images");
+                    bench::synthetic_mnist_like(0)
+                }
+            },
+        });
+        eprintln!("\nepoch time, {}-500-{} MLP, SGD lr 0.1", data.dim(), data.classes);
+        eprintln!("{:<40} {:>6} {:>10} {:>12} {:>12} {:>12}", "device", "batch", "steps", "first (s)", "steady (s)", "examples/s");
+        for dev in &devices {
+            for &batch in &batches {
+                let model = Mlp::new(
+                    &[data.dim(), 500, data.classes],
+                    0,
+                    Preprocess::fit(Normalize::Scale, &data),
+                    data.shape.clone(),
+                )?;
+                let mut backend: Box<dyn wgtrain::Backend> = match dev {
+                    Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(ctx.clone(), model, data.clone(), batch)?),
+                    None => Box::new(wgtrain::cpu::CpuBackend::new(model, data.clone(), batch)?),
+                };
+                let t = bench::epoch_time(backend.as_mut(), data.train.len(), a.epochs, a.max_steps, 0.1)?;
+                eprintln!(
+                    "{:<40} {:>6} {:>10} {:>12.3} {:>12.3} {:>12.0}",
+                    t.device,
+                    t.batch,
+                    if t.steps_timed < t.steps_per_epoch {
+                        format!("{}/{}", t.steps_timed, t.steps_per_epoch)
+                    } else {
+                        t.steps_per_epoch.to_string()
+                    },
+                    t.first_epoch_s,
+                    t.steady_epoch_s,
+                    t.examples_per_s
+                );
+                emit(serde_json::to_value(&t)?)?;
+            }
+        }
+    }
+    if run_matmul {
+        eprintln!("\nmatmul throughput (C = op(A) op(B), f32)");
+        eprintln!("{:<40} {:>4} {:>18} {:>12} {:>10}", "device", "op", "m x n x k", "us/call", "GFLOP/s");
+        for dev in &devices {
+            for (variant, m, n, k) in bench::matmul_shapes(batches.first().copied().unwrap_or(64), &square) {
+                let t = match dev {
+                    Some(_) => continue, // GPU matmul timing: see gpu::bench (pending)
+                    None => bench::cpu_matmul(variant, m, n, k, a.seconds),
+                };
+                eprintln!(
+                    "{:<40} {:>4} {:>18} {:>12.1} {:>10.1}",
+                    t.device,
+                    t.variant,
+                    format!("{m}x{n}x{k}"),
+                    t.seconds_per_call * 1e6,
+                    t.gflops
+                );
+                emit(serde_json::to_value(&t)?)?;
+            }
+        }
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! [`model::Mlp`] saved as safetensors.
 
 pub mod backend;
+pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod device;
