@@ -72,6 +72,32 @@ pub trait Backend {
 
     /// The current parameters (read back from the device).
     fn model(&mut self) -> Result<Mlp>;
+
+    /// Keep these weights at zero from now on: `masks[l]` has one entry per
+    /// weight of layer `l` (`[out, in]`), 1.0 to keep, 0.0 to prune. The
+    /// weights are multiplied by the masks at once and after every SGD
+    /// update, so a pruned weight stays exactly zero. `None` removes them.
+    fn set_masks(&mut self, masks: Option<&[Vec<f32>]>) -> Result<()> {
+        let _ = masks;
+        Err(crate::error::Error::Config(format!(
+            "masked (pruned) training is not supported on {}",
+            self.name()
+        )))
+    }
+}
+
+/// Check that masks match the model's weight shapes.
+pub fn check_masks(model: &Mlp, masks: &[Vec<f32>]) -> Result<()> {
+    if masks.len() != model.layers.len()
+        || masks.iter().zip(&model.layers).any(|(m, l)| m.len() != l.weight.len())
+    {
+        return Err(crate::error::Error::Config(format!(
+            "masks of shapes {:?} do not match the weights of {:?}",
+            masks.iter().map(Vec::len).collect::<Vec<_>>(),
+            model.layers.iter().map(|l| l.weight.len()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
 }
 
 /// Number of training steps in an epoch of `n` examples at batch `batch`.

@@ -25,7 +25,7 @@ pub fn threads() -> usize {
 
 /// Below this many multiply-adds a product runs on one thread: waking the
 /// pool costs more than it saves.
-const PARALLEL_MIN_FLOPS: usize = 1 << 17;
+const PARALLEL_MIN_FLOPS: usize = 1 << 21;
 
 /// `c = alpha*c + beta*op(a)*op(b)` where `op(a)` is `[m, k]` and `op(b)` is
 /// `[k, n]`, with `ta`/`tb` saying whether `a`/`b` are stored transposed.
@@ -236,6 +236,13 @@ pub fn bias_update(b: &mut [f32], dy: &[f32], rows: usize, outputs: usize, lr: f
         for (bj, &g) in b.iter_mut().zip(row) {
             *bj -= lr * g;
         }
+    }
+}
+
+/// Multiply weights by a 0/1 mask, so pruned weights stay exactly zero.
+pub fn apply_mask(w: &mut [f32], mask: &[f32]) {
+    for (v, &m) in w.iter_mut().zip(mask) {
+        *v *= m;
     }
 }
 

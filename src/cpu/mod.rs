@@ -29,6 +29,8 @@ pub struct CpuBackend {
     grads: Vec<Vec<f32>>,
     labels: Vec<u32>,
     stats: StepStats,
+    /// Pruning masks, one per layer, applied after every update.
+    masks: Option<Vec<Vec<f32>>>,
 }
 
 impl CpuBackend {
@@ -49,6 +51,7 @@ impl CpuBackend {
             grads,
             labels: vec![0; batch],
             stats: StepStats::default(),
+            masks: None,
         })
     }
 
@@ -100,6 +103,9 @@ impl CpuBackend {
                 lr,
             );
             kernels::bias_update(&mut layer.bias, dy, rows, layer.outputs, lr);
+            if let Some(masks) = &self.masks {
+                kernels::apply_mask(&mut layer.weight, &masks[l]);
+            }
         }
         self.stats.loss_sum += loss;
         self.stats.correct += correct as u64;
@@ -204,6 +210,17 @@ impl Backend for CpuBackend {
 
     fn model(&mut self) -> Result<Mlp> {
         Ok(self.model.clone())
+    }
+
+    fn set_masks(&mut self, masks: Option<&[Vec<f32>]>) -> Result<()> {
+        if let Some(m) = masks {
+            crate::backend::check_masks(&self.model, m)?;
+            for (layer, mask) in self.model.layers.iter_mut().zip(m) {
+                kernels::apply_mask(&mut layer.weight, mask);
+            }
+        }
+        self.masks = masks.map(<[_]>::to_vec);
+        Ok(())
     }
 }
 
