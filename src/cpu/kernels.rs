@@ -25,7 +25,7 @@ pub fn threads() -> usize {
 
 /// Below this many multiply-adds a product runs on one thread: waking the
 /// pool costs more than it saves.
-const PARALLEL_MIN_FLOPS: usize = 1 << 21;
+const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 
 /// `c = alpha*c + beta*op(a)*op(b)` where `op(a)` is `[m, k]` and `op(b)` is
 /// `[k, n]`, with `ta`/`tb` saying whether `a`/`b` are stored transposed.
@@ -62,27 +62,148 @@ pub fn gemm(
     let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
     let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
     let t = threads();
-    let par = if t > 1 && m * n * k >= PARALLEL_MIN_FLOPS {
-        gemm::Parallelism::Rayon(t)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above guarantee every element the strides address
-    // lies inside the slices; `c` is borrowed mutably and does not alias `a`
-    // or `b`.
+    if t < 2 || m * n * k < PARALLEL_MIN_FLOPS {
+        // SAFETY: the asserts above guarantee every element the strides
+        // address lies inside the slices; `c` is borrowed mutably and does
+        // not alias `a` or `b`.
+        unsafe {
+            gemm_raw(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                n,
+                a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                alpha,
+                beta,
+                accumulate,
+            )
+        };
+        return;
+    }
+    // Split C into `t` blocks along its longer side and run one
+    // single-threaded product per block: at the MLP's shapes this beats
+    // the crate's own finer-grained threading, whose synchronisation costs
+    // more than these products take.
+    let split_rows = m >= n;
+    let len = if split_rows { m } else { n };
+    let parts = t.min(len);
+    let chunk = len.div_ceil(parts);
+    let (cp, ap, bp) = (
+        SendPtr(c.as_mut_ptr()),
+        SendPtr(a.as_ptr() as *mut f32),
+        SendPtr(b.as_ptr() as *mut f32),
+    );
+    rayon::scope(|s| {
+        for p in 0..parts {
+            let lo = p * chunk;
+            let hi = len.min(lo + chunk);
+            if lo >= hi {
+                continue;
+            }
+            s.spawn(move |_| {
+                let (cp, ap, bp) = (cp, ap, bp);
+                // SAFETY: block `p` covers rows (or columns) lo..hi of C and
+                // the matching rows of op(A) (or columns of op(B)); blocks are
+                // disjoint in C, and A and B are only read. Offsets stay
+                // inside the slices checked above.
+                unsafe {
+                    if split_rows {
+                        let a_off = lo as isize * a_rs;
+                        gemm_raw(
+                            hi - lo,
+                            n,
+                            k,
+                            cp.0.add(lo * n),
+                            n,
+                            ap.0.offset(a_off),
+                            a_cs,
+                            a_rs,
+                            bp.0,
+                            b_cs,
+                            b_rs,
+                            alpha,
+                            beta,
+                            accumulate,
+                        );
+                    } else {
+                        let b_off = lo as isize * b_cs;
+                        gemm_raw(
+                            m,
+                            hi - lo,
+                            k,
+                            cp.0.add(lo),
+                            n,
+                            ap.0,
+                            a_cs,
+                            a_rs,
+                            bp.0.offset(b_off),
+                            b_cs,
+                            b_rs,
+                            alpha,
+                            beta,
+                            accumulate,
+                        );
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A raw pointer that may cross to a worker thread; see the SAFETY notes
+/// where it is used.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for disjoint blocks of C and read-only A and B, inside
+// a rayon scope that ends before the borrowed slices do.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; the pointer itself is only copied, never dereferenced
+// through a shared reference.
+unsafe impl Sync for SendPtr {}
+
+/// One single-threaded `gemm` call on an `m x n` block of C whose rows are
+/// `ldc` apart (the full matrix's width, so a column block keeps it).
+///
+/// # Safety
+/// Every element the sizes and strides address must be valid; C must not
+/// alias A or B.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    a: *const f32,
+    a_cs: isize,
+    a_rs: isize,
+    b: *const f32,
+    b_cs: isize,
+    b_rs: isize,
+    alpha: f32,
+    beta: f32,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
-            a.as_ptr(),
+            a,
             a_cs,
             a_rs,
-            b.as_ptr(),
+            b,
             b_cs,
             b_rs,
             alpha,
@@ -90,8 +211,8 @@ pub fn gemm(
             false,
             false,
             false,
-            par,
-        );
+            gemm::Parallelism::None,
+        )
     }
 }
 
@@ -278,17 +399,27 @@ mod tests {
 
     #[test]
     fn gemm_variants_match_naive() {
-        let (m, n, k) = (37, 29, 71);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            let mut c = vec![f32::NAN; m * n];
-            gemm(m, n, k, &a, ta, &b, tb, &mut c, 0.0, 1.0, false);
-            let r = naive(m, n, k, &a, ta, &b, tb);
-            for (x, y) in c.iter().zip(&r) {
-                assert!((*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()), "{ta} {tb}: {x} vs {y}");
+        // Small (one thread), and above PARALLEL_MIN_FLOPS split by rows
+        // (m >= n) and by columns, with 3 threads so blocks are uneven.
+        set_threads(3);
+        for (m, n, k) in [(37, 29, 71), (131, 97, 101), (97, 131, 101)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let mut c = vec![f32::NAN; m * n];
+                gemm(m, n, k, &a, ta, &b, tb, &mut c, 0.0, 1.0, false);
+                let r = naive(m, n, k, &a, ta, &b, tb);
+                for (x, y) in c.iter().zip(&r) {
+                    assert!((*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()), "{m}x{n}x{k} {ta} {tb}: {x} vs {y}");
+                }
+                // Accumulating form: c = 1*c - 0.5*op(a)op(b) = 0.5 * r.
+                gemm(m, n, k, &a, ta, &b, tb, &mut c, 1.0, -0.5, true);
+                for (x, y) in c.iter().zip(&r) {
+                    assert!((*x as f64 - 0.5 * y).abs() < 1e-4 * (1.0 + y.abs()), "{m}x{n}x{k} acc: {x} vs {y}");
+                }
             }
         }
+        set_threads(0);
     }
 
     #[test]
