@@ -90,6 +90,8 @@ pub enum GpuError {
         limit: u64,
         limit_name: &'static str,
     },
+    #[error("invalid kernel arguments: {0}")]
+    InvalidArgument(String),
     #[error("GPU readback failed: {0}")]
     Readback(String),
     #[error("GPU error: {0}")]

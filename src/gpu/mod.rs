@@ -1,73 +1,23 @@
-//! The GPU backend (placeholder until the wgpu implementation lands).
+//! The GPU backend: wgpu compute shaders (WGSL, in `shaders/`) that train
+//! the same MLP as the CPU backend, on any adapter wgpu can open (Vulkan,
+//! Metal, DX12, or a software Vulkan such as Mesa's lavapipe).
+//!
+//! - [`context`]: finding an adapter and opening a device with its own
+//!   limits; buffer creation checked against those limits; readback.
+//! - `kernels`: the pipelines (one per WGSL entry point, each named like its
+//!   CPU twin) and the construction of dispatches.
+//! - [`trainer`]: [`GpuBackend`], which keeps parameters and data resident
+//!   and records many training steps per submission.
+//! - [`ops`]: single kernels on host arrays, for the tests that compare each
+//!   kernel with its CPU twin.
+//!
+//! Only this module encodes and submits GPU work, and nothing is read back
+//! inside a training step.
 
-use std::sync::Arc;
+pub mod context;
+mod kernels;
+pub mod ops;
+pub mod trainer;
 
-use crate::backend::{Backend, Predictions, SplitKind, StepStats};
-use crate::data::Dataset;
-use crate::error::{GpuError, Result};
-use crate::model::Mlp;
-
-/// Which adapter to open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdapterSelector {
-    Hardware,
-    Any,
-    Named(String),
-}
-
-pub struct GpuContext;
-
-impl GpuContext {
-    pub fn open(_sel: &AdapterSelector) -> Result<Self, GpuError> {
-        Err(GpuError::NoAdapter(String::new()))
-    }
-}
-
-pub struct GpuBackend;
-
-impl GpuBackend {
-    pub fn new(_ctx: Arc<GpuContext>, _model: Mlp, _data: Arc<Dataset>, _batch: usize) -> Result<Self> {
-        Err(GpuError::NoAdapter(String::new()).into())
-    }
-}
-
-impl Backend for GpuBackend {
-    fn name(&self) -> String {
-        unreachable!()
-    }
-    fn batch_size(&self) -> usize {
-        unreachable!()
-    }
-    fn begin_epoch(&mut self, _order: &[u32]) -> Result<()> {
-        unreachable!()
-    }
-    fn train_steps(&mut self, _first: usize, _steps: usize, _lr: f32) -> Result<()> {
-        unreachable!()
-    }
-    fn take_stats(&mut self) -> Result<StepStats> {
-        unreachable!()
-    }
-    fn predict_split(&mut self, _split: SplitKind) -> Result<Predictions> {
-        unreachable!()
-    }
-    fn model(&mut self) -> Result<Mlp> {
-        unreachable!()
-    }
-}
-
-/// A GPU adapter as `wgtrain devices` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AdapterReport {
-    pub name: String,
-}
-
-impl std::fmt::Display for AdapterReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.name)
-    }
-}
-
-/// Every adapter wgpu can see.
-pub fn list_adapters() -> Vec<AdapterReport> {
-    Vec::new()
-}
+pub use context::{list_adapters, AdapterReport, AdapterSelector, GpuContext};
+pub use trainer::GpuBackend;

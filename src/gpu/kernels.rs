@@ -1,0 +1,748 @@
+//! The compute pipelines, built once per device, and the plumbing that turns
+//! a kernel call (shapes, operands, outputs) into a [`Dispatch`]: a bind
+//! group and a workgroup count that can be recorded any number of times.
+//!
+//! Every WGSL entry point is named like its CPU twin in
+//! [`crate::cpu::kernels`]. Sizes reach the shaders through a small uniform
+//! per dispatch (written once, when the dispatch is built) and a per-step
+//! uniform ([`StepParams`]) bound at a dynamic offset, so a whole epoch of
+//! steps can be recorded against the same bind groups.
+
+use std::borrow::Cow;
+
+use super::context::GpuContext;
+use crate::error::GpuError;
+
+const MATMUL_WGSL: &str = include_str!("../../shaders/matmul.wgsl");
+const SOFTMAX_WGSL: &str = include_str!("../../shaders/softmax_xent.wgsl");
+const BIAS_WGSL: &str = include_str!("../../shaders/bias_update.wgsl");
+
+/// Output block of one GEMM workgroup (`BM` x `BN` in matmul.wgsl).
+pub(crate) const GEMM_TILE: u32 = 64;
+/// Invocations per GEMM and softmax workgroup.
+const GEMM_THREADS: u32 = 256;
+/// Workgroup memory of one GEMM workgroup: two 1024-float tiles.
+const GEMM_SHARED_BYTES: u32 = 2 * 1024 * 4;
+/// Invocations per bias_update workgroup.
+const BIAS_THREADS: u32 = 64;
+/// Bytes of [`StepParams`] as the shaders see them.
+pub(crate) const STEP_BYTES: u64 = std::mem::size_of::<StepParams>() as u64;
+
+/// Per-step values, at a dynamic offset in a uniform buffer (`Step` in the
+/// shaders).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct StepParams {
+    /// First position of the step's examples in the index (permutation);
+    /// for evaluation, the first example of the chunk.
+    pub index_off: u32,
+    /// Where the step's loss and correct count go in the stats buffer.
+    pub slot: u32,
+    pub lr: f32,
+    pub pad: u32,
+}
+
+/// `Gemm` in matmul.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    tiles_n: u32,
+    a_rs: u32,
+    a_cs: u32,
+    b_rs: u32,
+    b_cs: u32,
+    a_src: u32,
+    b_src: u32,
+    ldc: u32,
+    relu: u32,
+    dim: u32,
+    gather: u32,
+    scale: f32,
+    offset: f32,
+}
+
+/// `Softmax` in softmax_xent.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct SoftmaxParams {
+    rows: u32,
+    classes: u32,
+    gather: u32,
+    inv_rows: f32,
+}
+
+/// `Bias` in bias_update.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct BiasParams {
+    rows: u32,
+    outputs: u32,
+    pad: [u32; 2],
+}
+
+/// The WGSL entry points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    MatmulNn,
+    MatmulNt,
+    MatmulTn,
+    LinearForward,
+    BackpropInput,
+    WeightUpdate,
+    SoftmaxXent,
+    SoftmaxXentEval,
+    BiasUpdate,
+}
+
+impl Entry {
+    const ALL: [Entry; 9] = [
+        Entry::MatmulNn,
+        Entry::MatmulNt,
+        Entry::MatmulTn,
+        Entry::LinearForward,
+        Entry::BackpropInput,
+        Entry::WeightUpdate,
+        Entry::SoftmaxXent,
+        Entry::SoftmaxXentEval,
+        Entry::BiasUpdate,
+    ];
+
+    /// The entry point's name, the same as its CPU twin's.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Entry::MatmulNn => "matmul_nn",
+            Entry::MatmulNt => "matmul_nt",
+            Entry::MatmulTn => "matmul_tn",
+            Entry::LinearForward => "linear_forward",
+            Entry::BackpropInput => "backprop_input",
+            Entry::WeightUpdate => "weight_update",
+            Entry::SoftmaxXent => "softmax_xent",
+            Entry::SoftmaxXentEval => "softmax_xent_eval",
+            Entry::BiasUpdate => "bias_update",
+        }
+    }
+
+    fn family(self) -> Family {
+        match self {
+            Entry::SoftmaxXent | Entry::SoftmaxXentEval => Family::Softmax,
+            Entry::BiasUpdate => Family::Bias,
+            _ => Family::Gemm,
+        }
+    }
+}
+
+/// Kernels sharing a shader file and a bind group layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Gemm,
+    Softmax,
+    Bias,
+}
+
+/// Where a GEMM operand's values come from.
+#[derive(Clone, Copy)]
+pub(crate) enum Operand<'a> {
+    /// A matrix in `buf`: element `(r, c)` of the operand at
+    /// `buf[r * rs + c * cs]`.
+    Dense { buf: &'a wgpu::Buffer, rs: u32, cs: u32 },
+    /// The resident dataset, gathered and preprocessed on the fly; rows are
+    /// batch positions and columns features.
+    Data(DataSource<'a>),
+}
+
+/// A dataset resident on the GPU, as a GEMM operand sees it.
+#[derive(Clone, Copy)]
+pub(crate) struct DataSource<'a> {
+    /// Raw values, as f32 or as bytes packed four to a u32 word.
+    pub data: &'a wgpu::Buffer,
+    pub is_u8: bool,
+    /// Example numbers, read at `index_off + row` when `gather`.
+    pub index: &'a wgpu::Buffer,
+    pub gather: bool,
+    /// Values per example.
+    pub dim: u32,
+    pub scale: f32,
+    pub offset: f32,
+}
+
+impl<'a> Operand<'a> {
+    /// Row-major `[rows, cols]` in `buf`.
+    pub(crate) fn rows(buf: &'a wgpu::Buffer, cols: usize) -> Self {
+        Operand::Dense {
+            buf,
+            rs: cols as u32,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of row-major `[cols, rows]` in `buf`.
+    pub(crate) fn transposed(buf: &'a wgpu::Buffer, rows: usize) -> Self {
+        Operand::Dense {
+            buf,
+            rs: 1,
+            cs: rows as u32,
+        }
+    }
+}
+
+/// One GEMM-family kernel call: `c[m, n] = epilogue(A[m, k] B[k, n])`.
+pub(crate) struct Gemm<'a> {
+    pub entry: Entry,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: Operand<'a>,
+    pub b: Operand<'a>,
+    /// Row-major `[m, n]`.
+    pub c: &'a wgpu::Buffer,
+    /// The bias (linear_forward) or the layer input laid out like `c`
+    /// (backprop_input).
+    pub aux: Option<&'a wgpu::Buffer>,
+    pub relu: bool,
+}
+
+impl<'a> Gemm<'a> {
+    /// `y[rows, outputs] = x[rows, inputs] w[outputs, inputs]^T + bias`, ReLU when `relu`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear_forward(
+        x: Operand<'a>,
+        w: &'a wgpu::Buffer,
+        bias: &'a wgpu::Buffer,
+        y: &'a wgpu::Buffer,
+        rows: usize,
+        inputs: usize,
+        outputs: usize,
+        relu: bool,
+    ) -> Self {
+        Gemm {
+            entry: Entry::LinearForward,
+            m: rows,
+            n: outputs,
+            k: inputs,
+            a: x,
+            b: Operand::transposed(w, inputs),
+            c: y,
+            aux: Some(bias),
+            relu,
+        }
+    }
+
+    /// `dx[rows, inputs] = (dy[rows, outputs] w[outputs, inputs]) * (x > 0)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backprop_input(
+        dy: &'a wgpu::Buffer,
+        w: &'a wgpu::Buffer,
+        x: &'a wgpu::Buffer,
+        dx: &'a wgpu::Buffer,
+        rows: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Self {
+        Gemm {
+            entry: Entry::BackpropInput,
+            m: rows,
+            n: inputs,
+            k: outputs,
+            a: Operand::rows(dy, outputs),
+            b: Operand::rows(w, inputs),
+            c: dx,
+            aux: Some(x),
+            relu: false,
+        }
+    }
+
+    /// `w[outputs, inputs] -= lr * dy[rows, outputs]^T x[rows, inputs]`.
+    pub(crate) fn weight_update(
+        w: &'a wgpu::Buffer,
+        dy: &'a wgpu::Buffer,
+        x: Operand<'a>,
+        rows: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Self {
+        Gemm {
+            entry: Entry::WeightUpdate,
+            m: outputs,
+            n: inputs,
+            k: rows,
+            a: Operand::transposed(dy, outputs),
+            b: x,
+            c: w,
+            aux: None,
+            relu: false,
+        }
+    }
+}
+
+/// A kernel call ready to record: its pipeline, bind group (which keeps its
+/// buffers alive) and workgroup grid.
+pub(crate) struct Dispatch {
+    entry: Entry,
+    bind_group: wgpu::BindGroup,
+    groups: (u32, u32),
+}
+
+impl Dispatch {
+    /// Record the dispatch with the step parameters at `step_offset` bytes
+    /// into the step buffer it was built with.
+    pub(crate) fn record(&self, kernels: &Kernels, pass: &mut wgpu::ComputePass<'_>, step_offset: u32) {
+        if self.groups.0 == 0 {
+            return;
+        }
+        pass.set_pipeline(kernels.pipeline(self.entry));
+        pass.set_bind_group(0, &self.bind_group, &[step_offset]);
+        pass.dispatch_workgroups(self.groups.0, self.groups.1, 1);
+    }
+
+    pub(crate) fn entry(&self) -> Entry {
+        self.entry
+    }
+}
+
+/// The pipelines and layouts of every kernel, and two placeholder buffers
+/// for bindings a kernel does not use.
+pub(crate) struct Kernels {
+    gemm_layout: wgpu::BindGroupLayout,
+    softmax_layout: wgpu::BindGroupLayout,
+    bias_layout: wgpu::BindGroupLayout,
+    pipelines: Vec<(Entry, wgpu::ComputePipeline)>,
+    /// Bound where a read-only storage binding is unused.
+    unused_ro: wgpu::Buffer,
+    /// Bound where a writable storage binding is unused (a buffer may not
+    /// be bound writable and read-only in the same dispatch, hence two).
+    unused_rw: wgpu::Buffer,
+    /// Bytes between consecutive [`StepParams`] in a step buffer.
+    pub(crate) step_stride: u64,
+    max_groups: u32,
+}
+
+fn uniform_entry(binding: u32, dynamic: bool, size: u64) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: dynamic,
+            min_binding_size: wgpu::BufferSize::new(size),
+        },
+        count: None,
+    }
+}
+
+/// A storage binding whose elements are `elem` bytes (the shader's
+/// runtime-sized array needs at least one).
+fn storage_entry(binding: u32, read_only: bool, elem: u64) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: wgpu::BufferSize::new(elem),
+        },
+        count: None,
+    }
+}
+
+/// Fail with [`GpuError::Limit`] when the adapter allows less than the
+/// kernels need.
+fn need(what: &str, needed: u64, limit: u64, limit_name: &'static str) -> Result<(), GpuError> {
+    if needed > limit {
+        return Err(GpuError::Limit {
+            what: what.to_string(),
+            needed,
+            limit,
+            limit_name,
+        });
+    }
+    Ok(())
+}
+
+impl Kernels {
+    /// Compile every pipeline. Shader and pipeline errors are caught in an
+    /// error scope and returned, rather than left to wgpu's default handler,
+    /// which panics.
+    pub(crate) fn new(ctx: &GpuContext) -> Result<Self, GpuError> {
+        let l = ctx.limits();
+        let threads = "a compute workgroup of 256 invocations";
+        need(
+            threads,
+            256,
+            l.max_compute_invocations_per_workgroup.into(),
+            "max_compute_invocations_per_workgroup",
+        )?;
+        need(
+            threads,
+            256,
+            l.max_compute_workgroup_size_x.into(),
+            "max_compute_workgroup_size_x",
+        )?;
+        need(
+            "the matmul tiles",
+            GEMM_SHARED_BYTES.into(),
+            l.max_compute_workgroup_storage_size.into(),
+            "max_compute_workgroup_storage_size, bytes",
+        )?;
+        need(
+            "the kernels' storage bindings",
+            6,
+            l.max_storage_buffers_per_shader_stage.into(),
+            "max_storage_buffers_per_shader_stage",
+        )?;
+        need(
+            "the kernels' bindings",
+            8,
+            l.max_bindings_per_bind_group.into(),
+            "max_bindings_per_bind_group",
+        )?;
+        debug_assert_eq!(GEMM_THREADS, 256);
+
+        let device = &ctx.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = |label: &str, src: &'static str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(src)),
+            })
+        };
+        let matmul = module("matmul.wgsl", MATMUL_WGSL);
+        let softmax = module("softmax_xent.wgsl", SOFTMAX_WGSL);
+        let bias = module("bias_update.wgsl", BIAS_WGSL);
+
+        let step = |b| uniform_entry(b, true, STEP_BYTES);
+        let gemm_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("matmul bind group layout"),
+            entries: &[
+                uniform_entry(0, false, std::mem::size_of::<GemmParams>() as u64),
+                step(1),
+                storage_entry(2, true, 4),
+                storage_entry(3, true, 4),
+                storage_entry(4, true, 4),
+                storage_entry(5, true, 4),
+                storage_entry(6, true, 4),
+                storage_entry(7, false, 4),
+            ],
+        });
+        let softmax_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("softmax_xent bind group layout"),
+            entries: &[
+                uniform_entry(0, false, std::mem::size_of::<SoftmaxParams>() as u64),
+                step(1),
+                storage_entry(2, true, 4),
+                storage_entry(3, true, 4),
+                storage_entry(4, true, 4),
+                storage_entry(5, false, 4),
+                storage_entry(6, false, 4),
+                // `Stat { loss: f32, correct: u32 }`
+                storage_entry(7, false, 8),
+            ],
+        });
+        let bias_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("bias_update bind group layout"),
+            entries: &[
+                uniform_entry(0, false, std::mem::size_of::<BiasParams>() as u64),
+                step(1),
+                storage_entry(2, true, 4),
+                storage_entry(3, false, 4),
+            ],
+        });
+        let pipeline_layout = |label: &str, bgl: &wgpu::BindGroupLayout| {
+            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(bgl)],
+                immediate_size: 0,
+            })
+        };
+        let gemm_pl = pipeline_layout("matmul pipeline layout", &gemm_layout);
+        let softmax_pl = pipeline_layout("softmax_xent pipeline layout", &softmax_layout);
+        let bias_pl = pipeline_layout("bias_update pipeline layout", &bias_layout);
+
+        let pipelines = Entry::ALL
+            .iter()
+            .map(|&e| {
+                let (layout, module) = match e.family() {
+                    Family::Gemm => (&gemm_pl, &matmul),
+                    Family::Softmax => (&softmax_pl, &softmax),
+                    Family::Bias => (&bias_pl, &bias),
+                };
+                let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(e.name()),
+                    layout: Some(layout),
+                    module,
+                    entry_point: Some(e.name()),
+                    // Every kernel writes its workgroup memory before reading it.
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &[],
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                });
+                (e, p)
+            })
+            .collect();
+        let placeholder = |label: &str| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let unused_ro = placeholder("unused read-only binding");
+        let unused_rw = placeholder("unused writable binding");
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(GpuError::Other(format!("building the compute pipelines: {e}")));
+        }
+        Ok(Kernels {
+            gemm_layout,
+            softmax_layout,
+            bias_layout,
+            pipelines,
+            unused_ro,
+            unused_rw,
+            step_stride: u64::from(l.min_uniform_buffer_offset_alignment).max(STEP_BYTES),
+            max_groups: l.max_compute_workgroups_per_dimension,
+        })
+    }
+
+    fn pipeline(&self, e: Entry) -> &wgpu::ComputePipeline {
+        // `pipelines` holds every entry, in `Entry::ALL` order.
+        &self.pipelines[Entry::ALL.iter().position(|&x| x == e).unwrap_or(0)].1
+    }
+
+    /// Spread `total` workgroups over x and y, each at most the adapter's
+    /// per-dimension limit; the kernels linearise `wid.x + wid.y * nwg.x`
+    /// and ignore the surplus of the last row.
+    pub(crate) fn fold(&self, what: &str, total: u64) -> Result<(u32, u32), GpuError> {
+        let max = u64::from(self.max_groups.max(1));
+        if total == 0 {
+            return Ok((0, 0));
+        }
+        let x = total.min(max);
+        let y = total.div_ceil(x);
+        need(
+            what,
+            y,
+            max,
+            "max_compute_workgroups_per_dimension (after folding into two dimensions)",
+        )?;
+        Ok((x as u32, y as u32))
+    }
+
+    /// The buffer to bind for an operand, its strides and source kind.
+    fn operand<'b>(
+        &'b self,
+        op: &Operand<'b>,
+        rs: &mut u32,
+        cs: &mut u32,
+        src: &mut u32,
+    ) -> (&'b wgpu::Buffer, Option<DataSource<'b>>) {
+        match *op {
+            Operand::Dense { buf, rs: r, cs: c } => {
+                (*rs, *cs, *src) = (r, c, 0);
+                (buf, None)
+            }
+            Operand::Data(d) => {
+                *src = if d.is_u8 { 2 } else { 1 };
+                (&self.unused_ro, Some(d))
+            }
+        }
+    }
+
+    fn params_buffer(ctx: &GpuContext, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer, GpuError> {
+        ctx.uniform_init(&format!("{label} params"), bytes)
+    }
+
+    fn step_binding(step: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: step,
+            offset: 0,
+            size: wgpu::BufferSize::new(STEP_BYTES),
+        })
+    }
+
+    fn bind_group(
+        ctx: &GpuContext,
+        label: &str,
+        layout: &wgpu::BindGroupLayout,
+        buffers: &[(u32, &wgpu::Buffer)],
+        params: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        let mut entries = vec![
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: params.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: Self::step_binding(step),
+            },
+        ];
+        entries.extend(buffers.iter().map(|&(binding, b)| wgpu::BindGroupEntry {
+            binding,
+            resource: b.as_entire_binding(),
+        }));
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout,
+            entries: &entries,
+        })
+    }
+
+    /// Build a GEMM-family dispatch reading its per-step values from `step`.
+    pub(crate) fn gemm(
+        &self,
+        ctx: &GpuContext,
+        label: &str,
+        g: &Gemm,
+        step: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        debug_assert_eq!(g.entry.family(), Family::Gemm);
+        let (m, n, k) = (g.m as u64, g.n as u64, g.k as u64);
+        let u32_max = u64::from(u32::MAX);
+        // Indices are u32 in the shader.
+        for (what, v) in [("m*k", m * k), ("k*n", k * n), ("m*n", m * n)] {
+            need(
+                &format!("{label}: {what} elements"),
+                v,
+                u32_max,
+                "u32 indexing in the shaders",
+            )?;
+        }
+        let tiles_n = n.div_ceil(GEMM_TILE.into());
+        let tiles = m.div_ceil(GEMM_TILE.into()) * tiles_n;
+        let groups = self.fold(label, tiles)?;
+        let mut p = GemmParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            tiles_n: tiles_n.max(1) as u32,
+            ldc: n as u32,
+            relu: g.relu as u32,
+            scale: 1.0,
+            ..Default::default()
+        };
+        let (a, a_data) = self.operand(&g.a, &mut p.a_rs, &mut p.a_cs, &mut p.a_src);
+        let (b, b_data) = self.operand(&g.b, &mut p.b_rs, &mut p.b_cs, &mut p.b_src);
+        let (mut data, mut index) = (&self.unused_ro, &self.unused_ro);
+        // At most one operand is the dataset in every kernel built here.
+        if let Some(d) = a_data.or(b_data) {
+            p.dim = d.dim;
+            p.gather = d.gather as u32;
+            p.scale = d.scale;
+            p.offset = d.offset;
+            data = d.data;
+            index = d.index;
+        }
+        let params = Self::params_buffer(ctx, label, bytemuck::bytes_of(&p))?;
+        let aux = g.aux.unwrap_or(&self.unused_ro);
+        let bind_group = Self::bind_group(
+            ctx,
+            label,
+            &self.gemm_layout,
+            &[(2, a), (3, b), (4, aux), (5, data), (6, index), (7, g.c)],
+            &params,
+            step,
+        );
+        Ok(Dispatch {
+            entry: g.entry,
+            bind_group,
+            groups,
+        })
+    }
+
+    /// Build a softmax_xent (training: `dlogits`, labels through `index`)
+    /// or softmax_xent_eval (`predictions`, labels direct) dispatch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn softmax(
+        &self,
+        ctx: &GpuContext,
+        label: &str,
+        entry: Entry,
+        rows: usize,
+        classes: usize,
+        logits: &wgpu::Buffer,
+        labels: &wgpu::Buffer,
+        index: Option<&wgpu::Buffer>,
+        out: &wgpu::Buffer,
+        stats: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        debug_assert_eq!(entry.family(), Family::Softmax);
+        need(
+            &format!("{label}: rows*classes elements"),
+            (rows as u64) * (classes as u64),
+            u32::MAX.into(),
+            "u32 indexing in the shaders",
+        )?;
+        let p = SoftmaxParams {
+            rows: rows as u32,
+            classes: classes as u32,
+            gather: index.is_some() as u32,
+            inv_rows: 1.0 / rows.max(1) as f32,
+        };
+        let params = Self::params_buffer(ctx, label, bytemuck::bytes_of(&p))?;
+        let (dlogits, predictions) = match entry {
+            Entry::SoftmaxXent => (out, &self.unused_rw),
+            _ => (&self.unused_rw, out),
+        };
+        let bind_group = Self::bind_group(
+            ctx,
+            label,
+            &self.softmax_layout,
+            &[
+                (2, logits),
+                (3, labels),
+                (4, index.unwrap_or(&self.unused_ro)),
+                (5, dlogits),
+                (6, predictions),
+                (7, stats),
+            ],
+            &params,
+            step,
+        );
+        Ok(Dispatch {
+            entry,
+            bind_group,
+            // One workgroup reduces the whole batch (see softmax_xent.wgsl).
+            groups: if rows == 0 { (0, 0) } else { (1, 1) },
+        })
+    }
+
+    /// Build a bias_update dispatch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bias_update(
+        &self,
+        ctx: &GpuContext,
+        label: &str,
+        rows: usize,
+        outputs: usize,
+        dy: &wgpu::Buffer,
+        bias: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        need(
+            &format!("{label}: rows*outputs elements"),
+            (rows as u64) * (outputs as u64),
+            u32::MAX.into(),
+            "u32 indexing in the shaders",
+        )?;
+        let p = BiasParams {
+            rows: rows as u32,
+            outputs: outputs as u32,
+            pad: [0; 2],
+        };
+        let params = Self::params_buffer(ctx, label, bytemuck::bytes_of(&p))?;
+        let groups = self.fold(label, (outputs as u64).div_ceil(BIAS_THREADS.into()))?;
+        let bind_group = Self::bind_group(ctx, label, &self.bias_layout, &[(2, dy), (3, bias)], &params, step);
+        Ok(Dispatch {
+            entry: Entry::BiasUpdate,
+            bind_group,
+            groups,
+        })
+    }
+}

@@ -1,0 +1,387 @@
+//! Single kernels on host arrays, for tests and experiments: upload the
+//! inputs, run one dispatch, read the output back. Each function mirrors its
+//! CPU twin in [`crate::cpu::kernels`] (same name, same argument order, the
+//! output returned instead of written into a slice).
+//!
+//! Outputs that a kernel fully overwrites are poisoned first (NaN for f32,
+//! `u32::MAX` for classes), so an element the kernel fails to write shows up
+//! in the comparison instead of passing as a stale zero.
+//!
+//! These build their dispatch from the same [`Gemm`] constructors the trainer
+//! uses, so a passing test here covers the trainer's kernel calls.
+
+use super::context::GpuContext;
+use super::kernels::{DataSource, Dispatch, Entry, Gemm, Operand, StepParams};
+use super::trainer::upload_features;
+use crate::error::GpuError;
+
+/// The input of a layer: a dense matrix, or raw rows of a dataset gathered
+/// by index and preprocessed inside the kernel (as the first layer reads
+/// the resident training set).
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// Row-major `[rows, inputs]`, already preprocessed.
+    Dense(&'a [f32]),
+    /// Row `r` is `features[index[r] * inputs ..][.. inputs] * scale + offset`.
+    Gathered {
+        features: &'a [f32],
+        index: &'a [u32],
+        scale: f32,
+        offset: f32,
+        /// Keep the features as bytes on the GPU (they must be integers in 0..=255).
+        as_u8: bool,
+    },
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<(), GpuError> {
+    if got < want {
+        return Err(GpuError::InvalidArgument(format!(
+            "{what} holds {got} values but the shapes need {want}"
+        )));
+    }
+    Ok(())
+}
+
+fn poisoned(ctx: &GpuContext, label: &str, len: usize) -> Result<wgpu::Buffer, GpuError> {
+    ctx.storage_init(label, bytemuck::cast_slice(&vec![f32::NAN; len]))
+}
+
+fn upload_f32(ctx: &GpuContext, label: &str, v: &[f32]) -> Result<wgpu::Buffer, GpuError> {
+    ctx.storage_init(label, bytemuck::cast_slice(v))
+}
+
+fn upload_u32(ctx: &GpuContext, label: &str, v: &[u32]) -> Result<wgpu::Buffer, GpuError> {
+    ctx.storage_init(label, bytemuck::cast_slice(v))
+}
+
+/// A step buffer holding one [`StepParams`] with learning rate `lr`.
+fn step_buffer(ctx: &GpuContext, lr: f32) -> Result<wgpu::Buffer, GpuError> {
+    let p = StepParams {
+        index_off: 0,
+        slot: 0,
+        lr,
+        pad: 0,
+    };
+    ctx.uniform_init("single-step params", bytemuck::bytes_of(&p))
+}
+
+/// Record one dispatch, submit it (reads come after it in queue order).
+fn run(ctx: &GpuContext, d: &Dispatch) -> Result<(), GpuError> {
+    let kernels = ctx.kernels()?;
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        label: Some(d.entry().name()),
+    });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(d.entry().name()),
+            timestamp_writes: None,
+        });
+        d.record(kernels, &mut pass, 0);
+    }
+    ctx.queue.submit([enc.finish()]);
+    Ok(())
+}
+
+/// Keeps the buffers of an [`Input`] alive while its operand is in use.
+enum InputBuffers {
+    Dense(wgpu::Buffer),
+    Gathered {
+        data: wgpu::Buffer,
+        index: wgpu::Buffer,
+        dim: u32,
+        scale: f32,
+        offset: f32,
+        is_u8: bool,
+    },
+}
+
+impl InputBuffers {
+    fn upload(ctx: &GpuContext, x: &Input, rows: usize, inputs: usize) -> Result<Self, GpuError> {
+        Ok(match *x {
+            Input::Dense(v) => {
+                check_len("x", v.len(), rows * inputs)?;
+                InputBuffers::Dense(upload_f32(ctx, "x", v)?)
+            }
+            Input::Gathered {
+                features,
+                index,
+                scale,
+                offset,
+                as_u8,
+            } => {
+                check_len("index", index.len(), rows)?;
+                let examples = features.len() / inputs.max(1);
+                if let Some(&bad) = index[..rows].iter().find(|&&i| i as usize >= examples) {
+                    return Err(GpuError::InvalidArgument(format!(
+                        "index {bad} is past the {examples} examples in features"
+                    )));
+                }
+                InputBuffers::Gathered {
+                    data: upload_features(ctx, "features", features, as_u8)?,
+                    index: upload_u32(ctx, "index", index)?,
+                    dim: inputs as u32,
+                    scale,
+                    offset,
+                    is_u8: as_u8,
+                }
+            }
+        })
+    }
+
+    fn operand(&self, inputs: usize) -> Operand<'_> {
+        match self {
+            InputBuffers::Dense(b) => Operand::rows(b, inputs),
+            InputBuffers::Gathered {
+                data,
+                index,
+                dim,
+                scale,
+                offset,
+                is_u8,
+            } => Operand::Data(DataSource {
+                data,
+                is_u8: *is_u8,
+                index,
+                gather: true,
+                dim: *dim,
+                scale: *scale,
+                offset: *offset,
+            }),
+        }
+    }
+}
+
+fn matmul(
+    ctx: &GpuContext,
+    entry: Entry,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("a", a.len(), m * k)?;
+    check_len("b", b.len(), k * n)?;
+    let kernels = ctx.kernels()?;
+    let (ab, bb) = (upload_f32(ctx, "a", a)?, upload_f32(ctx, "b", b)?);
+    let c = poisoned(ctx, "c", m * n)?;
+    let (a_op, b_op) = match entry {
+        Entry::MatmulNn => (Operand::rows(&ab, k), Operand::rows(&bb, n)),
+        Entry::MatmulNt => (Operand::rows(&ab, k), Operand::transposed(&bb, k)),
+        _ => (Operand::transposed(&ab, m), Operand::rows(&bb, n)),
+    };
+    let g = Gemm {
+        entry,
+        m,
+        n,
+        k,
+        a: a_op,
+        b: b_op,
+        c: &c,
+        aux: None,
+        relu: false,
+    };
+    let step = step_buffer(ctx, 0.0)?;
+    run(ctx, &kernels.gemm(ctx, entry.name(), &g, &step)?)?;
+    ctx.read_f32(&c, m * n)
+}
+
+/// `c[m,n] = a[m,k] * b[k,n]`.
+pub fn matmul_nn(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
+    matmul(ctx, Entry::MatmulNn, a, b, m, n, k)
+}
+
+/// `c[m,n] = a[m,k] * b[n,k]^T`.
+pub fn matmul_nt(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
+    matmul(ctx, Entry::MatmulNt, a, b, m, n, k)
+}
+
+/// `c[m,n] = a[k,m]^T * b[k,n]`.
+pub fn matmul_tn(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
+    matmul(ctx, Entry::MatmulTn, a, b, m, n, k)
+}
+
+/// `y[rows, outputs] = x[rows, inputs] * w[outputs, inputs]^T + bias`, then
+/// ReLU when `relu`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    ctx: &GpuContext,
+    x: Input,
+    w: &[f32],
+    bias: &[f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    relu: bool,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("w", w.len(), outputs * inputs)?;
+    check_len("bias", bias.len(), outputs)?;
+    let kernels = ctx.kernels()?;
+    let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
+    let (wb, bb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "bias", bias)?);
+    let y = poisoned(ctx, "y", rows * outputs)?;
+    let g = Gemm::linear_forward(xb.operand(inputs), &wb, &bb, &y, rows, inputs, outputs, relu);
+    let step = step_buffer(ctx, 0.0)?;
+    run(ctx, &kernels.gemm(ctx, "linear_forward", &g, &step)?)?;
+    ctx.read_f32(&y, rows * outputs)
+}
+
+/// `dx[rows, inputs] = (dy[rows, outputs] * w[outputs, inputs]) * (x > 0)`.
+#[allow(clippy::too_many_arguments)]
+pub fn backprop_input(
+    ctx: &GpuContext,
+    dy: &[f32],
+    w: &[f32],
+    x: &[f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("dy", dy.len(), rows * outputs)?;
+    check_len("w", w.len(), outputs * inputs)?;
+    check_len("x", x.len(), rows * inputs)?;
+    let kernels = ctx.kernels()?;
+    let (dyb, wb, xb) = (
+        upload_f32(ctx, "dy", dy)?,
+        upload_f32(ctx, "w", w)?,
+        upload_f32(ctx, "x", x)?,
+    );
+    let dx = poisoned(ctx, "dx", rows * inputs)?;
+    let g = Gemm::backprop_input(&dyb, &wb, &xb, &dx, rows, inputs, outputs);
+    let step = step_buffer(ctx, 0.0)?;
+    run(ctx, &kernels.gemm(ctx, "backprop_input", &g, &step)?)?;
+    ctx.read_f32(&dx, rows * inputs)
+}
+
+/// `w[outputs, inputs] - lr * dy[rows, outputs]^T * x[rows, inputs]`.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_update(
+    ctx: &GpuContext,
+    w: &[f32],
+    dy: &[f32],
+    x: Input,
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    lr: f32,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("w", w.len(), outputs * inputs)?;
+    check_len("dy", dy.len(), rows * outputs)?;
+    let kernels = ctx.kernels()?;
+    let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
+    let (wb, dyb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "dy", dy)?);
+    let g = Gemm::weight_update(&wb, &dyb, xb.operand(inputs), rows, inputs, outputs);
+    let step = step_buffer(ctx, lr)?;
+    run(ctx, &kernels.gemm(ctx, "weight_update", &g, &step)?)?;
+    ctx.read_f32(&wb, outputs * inputs)
+}
+
+/// `b[outputs] - lr * (sum over rows of dy[rows, outputs])`.
+pub fn bias_update(
+    ctx: &GpuContext,
+    b: &[f32],
+    dy: &[f32],
+    rows: usize,
+    outputs: usize,
+    lr: f32,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("b", b.len(), outputs)?;
+    check_len("dy", dy.len(), rows * outputs)?;
+    let kernels = ctx.kernels()?;
+    let (bb, dyb) = (upload_f32(ctx, "b", b)?, upload_f32(ctx, "dy", dy)?);
+    let step = step_buffer(ctx, lr)?;
+    run(
+        ctx,
+        &kernels.bias_update(ctx, "bias_update", rows, outputs, &dyb, &bb, &step)?,
+    )?;
+    ctx.read_f32(&bb, outputs)
+}
+
+fn check_labels(labels: &[u32], rows: usize, classes: usize) -> Result<(), GpuError> {
+    check_len("labels", labels.len(), rows)?;
+    match labels[..rows].iter().find(|&&l| l as usize >= classes) {
+        Some(l) => Err(GpuError::InvalidArgument(format!(
+            "label {l} is not below {classes} classes"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Softmax cross-entropy forward and backward: `dlogits = (softmax -
+/// onehot) / rows`, the summed loss, and the number of rows whose arg-max
+/// is the label.
+pub fn softmax_xent(
+    ctx: &GpuContext,
+    logits: &[f32],
+    labels: &[u32],
+    rows: usize,
+    classes: usize,
+) -> Result<(Vec<f32>, f64, u32), GpuError> {
+    check_len("logits", logits.len(), rows * classes)?;
+    check_labels(labels, rows, classes)?;
+    let kernels = ctx.kernels()?;
+    let zb = upload_f32(ctx, "logits", logits)?;
+    let lb = upload_u32(ctx, "labels", labels)?;
+    // Gather through the identity, as a training step gathers through the permutation.
+    let identity: Vec<u32> = (0..rows as u32).collect();
+    let ib = upload_u32(ctx, "index", &identity)?;
+    let d = poisoned(ctx, "dlogits", rows * classes)?;
+    let stats = upload_u32(ctx, "stats", &[f32::NAN.to_bits(), u32::MAX])?;
+    let step = step_buffer(ctx, 0.0)?;
+    let disp = kernels.softmax(
+        ctx,
+        "softmax_xent",
+        Entry::SoftmaxXent,
+        rows,
+        classes,
+        &zb,
+        &lb,
+        Some(&ib),
+        &d,
+        &stats,
+        &step,
+    )?;
+    run(ctx, &disp)?;
+    let bytes = ctx.read_back(None, &[(&d, 0, 4 * (rows * classes) as u64), (&stats, 0, 8)])?;
+    let s: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[1]);
+    Ok((
+        bytemuck::pod_collect_to_vec(&bytes[0]),
+        f32::from_bits(s[0]) as f64,
+        s[1],
+    ))
+}
+
+/// Per-row arg-max and the summed softmax cross-entropy loss (evaluation).
+pub fn softmax_xent_eval(
+    ctx: &GpuContext,
+    logits: &[f32],
+    labels: &[u32],
+    rows: usize,
+    classes: usize,
+) -> Result<(Vec<u32>, f64), GpuError> {
+    check_len("logits", logits.len(), rows * classes)?;
+    check_labels(labels, rows, classes)?;
+    let kernels = ctx.kernels()?;
+    let zb = upload_f32(ctx, "logits", logits)?;
+    let lb = upload_u32(ctx, "labels", labels)?;
+    let pred = upload_u32(ctx, "predictions", &vec![u32::MAX; rows])?;
+    let stats = upload_u32(ctx, "stats", &[f32::NAN.to_bits(), u32::MAX])?;
+    let step = step_buffer(ctx, 0.0)?;
+    let disp = kernels.softmax(
+        ctx,
+        "softmax_xent_eval",
+        Entry::SoftmaxXentEval,
+        rows,
+        classes,
+        &zb,
+        &lb,
+        None,
+        &pred,
+        &stats,
+        &step,
+    )?;
+    run(ctx, &disp)?;
+    let bytes = ctx.read_back(None, &[(&pred, 0, 4 * rows as u64), (&stats, 0, 8)])?;
+    let s: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[1]);
+    Ok((bytemuck::pod_collect_to_vec(&bytes[0]), f32::from_bits(s[0]) as f64))
+}

@@ -1,0 +1,656 @@
+//! The GPU training backend: parameters, data and every intermediate live
+//! on the device; a training step is a fixed list of dispatches recorded
+//! many times into one command buffer.
+//!
+//! Everything is built once, in [`GpuBackend::new`]: the buffers, and for
+//! each step variant (a full batch and, when the epoch does not divide
+//! evenly, the last partial batch) the list of dispatches with their bind
+//! groups. What differs between steps (where the batch starts in the
+//! permutation, the learning rate, which stats slot to write) lives in a
+//! ring of [`StepParams`] bound at a dynamic offset, so recording a step
+//! costs a few `set_bind_group`/`dispatch` calls and no allocation.
+//!
+//! A step of an `L`-layer network is `4L` dispatches:
+//!
+//! ```text
+//! linear_forward   x L       (the first reads the resident dataset through the permutation)
+//! softmax_xent              (dlogits, and the batch's loss and correct count into a stats slot)
+//! backprop_input   x L-1    (each before its layer's weights change)
+//! weight_update    x L
+//! bias_update      x L
+//! ```
+//!
+//! Nothing is read back inside a step: each step writes its loss and correct
+//! count to its own slot of a stats buffer, and [`Backend::take_stats`]
+//! copies the used slots back in one transfer and sums them in f64.
+
+use std::sync::Arc;
+
+use super::context::GpuContext;
+use super::kernels::{DataSource, Dispatch, Entry, Gemm, Kernels, Operand, StepParams, STEP_BYTES};
+use crate::backend::{steps_per_epoch, Backend, Predictions, SplitKind, StepStats};
+use crate::data::{Dataset, Preprocess, Split};
+use crate::error::{Error, GpuError, Result};
+use crate::model::{Linear, Mlp};
+
+/// Steps recorded per command buffer: enough that submission overhead
+/// vanishes, few enough that the GPU starts while later steps are encoded.
+const STEPS_PER_SUBMIT: usize = 128;
+/// Largest number of steps whose stats are kept on the GPU before a
+/// [`Backend::take_stats`]; past it, `train_steps` reads them back itself.
+const MAX_STAT_SLOTS: usize = 8192;
+/// Rows per forward pass when evaluating a split.
+const EVAL_ROWS: usize = 4096;
+
+/// Upload raw features, as bytes packed four to a u32 word (little-endian,
+/// so byte `i` of the flat array is byte `i % 4` of word `i / 4`) when
+/// `as_u8`, else as f32.
+pub(crate) fn upload_features(
+    ctx: &GpuContext,
+    label: &str,
+    features: &[f32],
+    as_u8: bool,
+) -> Result<wgpu::Buffer, GpuError> {
+    if !as_u8 {
+        return ctx.storage_init(label, bytemuck::cast_slice(features));
+    }
+    if let Some(v) = features
+        .iter()
+        .find(|v| !(0.0..=255.0).contains(*v) || v.fract() != 0.0)
+    {
+        return Err(GpuError::InvalidArgument(format!(
+            "{label}: value {v} cannot be stored as a byte"
+        )));
+    }
+    let words: Vec<u32> = features
+        .chunks(4)
+        .map(|c| c.iter().enumerate().fold(0u32, |w, (i, &v)| w | (v as u32) << (8 * i)))
+        .collect();
+    ctx.storage_init(label, bytemuck::cast_slice(&words))
+}
+
+/// A split resident on the GPU.
+struct ResidentSplit {
+    data: wgpu::Buffer,
+    is_u8: bool,
+    dim: usize,
+    labels: wgpu::Buffer,
+    len: usize,
+}
+
+impl ResidentSplit {
+    fn upload(ctx: &GpuContext, name: &str, s: &Split, dim: usize, as_u8: bool) -> Result<Self, GpuError> {
+        // The shaders address values as u32 (example * dim + feature).
+        let values = (s.len() as u64) * (dim as u64);
+        if values > u64::from(u32::MAX) {
+            return Err(GpuError::Limit {
+                what: format!("the {name} split ({} examples of {dim} values)", s.len()),
+                needed: values,
+                limit: u32::MAX.into(),
+                limit_name: "u32 indexing in the shaders, values",
+            });
+        }
+        Ok(ResidentSplit {
+            data: upload_features(ctx, &format!("{name} features"), &s.features, as_u8)?,
+            is_u8: as_u8,
+            dim,
+            labels: ctx.storage_init(&format!("{name} labels"), bytemuck::cast_slice(&s.labels))?,
+            len: s.len(),
+        })
+    }
+
+    /// The split as the first layer's input: through `index` when
+    /// `gather` (training), else in order (evaluation).
+    fn source<'a>(&'a self, index: &'a wgpu::Buffer, gather: bool, p: Preprocess) -> DataSource<'a> {
+        DataSource {
+            data: &self.data,
+            is_u8: self.is_u8,
+            index,
+            gather,
+            dim: self.dim as u32,
+            scale: p.scale,
+            offset: p.offset,
+        }
+    }
+}
+
+/// The dispatches of one pass over a split: one list for full chunks and,
+/// when the split does not divide evenly, one for the last chunk.
+struct EvalPlan {
+    len: usize,
+    chunks: usize,
+    full: Vec<Dispatch>,
+    last: Option<Vec<Dispatch>>,
+}
+
+/// The GPU implementation of [`Backend`].
+pub struct GpuBackend {
+    ctx: Arc<GpuContext>,
+    sizes: Vec<usize>,
+    preprocess: Preprocess,
+    input_shape: Vec<usize>,
+    batch: usize,
+    n_train: usize,
+    /// `(weight, bias)` per layer.
+    params: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// The epoch's permutation of the training examples.
+    perm: wgpu::Buffer,
+    epoch_started: bool,
+    /// Ring of per-step parameters, one entry per stats slot.
+    steps: wgpu::Buffer,
+    /// `{loss: f32, correct: u32}` per step since the last `take_stats`.
+    stats: wgpu::Buffer,
+    slots: usize,
+    /// Slots used since the last `take_stats`.
+    pending: usize,
+    /// Host-side part of the stats: examples and steps recorded, and any
+    /// GPU totals already folded in when the slots ran out.
+    host_stats: StepStats,
+    full_step: Vec<Dispatch>,
+    last_step: Option<Vec<Dispatch>>,
+    last_rows: usize,
+    eval_train: EvalPlan,
+    eval_test: EvalPlan,
+    eval_rows: usize,
+    eval_stats: wgpu::Buffer,
+    predictions: wgpu::Buffer,
+    /// Host staging for the step ring, reused between calls.
+    step_bytes: Vec<u8>,
+}
+
+/// The buffers a forward/backward schedule reads and writes.
+struct Buffers<'a> {
+    params: &'a [(wgpu::Buffer, wgpu::Buffer)],
+    /// `acts[l]` is the output of layer `l` (`[rows, sizes[l + 1]]`).
+    acts: &'a [wgpu::Buffer],
+    /// `grads[l]` is the gradient with respect to `acts[l]`.
+    grads: &'a [wgpu::Buffer],
+}
+
+impl GpuBackend {
+    /// Upload the model and both splits, and build every dispatch.
+    pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, batch: usize) -> Result<Self> {
+        crate::cpu::check_fit(&model, &data)?;
+        if batch == 0 {
+            return Err(Error::Config("--batch must be at least 1".into()));
+        }
+        let device = &ctx.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let built = Self::build(ctx.clone(), model, &data, batch);
+        let invalid = pollster::block_on(invalid.pop());
+        let oom = pollster::block_on(oom.pop());
+        if let Some(e) = oom {
+            return Err(GpuError::Other(format!("out of GPU memory while uploading the model and data: {e}")).into());
+        }
+        if let Some(e) = invalid {
+            return Err(GpuError::Other(format!("setting up the GPU trainer: {e}")).into());
+        }
+        built
+    }
+
+    fn build(ctx: Arc<GpuContext>, model: Mlp, data: &Dataset, batch: usize) -> Result<Self> {
+        let kernels = ctx.kernels()?;
+        let sizes = model.sizes();
+        let nl = model.layers.len();
+        let dim = model.inputs();
+        let widest = sizes[1..].iter().copied().max().unwrap_or(1);
+        let as_u8 = data.is_u8();
+        let train = ResidentSplit::upload(&ctx, "train", &data.train, dim, as_u8)?;
+        let test = ResidentSplit::upload(&ctx, "test", &data.test, dim, as_u8)?;
+        let n_train = train.len;
+
+        let params = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                Ok((
+                    ctx.storage_init(&format!("fc{} weight", l + 1), bytemuck::cast_slice(&layer.weight))?,
+                    ctx.storage_init(&format!("fc{} bias", l + 1), bytemuck::cast_slice(&layer.bias))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, GpuError>>()?;
+
+        // Evaluation runs in chunks as large as fit the activation buffers'
+        // binding limit, but never smaller than a training batch needs.
+        let max_rows = (ctx.limits().max_storage_buffer_binding_size / (4 * widest as u64)) as usize;
+        if max_rows < batch {
+            return Err(GpuError::Limit {
+                what: format!("a batch of {batch} rows of {widest} activations"),
+                needed: 4 * (batch * widest) as u64,
+                limit: ctx.limits().max_storage_buffer_binding_size,
+                limit_name: "max_storage_buffer_binding_size, bytes",
+            }
+            .into());
+        }
+        let eval_rows = EVAL_ROWS.max(batch).min(max_rows);
+        let act_rows = eval_rows.max(batch);
+        let acts = (1..=nl)
+            .map(|l| ctx.storage(&format!("activations {l}"), 4 * (act_rows * sizes[l]) as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        let grads = (1..=nl)
+            .map(|l| ctx.storage(&format!("gradients {l}"), 4 * (batch * sizes[l]) as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        let perm = ctx.storage("epoch permutation", 4 * n_train as u64)?;
+
+        let spe = steps_per_epoch(n_train, batch);
+        let slots = spe.clamp(1, MAX_STAT_SLOTS);
+        let stride = kernels.step_stride;
+        let steps = ctx.uniform_init("step ring", &vec![0u8; (slots as u64 * stride) as usize])?;
+        let stats = ctx.storage("step stats", 8 * slots as u64)?;
+
+        let bufs = Buffers {
+            params: &params,
+            acts: &acts,
+            grads: &grads,
+        };
+        let pre = model.preprocess;
+        let train_input = train.source(&perm, true, pre);
+        let last_rows = n_train - (spe - 1) * batch;
+        let full_step = Self::step_plan(&ctx, kernels, &sizes, &bufs, train_input, &train, &stats, &steps, batch)?;
+        let last_step = if last_rows != batch {
+            Some(Self::step_plan(
+                &ctx,
+                kernels,
+                &sizes,
+                &bufs,
+                train_input,
+                &train,
+                &stats,
+                &steps,
+                last_rows,
+            )?)
+        } else {
+            None
+        };
+
+        let longest = train.len.max(test.len);
+        let chunks = longest.div_ceil(eval_rows);
+        let mut eval_bytes = vec![0u8; (chunks as u64 * stride) as usize];
+        for c in 0..chunks {
+            let p = StepParams {
+                index_off: (c * eval_rows) as u32,
+                slot: c as u32,
+                lr: 0.0,
+                pad: 0,
+            };
+            let at = c * stride as usize;
+            eval_bytes[at..at + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
+        }
+        let eval_steps = ctx.uniform_init("evaluation chunk params", &eval_bytes)?;
+        let eval_stats = ctx.storage("evaluation stats", 8 * chunks as u64)?;
+        let predictions = ctx.storage("predictions", 4 * longest as u64)?;
+        let eval_plan = |split: &ResidentSplit, name: &str| -> Result<EvalPlan, GpuError> {
+            let src = split.source(&perm, false, pre);
+            let plan = |rows| {
+                Self::eval_plan(
+                    &ctx,
+                    kernels,
+                    &sizes,
+                    &bufs,
+                    src,
+                    split,
+                    &predictions,
+                    &eval_stats,
+                    &eval_steps,
+                    rows,
+                    name,
+                )
+            };
+            let chunks = split.len.div_ceil(eval_rows);
+            let last = split.len - (chunks - 1) * eval_rows;
+            Ok(EvalPlan {
+                len: split.len,
+                chunks,
+                full: plan(eval_rows)?,
+                last: if last != eval_rows { Some(plan(last)?) } else { None },
+            })
+        };
+        let eval_train = eval_plan(&train, "train")?;
+        let eval_test = eval_plan(&test, "test")?;
+
+        Ok(GpuBackend {
+            sizes,
+            preprocess: model.preprocess,
+            input_shape: model.input_shape,
+            batch,
+            n_train,
+            params,
+            perm,
+            epoch_started: false,
+            steps,
+            stats,
+            slots,
+            pending: 0,
+            host_stats: StepStats::default(),
+            full_step,
+            last_step,
+            last_rows,
+            eval_train,
+            eval_test,
+            eval_rows,
+            eval_stats,
+            predictions,
+            step_bytes: Vec::new(),
+            ctx,
+        })
+    }
+
+    /// The forward dispatches of `rows` rows whose input is `input`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_plan(
+        ctx: &GpuContext,
+        kernels: &Kernels,
+        sizes: &[usize],
+        bufs: &Buffers,
+        input: DataSource,
+        step: &wgpu::Buffer,
+        rows: usize,
+        tag: &str,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        let nl = sizes.len() - 1;
+        (0..nl)
+            .map(|l| {
+                let x = if l == 0 {
+                    Operand::Data(input)
+                } else {
+                    Operand::rows(&bufs.acts[l - 1], sizes[l])
+                };
+                let (w, b) = &bufs.params[l];
+                let g = Gemm::linear_forward(x, w, b, &bufs.acts[l], rows, sizes[l], sizes[l + 1], l + 1 < nl);
+                kernels.gemm(ctx, &format!("{tag} fc{} linear_forward", l + 1), &g, step)
+            })
+            .collect()
+    }
+
+    /// Every dispatch of a training step of `rows` rows, in order.
+    #[allow(clippy::too_many_arguments)]
+    fn step_plan(
+        ctx: &GpuContext,
+        kernels: &Kernels,
+        sizes: &[usize],
+        bufs: &Buffers,
+        input: DataSource,
+        train: &ResidentSplit,
+        stats: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+        rows: usize,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        let nl = sizes.len() - 1;
+        let tag = format!("train step ({rows} rows)");
+        let mut plan = Self::forward_plan(ctx, kernels, sizes, bufs, input, step, rows, &tag)?;
+        plan.push(kernels.softmax(
+            ctx,
+            &format!("{tag} softmax_xent"),
+            Entry::SoftmaxXent,
+            rows,
+            sizes[nl],
+            &bufs.acts[nl - 1],
+            &train.labels,
+            Some(input.index),
+            &bufs.grads[nl - 1],
+            stats,
+            step,
+        )?);
+        for l in (0..nl).rev() {
+            let (w, b) = &bufs.params[l];
+            let (inputs, outputs) = (sizes[l], sizes[l + 1]);
+            let dy = &bufs.grads[l];
+            let name = |k: &str| format!("{tag} fc{} {k}", l + 1);
+            if l > 0 {
+                // Before this layer's update: the gradient needs the old weights.
+                let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs);
+                plan.push(kernels.gemm(ctx, &name("backprop_input"), &g, step)?);
+            }
+            let x = if l == 0 {
+                Operand::Data(input)
+            } else {
+                Operand::rows(&bufs.acts[l - 1], inputs)
+            };
+            let g = Gemm::weight_update(w, dy, x, rows, inputs, outputs);
+            plan.push(kernels.gemm(ctx, &name("weight_update"), &g, step)?);
+            plan.push(kernels.bias_update(ctx, &name("bias_update"), rows, outputs, dy, b, step)?);
+        }
+        Ok(plan)
+    }
+
+    /// The dispatches of one evaluation chunk of `rows` rows.
+    #[allow(clippy::too_many_arguments)]
+    fn eval_plan(
+        ctx: &GpuContext,
+        kernels: &Kernels,
+        sizes: &[usize],
+        bufs: &Buffers,
+        input: DataSource,
+        split: &ResidentSplit,
+        predictions: &wgpu::Buffer,
+        stats: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+        rows: usize,
+        name: &str,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        let nl = sizes.len() - 1;
+        let tag = format!("eval {name} ({rows} rows)");
+        let mut plan = Self::forward_plan(ctx, kernels, sizes, bufs, input, step, rows, &tag)?;
+        plan.push(kernels.softmax(
+            ctx,
+            &format!("{tag} softmax_xent_eval"),
+            Entry::SoftmaxXentEval,
+            rows,
+            sizes[nl],
+            &bufs.acts[nl - 1],
+            &split.labels,
+            None,
+            predictions,
+            stats,
+            step,
+        )?);
+        Ok(plan)
+    }
+
+    /// Copy the stats slots in use to the host and fold them into
+    /// `host_stats`; waits for every step submitted so far.
+    fn drain_stats(&mut self) -> Result<(), GpuError> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let bytes = self.ctx.read_back(None, &[(&self.stats, 0, 8 * self.pending as u64)])?;
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[0]);
+        for s in words.chunks_exact(2) {
+            self.host_stats.loss_sum += f64::from(f32::from_bits(s[0]));
+            self.host_stats.correct += u64::from(s[1]);
+        }
+        self.pending = 0;
+        Ok(())
+    }
+
+    /// Record and submit steps `first..first + count` of the epoch into
+    /// stats slots `pending..pending + count`.
+    fn submit_steps(&mut self, first: usize, count: usize, lr: f32) -> Result<(), GpuError> {
+        let kernels = self.ctx.kernels()?;
+        let stride = kernels.step_stride as usize;
+        let total = steps_per_epoch(self.n_train, self.batch);
+        self.step_bytes.clear();
+        self.step_bytes.resize(count * stride, 0);
+        for s in 0..count {
+            let p = StepParams {
+                index_off: ((first + s) * self.batch) as u32,
+                slot: (self.pending + s) as u32,
+                lr,
+                pad: 0,
+            };
+            self.step_bytes[s * stride..s * stride + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
+        }
+        // Queue writes land before the next submission's commands and after
+        // the previous ones', so reusing ring entries is safe.
+        self.ctx
+            .queue
+            .write_buffer(&self.steps, (self.pending * stride) as u64, &self.step_bytes);
+        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("training steps"),
+        });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("training steps"),
+                timestamp_writes: None,
+            });
+            for s in 0..count {
+                let index = first + s;
+                let (plan, rows) = match &self.last_step {
+                    Some(last) if index + 1 == total => (last, self.last_rows),
+                    _ => (&self.full_step, self.batch),
+                };
+                let offset = ((self.pending + s) * stride) as u32;
+                for d in plan {
+                    d.record(kernels, &mut pass, offset);
+                }
+                self.host_stats.examples += rows as u64;
+                self.host_stats.steps += 1;
+            }
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        self.pending += count;
+        Ok(())
+    }
+
+    /// Layer widths, inputs first.
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    /// Rows per forward pass when evaluating.
+    pub fn eval_rows(&self) -> usize {
+        self.eval_rows
+    }
+
+    /// Dispatches recorded per full training step.
+    pub fn dispatches_per_step(&self) -> usize {
+        self.full_step.len()
+    }
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> String {
+        let r = self.ctx.report();
+        format!("{} ({}, {})", r.name, r.backend, r.device_type)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
+        if order.len() != self.n_train {
+            return Err(Error::Config(format!(
+                "epoch order has {} entries for {} training examples",
+                order.len(),
+                self.n_train
+            )));
+        }
+        if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.n_train) {
+            return Err(Error::Config(format!(
+                "epoch order names example {bad} of {}",
+                self.n_train
+            )));
+        }
+        // Ordered after the steps already submitted, which still read the
+        // previous permutation.
+        self.ctx.queue.write_buffer(&self.perm, 0, bytemuck::cast_slice(order));
+        self.epoch_started = true;
+        Ok(())
+    }
+
+    fn train_steps(&mut self, first: usize, steps: usize, lr: f32) -> Result<()> {
+        if !self.epoch_started {
+            return Err(Error::Config("train_steps called before begin_epoch".into()));
+        }
+        let total = steps_per_epoch(self.n_train, self.batch);
+        if first + steps > total {
+            return Err(Error::Config(format!(
+                "steps {first}..{} past the epoch's {total}",
+                first + steps
+            )));
+        }
+        let mut done = 0;
+        while done < steps {
+            if self.pending == self.slots {
+                self.drain_stats()?;
+            }
+            let count = (steps - done).min(self.slots - self.pending).min(STEPS_PER_SUBMIT);
+            self.submit_steps(first + done, count, lr)?;
+            done += count;
+        }
+        Ok(())
+    }
+
+    fn take_stats(&mut self) -> Result<StepStats> {
+        self.drain_stats()?;
+        Ok(std::mem::take(&mut self.host_stats))
+    }
+
+    fn predict_split(&mut self, split: SplitKind) -> Result<Predictions> {
+        let kernels = self.ctx.kernels()?;
+        let stride = kernels.step_stride as usize;
+        let plan = match split {
+            SplitKind::Train => &self.eval_train,
+            SplitKind::Test => &self.eval_test,
+        };
+        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("evaluation"),
+        });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("evaluation"),
+                timestamp_writes: None,
+            });
+            for c in 0..plan.chunks {
+                let dispatches = match &plan.last {
+                    Some(last) if c + 1 == plan.chunks => last,
+                    _ => &plan.full,
+                };
+                for d in dispatches {
+                    d.record(kernels, &mut pass, (c * stride) as u32);
+                }
+            }
+        }
+        let bytes = self.ctx.read_back(
+            Some(enc),
+            &[
+                (&self.predictions, 0, 4 * plan.len as u64),
+                (&self.eval_stats, 0, 8 * plan.chunks as u64),
+            ],
+        )?;
+        let stats: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[1]);
+        Ok(Predictions {
+            loss_sum: stats.chunks_exact(2).map(|s| f64::from(f32::from_bits(s[0]))).sum(),
+            classes: bytemuck::pod_collect_to_vec(&bytes[0]),
+        })
+    }
+
+    fn model(&mut self) -> Result<Mlp> {
+        let ranges: Vec<(&wgpu::Buffer, u64, u64)> = self
+            .params
+            .iter()
+            .zip(self.sizes.windows(2))
+            .flat_map(|((w, b), s)| [(w, 0, 4 * (s[0] * s[1]) as u64), (b, 0, 4 * s[1] as u64)])
+            .collect();
+        let bytes = self.ctx.read_back(None, &ranges)?;
+        let layers = self
+            .sizes
+            .windows(2)
+            .zip(bytes.chunks_exact(2))
+            .map(|(s, wb)| Linear {
+                inputs: s[0],
+                outputs: s[1],
+                weight: bytemuck::pod_collect_to_vec(&wb[0]),
+                bias: bytemuck::pod_collect_to_vec(&wb[1]),
+            })
+            .collect();
+        Ok(Mlp {
+            layers,
+            preprocess: self.preprocess,
+            input_shape: self.input_shape.clone(),
+        })
+    }
+}

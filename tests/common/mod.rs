@@ -1,0 +1,38 @@
+//! Helpers shared by the GPU test files.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use wgtrain::gpu::{AdapterSelector, GpuContext};
+
+/// The GPU to test on: any adapter, software ones included, opened once per
+/// test binary. Without one, the test is skipped with a message, unless
+/// `WGTRAIN_REQUIRE_GPU=1` (as CI sets it), where a missing adapter fails
+/// the test: a silently skipped GPU test would be a green lie.
+pub fn gpu() -> Option<Arc<GpuContext>> {
+    static CTX: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
+    let ctx = CTX.get_or_init(|| {
+        GpuContext::open(&AdapterSelector::Any)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    });
+    match ctx {
+        Ok(c) => Some(c.clone()),
+        Err(e) => {
+            if std::env::var("WGTRAIN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("WGTRAIN_REQUIRE_GPU=1 but no GPU adapter could be opened: {e}");
+            }
+            eprintln!("SKIPPED: no GPU adapter ({e}); set WGTRAIN_REQUIRE_GPU=1 to make this a failure");
+            None
+        }
+    }
+}
+
+/// `len` values uniform in `[-1, 1)` from `seed`.
+pub fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
