@@ -42,6 +42,9 @@ enum Command {
     /// Measure training speed (epoch time) and matrix-product throughput on
     /// each device: a table on stderr, JSON lines on stdout.
     Bench(BenchArgs),
+    /// Predict classes of images (PNG, JPEG), IDX image files or CSV rows
+    /// with a saved model; prints the top-k classes and probabilities.
+    Predict(crate::cmd_infer::PredictArgs),
 }
 
 /// Where the data comes from and how CSV files are read.
@@ -186,6 +189,7 @@ pub fn run() -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Devices(a) => devices(a),
         Command::Bench(a) => bench(a),
+        Command::Predict(a) => crate::cmd_infer::predict(a),
     }
 }
 

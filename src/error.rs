@@ -112,3 +112,25 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors from reading inputs for inference and from running it.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("{source_name}: {found} values per example, but the model expects {expected} (input shape {shape:?})")]
+    InputSize {
+        source_name: String,
+        expected: usize,
+        found: usize,
+        shape: Vec<usize>,
+    },
+    #[error("{source_name}: cannot decode the image: {message}")]
+    Image { source_name: String, message: String },
+    #[error("{source_name}: {message}")]
+    Input { source_name: String, message: String },
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("inference failed: {0}")]
+    Failed(String),
+}

@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod gpu;
+pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod train;

@@ -1,0 +1,91 @@
+//! The `predict` and `serve` commands: their arguments (the doc comments
+//! are the `--help` text) and the code that runs them.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use wgtrain::infer::input::{self, CsvInputOptions};
+use wgtrain::infer::{predictions, ClassProbability, CpuPredictor, Predictor};
+use wgtrain::model::Mlp;
+
+/// Rows per forward pass of `predict` (and the buffers it allocates).
+const PREDICT_BATCH: usize = 256;
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The model file written by `wgtrain train --save`.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Inputs: PNG or JPEG images (made grayscale and resized to the
+    /// model's input shape), IDX image files (every image in them), or CSV
+    /// files of feature rows (a first row with text is a header). Each may
+    /// be gzipped (.gz).
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    /// How many of the most probable classes to print per input.
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    top_k: usize,
+    /// CSV inputs: drop this column (a label) from every row, counting from
+    /// 0; negative counts from the end (-1 is the last). Default: every
+    /// column is a feature.
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    label_col: Option<i64>,
+    /// Print one JSON object per input row on stdout.
+    #[arg(long)]
+    json: bool,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+}
+
+/// One line of `predict --json`.
+#[derive(Serialize)]
+struct PredictLine<'a> {
+    input: &'a str,
+    class: usize,
+    probabilities: &'a [f32],
+    top_k: &'a [ClassProbability],
+}
+
+/// Run `wgtrain predict`.
+pub fn predict(a: PredictArgs) -> Result<()> {
+    if a.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    wgtrain::cpu::set_threads(a.threads);
+    let model = Mlp::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
+    let mut predictor = CpuPredictor::new(&model, PREDICT_BATCH);
+    let shape = model.input_shape.clone();
+    let csv = CsvInputOptions { drop_col: a.label_col };
+    let classes = predictor.classes();
+    let mut stdout = std::io::stdout().lock();
+    for path in &a.inputs {
+        let inputs = input::load_file(path, predictor.inputs(), &shape, csv)?;
+        let probs = predictor.probabilities(&inputs.features)?;
+        for (name, p) in inputs.names.iter().zip(predictions(&probs, classes, a.top_k)) {
+            if a.json {
+                let line = PredictLine {
+                    input: name,
+                    class: p.class,
+                    probabilities: &p.probabilities,
+                    top_k: &p.top_k,
+                };
+                serde_json::to_writer(&mut stdout, &line)?;
+                writeln!(stdout)?;
+            } else {
+                let top: Vec<String> = p
+                    .top_k
+                    .iter()
+                    .map(|c| format!("{} ({:.4})", c.class, c.probability))
+                    .collect();
+                writeln!(stdout, "{name}: {}", top.join("  "))?;
+            }
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
