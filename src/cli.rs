@@ -45,6 +45,9 @@ enum Command {
     /// Predict classes of images (PNG, JPEG), IDX image files or CSV rows
     /// with a saved model; prints the top-k classes and probabilities.
     Predict(crate::cmd_infer::PredictArgs),
+    /// Prune and/or quantize a trained model to int8; prints per-layer kept
+    /// weights, sparsity and bytes, and test accuracy before and after.
+    Compress(crate::cmd_compress::CompressArgs),
 }
 
 /// Where the data comes from and how CSV files are read.
@@ -190,6 +193,7 @@ pub fn run() -> Result<()> {
         Command::Devices(a) => devices(a),
         Command::Bench(a) => bench(a),
         Command::Predict(a) => crate::cmd_infer::predict(a),
+        Command::Compress(a) => crate::cmd_compress::run(a),
     }
 }
 
@@ -396,7 +400,14 @@ fn train(a: TrainArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     wgtrain::cpu::set_threads(a.device.threads);
-    let model = Mlp::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
+    let model = match wgtrain::compress::AnyModel::load(&a.model)
+        .with_context(|| format!("cannot load model {}", a.model.display()))?
+    {
+        wgtrain::compress::AnyModel::F32(m) => m,
+        wgtrain::compress::AnyModel::Compressed(c) => {
+            return crate::cmd_compress::eval_compressed(&c, &a.model, &load_data(&a.data, a.seed)?, a.json)
+        }
+    };
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let classes = model.classes();
     let mut backend = open_backend(&a.device.device, model, data.clone(), 256)

@@ -109,6 +109,8 @@ pub enum Error {
     Gpu(#[from] GpuError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Compress(#[from] CompressError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -133,4 +135,19 @@ pub enum InferError {
     Model(#[from] ModelError),
     #[error("inference failed: {0}")]
     Failed(String),
+}
+
+/// Errors from pruning and quantizing models.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    #[error(
+        "sparsity {found} is out of range: expected a fraction from 0 to {max} (e.g. 0.9 prunes 90% of the weights)"
+    )]
+    SparsityOutOfRange { found: f64, max: f64 },
+    #[error("gradual pruning spreads the sparsity over the fine-tuning steps: give --finetune-epochs 1 or more")]
+    GradualWithoutFinetune,
+    #[error("nothing to do: give --prune S and/or --quantize int8")]
+    NothingToDo,
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
 }

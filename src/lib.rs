@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod compress;
 pub mod cpu;
 pub mod data;
 pub mod device;
