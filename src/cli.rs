@@ -48,6 +48,9 @@ enum Command {
     /// Prune and/or quantize a trained model to int8; prints per-layer kept
     /// weights, sparsity and bytes, and test accuracy before and after.
     Compress(crate::cmd_compress::CompressArgs),
+    /// Serve predictions over HTTP: POST /v1/predict (JSON rows or an
+    /// image), GET /healthz, GET /metrics; micro-batched, bounded queue.
+    Serve(crate::cmd_infer::ServeArgs),
 }
 
 /// Where the data comes from and how CSV files are read.
@@ -194,6 +197,7 @@ pub fn run() -> Result<()> {
         Command::Bench(a) => bench(a),
         Command::Predict(a) => crate::cmd_infer::predict(a),
         Command::Compress(a) => crate::cmd_compress::run(a),
+        Command::Serve(a) => crate::cmd_infer::serve(a),
     }
 }
 

@@ -2,7 +2,9 @@
 //! are the `--help` text) and the code that runs them.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -11,6 +13,7 @@ use serde::Serialize;
 use wgtrain::infer::input::{self, CsvInputOptions};
 use wgtrain::infer::{predictions, ClassProbability, CpuPredictor, Predictor};
 use wgtrain::model::Mlp;
+use wgtrain::serve::ServeConfig;
 
 /// Rows per forward pass of `predict` (and the buffers it allocates).
 const PREDICT_BATCH: usize = 256;
@@ -88,4 +91,102 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     }
     stdout.flush()?;
     Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The model file written by `wgtrain train --save`.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    addr: SocketAddr,
+    /// Most rows in one forward pass of the micro-batcher.
+    #[arg(long, default_value_t = 64, value_name = "ROWS")]
+    max_batch: usize,
+    /// Longest a request waits for others to share its batch, microseconds
+    /// (0: run what is queued as soon as the inference thread is free).
+    #[arg(long, default_value_t = 500, value_name = "US")]
+    max_wait_us: u64,
+    /// Requests that may wait for the inference thread; past that the
+    /// server answers 503 at once.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    queue: usize,
+    /// Largest request body in bytes; past that the server answers 413.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    max_body_bytes: usize,
+    /// Classes listed in each prediction's `top_k`.
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    top_k: usize,
+    /// Threads for HTTP and for inference batches (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+}
+
+/// Run `wgtrain serve` until SIGINT or SIGTERM, then drain and exit.
+pub fn serve(a: ServeArgs) -> Result<()> {
+    wgtrain::cpu::set_threads(a.threads);
+    let model = Mlp::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
+    let predictor = CpuPredictor::new(&model, a.max_batch.max(1));
+    let config = ServeConfig {
+        max_batch: a.max_batch,
+        max_wait: Duration::from_micros(a.max_wait_us),
+        queue: a.queue,
+        max_body_bytes: a.max_body_bytes,
+        top_k: a.top_k,
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if a.threads > 0 {
+        rt.worker_threads(a.threads);
+    }
+    let rt = rt.enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.addr))?;
+        let local = listener.local_addr()?;
+        log::info!(
+            "serving {} ({}) on http://{local} with {}: POST /v1/predict, GET /healthz, GET /metrics",
+            a.model.display(),
+            model
+                .sizes()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join("-"),
+            predictor.name()
+        );
+        wgtrain::serve::serve(listener, Box::new(predictor), config, shutdown_signal()).await?;
+        log::info!("drained; stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            log::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                log::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    log::info!("shutdown signal received: no new connections; draining in-flight requests");
 }

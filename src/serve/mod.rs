@@ -1,0 +1,373 @@
+//! The HTTP prediction server: axum on tokio in front of one inference
+//! thread that gathers concurrent requests into micro-batches.
+//!
+//! A request is parsed and checked on the tokio side, then handed to the
+//! inference thread through a bounded queue. When the queue is full the
+//! request is answered 503 at once instead of waiting without bound. The
+//! inference thread takes the oldest request, gathers more until the batch
+//! holds `max_batch` rows or the oldest has waited `max_wait`, runs one
+//! forward pass and sends each request its rows. Because the predictor
+//! computes every row the same way in any batch (see
+//! [`crate::infer::kernels`]), an answer does not depend on what it was
+//! batched with: it equals the in-process prediction bit for bit.
+//!
+//! The queue and the batch loop are plain threads and a `std` channel:
+//! `recv_timeout` waits with microsecond precision, where tokio's timers
+//! tick in milliseconds.
+//!
+//! Routes: `POST /v1/predict` (JSON `{"inputs": [[...], ...]}`, or an
+//! `image/png` / `image/jpeg` body), `GET /healthz`, `GET /metrics`.
+
+pub mod metrics;
+
+use std::future::Future;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::infer::{input, predictions, Prediction, Predictor};
+pub use metrics::Metrics;
+
+/// How the server batches and bounds its work.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Most rows in one forward pass (a single larger request runs alone).
+    pub max_batch: usize,
+    /// Longest the oldest request in a batch waits for others to join it.
+    /// Zero: run whatever is queued as soon as the inference thread is free.
+    pub max_wait: Duration,
+    /// Requests that may wait for the inference thread; past that, 503.
+    pub queue: usize,
+    /// Largest request body, bytes; past that, 413.
+    pub max_body_bytes: usize,
+    /// Classes listed in each prediction's `top_k`.
+    pub top_k: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_batch: 64,
+            max_wait: Duration::from_micros(500),
+            queue: 1024,
+            max_body_bytes: 4 << 20,
+            top_k: 3,
+        }
+    }
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid server configuration: {0}")]
+    Config(String),
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the inference thread panicked")]
+    WorkerPanicked,
+}
+
+/// One request's rows on their way to the inference thread.
+struct Job {
+    features: Vec<f32>,
+    rows: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<f32>, String>>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    queue: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+    inputs: usize,
+    classes: usize,
+    input_shape: Arc<Vec<usize>>,
+    predictor: Arc<str>,
+    top_k: usize,
+    queue_bound: usize,
+}
+
+/// The JSON request body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    inputs: Vec<Vec<f32>>,
+}
+
+/// The JSON answer.
+#[derive(Serialize)]
+struct PredictResponse {
+    predictions: Vec<Prediction>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+type Failure = (StatusCode, String);
+
+fn error_response(status: StatusCode, message: String) -> Response {
+    (status, Json(ErrorBody { error: message })).into_response()
+}
+
+/// Serve `predictor` on `listener` until `shutdown` completes, then stop
+/// accepting, answer every request already received, and return.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    predictor: Box<dyn Predictor>,
+    config: ServeConfig,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if config.max_batch == 0 || config.queue == 0 || config.top_k == 0 {
+        return Err(ServeError::Config(format!(
+            "--max-batch ({}), --queue ({}) and --top-k ({}) must be at least 1",
+            config.max_batch, config.queue, config.top_k
+        )));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(config.queue);
+    let state = AppState {
+        queue: tx,
+        metrics: metrics.clone(),
+        inputs: predictor.inputs(),
+        classes: predictor.classes(),
+        input_shape: Arc::new(predictor.input_shape().to_vec()),
+        predictor: predictor.name().into(),
+        top_k: config.top_k,
+        queue_bound: config.queue,
+    };
+    let (max_batch, max_wait) = (config.max_batch, config.max_wait);
+    let worker = std::thread::Builder::new()
+        .name("wgtrain-infer".into())
+        .spawn(move || batch_loop(predictor, rx, max_batch, max_wait, &metrics))?;
+    let app = router(state, config.max_body_bytes);
+    // The router owns the only queue sender; when graceful shutdown has
+    // drained every connection it is dropped, and the inference thread,
+    // having answered everything queued, sees the queue close and exits.
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let joined = tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .map_err(|_| ServeError::WorkerPanicked)?;
+    served?;
+    joined.map_err(|_| ServeError::WorkerPanicked)
+}
+
+fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/predict", post(predict))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    Json(serde_json::json!({
+        "status": "ok",
+        "predictor": &*st.predictor,
+        "inputs": st.inputs,
+        "classes": st.classes,
+        "input_shape": &*st.input_shape,
+    }))
+    .into_response()
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn predict(State(st): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let t0 = Instant::now();
+    let response = match predict_inner(&st, &headers, body).await {
+        Ok(r) => Json(r).into_response(),
+        Err((status, message)) => error_response(status, message),
+    };
+    st.metrics
+        .request(response.status().as_u16(), t0.elapsed().as_secs_f64());
+    response
+}
+
+/// Parse the body into raw rows: JSON, or one image.
+fn parse_body(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(Vec<f32>, usize), Failure> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ctype.as_str() {
+        "image/png" | "image/jpeg" | "image/jpg" => {
+            let row = input::decode_image(body, &st.input_shape, "request body").map_err(|e| {
+                let status = match e {
+                    crate::error::InferError::Input { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (status, e.to_string())
+            })?;
+            Ok((row, 1))
+        }
+        "application/json" | "" => {
+            let req: PredictRequest = serde_json::from_slice(body)
+                .map_err(|e| (StatusCode::BAD_REQUEST, format!("malformed JSON request: {e}")))?;
+            if req.inputs.is_empty() {
+                return Err((StatusCode::BAD_REQUEST, "`inputs` is empty".into()));
+            }
+            let mut features = Vec::with_capacity(req.inputs.len() * st.inputs);
+            for (i, row) in req.inputs.iter().enumerate() {
+                if row.len() != st.inputs {
+                    return Err((
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "inputs[{i}] has {} values, but the model expects {} (input shape {:?})",
+                            row.len(),
+                            st.inputs,
+                            st.input_shape
+                        ),
+                    ));
+                }
+                if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+                    return Err((
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("inputs[{i}][{j}] is not a finite number"),
+                    ));
+                }
+                features.extend_from_slice(row);
+            }
+            Ok((features, req.inputs.len()))
+        }
+        other => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type `{other}` is not supported; send application/json, image/png or image/jpeg"),
+        )),
+    }
+}
+
+async fn predict_inner(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<PredictResponse, Failure> {
+    let body = body.map_err(|r| (r.status(), r.body_text()))?;
+    let (features, rows) = parse_body(st, headers, &body)?;
+    let (reply, answer) = oneshot::channel();
+    let job = Job {
+        features,
+        rows,
+        enqueued: Instant::now(),
+        reply,
+    };
+    st.metrics.queue_add(1);
+    if let Err(e) = st.queue.try_send(job) {
+        st.metrics.queue_add(-1);
+        let message = match e {
+            TrySendError::Full(_) => format!(
+                "server overloaded: {} requests are already waiting; retry later",
+                st.queue_bound
+            ),
+            TrySendError::Disconnected(_) => "server is shutting down".into(),
+        };
+        return Err((StatusCode::SERVICE_UNAVAILABLE, message));
+    }
+    let probs = answer
+        .await
+        .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "the inference thread stopped".into()))?
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(PredictResponse {
+        predictions: predictions(&probs, st.classes, st.top_k),
+    })
+}
+
+/// The inference thread: gather jobs into batches and run them until the
+/// queue closes.
+fn batch_loop(
+    mut predictor: Box<dyn Predictor>,
+    rx: Receiver<Job>,
+    max_batch: usize,
+    max_wait: Duration,
+    metrics: &Metrics,
+) {
+    let dim = predictor.inputs();
+    let classes = predictor.classes();
+    let mut features: Vec<f32> = Vec::with_capacity(max_batch * dim);
+    let mut out: Vec<f32> = Vec::with_capacity(max_batch * classes);
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut held: Option<Job> = None;
+    let take = |j: Job| {
+        metrics.queue_add(-1);
+        j
+    };
+    loop {
+        let first = match held.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => take(j),
+                Err(_) => return,
+            },
+        };
+        let deadline = first.enqueued + max_wait;
+        let mut rows = first.rows;
+        jobs.push(first);
+        while rows < max_batch {
+            let next = match rx.try_recv() {
+                Ok(j) => take(j),
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    match rx.recv_timeout(deadline - now) {
+                        Ok(j) => take(j),
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            if rows + next.rows > max_batch {
+                held = Some(next);
+                break;
+            }
+            rows += next.rows;
+            jobs.push(next);
+        }
+        // Clients that went away need no answer.
+        jobs.retain(|j| !j.reply.is_closed());
+        let rows: usize = jobs.iter().map(|j| j.rows).sum();
+        if rows == 0 {
+            continue;
+        }
+        features.clear();
+        for j in &jobs {
+            features.extend_from_slice(&j.features);
+        }
+        out.resize(rows * classes, 0.0);
+        let result = predictor.probabilities_into(&features, &mut out);
+        metrics.batch(rows);
+        let mut at = 0;
+        for j in jobs.drain(..) {
+            let answer = match &result {
+                Ok(()) => Ok(out[at * classes..(at + j.rows) * classes].to_vec()),
+                Err(e) => Err(e.to_string()),
+            };
+            at += j.rows;
+            // A client that left meanwhile drops its receiver; nothing to do.
+            let _ = j.reply.send(answer);
+        }
+    }
+}

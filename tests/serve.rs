@@ -1,0 +1,425 @@
+//! The HTTP server in process on 127.0.0.1, port 0: good requests answer
+//! exactly what the in-process predictor answers, every kind of bad request
+//! gets a 4xx with a JSON message, a full queue answers 503, and shutdown
+//! drains a request in flight. Overload and drain are made deterministic
+//! with a predictor that blocks until the test releases it.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use wgtrain::data::{Normalize, Preprocess};
+use wgtrain::error::InferError;
+use wgtrain::infer::{CpuPredictor, Predictor};
+use wgtrain::model::Mlp;
+use wgtrain::serve::{serve, ServeConfig, ServeError};
+
+const DIM: usize = 784;
+/// Bound on every wait, so a broken server fails the test instead of hanging it.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn model() -> Mlp {
+    let p = Preprocess {
+        kind: Normalize::Scale,
+        scale: 1.0 / 255.0,
+        offset: 0.0,
+    };
+    Mlp::new(&[DIM, 32, 10], 5, p, vec![28, 28]).unwrap()
+}
+
+fn rows(n: usize) -> Vec<f32> {
+    (0..n * DIM).map(|i| ((i * 131 + i / 7) % 256) as f32).collect()
+}
+
+/// A predictor that reports each batch it starts and waits for the test to
+/// release it.
+struct Gated {
+    inner: CpuPredictor,
+    entered: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+impl Predictor for Gated {
+    fn name(&self) -> String {
+        "gated".into()
+    }
+    fn input_shape(&self) -> &[usize] {
+        self.inner.input_shape()
+    }
+    fn inputs(&self) -> usize {
+        self.inner.inputs()
+    }
+    fn classes(&self) -> usize {
+        self.inner.classes()
+    }
+    fn probabilities_into(&mut self, raw: &[f32], out: &mut [f32]) -> Result<(), InferError> {
+        let _ = self.entered.send(());
+        self.release
+            .recv_timeout(LIMIT)
+            .map_err(|_| InferError::Failed("test never released the gate".into()))?;
+        self.inner.probabilities_into(raw, out)
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+async fn start(predictor: Box<dyn Predictor>, config: ServeConfig) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, predictor, config, async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Server {
+    async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(LIMIT, self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), made
+/// with blocking std I/O on a blocking-pool thread.
+async fn http(addr: SocketAddr, method: &str, path: &str, ctype: Option<&str>, body: &[u8]) -> Reply {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(c) = ctype {
+        req += &format!("Content-Type: {c}\r\n");
+    }
+    req += "\r\n";
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s.set_write_timeout(Some(LIMIT)).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("a header");
+        let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        Reply {
+            status,
+            body: resp[split + 4..].to_vec(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn json_rows(raw: &[f32]) -> Vec<u8> {
+    let inputs: Vec<&[f32]> = raw.chunks(DIM).collect();
+    serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).unwrap()
+}
+
+fn probabilities(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+async fn wait_for_metric(addr: SocketAddr, line: &str) {
+    for _ in 0..400 {
+        if http(addr, "GET", "/metrics", None, b"").await.text().contains(line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("metrics never showed `{line}`");
+}
+
+/// Wait (off the async threads) for the gated predictor to start a batch.
+async fn entered(rx: mpsc::Receiver<()>) -> mpsc::Receiver<()> {
+    tokio::task::spawn_blocking(move || {
+        rx.recv_timeout(LIMIT).expect("a batch started");
+        rx
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_equal_in_process_predictions() {
+    let m = model();
+    let server = start(Box::new(CpuPredictor::new(&m, 64)), ServeConfig::default()).await;
+    let raw = rows(3);
+    let mut local = CpuPredictor::new(&m, 1);
+
+    let r = http(
+        server.addr,
+        "POST",
+        "/v1/predict",
+        Some("application/json"),
+        &json_rows(&raw),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let got = probabilities(&v);
+    assert_eq!(got.len(), 3);
+    for (i, g) in got.iter().enumerate() {
+        // Bit for bit: f32 survives JSON's shortest round-trip printing.
+        let want = local.probabilities(&raw[i * DIM..(i + 1) * DIM]).unwrap();
+        assert_eq!(g, &want, "row {i}");
+        let p = &v["predictions"][i];
+        let top = p["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(p["class"], top[0]["class"]);
+        let best = wgtrain::cpu::kernels::argmax(&want).0;
+        assert_eq!(p["class"].as_u64().unwrap() as usize, best);
+    }
+
+    // An image body: the same answer as the same pixels as a JSON row.
+    let px: Vec<u8> = raw[DIM..2 * DIM].iter().map(|&v| v as u8).collect();
+    let mut png = Vec::new();
+    image::GrayImage::from_raw(28, 28, px)
+        .unwrap()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let r = http(server.addr, "POST", "/v1/predict", Some("image/png"), &png).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(probabilities(&r.json())[0], got[1]);
+
+    // Many concurrent single-row requests, batched together, still answer
+    // each row exactly as alone.
+    let many = rows(40);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let body = json_rows(&many[i * DIM..(i + 1) * DIM]);
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            http(addr, "POST", "/v1/predict", None, &body).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let want = local.probabilities(&many[i * DIM..(i + 1) * DIM]).unwrap();
+        assert_eq!(probabilities(&r.json())[0], want, "request {i}");
+    }
+
+    let h = http(server.addr, "GET", "/healthz", None, b"").await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "ok");
+    assert_eq!(h.json()["inputs"], DIM);
+
+    let m = http(server.addr, "GET", "/metrics", None, b"").await;
+    assert_eq!(m.status, 200);
+    let t = m.text();
+    for want in [
+        "# TYPE wgtrain_requests_total counter",
+        "wgtrain_requests_total{status=\"200\"} 42",
+        "# TYPE wgtrain_request_duration_seconds histogram",
+        "wgtrain_request_duration_seconds_bucket{le=\"+Inf\"} 42",
+        "# TYPE wgtrain_batch_size histogram",
+        "# TYPE wgtrain_queue_depth gauge",
+        "wgtrain_queue_depth 0",
+        "wgtrain_predicted_rows_total 44",
+    ] {
+        assert!(t.contains(want), "missing `{want}` in\n{t}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_with_a_message() {
+    let config = ServeConfig {
+        max_body_bytes: 2048,
+        ..ServeConfig::default()
+    };
+    let server = start(Box::new(CpuPredictor::new(&model(), 8)), config).await;
+    let a = server.addr;
+    let cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
+        (
+            Some("application/json"),
+            b"{\"inputs\": [[1, 2,".to_vec(),
+            400,
+            "malformed JSON",
+        ),
+        (
+            Some("application/json"),
+            b"{\"rows\": []}".to_vec(),
+            400,
+            "malformed JSON",
+        ),
+        (Some("application/json"), b"{\"inputs\": []}".to_vec(), 400, "empty"),
+        (
+            Some("application/json"),
+            b"{\"inputs\": [[1, 2, 3]]}".to_vec(),
+            422,
+            "inputs[0] has 3 values, but the model expects 784",
+        ),
+        (
+            Some("image/png"),
+            b"this is not a picture".to_vec(),
+            400,
+            "cannot decode",
+        ),
+        (Some("text/plain"), b"hello".to_vec(), 415, "not supported"),
+        // 4 KiB against a 2 KiB limit.
+        (Some("application/json"), vec![b' '; 4096], 413, "length limit"),
+    ];
+    for (ctype, body, status, msg) in cases {
+        let r = http(a, "POST", "/v1/predict", ctype, &body).await;
+        assert_eq!(r.status, status, "{ctype:?}: {}", r.text());
+        let e = r.json()["error"].as_str().unwrap().to_string();
+        assert!(e.contains(msg), "{ctype:?}: `{e}` lacks `{msg}`");
+    }
+    // Still serving (a row of zeros fits in 2 KiB).
+    let zeros = format!("{{\"inputs\": [[{}]]}}", vec!["0"; DIM].join(","));
+    let ok = http(a, "POST", "/v1/predict", None, zeros.as_bytes()).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let t = http(a, "GET", "/metrics", None, b"").await.text();
+    for code in ["400\"} 4", "413\"} 1", "415\"} 1", "422\"} 1", "200\"} 1"] {
+        assert!(
+            t.contains(&format!("wgtrain_requests_total{{status=\"{code}")),
+            "{code}: {t}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_at_once() {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let gated = Gated {
+        inner: CpuPredictor::new(&model(), 1),
+        entered: entered_tx,
+        release: release_rx,
+    };
+    let config = ServeConfig {
+        max_batch: 1,
+        max_wait: Duration::ZERO,
+        queue: 1,
+        ..ServeConfig::default()
+    };
+    let server = start(Box::new(gated), config).await;
+    let a = server.addr;
+    let body = json_rows(&rows(1));
+    // A is taken by the inference thread, which blocks in the predictor...
+    let (b1, b2) = (body.clone(), body.clone());
+    let first = tokio::spawn(async move { http(a, "POST", "/v1/predict", None, &b1).await });
+    let entered_rx = entered(entered_rx).await;
+    // ...B fills the one-place queue...
+    let second = tokio::spawn(async move { http(a, "POST", "/v1/predict", None, &b2).await });
+    wait_for_metric(a, "wgtrain_queue_depth 1\n").await;
+    // ...so C is refused at once.
+    let t0 = std::time::Instant::now();
+    let c = http(a, "POST", "/v1/predict", None, &body).await;
+    assert_eq!(c.status, 503, "{}", c.text());
+    assert!(c.json()["error"].as_str().unwrap().contains("overloaded"));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // Release both: A and B are answered.
+    release_tx.send(()).unwrap();
+    release_tx.send(()).unwrap();
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(second.await.unwrap().status, 200);
+    drop(entered_rx);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_request_in_flight() {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let m = model();
+    let gated = Gated {
+        inner: CpuPredictor::new(&m, 4),
+        entered: entered_tx,
+        release: release_rx,
+    };
+    let mut server = start(Box::new(gated), ServeConfig::default()).await;
+    let a = server.addr;
+    let raw = rows(1);
+    let body = json_rows(&raw);
+    let inflight = tokio::spawn(async move { http(a, "POST", "/v1/predict", None, &body).await });
+    let _entered = entered(entered_rx).await;
+
+    // Signal shutdown while the request is inside the predictor.
+    server.stop.take().unwrap().send(()).unwrap();
+    // New connections are refused once the listener is closed.
+    let mut refused = false;
+    for _ in 0..200 {
+        if TcpStream::connect(a).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "still accepting after shutdown");
+    assert!(!server.task.is_finished(), "stopped before draining");
+
+    release_tx.send(()).unwrap();
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let want = CpuPredictor::new(&m, 1).probabilities(&raw).unwrap();
+    assert_eq!(probabilities(&r.json())[0], want);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_config_is_refused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = ServeConfig {
+        queue: 0,
+        ..ServeConfig::default()
+    };
+    let e = serve(listener, Box::new(CpuPredictor::new(&model(), 1)), config, async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--queue (0)"), "{e}");
+}
