@@ -6,9 +6,15 @@
 // epilogue:
 //
 //     matmul_nn, matmul_nt, matmul_tn   C = A B                  (plain store)
-//     linear_forward                    C = A B + bias, ReLU if params.relu
+//     linear_forward                    C = A B + bias, ReLU if FLAG_RELU
 //     backprop_input                    C = (A B) * (aux > 0)     (ReLU mask)
 //     weight_update                     C -= lr * A B            (SGD in place)
+//
+// weight_update can also update the bias in the same pass (FLAG_BIAS): the
+// bias gradient is the column sum of dY, which is dY^T times a column of
+// ones, so B gets an extra column of ones (j == n) whose result goes to
+// bias_out instead of C. With FLAG_MASK the updated weights are multiplied
+// by the pruning mask in aux, so pruned weights stay exactly zero.
 //
 // How each operand is stored (which one is transposed) reaches the kernel
 // as strides, so one body serves every layout: A(i, p) lives at
@@ -43,6 +49,10 @@ const EPI_BIAS: u32 = 1u;
 const EPI_MASK: u32 = 2u;
 const EPI_SGD: u32 = 3u;
 
+const FLAG_RELU: u32 = 1u;
+const FLAG_BIAS: u32 = 2u;
+const FLAG_MASK: u32 = 4u;
+
 // Static shape and layout of one dispatch (GemmParams in src/gpu/kernels.rs).
 struct Gemm {
     m: u32,
@@ -56,11 +66,16 @@ struct Gemm {
     a_src: u32,
     b_src: u32,
     ldc: u32,
-    relu: u32,
+    flags: u32,
     dim: u32,
     gather: u32,
     scale: f32,
     offset: f32,
+    // Columns of B: n, plus the column of ones with FLAG_BIAS.
+    n_ext: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 // What changes from one training step to the next (StepParams), bound with
@@ -81,6 +96,8 @@ struct Step {
 @group(0) @binding(5) var<storage, read> data: array<u32>;
 @group(0) @binding(6) var<storage, read> index: array<u32>;
 @group(0) @binding(7) var<storage, read_write> c: array<f32>;
+// The bias weight_update updates with FLAG_BIAS.
+@group(0) @binding(8) var<storage, read_write> bias_out: array<f32>;
 
 var<workgroup> tile_a: array<f32, 1024>; // [BK][BM]
 var<workgroup> tile_b: array<f32, 1024>; // [BK][BN]
@@ -112,8 +129,11 @@ fn load_a(i: u32, p: u32) -> f32 {
 }
 
 fn load_b(p: u32, j: u32) -> f32 {
-    if p >= params.k || j >= params.n {
+    if p >= params.k || j >= params.n_ext {
         return 0.0;
+    }
+    if j >= params.n {
+        return 1.0; // the bias column (FLAG_BIAS)
     }
     if params.b_src == SRC_BUFFER {
         return b[p * params.b_rs + j * params.b_cs];
@@ -178,7 +198,7 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
         }
         for (var q = 0u; q < 4u; q++) {
             let j = col0 + tx + 16u * q;
-            if j >= params.n {
+            if j >= params.n_ext {
                 continue;
             }
             let at = i * params.ldc + j;
@@ -186,7 +206,7 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
             switch epilogue {
                 case EPI_BIAS: {
                     v += aux[j];
-                    if params.relu != 0u {
+                    if (params.flags & FLAG_RELU) != 0u {
                         v = max(v, 0.0);
                     }
                     c[at] = v;
@@ -195,7 +215,15 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
                     c[at] = select(v, 0.0, aux[at] <= 0.0);
                 }
                 case EPI_SGD: {
-                    c[at] = c[at] - step.lr * v;
+                    if j == params.n {
+                        bias_out[i] = bias_out[i] - step.lr * v;
+                    } else {
+                        var w = c[at] - step.lr * v;
+                        if (params.flags & FLAG_MASK) != 0u {
+                            w *= aux[at];
+                        }
+                        c[at] = w;
+                    }
                 }
                 default: {
                     c[at] = v;

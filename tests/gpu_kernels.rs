@@ -302,6 +302,86 @@ fn weight_update_matches_cpu_twin() {
     }
 }
 
+/// The trainer's fused update (weight_update with bias_update and
+/// apply_mask folded in) against the three CPU twins run in turn.
+#[test]
+fn fused_sgd_update_matches_cpu_twins() {
+    let Some(ctx) = common::gpu() else { return };
+    let lr = 0.37f32;
+    // 63 inputs: the bias column lands in the last tile; 64: it needs a tile of its own.
+    for (s, &(outputs, inputs, rows)) in [(37, 63, 29), (65, 64, 17), (1, 1, 1)].iter().enumerate() {
+        let seed = 350 + 10 * s as u64;
+        let w = common::random(outputs * inputs, seed);
+        let b = common::random(outputs, seed + 1);
+        let dy = common::random(rows * outputs, seed + 2);
+        let g = gathered(rows, inputs, seed + 3);
+        let mask: Vec<f32> = common::random(outputs * inputs, seed + 4)
+            .iter()
+            .map(|v| (*v > -0.3) as u8 as f32)
+            .collect();
+        for m in [None, Some(&mask[..])] {
+            let input = Input::Gathered {
+                features: &g.features,
+                index: &g.index,
+                scale: g.scale,
+                offset: g.offset,
+                as_u8: true,
+            };
+            let (gw, gb) = ops::sgd_update(&ctx, &w, &b, m, &dy, input, rows, inputs, outputs, lr).unwrap();
+            let (mut tw, mut tb) = (w.clone(), b.clone());
+            cpu::weight_update(&mut tw, &dy, &g.x32, rows, inputs, outputs, lr);
+            cpu::bias_update(&mut tb, &dy, rows, outputs, lr);
+            if let Some(m) = m {
+                cpu::apply_mask(&mut tw, m);
+            }
+            let mut rw = vec![0.0; outputs * inputs];
+            let mut bw = vec![0.0; outputs * inputs];
+            for i in 0..outputs {
+                for j in 0..inputs {
+                    let (mut sum, mut abs) = (0.0f64, 0.0f64);
+                    for p in 0..rows {
+                        let t = dy[p * outputs + i] as f64 * g.x64[p * inputs + j];
+                        sum += t;
+                        abs += t.abs();
+                    }
+                    let keep = m.map_or(1.0, |m| m[i * inputs + j] as f64);
+                    let w0 = w[i * inputs + j] as f64;
+                    rw[i * inputs + j] = (w0 - lr as f64 * sum) * keep;
+                    bw[i * inputs + j] = (rows as f64 + 5.0) * U * (w0.abs() + lr as f64 * abs) * keep;
+                }
+            }
+            let what = format!("fused weight_update mask={} {outputs}x{inputs}x{rows}", m.is_some());
+            assert_close(&what, &gw, &tw, &rw, &bw);
+            // Pruned weights are exactly zero, not merely small.
+            if let Some(m) = m {
+                assert!(
+                    gw.iter().zip(m).all(|(v, k)| *k != 0.0 || *v == 0.0),
+                    "{what}: pruned weight nonzero"
+                );
+            }
+            let (rb, bb) = reference_bias_update(&b, &dy, rows, outputs, lr);
+            assert_close(&format!("fused bias_update {outputs}x{rows}"), &gb, &tb, &rb, &bb);
+        }
+    }
+}
+
+#[test]
+fn apply_mask_matches_cpu_twin() {
+    let Some(ctx) = common::gpu() else { return };
+    for (s, &len) in [1usize, 63, 4097].iter().enumerate() {
+        let w = common::random(len, 900 + s as u64);
+        let mask: Vec<f32> = common::random(len, 950 + s as u64)
+            .iter()
+            .map(|v| (*v > 0.0) as u8 as f32)
+            .collect();
+        let got = ops::apply_mask(&ctx, &w, &mask).unwrap();
+        let mut twin = w.clone();
+        cpu::apply_mask(&mut twin, &mask);
+        // Multiplying by 0 or 1 is exact.
+        assert_eq!(got, twin, "apply_mask {len}");
+    }
+}
+
 #[test]
 fn bias_update_matches_cpu_twin() {
     let Some(ctx) = common::gpu() else { return };

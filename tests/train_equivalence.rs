@@ -192,7 +192,8 @@ fn deeper_f32_model_matches_cpu() {
     let m = model(&data, &[33, 17], Normalize::Standardize);
     let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), batch).unwrap();
     let mut cpu = CpuBackend::new(m, data.clone(), batch).unwrap();
-    assert_eq!(gpu.dispatches_per_step(), 4 * 3);
+    // linear_forward x3, softmax_xent, backprop_input x2, weight_update x3.
+    assert_eq!(gpu.dispatches_per_step(), 9);
     let g = per_step_losses(&mut gpu, n, 40, lr);
     let c = per_step_losses(&mut cpu, n, 40, lr);
     assert_same_losses("synthetic 20-33-17-5", &g, &c);
@@ -205,6 +206,54 @@ fn deeper_f32_model_matches_cpu() {
     assert_eq!(gp.classes.len(), 70);
     assert!(gp.classes.iter().zip(&cp.classes).filter(|(a, b)| a != b).count() <= 1);
     assert!((gp.loss_sum - cp.loss_sum).abs() <= 1e-4 * cp.loss_sum);
+}
+
+/// Pruned training: the same masks on both backends keep the same weights at
+/// zero and give the same losses.
+#[test]
+fn masked_training_matches_cpu() {
+    let Some(ctx) = common::gpu() else { return };
+    let data = synthetic(200, 40, 12, 4);
+    let (batch, lr) = (24, 0.05);
+    let n = data.train.len();
+    let m = model(&data, &[20], Normalize::Standardize);
+    let masks: Vec<Vec<f32>> = m
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(l, layer)| {
+            let r = common::random(layer.weight.len(), 40 + l as u64);
+            r.iter().map(|v| (*v > -0.2) as u8 as f32).collect()
+        })
+        .collect();
+    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), batch).unwrap();
+    let mut cpu = CpuBackend::new(m, data.clone(), batch).unwrap();
+    for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
+        b.set_masks(Some(&masks)).unwrap();
+    }
+    let g = per_step_losses(&mut gpu, n, 20, lr);
+    let c = per_step_losses(&mut cpu, n, 20, lr);
+    assert_same_losses("masked 12-20-4", &g, &c);
+    let gm = gpu.model().unwrap();
+    for (layer, mask) in gm.layers.iter().zip(&masks) {
+        assert!(
+            layer.weight.iter().zip(mask).all(|(w, k)| *k != 0.0 || *w == 0.0),
+            "pruned weight moved"
+        );
+    }
+    assert!(max_weight_difference(&gm, &cpu.model().unwrap()) < 1e-4);
+    // Removing the masks lets every weight train again.
+    gpu.set_masks(None).unwrap();
+    gpu.begin_epoch(&epoch_permutation(n, SEED, 9)).unwrap();
+    gpu.train_steps(0, 2, lr).unwrap();
+    let after = gpu.model().unwrap();
+    let zero_before = gm.layers[0].weight.iter().filter(|w| **w == 0.0).count();
+    let zero_after = after.layers[0].weight.iter().filter(|w| **w == 0.0).count();
+    assert!(
+        zero_after < zero_before / 10,
+        "{zero_after} of {zero_before} still zero"
+    );
+    assert!(gpu.set_masks(Some(&masks[..1])).is_err(), "wrong number of masks");
 }
 
 #[test]

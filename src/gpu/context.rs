@@ -85,22 +85,37 @@ impl std::fmt::Display for AdapterReport {
     }
 }
 
-/// Every backend wgpu was built with (`WGPU_BACKEND` narrows it).
-fn instance() -> wgpu::Instance {
+/// The adapters of `backends` (`WGPU_BACKEND` overrides) with the instance
+/// that owns them.
+fn adapters_of(backends: wgpu::Backends) -> (wgpu::Instance, Vec<wgpu::Adapter>) {
+    let backends = backends.with_env();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    desc.backends = wgpu::Backends::all().with_env();
-    wgpu::Instance::new(desc)
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    let found = pollster::block_on(instance.enumerate_adapters(backends));
+    (instance, found)
 }
 
-fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all().with_env()))
+/// The adapters of the native APIs (Vulkan, Metal, DX12), or of OpenGL when
+/// there are none: OpenGL's compute support is the weakest, it usually
+/// shows the same device a second time, and probing it without a display
+/// prints EGL errors. `WGPU_BACKEND=gl` (or any list) overrides the choice.
+fn adapters() -> (wgpu::Instance, Vec<wgpu::Adapter>) {
+    let (instance, mut found) = adapters_of(wgpu::Backends::PRIMARY);
+    if found.is_empty() {
+        let (gl_instance, gl) = adapters_of(wgpu::Backends::SECONDARY);
+        if !gl.is_empty() {
+            return (gl_instance, gl);
+        }
+    }
+    sort_by_preference(&mut found);
+    (instance, found)
 }
 
 /// Every adapter wgpu can see, in the order [`AdapterSelector::Any`] would
 /// consider them.
 pub fn list_adapters() -> Vec<AdapterReport> {
-    let mut found = adapters(&instance());
-    sort_by_preference(&mut found);
+    let (_instance, found) = adapters();
     found
         .iter()
         .map(|a| AdapterReport::new(&a.get_info(), &a.limits()))
@@ -109,7 +124,7 @@ pub fn list_adapters() -> Vec<AdapterReport> {
 
 /// Discrete before integrated before virtual and unknown, software last;
 /// within a type, native APIs before OpenGL, whose compute support is the
-/// weakest. The sort is stable, so the driver's order breaks ties.
+/// weakest (when it is listed at all). The sort is stable, so the driver's order breaks ties.
 fn sort_by_preference(adapters: &mut [wgpu::Adapter]) {
     adapters.sort_by_key(|a| {
         let info = a.get_info();
@@ -152,9 +167,8 @@ impl std::fmt::Debug for GpuContext {
 impl GpuContext {
     /// Find the adapter `sel` asks for and open a device on it.
     pub fn open(sel: &AdapterSelector) -> Result<Self, GpuError> {
-        let instance = instance();
-        let mut found = adapters(&instance);
-        sort_by_preference(&mut found);
+        // The instance must outlive the adapter only until the device is open.
+        let (_instance, found) = adapters();
         let seen = || {
             if found.is_empty() {
                 "; wgpu sees no adapter at all (is a Vulkan, Metal or DX12 driver installed?)".to_string()

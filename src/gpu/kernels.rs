@@ -16,6 +16,7 @@ use crate::error::GpuError;
 const MATMUL_WGSL: &str = include_str!("../../shaders/matmul.wgsl");
 const SOFTMAX_WGSL: &str = include_str!("../../shaders/softmax_xent.wgsl");
 const BIAS_WGSL: &str = include_str!("../../shaders/bias_update.wgsl");
+const MASK_WGSL: &str = include_str!("../../shaders/apply_mask.wgsl");
 
 /// Output block of one GEMM workgroup (`BM` x `BN` in matmul.wgsl).
 pub(crate) const GEMM_TILE: u32 = 64;
@@ -23,8 +24,13 @@ pub(crate) const GEMM_TILE: u32 = 64;
 const GEMM_THREADS: u32 = 256;
 /// Workgroup memory of one GEMM workgroup: two 1024-float tiles.
 const GEMM_SHARED_BYTES: u32 = 2 * 1024 * 4;
-/// Invocations per bias_update workgroup.
+/// Invocations per bias_update and apply_mask workgroup.
 const BIAS_THREADS: u32 = 64;
+
+/// `flags` bits of `Gemm` in matmul.wgsl.
+const FLAG_RELU: u32 = 1;
+const FLAG_BIAS: u32 = 2;
+const FLAG_MASK: u32 = 4;
 /// Bytes of [`StepParams`] as the shaders see them.
 pub(crate) const STEP_BYTES: u64 = std::mem::size_of::<StepParams>() as u64;
 
@@ -57,11 +63,13 @@ struct GemmParams {
     a_src: u32,
     b_src: u32,
     ldc: u32,
-    relu: u32,
+    flags: u32,
     dim: u32,
     gather: u32,
     scale: f32,
     offset: f32,
+    n_ext: u32,
+    pad: [u32; 3],
 }
 
 /// `Softmax` in softmax_xent.wgsl.
@@ -72,6 +80,14 @@ struct SoftmaxParams {
     classes: u32,
     gather: u32,
     inv_rows: f32,
+}
+
+/// `Mask` in apply_mask.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct MaskParams {
+    len: u32,
+    pad: [u32; 3],
 }
 
 /// `Bias` in bias_update.wgsl.
@@ -95,10 +111,11 @@ pub(crate) enum Entry {
     SoftmaxXent,
     SoftmaxXentEval,
     BiasUpdate,
+    ApplyMask,
 }
 
 impl Entry {
-    const ALL: [Entry; 9] = [
+    const ALL: [Entry; 10] = [
         Entry::MatmulNn,
         Entry::MatmulNt,
         Entry::MatmulTn,
@@ -108,6 +125,7 @@ impl Entry {
         Entry::SoftmaxXent,
         Entry::SoftmaxXentEval,
         Entry::BiasUpdate,
+        Entry::ApplyMask,
     ];
 
     /// The entry point's name, the same as its CPU twin's.
@@ -122,6 +140,7 @@ impl Entry {
             Entry::SoftmaxXent => "softmax_xent",
             Entry::SoftmaxXentEval => "softmax_xent_eval",
             Entry::BiasUpdate => "bias_update",
+            Entry::ApplyMask => "apply_mask",
         }
     }
 
@@ -129,6 +148,7 @@ impl Entry {
         match self {
             Entry::SoftmaxXent | Entry::SoftmaxXentEval => Family::Softmax,
             Entry::BiasUpdate => Family::Bias,
+            Entry::ApplyMask => Family::Mask,
             _ => Family::Gemm,
         }
     }
@@ -140,6 +160,7 @@ enum Family {
     Gemm,
     Softmax,
     Bias,
+    Mask,
 }
 
 /// Where a GEMM operand's values come from.
@@ -198,10 +219,14 @@ pub(crate) struct Gemm<'a> {
     pub b: Operand<'a>,
     /// Row-major `[m, n]`.
     pub c: &'a wgpu::Buffer,
-    /// The bias (linear_forward) or the layer input laid out like `c`
-    /// (backprop_input).
+    /// The bias (linear_forward), the layer input laid out like `c`
+    /// (backprop_input), or the pruning mask laid out like `c`
+    /// (weight_update).
     pub aux: Option<&'a wgpu::Buffer>,
+    /// linear_forward: apply ReLU.
     pub relu: bool,
+    /// weight_update: also update this bias with the column sums of `A`.
+    pub bias: Option<&'a wgpu::Buffer>,
 }
 
 impl<'a> Gemm<'a> {
@@ -227,6 +252,7 @@ impl<'a> Gemm<'a> {
             c: y,
             aux: Some(bias),
             relu,
+            bias: None,
         }
     }
 
@@ -251,12 +277,18 @@ impl<'a> Gemm<'a> {
             c: dx,
             aux: Some(x),
             relu: false,
+            bias: None,
         }
     }
 
-    /// `w[outputs, inputs] -= lr * dy[rows, outputs]^T x[rows, inputs]`.
+    /// `w[outputs, inputs] -= lr * dy[rows, outputs]^T x[rows, inputs]`;
+    /// with `bias`, also `bias[outputs] -= lr * colsum(dy)` (bias_update
+    /// fused in), and with `mask`, `w *= mask` after the update.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn weight_update(
         w: &'a wgpu::Buffer,
+        bias: Option<&'a wgpu::Buffer>,
+        mask: Option<&'a wgpu::Buffer>,
         dy: &'a wgpu::Buffer,
         x: Operand<'a>,
         rows: usize,
@@ -271,8 +303,9 @@ impl<'a> Gemm<'a> {
             a: Operand::transposed(dy, outputs),
             b: x,
             c: w,
-            aux: None,
+            aux: mask,
             relu: false,
+            bias,
         }
     }
 }
@@ -388,13 +421,13 @@ impl Kernels {
         )?;
         need(
             "the kernels' storage bindings",
-            6,
+            7,
             l.max_storage_buffers_per_shader_stage.into(),
             "max_storage_buffers_per_shader_stage",
         )?;
         need(
             "the kernels' bindings",
-            8,
+            9,
             l.max_bindings_per_bind_group.into(),
             "max_bindings_per_bind_group",
         )?;
@@ -411,6 +444,7 @@ impl Kernels {
         let matmul = module("matmul.wgsl", MATMUL_WGSL);
         let softmax = module("softmax_xent.wgsl", SOFTMAX_WGSL);
         let bias = module("bias_update.wgsl", BIAS_WGSL);
+        let mask = module("apply_mask.wgsl", MASK_WGSL);
 
         let step = |b| uniform_entry(b, true, STEP_BYTES);
         let gemm_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -424,6 +458,7 @@ impl Kernels {
                 storage_entry(5, true, 4),
                 storage_entry(6, true, 4),
                 storage_entry(7, false, 4),
+                storage_entry(8, false, 4),
             ],
         });
         let softmax_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -466,7 +501,9 @@ impl Kernels {
                 let (layout, module) = match e.family() {
                     Family::Gemm => (&gemm_pl, &matmul),
                     Family::Softmax => (&softmax_pl, &softmax),
+                    // Same bindings: params, step, one read-only, one writable.
                     Family::Bias => (&bias_pl, &bias),
+                    Family::Mask => (&bias_pl, &mask),
                 };
                 let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(e.name()),
@@ -613,7 +650,9 @@ impl Kernels {
                 "u32 indexing in the shaders",
             )?;
         }
-        let tiles_n = n.div_ceil(GEMM_TILE.into());
+        // With a fused bias, B has an extra column of ones (see matmul.wgsl).
+        let n_ext = n + g.bias.is_some() as u64;
+        let tiles_n = n_ext.div_ceil(GEMM_TILE.into());
         let tiles = m.div_ceil(GEMM_TILE.into()) * tiles_n;
         let groups = self.fold(label, tiles)?;
         let mut p = GemmParams {
@@ -621,8 +660,15 @@ impl Kernels {
             n: n as u32,
             k: k as u32,
             tiles_n: tiles_n.max(1) as u32,
+            n_ext: n_ext as u32,
             ldc: n as u32,
-            relu: g.relu as u32,
+            flags: if g.relu { FLAG_RELU } else { 0 }
+                | if g.bias.is_some() { FLAG_BIAS } else { 0 }
+                | if g.entry == Entry::WeightUpdate && g.aux.is_some() {
+                    FLAG_MASK
+                } else {
+                    0
+                },
             scale: 1.0,
             ..Default::default()
         };
@@ -644,7 +690,15 @@ impl Kernels {
             ctx,
             label,
             &self.gemm_layout,
-            &[(2, a), (3, b), (4, aux), (5, data), (6, index), (7, g.c)],
+            &[
+                (2, a),
+                (3, b),
+                (4, aux),
+                (5, data),
+                (6, index),
+                (7, g.c),
+                (8, g.bias.unwrap_or(&self.unused_rw)),
+            ],
             &params,
             step,
         );
@@ -741,6 +795,36 @@ impl Kernels {
         let bind_group = Self::bind_group(ctx, label, &self.bias_layout, &[(2, dy), (3, bias)], &params, step);
         Ok(Dispatch {
             entry: Entry::BiasUpdate,
+            bind_group,
+            groups,
+        })
+    }
+
+    /// Build an apply_mask dispatch: `w[i] *= mask[i]` for `len` elements.
+    pub(crate) fn apply_mask(
+        &self,
+        ctx: &GpuContext,
+        label: &str,
+        len: usize,
+        mask: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        need(
+            &format!("{label}: elements"),
+            len as u64,
+            u32::MAX.into(),
+            "u32 indexing in the shaders",
+        )?;
+        let p = MaskParams {
+            len: len as u32,
+            pad: [0; 3],
+        };
+        let params = Self::params_buffer(ctx, label, bytemuck::bytes_of(&p))?;
+        let groups = self.fold(label, (len as u64).div_ceil(BIAS_THREADS.into()))?;
+        let bind_group = Self::bind_group(ctx, label, &self.bias_layout, &[(2, mask), (3, w)], &params, step);
+        Ok(Dispatch {
+            entry: Entry::ApplyMask,
             bind_group,
             groups,
         })

@@ -180,6 +180,7 @@ fn matmul(
         c: &c,
         aux: None,
         relu: false,
+        bias: None,
     };
     let step = step_buffer(ctx, 0.0)?;
     run(ctx, &kernels.gemm(ctx, entry.name(), &g, &step)?)?;
@@ -270,10 +271,73 @@ pub fn weight_update(
     let kernels = ctx.kernels()?;
     let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
     let (wb, dyb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "dy", dy)?);
-    let g = Gemm::weight_update(&wb, &dyb, xb.operand(inputs), rows, inputs, outputs);
+    let g = Gemm::weight_update(&wb, None, None, &dyb, xb.operand(inputs), rows, inputs, outputs);
     let step = step_buffer(ctx, lr)?;
     run(ctx, &kernels.gemm(ctx, "weight_update", &g, &step)?)?;
     ctx.read_f32(&wb, outputs * inputs)
+}
+
+/// The whole SGD update of a layer as a training step runs it, in one
+/// weight_update dispatch: `w -= lr * dy^T x` and `b -= lr * colsum(dy)`
+/// (bias_update fused in as an extra column of ones), then `w *= mask` when
+/// there is one (apply_mask fused in). Returns the new `(w, b)`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgd_update(
+    ctx: &GpuContext,
+    w: &[f32],
+    b: &[f32],
+    mask: Option<&[f32]>,
+    dy: &[f32],
+    x: Input,
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    lr: f32,
+) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
+    check_len("w", w.len(), outputs * inputs)?;
+    check_len("b", b.len(), outputs)?;
+    check_len("dy", dy.len(), rows * outputs)?;
+    if let Some(m) = mask {
+        check_len("mask", m.len(), outputs * inputs)?;
+    }
+    let kernels = ctx.kernels()?;
+    let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
+    let (wb, bb, dyb) = (
+        upload_f32(ctx, "w", w)?,
+        upload_f32(ctx, "b", b)?,
+        upload_f32(ctx, "dy", dy)?,
+    );
+    let mb = mask.map(|m| upload_f32(ctx, "mask", m)).transpose()?;
+    let g = Gemm::weight_update(
+        &wb,
+        Some(&bb),
+        mb.as_ref(),
+        &dyb,
+        xb.operand(inputs),
+        rows,
+        inputs,
+        outputs,
+    );
+    let step = step_buffer(ctx, lr)?;
+    run(ctx, &kernels.gemm(ctx, "weight_update (fused)", &g, &step)?)?;
+    let bytes = ctx.read_back(
+        None,
+        &[(&wb, 0, 4 * (outputs * inputs) as u64), (&bb, 0, 4 * outputs as u64)],
+    )?;
+    Ok((
+        bytemuck::pod_collect_to_vec(&bytes[0]),
+        bytemuck::pod_collect_to_vec(&bytes[1]),
+    ))
+}
+
+/// `w * mask`, element by element.
+pub fn apply_mask(ctx: &GpuContext, w: &[f32], mask: &[f32]) -> Result<Vec<f32>, GpuError> {
+    check_len("mask", mask.len(), w.len())?;
+    let kernels = ctx.kernels()?;
+    let (wb, mb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "mask", mask)?);
+    let step = step_buffer(ctx, 0.0)?;
+    run(ctx, &kernels.apply_mask(ctx, "apply_mask", w.len(), &mb, &wb, &step)?)?;
+    ctx.read_f32(&wb, w.len())
 }
 
 /// `b[outputs] - lr * (sum over rows of dy[rows, outputs])`.

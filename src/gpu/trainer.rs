@@ -10,14 +10,13 @@
 //! ring of [`StepParams`] bound at a dynamic offset, so recording a step
 //! costs a few `set_bind_group`/`dispatch` calls and no allocation.
 //!
-//! A step of an `L`-layer network is `4L` dispatches:
+//! A step of an `L`-layer network is `3L` dispatches (6 for 784-500-10):
 //!
 //! ```text
-//! linear_forward   x L       (the first reads the resident dataset through the permutation)
+//! linear_forward   x L      (the first reads the resident dataset through the permutation)
 //! softmax_xent              (dlogits, and the batch's loss and correct count into a stats slot)
 //! backprop_input   x L-1    (each before its layer's weights change)
-//! weight_update    x L
-//! bias_update      x L
+//! weight_update    x L      (with bias_update fused in, and apply_mask when pruning)
 //! ```
 //!
 //! Nothing is read back inside a step: each step writes its loss and correct
@@ -133,6 +132,12 @@ pub struct GpuBackend {
     n_train: usize,
     /// `(weight, bias)` per layer.
     params: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// Pruning masks, one per layer, when set (see [`Backend::set_masks`]).
+    masks: Option<Vec<wgpu::Buffer>>,
+    /// `acts[l]`: output of layer `l`; `grads[l]`: its gradient.
+    acts: Vec<wgpu::Buffer>,
+    grads: Vec<wgpu::Buffer>,
+    train: ResidentSplit,
     /// The epoch's permutation of the training examples.
     perm: wgpu::Buffer,
     epoch_started: bool,
@@ -165,6 +170,8 @@ struct Buffers<'a> {
     acts: &'a [wgpu::Buffer],
     /// `grads[l]` is the gradient with respect to `acts[l]`.
     grads: &'a [wgpu::Buffer],
+    /// Pruning masks applied after each weight update.
+    masks: Option<&'a [wgpu::Buffer]>,
 }
 
 impl GpuBackend {
@@ -244,26 +251,10 @@ impl GpuBackend {
             params: &params,
             acts: &acts,
             grads: &grads,
+            masks: None,
         };
         let pre = model.preprocess;
-        let train_input = train.source(&perm, true, pre);
         let last_rows = n_train - (spe - 1) * batch;
-        let full_step = Self::step_plan(&ctx, kernels, &sizes, &bufs, train_input, &train, &stats, &steps, batch)?;
-        let last_step = if last_rows != batch {
-            Some(Self::step_plan(
-                &ctx,
-                kernels,
-                &sizes,
-                &bufs,
-                train_input,
-                &train,
-                &stats,
-                &steps,
-                last_rows,
-            )?)
-        } else {
-            None
-        };
 
         let longest = train.len.max(test.len);
         let chunks = longest.div_ceil(eval_rows);
@@ -310,7 +301,7 @@ impl GpuBackend {
         let eval_train = eval_plan(&train, "train")?;
         let eval_test = eval_plan(&test, "test")?;
 
-        Ok(GpuBackend {
+        let mut backend = GpuBackend {
             sizes,
             preprocess: model.preprocess,
             input_shape: model.input_shape,
@@ -324,9 +315,13 @@ impl GpuBackend {
             slots,
             pending: 0,
             host_stats: StepStats::default(),
-            full_step,
-            last_step,
+            full_step: Vec::new(),
+            last_step: None,
             last_rows,
+            masks: None,
+            acts,
+            grads,
+            train,
             eval_train,
             eval_test,
             eval_rows,
@@ -334,7 +329,44 @@ impl GpuBackend {
             predictions,
             step_bytes: Vec::new(),
             ctx,
-        })
+        };
+        backend.build_train_plans()?;
+        Ok(backend)
+    }
+
+    /// (Re)build the dispatches of a training step, for a full batch and
+    /// for the last partial one; again whenever the masks change, since
+    /// they are bound into the weight updates.
+    fn build_train_plans(&mut self) -> Result<(), GpuError> {
+        let ctx = &*self.ctx;
+        let kernels = ctx.kernels()?;
+        let bufs = Buffers {
+            params: &self.params,
+            acts: &self.acts,
+            grads: &self.grads,
+            masks: self.masks.as_deref(),
+        };
+        let input = self.train.source(&self.perm, true, self.preprocess);
+        let plan = |rows| {
+            Self::step_plan(
+                ctx,
+                kernels,
+                &self.sizes,
+                &bufs,
+                input,
+                &self.train,
+                &self.stats,
+                &self.steps,
+                rows,
+            )
+        };
+        self.full_step = plan(self.batch)?;
+        self.last_step = if self.last_rows != self.batch {
+            Some(plan(self.last_rows)?)
+        } else {
+            None
+        };
+        Ok(())
     }
 
     /// The forward dispatches of `rows` rows whose input is `input`.
@@ -408,9 +440,10 @@ impl GpuBackend {
             } else {
                 Operand::rows(&bufs.acts[l - 1], inputs)
             };
-            let g = Gemm::weight_update(w, dy, x, rows, inputs, outputs);
+            // bias_update, and apply_mask when pruning, fused into the update.
+            let mask = bufs.masks.map(|m| &m[l]);
+            let g = Gemm::weight_update(w, Some(b), mask, dy, x, rows, inputs, outputs);
             plan.push(kernels.gemm(ctx, &name("weight_update"), &g, step)?);
-            plan.push(kernels.bias_update(ctx, &name("bias_update"), rows, outputs, dy, b, step)?);
         }
         Ok(plan)
     }
@@ -587,6 +620,67 @@ impl Backend for GpuBackend {
     fn take_stats(&mut self) -> Result<StepStats> {
         self.drain_stats()?;
         Ok(std::mem::take(&mut self.host_stats))
+    }
+
+    fn set_masks(&mut self, masks: Option<&[Vec<f32>]>) -> Result<()> {
+        let Some(masks) = masks else {
+            self.masks = None;
+            self.build_train_plans()?;
+            return Ok(());
+        };
+        let shapes: Vec<usize> = self.sizes.windows(2).map(|s| s[0] * s[1]).collect();
+        if masks.len() != shapes.len() || masks.iter().zip(&shapes).any(|(m, &n)| m.len() != n) {
+            return Err(Error::Config(format!(
+                "masks of shapes {:?} do not match the weights of {:?}",
+                masks.iter().map(Vec::len).collect::<Vec<_>>(),
+                shapes
+            )));
+        }
+        let ctx = self.ctx.clone();
+        let kernels = ctx.kernels()?;
+        // Reuse the mask buffers when there are some: only their contents change.
+        if self.masks.is_none() {
+            let bufs = shapes
+                .iter()
+                .enumerate()
+                .map(|(l, &n)| ctx.storage(&format!("fc{} mask", l + 1), 4 * n as u64))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.masks = Some(bufs);
+            self.build_train_plans()?;
+        }
+        let bufs = self.masks.as_deref().unwrap_or_default();
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("apply masks"),
+        });
+        let dispatches = bufs
+            .iter()
+            .zip(masks)
+            .zip(&self.params)
+            .enumerate()
+            .map(|(l, ((buf, mask), (w, _)))| {
+                // Ordered after the steps already submitted, which still use the old mask.
+                ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(mask));
+                kernels.apply_mask(
+                    &ctx,
+                    &format!("fc{} apply_mask", l + 1),
+                    mask.len(),
+                    buf,
+                    w,
+                    &self.steps,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("apply masks"),
+                timestamp_writes: None,
+            });
+            for d in &dispatches {
+                d.record(kernels, &mut pass, 0);
+            }
+        }
+        ctx.queue.submit([enc.finish()]);
+        Ok(())
     }
 
     fn predict_split(&mut self, split: SplitKind) -> Result<Predictions> {

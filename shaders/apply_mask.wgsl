@@ -1,0 +1,41 @@
+// Multiply weights by a 0/1 pruning mask, twin of apply_mask in
+// src/cpu/kernels.rs, so pruned weights are exactly zero. Training keeps
+// them there by masking in weight_update's epilogue; this kernel applies a
+// new mask once, when it is set.
+//
+// One thread per element; the grid may be folded over x and y.
+
+const THREADS: u32 = 64u;
+
+struct Mask {
+    len: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+struct Step {
+    index_off: u32,
+    slot: u32,
+    lr: f32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Mask;
+// Unused here; the layout is shared with bias_update.
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> mask: array<f32>;
+@group(0) @binding(3) var<storage, read_write> w: array<f32>;
+
+@compute @workgroup_size(64)
+fn apply_mask(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let i = (wid.x + wid.y * nwg.x) * THREADS + t;
+    if i >= params.len {
+        return;
+    }
+    w[i] = w[i] * mask[i];
+}
