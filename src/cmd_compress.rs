@@ -293,6 +293,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let mut bench = Vec::new();
     if a.bench {
         bench.push(compress::bench_forward_f32(&base, 256, 1.0));
+        bench.push(compress::bench_forward_f32_predictor(&base, 256, 1.0));
         if let Some(engine) = compressed.int8_engine() {
             bench.push(compress::bench_forward_int8(&engine, 256, 1.0));
         }

@@ -16,6 +16,20 @@
 //! epilogue [`quant::dequantize_acc`]) define the results a WGSL twin must
 //! reproduce: the i32 sums are exact, so CPU and GPU agree up to the f32
 //! epilogue.
+//!
+//! Measured on Fashion-MNIST (784-500-10 trained 10 epochs at batch 64, lr
+//! 0.1: 87.39%; 2-core AMD EPYC with AVX-512 VNNI; `--device cpu`;
+//! `scripts/compare_compression.py` prints the same beside PyTorch):
+//!
+//! | step                                | test acc | file (of f32)      |
+//! |-------------------------------------|----------|--------------------|
+//! | prune 0.9 global, 2 fine-tune epochs | 87.77%   | 211,438 B (13.3%)  |
+//! | int8                                 | 87.37%   | 402,016 B (25.3%)  |
+//! | prune 0.9 + 2 epochs + int8          | 87.74%   | 94,514 B (5.9%)    |
+//!
+//! Forward pass at batch 256, 2 threads: int8 (VNNI) 0.76 ms against 1.56
+//! ms for the f32 `gemm` path. One-shot 90% pruning without fine-tuning
+//! drops to 74.06%; int8 with f32 activations gives 87.42%.
 
 pub mod format;
 pub mod prune;
@@ -126,6 +140,19 @@ pub fn bench_forward_f32(model: &Mlp, batch: usize, seconds: f64) -> ForwardBenc
     time_it("f32 gemm".into(), batch, seconds, || {
         model.preprocess.apply_into(&raw, &mut acts[0]);
         crate::cpu::forward(model, &mut acts, batch);
+    })
+}
+
+/// Time the f32 inference predictor ([`crate::infer::CpuPredictor`],
+/// softmax included) at `batch` rows for about `seconds`.
+pub fn bench_forward_f32_predictor(model: &Mlp, batch: usize, seconds: f64) -> ForwardBench {
+    use crate::infer::Predictor;
+    let raw = bench_inputs(model.inputs(), batch);
+    let mut p = crate::infer::CpuPredictor::new(model, batch);
+    let mut out = vec![0.0; batch * model.classes()];
+    time_it("f32 infer predictor".into(), batch, seconds, || {
+        // The sizes match by construction, so this cannot fail.
+        let _ = p.probabilities_into(&raw, &mut out);
     })
 }
 

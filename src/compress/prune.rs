@@ -258,7 +258,7 @@ pub fn prune_and_finetune(
             backend.train_steps(done, now, train.lr)?;
             done += now;
             global += now;
-            if global % log_every == 0 {
+            if global.is_multiple_of(log_every) {
                 let s = backend.take_stats()?;
                 add_stats(&mut epoch_stats, &s);
                 on_event(&Event::Step {

@@ -149,6 +149,24 @@ pub fn dequantize_acc(acc: i32, x_scale: f32, w_scale: f32, bias: f32, relu: boo
 /// `scale` one value per row.
 pub fn quantize_rows_i8(x: &[f32], rows: usize, inputs: usize, stride: usize, q: &mut [i8], scale: &mut [f32]) {
     assert!(stride >= inputs && x.len() >= rows * inputs && q.len() >= rows * stride && scale.len() >= rows);
+    // Baseline x86-64 has no vector rounding instruction, so `round_ties_even`
+    // would be a library call per value; AVX2 machines get `vroundps`.
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { quantize_rows_avx2(x, rows, inputs, stride, q, scale) };
+    }
+    quantize_rows_body(x, rows, inputs, stride, q, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_rows_avx2(x: &[f32], rows: usize, inputs: usize, stride: usize, q: &mut [i8], scale: &mut [f32]) {
+    quantize_rows_body(x, rows, inputs, stride, q, scale)
+}
+
+#[inline(always)]
+fn quantize_rows_body(x: &[f32], rows: usize, inputs: usize, stride: usize, q: &mut [i8], scale: &mut [f32]) {
     for r in 0..rows {
         let src = &x[r * inputs..(r + 1) * inputs];
         let dst = &mut q[r * stride..(r + 1) * stride];
@@ -198,9 +216,14 @@ pub struct PackedI8Linear {
     pub scale: Vec<f32>,
     /// `[padded outputs]`.
     pub bias: Vec<f32>,
-    /// `128 * sum_k weight[o, k]`: the correction for kernels that feed the
-    /// activations as unsigned bytes `x + 128` (x86 `vpdpbusd`).
-    pub offset_correction: Vec<i32>,
+    /// The same weights in panels of 16 outputs for the AVX-512 VNNI
+    /// kernel: `[ceil(outputs/16), stride/4, 16, 4]`, i.e. for each panel
+    /// and each group of 4 inputs, 4 bytes per output; padding is zero.
+    pub panels: Vec<i8>,
+    /// `128 * sum_k weight[o, k]` per panel lane (`[16 * panels]`): the
+    /// correction for kernels that feed the activations as unsigned bytes
+    /// `x + 128` (x86 `vpdpbusd`).
+    pub panel_correction: Vec<i32>,
 }
 
 impl PackedI8Linear {
@@ -217,10 +240,19 @@ impl PackedI8Linear {
         scale.resize(outs, 0.0);
         let mut b = bias.to_vec();
         b.resize(outs, 0.0);
-        let offset_correction = weight
-            .chunks_exact(stride)
-            .map(|row| 128 * row.iter().map(|&v| v as i32).sum::<i32>())
-            .collect();
+        let np = w.outputs.div_ceil(16);
+        let k4 = stride / 4;
+        let mut panels = vec![0i8; np * k4 * 64];
+        let mut panel_correction = vec![0i32; np * 16];
+        for o in 0..w.outputs {
+            let (p, lane) = (o / 16, o % 16);
+            let row = &weight[o * stride..(o + 1) * stride];
+            panel_correction[o] = 128 * row.iter().map(|&v| v as i32).sum::<i32>();
+            for (kk, quad) in row.chunks_exact(4).enumerate() {
+                let at = ((p * k4 + kk) * 16 + lane) * 4;
+                panels[at..at + 4].copy_from_slice(quad);
+            }
+        }
         PackedI8Linear {
             inputs: w.inputs,
             outputs: w.outputs,
@@ -228,7 +260,8 @@ impl PackedI8Linear {
             weight,
             scale,
             bias: b,
-            offset_correction,
+            panels,
+            panel_correction,
         }
     }
 
@@ -410,9 +443,18 @@ mod vnni {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// `vpdpbusd` multiplies unsigned by signed bytes, so the activations go
-    /// in as `x + 128` (a flip of the sign bit) and the exact signed sum is
-    /// recovered by subtracting `128 * sum_k w` per output.
+    /// Rows per register block.
+    const RB: usize = 6;
+    /// Panels of 16 outputs per register block.
+    const PB: usize = 2;
+
+    /// A GEMM micro-kernel with the outputs across the vector lanes:
+    /// broadcast four activation bytes of a row, multiply them with four
+    /// input values of 16 outputs (one panel), accumulate in i32 lanes
+    /// with `vpdpbusd` - 64 products per instruction and no horizontal
+    /// sums. `vpdpbusd` multiplies unsigned by signed bytes, so the
+    /// activations go in as `x + 128` (a flip of the sign bit) and the exact
+    /// signed sum is recovered by subtracting `128 * sum_k w` per output.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) fn forward(
         layer: &PackedI8Linear,
@@ -423,59 +465,68 @@ mod vnni {
         ys: usize,
         relu: bool,
     ) {
-        let k = layer.stride;
-        let outs = layer.padded_outputs();
-        // Outputs in chunks whose weights stay in L1 while every row block
-        // streams past them.
-        const OUT_CHUNK: usize = 16;
-        for oc in (0..outs).step_by(OUT_CHUNK) {
-            let oe = (oc + OUT_CHUNK).min(outs);
-            for r0 in (0..rows).step_by(MR) {
-                let mr = MR.min(rows - r0);
-                for o0 in (oc..oe).step_by(NR) {
-                    let mut acc = [[0i32; NR]; MR];
-                    // SAFETY: rows r0..r0+mr and outputs o0..o0+NR lie inside
-                    // `xq` and `layer.weight` (checked by the caller and by
-                    // the padding of `pack`).
-                    unsafe {
-                        match mr {
-                            4 => block::<4>(layer, xq, k, r0, o0, &mut acc),
-                            3 => block::<3>(layer, xq, k, r0, o0, &mut acc),
-                            2 => block::<2>(layer, xq, k, r0, o0, &mut acc),
-                            _ => block::<1>(layer, xq, k, r0, o0, &mut acc),
+        let panels = layer.panel_correction.len() / 16;
+        let mut acc = [[[0i32; 16]; PB]; RB];
+        // Panel pairs outside (their weights stay in L1), rows inside.
+        for p0 in (0..panels).step_by(PB) {
+            let pb = PB.min(panels - p0);
+            for r0 in (0..rows).step_by(RB) {
+                let rb = RB.min(rows - r0);
+                // SAFETY: rows r0..r0+rb lie inside `xq` (checked by the
+                // caller) and panels p0..p0+pb inside `layer.panels`.
+                unsafe {
+                    match (rb, pb) {
+                        (6, 2) => block::<6, 2>(layer, xq, r0, p0, &mut acc),
+                        (5, 2) => block::<5, 2>(layer, xq, r0, p0, &mut acc),
+                        (4, 2) => block::<4, 2>(layer, xq, r0, p0, &mut acc),
+                        (3, 2) => block::<3, 2>(layer, xq, r0, p0, &mut acc),
+                        (2, 2) => block::<2, 2>(layer, xq, r0, p0, &mut acc),
+                        (1, 2) => block::<1, 2>(layer, xq, r0, p0, &mut acc),
+                        (6, _) => block::<6, 1>(layer, xq, r0, p0, &mut acc),
+                        (5, _) => block::<5, 1>(layer, xq, r0, p0, &mut acc),
+                        (4, _) => block::<4, 1>(layer, xq, r0, p0, &mut acc),
+                        (3, _) => block::<3, 1>(layer, xq, r0, p0, &mut acc),
+                        (2, _) => block::<2, 1>(layer, xq, r0, p0, &mut acc),
+                        _ => block::<1, 1>(layer, xq, r0, p0, &mut acc),
+                    }
+                }
+                for (r, accr) in acc.iter().enumerate().take(rb) {
+                    for (p, lanes) in accr.iter().enumerate().take(pb) {
+                        for (lane, &a) in lanes.iter().enumerate() {
+                            let o = (p0 + p) * 16 + lane;
+                            if o < layer.outputs {
+                                let a = a - layer.panel_correction[o];
+                                y[(r0 + r) * ys + o] =
+                                    dequantize_acc(a, xs[r0 + r], layer.scale[o], layer.bias[o], relu);
+                            }
                         }
                     }
-                    for accr in acc.iter_mut().take(mr) {
-                        for (j, a) in accr.iter_mut().enumerate() {
-                            *a -= layer.offset_correction[o0 + j];
-                        }
-                    }
-                    store_block(layer, &acc, xs, r0, mr, o0, y, ys, relu);
                 }
             }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn block<const R: usize>(
+    unsafe fn block<const R: usize, const P: usize>(
         layer: &PackedI8Linear,
         xq: &[i8],
-        k: usize,
         r0: usize,
-        o0: usize,
-        out: &mut [[i32; NR]; MR],
+        p0: usize,
+        out: &mut [[[i32; 16]; PB]; RB],
     ) {
-        let flip = _mm512_set1_epi8(-128);
-        let mut acc = [[_mm512_setzero_si512(); NR]; R];
+        let k = layer.stride;
+        let k4 = k / 4;
+        let mut acc = [[_mm512_setzero_si512(); P]; R];
         let xp = xq.as_ptr().add(r0 * k);
-        let wp = layer.weight.as_ptr().add(o0 * k);
-        for kk in (0..k).step_by(64) {
-            let mut w = [_mm512_setzero_si512(); NR];
+        let wp = layer.panels.as_ptr().add(p0 * k4 * 64);
+        for kk in 0..k4 {
+            let mut w = [_mm512_setzero_si512(); P];
             for (j, wj) in w.iter_mut().enumerate() {
-                *wj = _mm512_loadu_si512(wp.add(j * k + kk) as *const _);
+                *wj = _mm512_loadu_si512(wp.add((j * k4 + kk) * 64) as *const _);
             }
             for (r, accr) in acc.iter_mut().enumerate() {
-                let x = _mm512_xor_si512(_mm512_loadu_si512(xp.add(r * k + kk) as *const _), flip);
+                let four = (xp.add(r * k + kk * 4) as *const i32).read_unaligned() ^ (0x8080_8080u32 as i32);
+                let x = _mm512_set1_epi32(four);
                 for (a, &wj) in accr.iter_mut().zip(&w) {
                     *a = _mm512_dpbusd_epi32(*a, x, wj);
                 }
@@ -483,7 +534,7 @@ mod vnni {
         }
         for (o, a) in out.iter_mut().zip(&acc) {
             for (d, v) in o.iter_mut().zip(a) {
-                *d = _mm512_reduce_add_epi32(*v);
+                _mm512_storeu_si512(d.as_mut_ptr() as *mut _, *v);
             }
         }
     }
