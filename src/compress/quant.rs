@@ -434,11 +434,7 @@ fn store_block(
     }
 }
 
-// The AVX-512 intrinsics are stable since Rust 1.89; the crate already
-// needs 1.89 for its `avx512f` target features (src/infer), so the declared
-// rust-version is what is behind, not this module.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 mod vnni {
     use super::*;
     use std::arch::x86_64::*;
