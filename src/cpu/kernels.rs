@@ -6,6 +6,10 @@
 //! `dst = alpha*dst + beta*lhs*rhs` form lets the SGD update ride in the
 //! weight-gradient product.
 
+// Kernel signatures mirror the shaders' bindings (operands plus their
+// sizes), which makes for many plain arguments.
+#![allow(clippy::too_many_arguments)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);

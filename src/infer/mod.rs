@@ -140,7 +140,7 @@ impl Predictor for CpuPredictor {
 
     fn probabilities_into(&mut self, raw: &[f32], out: &mut [f32]) -> Result<(), InferError> {
         let (dim, classes) = (self.inputs(), self.classes());
-        if raw.len() % dim != 0 {
+        if !raw.len().is_multiple_of(dim) {
             return Err(InferError::InputSize {
                 source_name: "input".into(),
                 expected: dim,
