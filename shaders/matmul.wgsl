@@ -24,20 +24,22 @@
 // or as bytes packed four to a u32, and scaled by scale/offset on the fly.
 // That is how the first layer reads its input without a separate gather.
 //
-// Tiling: a workgroup of 16 x 16 threads computes a 64 x 64 block of C; each
-// thread owns a 4 x 4 sub-block held in registers, strided by 16 so that
-// neighbouring threads touch neighbouring shared-memory words and columns of
-// C. The k loop stages 64 x 16 of A and 16 x 64 of B in workgroup memory
-// (8 KiB, half the WebGPU minimum). Out-of-range elements load as zero and
-// are never stored, so no shape needs to be a tile multiple.
+// Tiling: a workgroup of TX x TY threads computes a 4 TY x 4 TX block of C;
+// each thread owns a 4 x 4 sub-block held in registers, strided by TX (TY)
+// so that neighbouring threads touch neighbouring shared-memory words and
+// columns of C. The k loop stages 4 TY x 16 of A and 16 x 4 TX of B in
+// workgroup memory. TX and TY are pipeline constants: 16 x 16 (64 x 64
+// tiles, 8 KiB of workgroup memory) for large products, 8 x 8 (32 x 32
+// tiles) for the skinny ones of small batches, which would otherwise leave
+// most of a large GPU idle. Out-of-range elements load as zero and are
+// never stored, so no shape needs to be a tile multiple.
 //
 // The grid is folded: the host may spread the tiles over x and y when there
 // are more than a dimension allows, and the tile index is linearised here.
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
+override TX: u32 = 16u;
+override TY: u32 = 16u;
 const BK: u32 = 16u;
-const THREADS: u32 = 256u;
 
 // Where an operand's values come from.
 const SRC_BUFFER: u32 = 0u;
@@ -99,8 +101,8 @@ struct Step {
 // The bias weight_update updates with FLAG_BIAS.
 @group(0) @binding(8) var<storage, read_write> bias_out: array<f32>;
 
-var<workgroup> tile_a: array<f32, 1024>; // [BK][BM]
-var<workgroup> tile_b: array<f32, 1024>; // [BK][BN]
+var<workgroup> tile_a: array<f32, BK * 4u * TY>; // [BK][BM]
+var<workgroup> tile_b: array<f32, BK * 4u * TX>; // [BK][BN]
 
 // Value (row, col) of the preprocessed input batch, read from the dataset.
 fn input_value(src: u32, row: u32, col: u32) -> f32 {
@@ -142,11 +144,14 @@ fn load_b(p: u32, j: u32) -> f32 {
 }
 
 fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
+    let bm = 4u * TY;
+    let bn = 4u * TX;
+    let threads = TX * TY;
     let tile = wid.x + wid.y * nwg.x;
-    let row0 = (tile / params.tiles_n) * BM;
-    let col0 = (tile % params.tiles_n) * BN;
-    let tx = t % 16u;
-    let ty = t / 16u;
+    let row0 = (tile / params.tiles_n) * bm;
+    let col0 = (tile % params.tiles_n) * bn;
+    let tx = t % TX;
+    let ty = t / TX;
     // Let consecutive threads walk the operand's contiguous dimension, so
     // that global loads coalesce whichever way it is stored.
     let a_k_fast = params.a_src != SRC_BUFFER || params.a_cs == 1u;
@@ -154,50 +159,52 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
 
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < params.k; k0 += BK) {
-        for (var q = 0u; q < 4u; q++) {
-            let e = t + q * THREADS;
+        for (var e = t; e < bm * BK; e += threads) {
             var i: u32;
             var p: u32;
             if a_k_fast {
                 p = e % BK;
                 i = e / BK;
             } else {
-                i = e % BM;
-                p = e / BM;
+                i = e % bm;
+                p = e / bm;
             }
-            tile_a[p * BM + i] = load_a(row0 + i, k0 + p);
+            tile_a[p * bm + i] = load_a(row0 + i, k0 + p);
+        }
+        for (var e = t; e < bn * BK; e += threads) {
             var j: u32;
+            var p: u32;
             if b_n_fast {
-                j = e % BN;
-                p = e / BN;
+                j = e % bn;
+                p = e / bn;
             } else {
                 p = e % BK;
                 j = e / BK;
             }
-            tile_b[p * BN + j] = load_b(k0 + p, col0 + j);
+            tile_b[p * bn + j] = load_b(k0 + p, col0 + j);
         }
         workgroupBarrier();
         for (var p = 0u; p < BK; p++) {
             let bv = vec4<f32>(
-                tile_b[p * BN + tx],
-                tile_b[p * BN + tx + 16u],
-                tile_b[p * BN + tx + 32u],
-                tile_b[p * BN + tx + 48u],
+                tile_b[p * bn + tx],
+                tile_b[p * bn + tx + TX],
+                tile_b[p * bn + tx + 2u * TX],
+                tile_b[p * bn + tx + 3u * TX],
             );
             for (var r = 0u; r < 4u; r++) {
-                acc[r] += tile_a[p * BM + ty + 16u * r] * bv;
+                acc[r] += tile_a[p * bm + ty + TY * r] * bv;
             }
         }
         workgroupBarrier();
     }
 
     for (var r = 0u; r < 4u; r++) {
-        let i = row0 + ty + 16u * r;
+        let i = row0 + ty + TY * r;
         if i >= params.m {
             continue;
         }
         for (var q = 0u; q < 4u; q++) {
-            let j = col0 + tx + 16u * q;
+            let j = col0 + tx + TX * q;
             if j >= params.n_ext {
                 continue;
             }
@@ -233,7 +240,7 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(TX, TY)
 fn matmul_nn(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -242,7 +249,7 @@ fn matmul_nn(
     gemm(wid, nwg, t, EPI_STORE);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(TX, TY)
 fn matmul_nt(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -251,7 +258,7 @@ fn matmul_nt(
     gemm(wid, nwg, t, EPI_STORE);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(TX, TY)
 fn matmul_tn(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -260,7 +267,7 @@ fn matmul_tn(
     gemm(wid, nwg, t, EPI_STORE);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(TX, TY)
 fn linear_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -269,7 +276,7 @@ fn linear_forward(
     gemm(wid, nwg, t, EPI_BIAS);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(TX, TY)
 fn backprop_input(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -278,7 +285,7 @@ fn backprop_input(
     gemm(wid, nwg, t, EPI_MASK);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(TX, TY)
 fn weight_update(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

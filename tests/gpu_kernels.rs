@@ -69,7 +69,23 @@ fn reference_matmul(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool
     (c, abs)
 }
 
-const SHAPES: [(usize, usize, usize); 5] = [(37, 29, 71), (65, 33, 17), (1, 1, 1), (130, 70, 3), (64, 64, 64)];
+/// `(m, n, k)` of the GEMM-family tests: the first five run with 32x32
+/// tiles, the last (100 workgroups of 64x64) with 64x64 tiles; see
+/// `tile_variants_are_both_covered`.
+const SHAPES: [(usize, usize, usize); 6] = [
+    (37, 29, 71),
+    (65, 33, 17),
+    (1, 1, 1),
+    (130, 70, 3),
+    (64, 64, 64),
+    (600, 590, 5),
+];
+
+#[test]
+fn tile_variants_are_both_covered() {
+    let sizes: Vec<u32> = SHAPES.iter().map(|&(m, n, _)| ops::gemm_tile_size(m, n)).collect();
+    assert!(sizes.contains(&32) && sizes.contains(&64), "{sizes:?}");
+}
 
 #[test]
 fn matmuls_match_cpu_twins() {
@@ -309,7 +325,10 @@ fn fused_sgd_update_matches_cpu_twins() {
     let Some(ctx) = common::gpu() else { return };
     let lr = 0.37f32;
     // 63 inputs: the bias column lands in the last tile; 64: it needs a tile of its own.
-    for (s, &(outputs, inputs, rows)) in [(37, 63, 29), (65, 64, 17), (1, 1, 1)].iter().enumerate() {
+    for (s, &(outputs, inputs, rows)) in [(37, 63, 29), (65, 64, 17), (1, 1, 1), (600, 590, 5)]
+        .iter()
+        .enumerate()
+    {
         let seed = 350 + 10 * s as u64;
         let w = common::random(outputs * inputs, seed);
         let b = common::random(outputs, seed + 1);

@@ -109,7 +109,7 @@ fn digits_per_step_losses_and_weights_match_cpu() {
     let n = data.train.len();
     let spe = steps_per_epoch(n, batch);
     // The epoch ends in a partial batch, within the 50 compared steps.
-    assert!(n % batch != 0 && spe < 50, "{n} examples, batch {batch}");
+    assert!(!n.is_multiple_of(batch) && spe < 50, "{n} examples, batch {batch}");
     let m = model(&data, &[48], Normalize::Scale);
     let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), batch).unwrap();
     let mut cpu = CpuBackend::new(m, data.clone(), batch).unwrap();

@@ -18,12 +18,66 @@ const SOFTMAX_WGSL: &str = include_str!("../../shaders/softmax_xent.wgsl");
 const BIAS_WGSL: &str = include_str!("../../shaders/bias_update.wgsl");
 const MASK_WGSL: &str = include_str!("../../shaders/apply_mask.wgsl");
 
-/// Output block of one GEMM workgroup (`BM` x `BN` in matmul.wgsl).
-pub(crate) const GEMM_TILE: u32 = 64;
-/// Invocations per GEMM and softmax workgroup.
-const GEMM_THREADS: u32 = 256;
-/// Workgroup memory of one GEMM workgroup: two 1024-float tiles.
-const GEMM_SHARED_BYTES: u32 = 2 * 1024 * 4;
+/// Below this many workgroups of wide tiles, a GEMM uses narrow ones.
+/// WebGPU does not say how many compute units an adapter has; large GPUs
+/// have 30 to 140, and a skinny product of a small batch (64 x 500 is 8
+/// wide tiles) would leave most of them idle, while 4x as many narrow
+/// tiles cost a little more traffic to workgroup memory per multiply-add.
+const NARROW_BELOW: u64 = 64;
+
+/// The output block of a GEMM workgroup: `TX` x `TY` threads in matmul.wgsl
+/// (pipeline constants), each computing 4 x 4 outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tile {
+    /// 64 x 64 outputs, 256 threads, 8 KiB of workgroup memory.
+    Wide,
+    /// 32 x 32 outputs, 64 threads, 4 KiB.
+    Narrow,
+}
+
+impl Tile {
+    const ALL: [Tile; 2] = [Tile::Wide, Tile::Narrow];
+
+    /// Threads along x (columns) and y (rows).
+    fn threads(self) -> u32 {
+        match self {
+            Tile::Wide => 16,
+            Tile::Narrow => 8,
+        }
+    }
+
+    /// Output rows (and columns) per workgroup.
+    pub(crate) fn size(self) -> u32 {
+        4 * self.threads()
+    }
+
+    /// Workgroup memory: a 16-deep slice of A and of B.
+    fn shared_bytes(self) -> u32 {
+        2 * 16 * self.size() * 4
+    }
+
+    /// Workgroups covering an `m` x `n` output, and how many per row.
+    fn grid(self, m: u64, n: u64) -> (u64, u64) {
+        let s = u64::from(self.size());
+        (m.div_ceil(s) * n.div_ceil(s), n.div_ceil(s))
+    }
+
+    /// The variant for an `m` x `n` output.
+    pub(crate) fn for_shape(m: u64, n: u64) -> Tile {
+        if Tile::Wide.grid(m, n).0 < NARROW_BELOW {
+            Tile::Narrow
+        } else {
+            Tile::Wide
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Tile::Wide => "64x64",
+            Tile::Narrow => "32x32",
+        }
+    }
+}
 /// Invocations per bias_update and apply_mask workgroup.
 const BIAS_THREADS: u32 = 64;
 
@@ -314,6 +368,8 @@ impl<'a> Gemm<'a> {
 /// buffers alive) and workgroup grid.
 pub(crate) struct Dispatch {
     entry: Entry,
+    /// The GEMM tile variant; ignored by the other families.
+    tile: Tile,
     bind_group: wgpu::BindGroup,
     groups: (u32, u32),
 }
@@ -325,7 +381,7 @@ impl Dispatch {
         if self.groups.0 == 0 {
             return;
         }
-        pass.set_pipeline(kernels.pipeline(self.entry));
+        pass.set_pipeline(kernels.pipeline(self.entry, self.tile));
         pass.set_bind_group(0, &self.bind_group, &[step_offset]);
         pass.dispatch_workgroups(self.groups.0, self.groups.1, 1);
     }
@@ -341,7 +397,8 @@ pub(crate) struct Kernels {
     gemm_layout: wgpu::BindGroupLayout,
     softmax_layout: wgpu::BindGroupLayout,
     bias_layout: wgpu::BindGroupLayout,
-    pipelines: Vec<(Entry, wgpu::ComputePipeline)>,
+    /// One per entry point, and per tile variant for the GEMM family.
+    pipelines: Vec<(Entry, Tile, wgpu::ComputePipeline)>,
     /// Bound where a read-only storage binding is unused.
     unused_ro: wgpu::Buffer,
     /// Bound where a writable storage binding is unused (a buffer may not
@@ -414,8 +471,8 @@ impl Kernels {
             "max_compute_workgroup_size_x",
         )?;
         need(
-            "the matmul tiles",
-            GEMM_SHARED_BYTES.into(),
+            "the 64x64 matmul tiles",
+            Tile::Wide.shared_bytes().into(),
             l.max_compute_workgroup_storage_size.into(),
             "max_compute_workgroup_storage_size, bytes",
         )?;
@@ -431,7 +488,6 @@ impl Kernels {
             l.max_bindings_per_bind_group.into(),
             "max_bindings_per_bind_group",
         )?;
-        debug_assert_eq!(GEMM_THREADS, 256);
 
         let device = &ctx.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -495,9 +551,16 @@ impl Kernels {
         let softmax_pl = pipeline_layout("softmax_xent pipeline layout", &softmax_layout);
         let bias_pl = pipeline_layout("bias_update pipeline layout", &bias_layout);
 
-        let pipelines = Entry::ALL
-            .iter()
-            .map(|&e| {
+        let variants = Entry::ALL.iter().flat_map(|&e| {
+            let tiles: &[Tile] = if e.family() == Family::Gemm {
+                &Tile::ALL
+            } else {
+                &[Tile::Wide]
+            };
+            tiles.iter().map(move |&t| (e, t))
+        });
+        let pipelines = variants
+            .map(|(e, tile)| {
                 let (layout, module) = match e.family() {
                     Family::Gemm => (&gemm_pl, &matmul),
                     Family::Softmax => (&softmax_pl, &softmax),
@@ -505,19 +568,30 @@ impl Kernels {
                     Family::Bias => (&bias_pl, &bias),
                     Family::Mask => (&bias_pl, &mask),
                 };
+                let t = f64::from(tile.threads());
+                let constants: &[(&str, f64)] = if e.family() == Family::Gemm {
+                    &[("TX", t), ("TY", t)]
+                } else {
+                    &[]
+                };
+                let label = if e.family() == Family::Gemm {
+                    format!("{} ({} tiles)", e.name(), tile.name())
+                } else {
+                    e.name().to_string()
+                };
                 let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(e.name()),
+                    label: Some(&label),
                     layout: Some(layout),
                     module,
                     entry_point: Some(e.name()),
                     // Every kernel writes its workgroup memory before reading it.
                     compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &[],
+                        constants,
                         zero_initialize_workgroup_memory: false,
                     },
                     cache: None,
                 });
-                (e, p)
+                (e, tile, p)
             })
             .collect();
         let placeholder = |label: &str| {
@@ -545,9 +619,11 @@ impl Kernels {
         })
     }
 
-    fn pipeline(&self, e: Entry) -> &wgpu::ComputePipeline {
-        // `pipelines` holds every entry, in `Entry::ALL` order.
-        &self.pipelines[Entry::ALL.iter().position(|&x| x == e).unwrap_or(0)].1
+    fn pipeline(&self, e: Entry, tile: Tile) -> &wgpu::ComputePipeline {
+        let tile = if e.family() == Family::Gemm { tile } else { Tile::Wide };
+        // Every (entry, tile) pair `Dispatch` can hold was built in `new`.
+        let found = self.pipelines.iter().find(|(pe, pt, _)| *pe == e && *pt == tile);
+        &found.unwrap_or(&self.pipelines[0]).2
     }
 
     /// Spread `total` workgroups over x and y, each at most the adapter's
@@ -652,8 +728,8 @@ impl Kernels {
         }
         // With a fused bias, B has an extra column of ones (see matmul.wgsl).
         let n_ext = n + g.bias.is_some() as u64;
-        let tiles_n = n_ext.div_ceil(GEMM_TILE.into());
-        let tiles = m.div_ceil(GEMM_TILE.into()) * tiles_n;
+        let tile = Tile::for_shape(m, n_ext);
+        let (tiles, tiles_n) = tile.grid(m, n_ext);
         let groups = self.fold(label, tiles)?;
         let mut p = GemmParams {
             m: m as u32,
@@ -704,6 +780,7 @@ impl Kernels {
         );
         Ok(Dispatch {
             entry: g.entry,
+            tile,
             bind_group,
             groups,
         })
@@ -761,6 +838,7 @@ impl Kernels {
         );
         Ok(Dispatch {
             entry,
+            tile: Tile::Wide,
             bind_group,
             // One workgroup reduces the whole batch (see softmax_xent.wgsl).
             groups: if rows == 0 { (0, 0) } else { (1, 1) },
@@ -795,6 +873,7 @@ impl Kernels {
         let bind_group = Self::bind_group(ctx, label, &self.bias_layout, &[(2, dy), (3, bias)], &params, step);
         Ok(Dispatch {
             entry: Entry::BiasUpdate,
+            tile: Tile::Wide,
             bind_group,
             groups,
         })
@@ -825,6 +904,7 @@ impl Kernels {
         let bind_group = Self::bind_group(ctx, label, &self.bias_layout, &[(2, mask), (3, w)], &params, step);
         Ok(Dispatch {
             entry: Entry::ApplyMask,
+            tile: Tile::Wide,
             bind_group,
             groups,
         })

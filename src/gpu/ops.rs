@@ -11,7 +11,7 @@
 //! uses, so a passing test here covers the trainer's kernel calls.
 
 use super::context::GpuContext;
-use super::kernels::{DataSource, Dispatch, Entry, Gemm, Operand, StepParams};
+use super::kernels::{DataSource, Dispatch, Entry, Gemm, Operand, StepParams, Tile};
 use super::trainer::upload_features;
 use crate::error::GpuError;
 
@@ -31,6 +31,13 @@ pub enum Input<'a> {
         /// Keep the features as bytes on the GPU (they must be integers in 0..=255).
         as_u8: bool,
     },
+}
+
+/// Output rows and columns per workgroup of the matrix products for an
+/// `m` x `n` output (plus one column for a fused bias): 64 for large
+/// outputs, 32 for small ones, so that tests can cover both variants.
+pub fn gemm_tile_size(m: usize, n: usize) -> u32 {
+    Tile::for_shape(m as u64, n as u64).size()
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<(), GpuError> {
