@@ -565,3 +565,10 @@ fn bad_arguments_are_errors_not_panics() {
     let err = ops::softmax_xent(&ctx, &[0.0; 4], &[0, 2], 2, 2).unwrap_err();
     assert!(err.to_string().contains("label 2"), "{err}");
 }
+
+#[test]
+fn bench_matmul_reports_a_time() {
+    let Some(ctx) = common::gpu() else { return };
+    let t = ops::bench_matmul(&ctx, 33, 17, 9, 3).unwrap();
+    assert!(t.is_finite() && t > 0.0, "{t}");
+}

@@ -456,3 +456,52 @@ pub fn softmax_xent_eval(
     let s: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[1]);
     Ok((bytemuck::pod_collect_to_vec(&bytes[0]), f32::from_bits(s[0]) as f64))
 }
+
+/// Seconds per `m x n x k` product of `matmul_nn` on the device, averaged
+/// over `reps` dispatches recorded into one submission, after one warm-up
+/// run. The operands are uploaded before the clock starts and the clock
+/// stops when the GPU has finished (a 4-byte readback waits for it), so the
+/// figure is kernel time plus per-dispatch overhead, as a training step
+/// sees it. Throughput is `2 m n k / seconds` FLOP/s.
+pub fn bench_matmul(ctx: &GpuContext, m: usize, n: usize, k: usize, reps: usize) -> Result<f64, GpuError> {
+    let kernels = ctx.kernels()?;
+    let a = upload_f32(ctx, "bench a", &vec![0.5; m * k])?;
+    let b = upload_f32(ctx, "bench b", &vec![0.25; k * n])?;
+    let c = ctx.storage("bench c", 4 * (m * n) as u64)?;
+    let g = Gemm {
+        entry: Entry::MatmulNn,
+        m,
+        n,
+        k,
+        a: Operand::rows(&a, k),
+        b: Operand::rows(&b, n),
+        c: &c,
+        aux: None,
+        relu: false,
+        bias: None,
+    };
+    let step = step_buffer(ctx, 0.0)?;
+    let d = kernels.gemm(ctx, "bench matmul_nn", &g, &step)?;
+    let record = |count: usize| {
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("bench matmul_nn"),
+        });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("bench matmul_nn"),
+                timestamp_writes: None,
+            });
+            for _ in 0..count {
+                d.record(kernels, &mut pass, 0);
+            }
+        }
+        enc
+    };
+    // Warm-up: first-use costs (driver compilation, memory residency).
+    ctx.read_back(Some(record(1)), &[(&c, 0, 4)])?;
+    let reps = reps.max(1);
+    let enc = record(reps);
+    let t = std::time::Instant::now();
+    ctx.read_back(Some(enc), &[(&c, 0, 4)])?;
+    Ok(t.elapsed().as_secs_f64() / reps as f64)
+}
