@@ -10,9 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
+use wgtrain::compress::AnyModel;
 use wgtrain::infer::input::{self, CsvInputOptions};
-use wgtrain::infer::{predictions, ClassProbability, CpuPredictor, Predictor};
-use wgtrain::model::Mlp;
+use wgtrain::infer::{cpu_predictor, predictions, ClassProbability, DEFAULT_SPIN};
 use wgtrain::serve::ServeConfig;
 
 /// Rows per forward pass of `predict` (and the buffers it allocates).
@@ -20,7 +20,8 @@ const PREDICT_BATCH: usize = 256;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// The model file written by `wgtrain train --save`.
+    /// The model file written by `wgtrain train --save` or `wgtrain
+    /// compress` (int8 models run the int8 kernels).
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
     /// Inputs: PNG or JPEG images (made grayscale and resized to the
@@ -60,9 +61,9 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         bail!("--top-k must be at least 1");
     }
     wgtrain::cpu::set_threads(a.threads);
-    let model = Mlp::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
-    let mut predictor = CpuPredictor::new(&model, PREDICT_BATCH);
-    let shape = model.input_shape.clone();
+    let model = AnyModel::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
+    let mut predictor = cpu_predictor(&model, PREDICT_BATCH, wgtrain::cpu::threads(), DEFAULT_SPIN);
+    let shape = predictor.input_shape().to_vec();
     let csv = CsvInputOptions { drop_col: a.label_col };
     let classes = predictor.classes();
     let mut stdout = std::io::stdout().lock();
@@ -95,7 +96,8 @@ pub fn predict(a: PredictArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The model file written by `wgtrain train --save`.
+    /// The model file written by `wgtrain train --save` or `wgtrain
+    /// compress` (int8 models run the int8 kernels).
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
     /// Address to listen on.
@@ -104,8 +106,9 @@ pub struct ServeArgs {
     /// Most rows in one forward pass of the micro-batcher.
     #[arg(long, default_value_t = 64, value_name = "ROWS")]
     max_batch: usize,
-    /// Longest a request waits for others to share its batch, microseconds
-    /// (0: run what is queued as soon as the inference thread is free).
+    /// Longest a request waits for others to share its batch, microseconds;
+    /// only when the server is saturated (the previous batch was at least
+    /// half full) and while requests keep arriving (0: never wait).
     #[arg(long, default_value_t = 500, value_name = "US")]
     max_wait_us: u64,
     /// Requests that may wait for the inference thread; past that the
@@ -118,16 +121,38 @@ pub struct ServeArgs {
     /// Classes listed in each prediction's `top_k`.
     #[arg(long, default_value_t = 3, value_name = "K")]
     top_k: usize,
-    /// Threads for HTTP and for inference batches (0: one per core).
+    /// Threads for HTTP (0: one per core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
+    /// Threads one forward pass is split over: the inference thread and
+    /// N - 1 helpers (0: one per core). One keeps the cores for HTTP,
+    /// which costs more than the forward pass of a small batch.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    infer_threads: usize,
+    /// How long inference helpers spin for the next batch before they
+    /// sleep, microseconds.
+    #[arg(long, default_value_t = 50, value_name = "US")]
+    spin_us: u64,
 }
 
 /// Run `wgtrain serve` until SIGINT or SIGTERM, then drain and exit.
 pub fn serve(a: ServeArgs) -> Result<()> {
     wgtrain::cpu::set_threads(a.threads);
-    let model = Mlp::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
-    let predictor = CpuPredictor::new(&model, a.max_batch.max(1));
+    let model = AnyModel::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
+    let sizes = match &model {
+        AnyModel::F32(m) => m.sizes(),
+        AnyModel::Compressed(m) => m.sizes(),
+    };
+    let infer_threads = match a.infer_threads {
+        0 => wgtrain::cpu::threads(),
+        n => n,
+    };
+    let predictor = cpu_predictor(
+        &model,
+        a.max_batch.max(1),
+        infer_threads,
+        Duration::from_micros(a.spin_us),
+    );
     let config = ServeConfig {
         max_batch: a.max_batch,
         max_wait: Duration::from_micros(a.max_wait_us),
@@ -148,15 +173,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         log::info!(
             "serving {} ({}) on http://{local} with {}: POST /v1/predict, GET /healthz, GET /metrics",
             a.model.display(),
-            model
-                .sizes()
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join("-"),
+            sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),
             predictor.name()
         );
-        wgtrain::serve::serve(listener, Box::new(predictor), config, shutdown_signal()).await?;
+        wgtrain::serve::serve(listener, predictor, config, shutdown_signal()).await?;
         log::info!("drained; stopped");
         Ok(())
     })

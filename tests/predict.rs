@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use wgtrain::compress::{AnyModel, CompressedMlp, CompressionInfo};
 use wgtrain::data::{Normalize, Preprocess};
 use wgtrain::infer::input::{self, CsvInputOptions};
-use wgtrain::infer::{CpuPredictor, Predictor};
+use wgtrain::infer::{CpuPredictor, Int8Predictor, Predictor};
 use wgtrain::model::Mlp;
 
 const SIDE: usize = 28;
@@ -171,6 +172,99 @@ fn csv_rows_predict_like_idx_images() {
     );
 }
 
+/// Probabilities of `raw` rows through the int8 engine in process: logits,
+/// then the same softmax the predictors use.
+fn int8_probabilities(c: &CompressedMlp, raw: &[f32]) -> Vec<f32> {
+    let e = c.int8_engine().unwrap();
+    let rows = raw.len() / DIM;
+    let mut out = vec![0.0; rows * e.classes()];
+    e.logits(raw, rows, &mut out);
+    wgtrain::cpu::kernels::softmax_rows(&mut out, e.classes());
+    out
+}
+
+fn json_probabilities(stdout: &[u8]) -> Vec<Vec<f32>> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn compressed_models_predict_like_their_in_process_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = model(dir.path());
+    let px = pixels();
+    let idx = write_idx(dir.path(), &px);
+    let raw: Vec<f32> = px.iter().map(|&b| b as f32).collect();
+
+    // int8 weights and activations: the int8 kernels, bit for bit.
+    let info = CompressionInfo {
+        quantization: "int8".into(),
+        ..CompressionInfo::default()
+    };
+    let c = CompressedMlp::from_mlp(&m, true, info);
+    let cp = dir.path().join("int8.safetensors");
+    c.save(&cp).unwrap();
+    let loaded = match AnyModel::load(&cp).unwrap() {
+        AnyModel::Compressed(c) => c,
+        AnyModel::F32(_) => panic!("a compressed file loads as compressed"),
+    };
+    let want = int8_probabilities(&loaded, &raw);
+    let mut p = Int8Predictor::new(&loaded).unwrap();
+    assert!(p.name().contains("int8"), "{}", p.name());
+    assert_eq!(p.probabilities(&raw).unwrap(), want);
+    // Row by row, the same bits as in the batch.
+    for r in 0..3 {
+        assert_eq!(
+            p.probabilities(&raw[r * DIM..(r + 1) * DIM]).unwrap(),
+            want[r * 10..(r + 1) * 10]
+        );
+    }
+    let o = wgtrain(&[
+        "predict",
+        "--model",
+        cp.to_str().unwrap(),
+        "--json",
+        idx.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = json_probabilities(&o.stdout);
+    assert_eq!(got.len(), 3);
+    for (r, g) in got.iter().enumerate() {
+        // JSON prints the shortest string that reads back as the same f32.
+        assert_eq!(g[..], want[r * 10..(r + 1) * 10], "row {r}");
+    }
+    // Close to the f32 model: int8 changes probabilities only a little.
+    let f = wgtrain::cpu::probabilities(&m, &raw);
+    assert!(f.iter().zip(&want).all(|(a, b)| (a - b).abs() < 0.05));
+
+    // A compressed file with f32 weights (pruned, not quantized) runs the
+    // f32 predictor on its weights.
+    let pruned = CompressedMlp::from_mlp(&m, false, CompressionInfo::default());
+    let pp = dir.path().join("f32c.safetensors");
+    pruned.save(&pp).unwrap();
+    let o = wgtrain(&[
+        "predict",
+        "--model",
+        pp.to_str().unwrap(),
+        "--json",
+        idx.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let want = CpuPredictor::new(&pruned.to_mlp(), 4).probabilities(&raw).unwrap();
+    let got: Vec<f32> = json_probabilities(&o.stdout).concat();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn inputs_that_cannot_fit_the_model_name_the_file_and_sizes() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,4 +309,39 @@ fn inputs_that_cannot_fit_the_model_name_the_file_and_sizes() {
     let o = wgtrain(&["predict", "--model", mp, missing.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(text(&o).contains("nope.csv"), "{}", text(&o));
+}
+
+/// Not a test: in-process inference figures of the 784-500-10 model (p50
+/// and p99 over 20k batch-1 calls, rows/s at batch 256), printed.
+///
+/// `cargo test --release --test predict -- --ignored --nocapture inference_figures`
+#[test]
+#[ignore = "a benchmark; run it explicitly in release mode"]
+fn inference_figures() {
+    use wgtrain::infer::{bench_inference, BenchOptions};
+    let p = Preprocess {
+        kind: Normalize::Scale,
+        scale: 1.0 / 255.0,
+        offset: 0.0,
+    };
+    let m = Mlp::new(&[DIM, 500, 10], 5, p, vec![SIDE, SIDE]).unwrap();
+    let opts = BenchOptions::default();
+    let repeats: usize = std::env::var("REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let threads: usize = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let spin_us: u64 = std::env::var("SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    for _ in 0..repeats {
+        let threads = if threads == 0 { wgtrain::cpu::threads() } else { threads };
+        let spin = std::time::Duration::from_micros(spin_us);
+        let mut pr = CpuPredictor::with_threads(&m, opts.batch, threads, spin);
+        let b = bench_inference(&mut pr, &opts).unwrap();
+        println!(
+            "{:<36} batch 1: p50 {:6.2} us  p99 {:6.2} us  mean {:6.2} us | batch {}: {:8.0} rows/s",
+            b.predictor, b.batch1_p50_us, b.batch1_p99_us, b.batch1_mean_us, b.batch, b.rows_per_second
+        );
+    }
+    let f = wgtrain::compress::bench_forward_f32(&m, 256, 1.0);
+    println!("{:<36} batch 256: {:8.0} rows/s", f.path, f.rows_per_second);
 }

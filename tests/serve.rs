@@ -423,3 +423,42 @@ async fn invalid_config_is_refused() {
         .to_string();
     assert!(e.contains("--queue (0)"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_int8_model_answers_like_its_in_process_engine() {
+    let info = wgtrain::compress::CompressionInfo {
+        quantization: "int8".into(),
+        ..Default::default()
+    };
+    let c = wgtrain::compress::CompressedMlp::from_mlp(&model(), true, info);
+    let predictor = wgtrain::infer::Int8Predictor::new(&c).unwrap();
+    let server = start(Box::new(predictor), ServeConfig::default()).await;
+    let n = 24;
+    let raw = rows(n);
+    let engine = c.int8_engine().unwrap();
+    let mut want = vec![0.0; n * 10];
+    engine.logits(&raw, n, &mut want);
+    wgtrain::cpu::kernels::softmax_rows(&mut want, 10);
+
+    // Concurrent single-row requests (batched together by the server) and
+    // one request with every row: the engine's bits each time.
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let body = json_rows(&raw[i * DIM..(i + 1) * DIM]);
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            http(addr, "POST", "/v1/predict", None, &body).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(probabilities(&r.json())[0], want[i * 10..(i + 1) * 10], "request {i}");
+    }
+    let r = http(server.addr, "POST", "/v1/predict", None, &json_rows(&raw)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(probabilities(&r.json()).concat(), want);
+    let h = http(server.addr, "GET", "/healthz", None, b"").await;
+    assert!(h.json()["predictor"].as_str().unwrap().contains("int8"));
+    server.shutdown().await;
+}

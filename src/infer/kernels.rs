@@ -1,66 +1,237 @@
-//! Forward-pass kernels for inference: a row-blocked matrix-vector product
-//! over `[out, in]` row-major weights whose rows are zero-padded to a
-//! multiple of [`LANES`].
+//! Forward-pass kernels for inference: register-blocked tiles over weights
+//! packed in panels of [`PANEL`] outputs, `[panel][input][PANEL]`, so that
+//! the outputs lie across the vector lanes and a step over one input is one
+//! aligned 64-byte load per panel.
 //!
 //! Why not the `gemm` crate used for training: at one row the product is a
-//! matrix-vector product, bound by streaming the weights from cache, and a
-//! plain loop with [`LANES`] independent accumulators streams them faster
-//! than a general GEMM's packing does (see `bench_inference`).
+//! matrix-vector product bound by streaming the weights, and at a few
+//! hundred rows a tile that keeps `R x P` vectors of outputs in registers
+//! (one weight load serves `R` rows, one broadcast input serves `P` panels)
+//! is as fast, without packing the activations on every call.
 //!
-//! Every output value is computed by the same sequence of fused
-//! multiply-adds, lane by lane, and the same fixed reduction tree, whatever
-//! the number of rows in the batch and whichever block size or instruction
-//! set runs it (the lanes are independent, so the vector width only changes
-//! how many run at once). So a row's probabilities are bitwise identical
-//! whether it is predicted alone or inside a micro-batch of the server.
+//! Determinism: every output is computed by one chain,
+//! `acc = bias; for k in 0..inputs { acc = fma(w[k], x[k], acc) }`, then
+//! ReLU, whatever the tile shape, the row's position in the batch, the
+//! thread that runs its panel, or the instruction set (AVX-512, AVX2 and the
+//! portable loop with `f32::mul_add` perform the same fused operations in
+//! the same order; only the portable loop on a CPU without FMA differs, and
+//! it differs the same way for every batch). So a row's probabilities are
+//! bitwise identical whether it is predicted alone or inside a micro-batch
+//! of the server.
 
-/// Independent accumulators per dot product: eight 256-bit registers,
-/// enough to hide the latency of the fused multiply-add.
-pub const LANES: usize = 64;
+/// Outputs per panel: one 512-bit vector of f32, one 64-byte cache line.
+pub const PANEL: usize = 16;
 
-/// Round `n` up to a multiple of [`LANES`].
-pub fn padded(n: usize) -> usize {
-    n.div_ceil(LANES) * LANES
+/// A cache-line-aligned group of [`PANEL`] values.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C, align(64))]
+pub struct Line(pub [f32; PANEL]);
+
+/// A buffer of f32 that starts on a cache line: `len` values in whole lines.
+#[derive(Debug, Clone, Default)]
+pub struct AlignedBuf {
+    lines: Vec<Line>,
+    len: usize,
 }
 
-/// A linear layer with its weight rows padded with zeros to `stride` values.
+impl AlignedBuf {
+    pub fn zeros(len: usize) -> Self {
+        AlignedBuf {
+            lines: vec![Line::default(); len.div_ceil(PANEL)],
+            len,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: `Line` is `repr(C)` over `[f32; PANEL]` with no padding
+        // (64 bytes, align 64), so the lines are `lines.len() * PANEL`
+        // contiguous initialised f32 and `len` does not exceed that.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as in `as_slice`; the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut f32, self.len) }
+    }
+}
+
+/// A linear layer packed for the tiles: `panels` panels of [`PANEL`]
+/// outputs, each `[inputs][PANEL]`; outputs past `outputs` have zero weights
+/// and zero bias.
 #[derive(Debug, Clone)]
 pub struct PackedLinear {
     pub inputs: usize,
     pub outputs: usize,
-    /// Padded row length, a multiple of [`LANES`].
-    pub stride: usize,
-    /// `[outputs, stride]`, row-major; columns past `inputs` are zero.
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
+    pub panels: usize,
+    /// `[panels][inputs]` lines.
+    weight: Vec<Line>,
+    /// `[panels]` lines.
+    bias: Vec<Line>,
 }
 
 impl PackedLinear {
     pub fn pack(layer: &crate::model::Linear) -> Self {
-        let stride = padded(layer.inputs);
-        let mut weight = vec![0.0; layer.outputs * stride];
-        for (dst, src) in weight
-            .chunks_exact_mut(stride)
-            .zip(layer.weight.chunks_exact(layer.inputs))
-        {
-            dst[..layer.inputs].copy_from_slice(src);
+        let (k, n) = (layer.inputs, layer.outputs);
+        let panels = n.div_ceil(PANEL);
+        let mut weight = vec![Line::default(); panels * k];
+        let mut bias = vec![Line::default(); panels];
+        for o in 0..n {
+            let (p, lane) = (o / PANEL, o % PANEL);
+            bias[p].0[lane] = layer.bias[o];
+            for i in 0..k {
+                weight[p * k + i].0[lane] = layer.weight[o * k + i];
+            }
         }
         PackedLinear {
-            inputs: layer.inputs,
-            outputs: layer.outputs,
-            stride,
+            inputs: k,
+            outputs: n,
+            panels,
             weight,
-            bias: layer.bias.clone(),
+            bias,
+        }
+    }
+
+    /// Outputs including the padding of the last panel.
+    pub fn padded_outputs(&self) -> usize {
+        self.panels * PANEL
+    }
+
+    /// Multiply-adds of one row.
+    pub fn macs(&self) -> usize {
+        self.inputs * self.outputs
+    }
+}
+
+/// The instruction sets the tiles are compiled for, chosen once at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX-512F.
+    Avx512,
+    /// x86-64 with AVX2 and FMA.
+    Avx2Fma,
+    /// Whatever the build targets; fused multiply-add where the target has
+    /// it (aarch64, or x86-64 built with `+fma`), unfused elsewhere.
+    Portable,
+}
+
+impl Isa {
+    /// The best variant this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Whether this CPU runs the variant.
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Portable => "portable",
         }
     }
 }
 
-/// How `a * b + c` is evaluated: fused where the hardware has it.
+/// Where one call's rows are: `rows` input rows `xs` values apart (at least
+/// `inputs` each) and output rows `ys` apart (at least the padded outputs:
+/// whole panels are stored).
+#[derive(Debug, Clone, Copy)]
+pub struct Rows {
+    pub x: *const f32,
+    pub xs: usize,
+    pub rows: usize,
+    pub y: *mut f32,
+    pub ys: usize,
+    pub relu: bool,
+}
+
+/// Panels `p0..p1` of `layer` for every row of `io`.
+///
+/// # Safety
+/// `isa` is supported by this CPU; `io.x` is readable for `rows` rows of
+/// `layer.inputs` values `xs` apart; `io.y` is writable for the columns
+/// `p0 * PANEL..p1 * PANEL` of `rows` rows `ys` apart, and nothing else
+/// accesses those values meanwhile; `p0 <= p1 <= layer.panels`.
+pub unsafe fn forward_panels(isa: Isa, layer: &PackedLinear, p0: usize, p1: usize, io: Rows) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller guarantees the features and the extents.
+        Isa::Avx512 => unsafe { x86::panels_avx512(layer, p0, p1, io) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2Fma => unsafe { x86::panels_avx2(layer, p0, p1, io) },
+        // SAFETY: as above.
+        _ => unsafe { panels_portable::<Native>(layer, p0, p1, io) },
+    }
+}
+
+/// One layer over all its panels on the calling thread, checked: `x` holds
+/// `rows` rows `xs` apart, `y` rows `ys` apart, `ys >= layer.padded_outputs()`.
+///
+/// # Panics
+/// When a slice is too short, a stride too small, or `isa` unsupported.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    isa: Isa,
+    layer: &PackedLinear,
+    x: &[f32],
+    xs: usize,
+    rows: usize,
+    y: &mut [f32],
+    ys: usize,
+    relu: bool,
+) {
+    check(layer, x.len(), xs, rows, y.len(), ys);
+    assert!(isa.supported(), "{} kernels are not supported on this CPU", isa.name());
+    let io = Rows {
+        x: x.as_ptr(),
+        xs,
+        rows,
+        y: y.as_mut_ptr(),
+        ys,
+        relu,
+    };
+    // SAFETY: the sizes were checked above and `y` is borrowed uniquely.
+    unsafe { forward_panels(isa, layer, 0, layer.panels, io) }
+}
+
+/// The bounds [`linear_forward`] needs.
+pub(crate) fn check(layer: &PackedLinear, xlen: usize, xs: usize, rows: usize, ylen: usize, ys: usize) {
+    assert!(xs >= layer.inputs && ys >= layer.padded_outputs(), "strides too small");
+    if rows > 0 {
+        assert!(xlen >= (rows - 1) * xs + layer.inputs, "x holds {xlen} values, too few");
+        assert!(
+            ylen >= (rows - 1) * ys + layer.padded_outputs(),
+            "y holds {ylen} values, too few"
+        );
+    }
+}
+
+/// How `a * b + c` is evaluated by the portable loop.
 trait MulAdd {
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
 }
 
-/// One rounding (`fma`); only used where the instruction exists.
+/// One rounding (`fma`).
 #[allow(dead_code)]
 struct Fused;
 impl MulAdd for Fused {
@@ -81,207 +252,177 @@ impl MulAdd for Unfused {
     }
 }
 
-/// Sum the lanes with a fixed pairwise tree.
-#[inline(always)]
-fn reduce(mut acc: [f32; LANES]) -> f32 {
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-        width /= 2;
-    }
-    acc[0]
-}
+#[cfg(any(target_arch = "aarch64", target_feature = "fma"))]
+type Native = Fused;
+#[cfg(not(any(target_arch = "aarch64", target_feature = "fma")))]
+type Native = Unfused;
 
-/// Dot products of one padded weight row with `R` padded input rows that
-/// start `xstride` apart in `x`.
-#[inline(always)]
-fn dot_rows<M: MulAdd, const R: usize>(w: &[f32], x: &[f32], xstride: usize) -> [f32; R] {
-    let mut acc = [[0.0f32; LANES]; R];
-    let chunks = w.len() / LANES;
-    for c in 0..chunks {
-        let wc: &[f32; LANES] = w[c * LANES..(c + 1) * LANES].try_into().unwrap_or(&[0.0; LANES]);
-        for (r, a) in acc.iter_mut().enumerate() {
-            let o = r * xstride + c * LANES;
-            let xc: &[f32; LANES] = x[o..o + LANES].try_into().unwrap_or(&[0.0; LANES]);
-            for l in 0..LANES {
-                a[l] = M::mul_add(wc[l], xc[l], a[l]);
+/// The portable loop: per row and panel, [`PANEL`] independent chains.
+///
+/// # Safety
+/// As [`forward_panels`].
+unsafe fn panels_portable<M: MulAdd>(layer: &PackedLinear, p0: usize, p1: usize, io: Rows) {
+    let k = layer.inputs;
+    for r in 0..io.rows {
+        // SAFETY: row `r` of `x` holds `k` readable values (caller).
+        let x = unsafe { std::slice::from_raw_parts(io.x.add(r * io.xs), k) };
+        for p in p0..p1 {
+            let mut acc = layer.bias[p].0;
+            for (w, &xv) in layer.weight[p * k..(p + 1) * k].iter().zip(x) {
+                for (a, &wv) in acc.iter_mut().zip(&w.0) {
+                    *a = M::mul_add(wv, xv, *a);
+                }
+            }
+            for (l, a) in acc.into_iter().enumerate() {
+                // SAFETY: column `p * PANEL + l < p1 * PANEL` of row `r` is
+                // ours to write (caller).
+                unsafe { *io.y.add(r * io.ys + p * PANEL + l) = if io.relu { a.max(0.0) } else { a } };
             }
         }
     }
-    let mut out = [0.0; R];
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o = reduce(a);
-    }
-    out
 }
 
-/// `y[r, j] = act(dot(w[j], x[r]) + b[j])` for `rows` rows, `R` rows at a
-/// time. `x` rows are `layer.stride` apart; `y` rows are `ystride` apart.
-#[inline(always)]
-fn forward_rows<M: MulAdd, const R: usize>(
-    layer: &PackedLinear,
-    x: &[f32],
-    rows: usize,
-    y: &mut [f32],
-    ystride: usize,
-    relu: bool,
-) {
-    let s = layer.stride;
-    let mut r0 = 0;
-    while r0 + R <= rows {
-        let xb = &x[r0 * s..(r0 + R) * s];
-        for (j, (w, &b)) in layer.weight.chunks_exact(s).zip(&layer.bias).enumerate() {
-            let d = dot_rows::<M, R>(w, xb, s);
-            for (r, v) in d.into_iter().enumerate() {
-                let v = v + b;
-                y[(r0 + r) * ystride + j] = if relu { v.max(0.0) } else { v };
-            }
-        }
-        r0 += R;
-    }
-    while r0 < rows {
-        let xb = &x[r0 * s..(r0 + 1) * s];
-        for (j, (w, &b)) in layer.weight.chunks_exact(s).zip(&layer.bias).enumerate() {
-            let [v] = dot_rows::<M, 1>(w, xb, s);
-            let v = v + b;
-            y[r0 * ystride + j] = if relu { v.max(0.0) } else { v };
-        }
-        r0 += 1;
-    }
-}
-
-/// The instruction sets the kernel is compiled for, chosen once at run time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// x86-64 with AVX2 and FMA.
-    Avx2Fma,
-    /// Whatever the build targets; fused multiply-add on aarch64, unfused
-    /// elsewhere.
-    Portable,
-}
-
-impl Isa {
-    /// The best variant this CPU runs.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2Fma;
-            }
-        }
-        Isa::Portable
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx2Fma => "avx2+fma",
-            Isa::Portable => "portable",
-        }
-    }
-}
-
-/// Explicit x86-64 kernels: the same per-lane operations and reduction
-/// tree as [`dot_rows`], written with intrinsics so that the accumulators
-/// stay in registers.
+/// Explicit x86-64 tiles: the same chains as [`panels_portable`] with
+/// `R x P` accumulators in registers.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{PackedLinear, LANES};
+    use super::{PackedLinear, Rows, PANEL};
     use std::arch::x86_64::*;
 
-    /// One dot product, 256-bit: accumulator `q` holds lanes `8q..8q+8`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot256(w: *const f32, x: *const f32, chunks: usize) -> f32 {
-        let mut a = [_mm256_setzero_ps(); 8];
-        for c in 0..chunks {
-            let wp = w.add(c * LANES);
-            let xp = x.add(c * LANES);
-            for (q, aq) in a.iter_mut().enumerate() {
-                *aq = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(8 * q)), _mm256_loadu_ps(xp.add(8 * q)), *aq);
+    /// Rows of the AVX-512 tile; with [`P512`] panels, 24 accumulators.
+    const R512: usize = 6;
+    /// Panels of the AVX-512 tile.
+    const P512: usize = 4;
+    /// Rows of the AVX2 tile (one panel, two vectors per row).
+    const R256: usize = 4;
+
+    /// `R` rows from `r0` times `P` panels from `p` (panel `p` of `w` is
+    /// `layer.weight[p * k..]`).
+    #[inline(always)]
+    unsafe fn tile512<const R: usize, const P: usize>(layer: &PackedLinear, p: usize, r0: usize, io: Rows) {
+        let k = layer.inputs;
+        // SAFETY (whole body): the caller checked `p + P <= layer.panels` and
+        // `r0 + R <= io.rows`; `Line` is 64-byte aligned, so the aligned
+        // loads are too; `x` and `y` extents as in `forward_panels`.
+        unsafe {
+            let w = layer.weight.as_ptr().add(p * k) as *const f32;
+            let mut acc = [[_mm512_setzero_ps(); P]; R];
+            for (j, b) in layer.bias[p..p + P].iter().enumerate() {
+                let bv = _mm512_load_ps(b.0.as_ptr());
+                for a in acc.iter_mut() {
+                    a[j] = bv;
+                }
+            }
+            let x = io.x.add(r0 * io.xs);
+            for i in 0..k {
+                let mut wv = [_mm512_setzero_ps(); P];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_load_ps(w.add((j * k + i) * PANEL));
+                }
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*x.add(r * io.xs + i));
+                    for (aj, &wj) in a.iter_mut().zip(&wv) {
+                        *aj = _mm512_fmadd_ps(wj, xv, *aj);
+                    }
+                }
+            }
+            let zero = _mm512_setzero_ps();
+            for (r, a) in acc.iter().enumerate() {
+                let y = io.y.add((r0 + r) * io.ys + p * PANEL);
+                for (j, &v) in a.iter().enumerate() {
+                    let v = if io.relu { _mm512_max_ps(v, zero) } else { v };
+                    _mm512_storeu_ps(y.add(j * PANEL), v);
+                }
             }
         }
-        // Width 32: lanes l and l+32 are accumulators q and q+4.
-        let b = [
-            _mm256_add_ps(a[0], a[4]),
-            _mm256_add_ps(a[1], a[5]),
-            _mm256_add_ps(a[2], a[6]),
-            _mm256_add_ps(a[3], a[7]),
-        ];
-        // Width 16, then 8.
-        let c = [_mm256_add_ps(b[0], b[2]), _mm256_add_ps(b[1], b[3])];
-        reduce8(_mm256_add_ps(c[0], c[1]))
-    }
-
-    /// The last levels of the tree: width 4, 2, 1 over 8 lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn reduce8(y: __m256) -> f32 {
-        let v = _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps::<1>(y));
-        let v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        let v = _mm_add_ss(v, _mm_shuffle_ps::<0b01>(v, v));
-        _mm_cvtss_f32(v)
     }
 
     /// # Safety
-    /// The CPU has AVX2 and FMA; `x` holds `rows * layer.stride` values and
-    /// `y` `rows * ystride`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn forward_avx2(
-        layer: &PackedLinear,
-        x: &[f32],
-        rows: usize,
-        y: &mut [f32],
-        ystride: usize,
-        relu: bool,
-    ) {
-        let s = layer.stride;
-        for r in 0..rows {
-            let xp = x.as_ptr().add(r * s);
-            for (j, &b) in layer.bias.iter().enumerate() {
-                let v = dot256(layer.weight.as_ptr().add(j * s), xp, s / LANES) + b;
-                y[r * ystride + j] = if relu { v.max(0.0) } else { v };
+    /// As [`super::forward_panels`], on a CPU with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn panels_avx512(layer: &PackedLinear, p0: usize, p1: usize, io: Rows) {
+        macro_rules! rows {
+            ($p:expr, $r0:expr, $rr:expr, $P:literal) => {
+                // SAFETY: `$p + $P <= p1` and `$r0 + $rr <= io.rows`.
+                unsafe {
+                    match $rr {
+                        1 => tile512::<1, $P>(layer, $p, $r0, io),
+                        2 => tile512::<2, $P>(layer, $p, $r0, io),
+                        3 => tile512::<3, $P>(layer, $p, $r0, io),
+                        4 => tile512::<4, $P>(layer, $p, $r0, io),
+                        5 => tile512::<5, $P>(layer, $p, $r0, io),
+                        _ => tile512::<R512, $P>(layer, $p, $r0, io),
+                    }
+                }
+            };
+        }
+        let mut r0 = 0;
+        while r0 < io.rows {
+            let rr = (io.rows - r0).min(R512);
+            let mut p = p0;
+            while p + P512 <= p1 {
+                rows!(p, r0, rr, 4);
+                p += P512;
+            }
+            while p < p1 {
+                rows!(p, r0, rr, 1);
+                p += 1;
+            }
+            r0 += rr;
+        }
+    }
+
+    /// `R` rows from `r0` times one panel `p`, as two 256-bit halves.
+    #[inline(always)]
+    unsafe fn tile256<const R: usize>(layer: &PackedLinear, p: usize, r0: usize, io: Rows) {
+        let k = layer.inputs;
+        // SAFETY (whole body): as in `tile512`.
+        unsafe {
+            let w = layer.weight.as_ptr().add(p * k) as *const f32;
+            let b = layer.bias[p].0.as_ptr();
+            let (b0, b1) = (_mm256_load_ps(b), _mm256_load_ps(b.add(8)));
+            let mut acc = [[b0, b1]; R];
+            let x = io.x.add(r0 * io.xs);
+            for i in 0..k {
+                let w0 = _mm256_load_ps(w.add(i * PANEL));
+                let w1 = _mm256_load_ps(w.add(i * PANEL + 8));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_ps(*x.add(r * io.xs + i));
+                    a[0] = _mm256_fmadd_ps(w0, xv, a[0]);
+                    a[1] = _mm256_fmadd_ps(w1, xv, a[1]);
+                }
+            }
+            let zero = _mm256_setzero_ps();
+            for (r, a) in acc.iter().enumerate() {
+                let y = io.y.add((r0 + r) * io.ys + p * PANEL);
+                for (h, &v) in a.iter().enumerate() {
+                    let v = if io.relu { _mm256_max_ps(v, zero) } else { v };
+                    _mm256_storeu_ps(y.add(8 * h), v);
+                }
             }
         }
     }
-}
 
-fn forward_portable(layer: &PackedLinear, x: &[f32], rows: usize, y: &mut [f32], ystride: usize, relu: bool) {
-    #[cfg(target_arch = "aarch64")]
-    forward_rows::<Fused, 2>(layer, x, rows, y, ystride, relu);
-    #[cfg(not(target_arch = "aarch64"))]
-    forward_rows::<Unfused, 2>(layer, x, rows, y, ystride, relu);
-}
-
-/// One layer over `rows` padded input rows (`layer.stride` apart) into `y`
-/// (rows `ystride` apart; only the first `layer.outputs` values of each row
-/// are written, so padding set to zero stays zero).
-///
-/// # Panics
-/// When `x` or `y` is too short for `rows` rows.
-pub fn linear_forward(
-    isa: Isa,
-    layer: &PackedLinear,
-    x: &[f32],
-    rows: usize,
-    y: &mut [f32],
-    ystride: usize,
-    relu: bool,
-) {
-    assert!(
-        x.len() >= rows * layer.stride,
-        "x holds {} values, needs {}",
-        x.len(),
-        rows * layer.stride
-    );
-    assert!(ystride >= layer.outputs && y.len() >= rows * ystride, "y too short");
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced by `detect` after checking
-        // that the CPU has these features; the asserts above check the sizes.
-        Isa::Avx2Fma => unsafe { x86::forward_avx2(layer, x, rows, y, ystride, relu) },
-        _ => forward_portable(layer, x, rows, y, ystride, relu),
+    /// # Safety
+    /// As [`super::forward_panels`], on a CPU with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn panels_avx2(layer: &PackedLinear, p0: usize, p1: usize, io: Rows) {
+        let mut r0 = 0;
+        while r0 < io.rows {
+            let rr = (io.rows - r0).min(R256);
+            for p in p0..p1 {
+                // SAFETY: `p < p1` and `r0 + rr <= io.rows`.
+                unsafe {
+                    match rr {
+                        1 => tile256::<1>(layer, p, r0, io),
+                        2 => tile256::<2>(layer, p, r0, io),
+                        3 => tile256::<3>(layer, p, r0, io),
+                        _ => tile256::<R256>(layer, p, r0, io),
+                    }
+                }
+            }
+            r0 += rr;
+        }
     }
 }
 
@@ -290,9 +431,13 @@ mod tests {
     use super::*;
     use crate::model::Linear;
 
+    fn weight(inputs: usize, o: usize, i: usize) -> f32 {
+        (((o * inputs + i) * 7919 % 201) as f32 - 100.0) / 300.0
+    }
+
     fn layer(inputs: usize, outputs: usize) -> PackedLinear {
         let weight = (0..inputs * outputs)
-            .map(|i| ((i * 7919 % 201) as f32 - 100.0) / 300.0)
+            .map(|n| weight(inputs, n / inputs, n % inputs))
             .collect();
         let bias = (0..outputs).map(|i| (i as f32 - 3.0) / 10.0).collect();
         PackedLinear::pack(&Linear {
@@ -303,62 +448,128 @@ mod tests {
         })
     }
 
-    #[test]
-    fn matches_f64_reference_and_is_batch_invariant() {
-        // 45 inputs: not a multiple of LANES; 7 rows: a partial block of each size.
-        let (inputs, outputs, rows) = (45, 13, 7);
-        let l = layer(inputs, outputs);
-        let mut x = vec![0.0f32; rows * l.stride];
-        for r in 0..rows {
-            for i in 0..inputs {
-                x[r * l.stride + i] = ((r * 31 + i * 17) % 23) as f32 / 7.0 - 1.5;
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Every variant this CPU runs, plus the portable loop with fused
+    /// multiply-adds (the chain the SIMD tiles must reproduce).
+    fn run_all(l: &PackedLinear, x: &[f32], xs: usize, rows: usize, relu: bool) -> Vec<(String, Vec<f32>)> {
+        let ys = l.padded_outputs() + 3;
+        let mut out = Vec::new();
+        for isa in [Isa::Avx512, Isa::Avx2Fma, Isa::Portable] {
+            if !isa.supported() {
+                continue;
             }
+            let mut y = vec![f32::NAN; rows * ys];
+            linear_forward(isa, l, x, xs, rows, &mut y, ys, relu);
+            out.push((isa.name().to_string(), y));
         }
-        let isa = Isa::detect();
-        let mut y = vec![f32::NAN; rows * outputs];
-        linear_forward(isa, &l, &x, rows, &mut y, outputs, false);
+        let mut y = vec![f32::NAN; rows * ys];
+        check(l, x.len(), xs, rows, y.len(), ys);
+        let io = Rows {
+            x: x.as_ptr(),
+            xs,
+            rows,
+            y: y.as_mut_ptr(),
+            ys,
+            relu,
+        };
+        // SAFETY: checked above.
+        unsafe { panels_portable::<Fused>(l, 0, l.panels, io) };
+        out.push(("portable fused".into(), y));
+        out
+    }
+
+    #[test]
+    fn matches_f64_reference_and_is_batch_and_isa_invariant() {
+        // 45 inputs, 77 outputs (4 whole panels and a partial one: both tile
+        // widths), 15 rows (two full 6-row tiles and a partial one), x rows
+        // padded to 50.
+        let (inputs, outputs, rows, xs) = (45, 77, 15, 50);
+        let l = layer(inputs, outputs);
+        let x: Vec<f32> = (0..rows * xs)
+            .map(|i| ((i % xs) < inputs) as u8 as f32 * (((i * 31) % 23) as f32 / 7.0 - 1.5))
+            .collect();
+        let ys = l.padded_outputs() + 3;
+        let all = run_all(&l, &x, xs, rows, false);
+        let (_, y) = &all[0];
         for r in 0..rows {
             for j in 0..outputs {
                 let want: f64 = (0..inputs)
-                    .map(|i| l.weight[j * l.stride + i] as f64 * x[r * l.stride + i] as f64)
+                    .map(|i| weight(inputs, j, i) as f64 * x[r * xs + i] as f64)
                     .sum::<f64>()
-                    + l.bias[j] as f64;
-                let got = y[r * outputs + j] as f64;
+                    + ((j as f32 - 3.0) / 10.0) as f64;
+                let got = y[r * ys + j] as f64;
                 assert!(
                     (got - want).abs() < 1e-5 * (1.0 + want.abs()),
                     "{r},{j}: {got} vs {want}"
                 );
             }
-            // The same row alone gives the same bits.
-            let mut y1 = vec![f32::NAN; outputs];
-            linear_forward(isa, &l, &x[r * l.stride..], 1, &mut y1, outputs, false);
-            assert_eq!(
-                y1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                y[r * outputs..(r + 1) * outputs]
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect::<Vec<_>>()
-            );
+            // Padding outputs are computed as zero; the gap past them is untouched.
+            assert!(y[r * ys + outputs..r * ys + l.padded_outputs()]
+                .iter()
+                .all(|&v| v == 0.0));
+            assert!(y[r * ys + l.padded_outputs()..(r + 1) * ys].iter().all(|v| v.is_nan()));
         }
-        // The intrinsics follow the lanes and the tree of the portable code
-        // exactly: the same bits (`f32::mul_add` is exact wherever it runs).
-        if isa != Isa::Portable {
-            let mut y2 = vec![f32::NAN; rows * outputs];
-            forward_rows::<Fused, 3>(&l, &x, rows, &mut y2, outputs, false);
-            assert_eq!(y, y2);
+        // The fused variants agree bit for bit (the unfused portable loop
+        // only where the build has no FMA).
+        let fused: Vec<&(String, Vec<f32>)> = all
+            .iter()
+            .filter(|(n, _)| n != "portable" || cfg!(any(target_arch = "aarch64", target_feature = "fma")))
+            .collect();
+        for (name, v) in &fused {
+            assert_eq!(bits(v), bits(y), "{name} differs from {}", all[0].0);
+        }
+        // Each row alone, and each panel range alone, gives the same bits.
+        for isa in [Isa::Avx512, Isa::Avx2Fma, Isa::Portable]
+            .into_iter()
+            .filter(|i| i.supported())
+        {
+            let batch = &all.iter().find(|(n, _)| n == isa.name()).unwrap().1;
+            for r in 0..rows {
+                let mut y1 = vec![f32::NAN; ys];
+                linear_forward(isa, &l, &x[r * xs..(r + 1) * xs], xs, 1, &mut y1, ys, false);
+                assert_eq!(
+                    bits(&y1[..outputs]),
+                    bits(&batch[r * ys..r * ys + outputs]),
+                    "{isa:?} row {r}"
+                );
+            }
+            let mut y2 = vec![f32::NAN; rows * ys];
+            for (p0, p1) in [(0, 1), (1, 3), (3, l.panels)] {
+                let io = Rows {
+                    x: x.as_ptr(),
+                    xs,
+                    rows,
+                    y: y2.as_mut_ptr(),
+                    ys,
+                    relu: false,
+                };
+                // SAFETY: sizes as checked by `run_all`; `y2` is ours.
+                unsafe { forward_panels(isa, &l, p0, p1, io) };
+            }
+            assert_eq!(bits(&y2), bits(batch), "{isa:?} by panel ranges");
         }
     }
 
     #[test]
     fn relu_and_padding() {
         let l = layer(3, 2);
-        assert_eq!(l.stride, LANES);
-        assert!(l.weight[3..LANES].iter().all(|&w| w == 0.0));
-        let mut x = vec![0.0; LANES];
-        x[..3].copy_from_slice(&[100.0, -100.0, 50.0]);
-        let mut y = vec![7.0; 4];
-        linear_forward(Isa::detect(), &l, &x, 1, &mut y, 4, true);
-        assert!(y[..2].iter().all(|&v| v >= 0.0));
-        assert_eq!(&y[2..], &[7.0, 7.0], "padding of y untouched");
+        assert_eq!(l.padded_outputs(), PANEL);
+        let x = [100.0, -100.0, 50.0];
+        for (name, y) in run_all(&l, &x, 3, 1, true) {
+            assert!(y[..PANEL].iter().all(|&v| v >= 0.0), "{name}");
+            assert_eq!(y[2..PANEL], [0.0; PANEL - 2], "{name}");
+        }
+    }
+
+    #[test]
+    fn aligned_buffer() {
+        let mut b = AlignedBuf::zeros(37);
+        assert_eq!(b.as_slice().len(), 37);
+        assert_eq!(b.as_slice().as_ptr() as usize % 64, 0);
+        b.as_mut_slice()[36] = 1.0;
+        assert_eq!(b.as_slice()[36], 1.0);
     }
 }

@@ -11,16 +11,18 @@
 
 pub mod input;
 pub mod kernels;
+pub mod team;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::compress::{Activations, AnyModel, CompressedMlp, Int8Mlp};
 use crate::data::Preprocess;
 use crate::error::InferError;
 use crate::model::Mlp;
-use kernels::{Isa, PackedLinear};
+use kernels::{AlignedBuf, Isa, PackedLinear, Rows};
+use team::Team;
 
 /// Something that turns raw feature rows into class probabilities.
 pub trait Predictor: Send {
@@ -45,85 +47,132 @@ pub trait Predictor: Send {
     }
 }
 
-/// Rows below which a batch runs on the calling thread only: waking the
-/// thread pool costs more than it saves.
-const PARALLEL_MIN_ROWS: usize = 16;
+/// Multiply-adds of one call's layer below which it runs on the calling
+/// thread only: handing units to a helper costs a few hundred nanoseconds.
+const PARALLEL_MIN_MACS: usize = 100_000;
 
-/// The CPU predictor: weights packed for [`kernels::linear_forward`] and
-/// activation buffers for `capacity` rows, allocated once. Larger batches
-/// run in chunks of `capacity` rows.
+/// How long the predictor's helper threads spin after their last unit
+/// before they park (see [`team`]).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(200);
+
+/// The CPU predictor: weights packed for [`kernels`] and activation buffers
+/// for `capacity` rows, allocated once; large layers split by panels over a
+/// [`team::Team`] of persistent threads. Larger batches run in chunks of
+/// `capacity` rows.
 pub struct CpuPredictor {
     isa: Isa,
     layers: Vec<PackedLinear>,
     preprocess: Preprocess,
     input_shape: Vec<usize>,
     capacity: usize,
-    /// Threads for batches of at least [`PARALLEL_MIN_ROWS`] rows, fixed at
-    /// construction (asking the OS costs microseconds).
-    threads: usize,
-    /// `acts[l]` is the padded input of layer `l` (`[capacity, stride_l]`);
-    /// the last holds the logits (`[capacity, classes]`).
-    acts: Vec<Vec<f32>>,
+    /// `acts[0]` holds the preprocessed input (`[capacity, inputs]`),
+    /// `acts[l]` the output of layer `l - 1` (`[capacity, padded outputs]`,
+    /// cache-line aligned); the last holds the logits.
+    acts: Vec<AlignedBuf>,
+    team: Team,
 }
 
 impl CpuPredictor {
     /// Pack `model` for inference with buffers for batches of up to
-    /// `capacity` rows (at least 1).
+    /// `capacity` rows (at least 1), on [`crate::cpu::threads`] threads.
     pub fn new(model: &Mlp, capacity: usize) -> Self {
+        Self::with_threads(model, capacity, crate::cpu::threads(), DEFAULT_SPIN)
+    }
+
+    /// [`CpuPredictor::new`] on `threads` threads (the caller and `threads -
+    /// 1` helpers; at least 1), whose helpers spin for `spin` after their
+    /// last unit before they park.
+    pub fn with_threads(model: &Mlp, capacity: usize, threads: usize, spin: Duration) -> Self {
+        Self::with_isa(model, capacity, threads, spin, Isa::detect())
+    }
+
+    /// [`CpuPredictor::with_threads`] with a given kernel variant (for tests
+    /// of the fallbacks); an unsupported one falls back to the portable loop.
+    pub fn with_isa(model: &Mlp, capacity: usize, threads: usize, spin: Duration, isa: Isa) -> Self {
         let capacity = capacity.max(1);
         let layers: Vec<PackedLinear> = model.layers.iter().map(PackedLinear::pack).collect();
-        let mut acts: Vec<Vec<f32>> = layers.iter().map(|l| vec![0.0; capacity * l.stride]).collect();
-        acts.push(vec![0.0; capacity * model.classes()]);
+        let mut acts = vec![AlignedBuf::zeros(capacity * model.inputs())];
+        acts.extend(layers.iter().map(|l| AlignedBuf::zeros(capacity * l.padded_outputs())));
+        let largest = layers.iter().map(|l| l.macs()).max().unwrap_or(0);
+        // Helpers only where some layer is large enough to split at batch 1
+        // or at `capacity` rows.
+        let threads = if largest * capacity >= PARALLEL_MIN_MACS {
+            threads.max(1)
+        } else {
+            1
+        };
         CpuPredictor {
-            isa: Isa::detect(),
+            isa: if isa.supported() { isa } else { Isa::Portable },
             layers,
             preprocess: model.preprocess,
             input_shape: model.input_shape.clone(),
             capacity,
-            threads: crate::cpu::threads().min(rayon::current_num_threads()),
             acts,
+            team: Team::new(threads, spin),
         }
     }
 
     /// Forward `rows <= capacity` raw rows; the logits land in the last
-    /// activation buffer.
+    /// activation buffer, rows `padded classes` apart.
     fn forward_chunk(&mut self, raw: &[f32], rows: usize) {
         let dim = self.inputs();
-        let s0 = self.layers[0].stride;
-        for (dst, src) in self.acts[0].chunks_exact_mut(s0).zip(raw.chunks_exact(dim)).take(rows) {
-            self.preprocess.apply_into(src, &mut dst[..dim]);
-        }
+        self.preprocess
+            .apply_into(&raw[..rows * dim], &mut self.acts[0].as_mut_slice()[..rows * dim]);
         let nl = self.layers.len();
-        let threads = self.threads;
+        let mut xs = dim;
         for (l, layer) in self.layers.iter().enumerate() {
             let (lo, hi) = self.acts.split_at_mut(l + 1);
-            let x = &lo[l][..rows * layer.stride];
-            let ystride = if l + 1 < nl {
-                self.layers[l + 1].stride
-            } else {
-                layer.outputs
+            let x = lo[l].as_slice();
+            let ys = layer.padded_outputs();
+            let y = hi[0].as_mut_slice();
+            kernels::check(layer, x.len(), xs, rows, y.len(), ys);
+            let io = Rows {
+                x: x.as_ptr(),
+                xs,
+                rows,
+                y: y.as_mut_ptr(),
+                ys,
+                relu: l + 1 < nl,
             };
-            let y = &mut hi[0][..rows * ystride];
-            let relu = l + 1 < nl;
-            let isa = self.isa;
-            if threads > 1 && rows >= PARALLEL_MIN_ROWS {
-                // Whole blocks of 4 rows per task, about one task per thread.
-                let per = rows.div_ceil(threads).div_ceil(4) * 4;
-                y.par_chunks_mut(per * ystride)
-                    .zip(x.par_chunks(per * layer.stride))
-                    .for_each(|(yc, xc)| {
-                        kernels::linear_forward(isa, layer, xc, yc.len() / ystride, yc, ystride, relu)
-                    });
+            if layer.macs() * rows >= PARALLEL_MIN_MACS {
+                // SAFETY: `isa` is supported (checked at construction), the
+                // extents were checked above, `y` is borrowed uniquely and
+                // `forward` returns only when every unit is done.
+                unsafe { self.team.forward(self.isa, layer, io) };
             } else {
-                kernels::linear_forward(isa, layer, x, rows, y, ystride, relu);
+                // SAFETY: as above.
+                unsafe { kernels::forward_panels(self.isa, layer, 0, layer.panels, io) };
             }
+            xs = ys;
         }
     }
 }
 
+/// Check `raw` and `out` against a predictor's sizes; the number of rows.
+fn check_sizes(p: &dyn Predictor, raw: &[f32], out: &[f32]) -> Result<usize, InferError> {
+    let (dim, classes) = (p.inputs(), p.classes());
+    if dim == 0 || !raw.len().is_multiple_of(dim) {
+        return Err(InferError::InputSize {
+            source_name: "input".into(),
+            expected: dim,
+            found: raw.len() % dim.max(1),
+            shape: p.input_shape().to_vec(),
+        });
+    }
+    let rows = raw.len() / dim;
+    if out.len() != rows * classes {
+        return Err(InferError::Failed(format!(
+            "output buffer holds {} values, {rows} rows of {classes} classes need {}",
+            out.len(),
+            rows * classes
+        )));
+    }
+    Ok(rows)
+}
+
 impl Predictor for CpuPredictor {
     fn name(&self) -> String {
-        format!("cpu ({}, {} threads)", self.isa.name(), self.threads)
+        format!("cpu f32 ({}, {} threads)", self.isa.name(), self.team.size())
     }
 
     fn input_shape(&self) -> &[usize] {
@@ -139,34 +188,92 @@ impl Predictor for CpuPredictor {
     }
 
     fn probabilities_into(&mut self, raw: &[f32], out: &mut [f32]) -> Result<(), InferError> {
+        let rows = check_sizes(self, raw, out)?;
         let (dim, classes) = (self.inputs(), self.classes());
-        if !raw.len().is_multiple_of(dim) {
-            return Err(InferError::InputSize {
-                source_name: "input".into(),
-                expected: dim,
-                found: raw.len() % dim,
-                shape: self.input_shape.clone(),
-            });
-        }
-        let rows = raw.len() / dim;
-        if out.len() != rows * classes {
-            return Err(InferError::Failed(format!(
-                "output buffer holds {} values, {rows} rows of {classes} classes need {}",
-                out.len(),
-                rows * classes
-            )));
-        }
+        let stride = self.layers.last().map(|l| l.padded_outputs()).unwrap_or(0);
         let mut start = 0;
         while start < rows {
             let n = self.capacity.min(rows - start);
             self.forward_chunk(&raw[start * dim..(start + n) * dim], n);
-            let logits = &self.acts[self.layers.len()][..n * classes];
+            let logits = self.acts[self.layers.len()].as_slice();
             let dst = &mut out[start * classes..(start + n) * classes];
-            dst.copy_from_slice(logits);
+            for (d, l) in dst.chunks_exact_mut(classes).zip(logits.chunks_exact(stride)) {
+                d.copy_from_slice(&l[..classes]);
+            }
             crate::cpu::kernels::softmax_rows(dst, classes);
             start += n;
         }
         Ok(())
+    }
+}
+
+/// The int8 CPU predictor: [`Int8Mlp`] logits (int8 weights, activations
+/// quantized per row, exact integer sums) and a softmax. A row's answer
+/// does not depend on the batch: its activation scale is its own and the
+/// integer sums are exact.
+pub struct Int8Predictor {
+    engine: Int8Mlp,
+    input_shape: Vec<usize>,
+}
+
+impl Int8Predictor {
+    /// The predictor of a compressed model whose layers all hold int8
+    /// weights; `None` otherwise.
+    pub fn new(model: &CompressedMlp) -> Option<Self> {
+        Some(Int8Predictor {
+            engine: model.int8_engine()?,
+            input_shape: model.input_shape.clone(),
+        })
+    }
+
+    /// The engine the predictor runs.
+    pub fn engine(&self) -> &Int8Mlp {
+        &self.engine
+    }
+}
+
+impl Predictor for Int8Predictor {
+    fn name(&self) -> String {
+        format!(
+            "cpu int8 ({}, {} threads)",
+            self.engine.isa.name(),
+            crate::cpu::threads()
+        )
+    }
+
+    fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    fn inputs(&self) -> usize {
+        self.engine.inputs()
+    }
+
+    fn classes(&self) -> usize {
+        self.engine.classes()
+    }
+
+    fn probabilities_into(&mut self, raw: &[f32], out: &mut [f32]) -> Result<(), InferError> {
+        let rows = check_sizes(self, raw, out)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        self.engine.logits(raw, rows, out);
+        crate::cpu::kernels::softmax_rows(out, self.classes());
+        Ok(())
+    }
+}
+
+/// The CPU predictor for any model file: [`Int8Predictor`] for a compressed
+/// model with int8 weights and int8 activations, else [`CpuPredictor`] on
+/// the f32 (for a compressed model, dequantized) weights.
+pub fn cpu_predictor(model: &AnyModel, capacity: usize, threads: usize, spin: Duration) -> Box<dyn Predictor> {
+    match model {
+        AnyModel::F32(m) => Box::new(CpuPredictor::with_threads(m, capacity, threads, spin)),
+        AnyModel::Compressed(c) => match (c.info.activations, Int8Predictor::new(c)) {
+            (Activations::Int8, Some(p)) => Box::new(p),
+            _ => Box::new(CpuPredictor::with_threads(&c.to_mlp(), capacity, threads, spin)),
+        },
     }
 }
 
@@ -332,6 +439,45 @@ mod tests {
         for r in 0..rows {
             let one = pr.probabilities(&raw[r * 70..(r + 1) * 70]).unwrap();
             assert_eq!(one, got[r * 5..(r + 1) * 5]);
+        }
+    }
+
+    #[test]
+    fn split_over_threads_and_isas_gives_the_same_bits() {
+        let p = Preprocess {
+            kind: crate::data::Normalize::Scale,
+            scale: 1.0 / 255.0,
+            offset: 0.0,
+        };
+        // 300 x 130 = 39,000 multiply-adds per row: split over the team from
+        // 3 rows; 130 outputs are 9 panels, 3 units, the last one partial.
+        let m = Mlp::new(&[300, 130, 40, 10], 9, p, vec![300]).unwrap();
+        let rows = 23;
+        let raw: Vec<f32> = (0..rows * 300).map(|i| ((i * 7919) % 256) as f32).collect();
+        let spin = Duration::from_micros(50);
+        let fused = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
+        let mut want: Option<Vec<f32>> = None;
+        for isa in [Isa::Avx512, Isa::Avx2Fma, Isa::Portable] {
+            if !isa.supported() || (isa == Isa::Portable && !fused && want.is_some()) {
+                continue;
+            }
+            for threads in [1, 2, 3] {
+                // Capacity 5: chunks of 5 rows, the last partial.
+                let mut pr = CpuPredictor::with_isa(&m, 5, threads, spin, isa);
+                let batch = pr.probabilities(&raw).unwrap();
+                for r in 0..rows {
+                    let one = pr.probabilities(&raw[r * 300..(r + 1) * 300]).unwrap();
+                    assert_eq!(one, batch[r * 10..(r + 1) * 10], "{isa:?}, {threads} threads, row {r}");
+                }
+                match &want {
+                    Some(w) => assert_eq!(&batch, w, "{isa:?}, {threads} threads"),
+                    None => want = Some(batch),
+                }
+            }
+        }
+        let close = crate::cpu::probabilities(&m, &raw);
+        for (g, w) in want.unwrap().iter().zip(&close) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
         }
     }
 
