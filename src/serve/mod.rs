@@ -5,8 +5,12 @@
 //! inference thread through a bounded queue. When the queue is full the
 //! request is answered 503 at once instead of waiting without bound. The
 //! inference thread takes the oldest request, gathers more until the batch
-//! holds `max_batch` rows or the oldest has waited `max_wait`, runs one
-//! forward pass and sends each request its rows. Because the predictor
+//! holds `max_batch` rows or the queue is empty, runs one forward pass and
+//! sends each request its rows. It waits for more requests to join a batch
+//! only when the server is saturated (the previous batch was at least half
+//! full), and then only while they keep arriving, for at most `max_wait`
+//! after the oldest: below saturation a wait only adds latency, since the
+//! next batch starts as soon as this one ends anyway. Because the predictor
 //! computes every row the same way in any batch (see
 //! [`crate::infer::kernels`]), an answer does not depend on what it was
 //! batched with: it equals the in-process prediction bit for bit.
@@ -43,8 +47,9 @@ pub use metrics::Metrics;
 pub struct ServeConfig {
     /// Most rows in one forward pass (a single larger request runs alone).
     pub max_batch: usize,
-    /// Longest the oldest request in a batch waits for others to join it.
-    /// Zero: run whatever is queued as soon as the inference thread is free.
+    /// Longest the oldest request in a batch waits for others to join it,
+    /// when the server is saturated (see the module docs). Zero: run
+    /// whatever is queued as soon as the inference thread is free.
     pub max_wait: Duration,
     /// Requests that may wait for the inference thread; past that, 503.
     pub queue: usize,
@@ -313,6 +318,9 @@ fn batch_loop(
         metrics.queue_add(-1);
         j
     };
+    // Rows of the previous batch: a nearly full one means requests arrive
+    // faster than batches run, and waiting for more pays off.
+    let mut last_rows = 0;
     loop {
         let first = match held.take() {
             Some(j) => j,
@@ -322,6 +330,7 @@ fn batch_loop(
             },
         };
         let deadline = first.enqueued + max_wait;
+        let saturated = 2 * last_rows >= max_batch;
         let mut rows = first.rows;
         jobs.push(first);
         while rows < max_batch {
@@ -329,11 +338,14 @@ fn batch_loop(
                 Ok(j) => take(j),
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
+                    // Nothing queued: run now unless the server is
+                    // saturated, and then wait only while requests keep
+                    // coming (each at most a quarter of `max_wait` apart).
                     let now = Instant::now();
-                    if now >= deadline {
+                    if !saturated || now >= deadline {
                         break;
                     }
-                    match rx.recv_timeout(deadline - now) {
+                    match rx.recv_timeout((deadline - now).min(max_wait / 4)) {
                         Ok(j) => take(j),
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     }
@@ -346,6 +358,7 @@ fn batch_loop(
             rows += next.rows;
             jobs.push(next);
         }
+        last_rows = rows;
         // Clients that went away need no answer.
         jobs.retain(|j| !j.reply.is_closed());
         let rows: usize = jobs.iter().map(|j| j.rows).sum();
