@@ -20,9 +20,16 @@ fn bench(c: &mut Criterion) {
     let order = epoch_permutation(data.train.len(), 0, 0);
     let mut g = c.benchmark_group("train_step");
     for batch in [64usize, 256] {
-        let model = Mlp::new(&[784, 500, 10], 0, Preprocess::fit(Normalize::Scale, &data), vec![28, 28]).unwrap();
-        let mut backends: Vec<Box<dyn Backend>> =
-            vec![Box::new(wgtrain::cpu::CpuBackend::new(model.clone(), data.clone(), batch).unwrap())];
+        let model = Mlp::new(
+            &[784, 500, 10],
+            0,
+            Preprocess::fit(Normalize::Scale, &data),
+            vec![28, 28],
+        )
+        .unwrap();
+        let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(
+            wgtrain::cpu::CpuBackend::new(model.clone(), data.clone(), batch).unwrap(),
+        )];
         if let Ok(Some(ctx)) = wgtrain::device::open_gpu(&wgtrain::device::DeviceChoice::Gpu) {
             if let Ok(gpu) = wgtrain::gpu::GpuBackend::new(ctx, model, data.clone(), batch) {
                 backends.push(Box::new(gpu));

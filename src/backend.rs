@@ -88,9 +88,7 @@ pub trait Backend {
 
 /// Check that masks match the model's weight shapes.
 pub fn check_masks(model: &Mlp, masks: &[Vec<f32>]) -> Result<()> {
-    if masks.len() != model.layers.len()
-        || masks.iter().zip(&model.layers).any(|(m, l)| m.len() != l.weight.len())
-    {
+    if masks.len() != model.layers.len() || masks.iter().zip(&model.layers).any(|(m, l)| m.len() != l.weight.len()) {
         return Err(crate::error::Error::Config(format!(
             "masks of shapes {:?} do not match the weights of {:?}",
             masks.iter().map(Vec::len).collect::<Vec<_>>(),

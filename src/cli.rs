@@ -45,12 +45,12 @@ enum Command {
     /// Predict classes of images (PNG, JPEG), IDX image files or CSV rows
     /// with a saved model; prints the top-k classes and probabilities.
     Predict(crate::cmd_infer::PredictArgs),
-    /// Prune and/or quantize a trained model to int8; prints per-layer kept
-    /// weights, sparsity and bytes, and test accuracy before and after.
-    Compress(crate::cmd_compress::CompressArgs),
     /// Serve predictions over HTTP: POST /v1/predict (JSON rows or an
     /// image), GET /healthz, GET /metrics; micro-batched, bounded queue.
     Serve(crate::cmd_infer::ServeArgs),
+    /// Prune and/or quantize a trained model to int8; prints per-layer kept
+    /// weights, sparsity and bytes, and test accuracy before and after.
+    Compress(crate::cmd_compress::CompressArgs),
 }
 
 /// Where the data comes from and how CSV files are read.
@@ -196,8 +196,8 @@ pub fn run() -> Result<()> {
         Command::Devices(a) => devices(a),
         Command::Bench(a) => bench(a),
         Command::Predict(a) => crate::cmd_infer::predict(a),
-        Command::Compress(a) => crate::cmd_compress::run(a),
         Command::Serve(a) => crate::cmd_infer::serve(a),
+        Command::Compress(a) => crate::cmd_compress::run(a),
     }
 }
 
@@ -233,6 +233,30 @@ fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
         ds.classes
     );
     Ok(ds)
+}
+
+/// Time `matmul_nn` at one shape on a GPU, with enough dispatches per
+/// submission to fill about `budget_s` seconds.
+fn gpu_matmul(
+    ctx: &wgtrain::gpu::GpuContext,
+    m: usize,
+    n: usize,
+    k: usize,
+    budget_s: f64,
+) -> Result<wgtrain::bench::MatmulTiming> {
+    let once = wgtrain::gpu::ops::bench_matmul(ctx, m, n, k, 1)?;
+    let reps = ((budget_s / once.max(1e-7)) as usize).clamp(1, 2000);
+    let secs = wgtrain::gpu::ops::bench_matmul(ctx, m, n, k, reps)?;
+    Ok(wgtrain::bench::MatmulTiming {
+        bench: "matmul",
+        device: ctx.name().to_string(),
+        variant: "nn",
+        m,
+        n,
+        k,
+        seconds_per_call: secs,
+        gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
+    })
 }
 
 fn parse_list(flag: &str, s: &str) -> Result<Vec<usize>> {
@@ -465,7 +489,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     let batches = parse_list("--batch", &a.batch)?;
     let square = parse_list("--square", &a.square)?;
     let choices: Vec<DeviceChoice> = match &a.device {
-        Some(list) => list.split(',').map(|d| d.trim().parse().unwrap_or(DeviceChoice::Cpu)).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|d| d.trim().parse().unwrap_or(DeviceChoice::Cpu))
+            .collect(),
         None => vec![DeviceChoice::Cpu, DeviceChoice::Auto],
     };
     // `None` is the CPU; `auto` without a hardware GPU falls back to it, so
@@ -502,7 +529,10 @@ fn bench(a: BenchArgs) -> Result<()> {
             },
         });
         eprintln!("\nepoch time, {}-500-{} MLP, SGD lr 0.1", data.dim(), data.classes);
-        eprintln!("{:<40} {:>6} {:>10} {:>12} {:>12} {:>12}", "device", "batch", "steps", "first (s)", "steady (s)", "examples/s");
+        eprintln!(
+            "{:<40} {:>6} {:>10} {:>12} {:>12} {:>12}",
+            "device", "batch", "steps", "first (s)", "steady (s)", "examples/s"
+        );
         for dev in &devices {
             for &batch in &batches {
                 let model = Mlp::new(
@@ -535,11 +565,21 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if run_matmul {
         eprintln!("\nmatmul throughput (C = op(A) op(B), f32)");
-        eprintln!("{:<40} {:>4} {:>18} {:>12} {:>10}", "device", "op", "m x n x k", "us/call", "GFLOP/s");
+        eprintln!(
+            "{:<40} {:>4} {:>18} {:>12} {:>10}",
+            "device", "op", "m x n x k", "us/call", "GFLOP/s"
+        );
         for dev in &devices {
             for (variant, m, n, k) in bench::matmul_shapes(batches.first().copied().unwrap_or(64), &square) {
                 let t = match dev {
-                    Some(_) => continue, // GPU matmul timing: see gpu::bench (pending)
+                    Some(ctx) => {
+                        let flop = 2.0 * (m * n * k) as f64;
+                        if ctx.is_software() && flop > 2e10 {
+                            log::info!("{}: skipping {m}x{n}x{k} on a software adapter", ctx.name());
+                            continue;
+                        }
+                        gpu_matmul(ctx, m, n, k, a.seconds)?
+                    }
                     None => bench::cpu_matmul(variant, m, n, k, a.seconds),
                 };
                 eprintln!(

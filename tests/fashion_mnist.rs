@@ -26,7 +26,10 @@ fn cpu_recipe_reaches_87_percent() {
             .load(CsvOptions::default())
             .unwrap(),
     );
-    assert_eq!((data.train.len(), data.test.len(), data.dim(), data.classes), (60000, 10000, 784, 10));
+    assert_eq!(
+        (data.train.len(), data.test.len(), data.dim(), data.classes),
+        (60000, 10000, 784, 10)
+    );
     let model = Mlp::new(
         &[784, 500, 10],
         0,
@@ -43,7 +46,10 @@ fn cpu_recipe_reaches_87_percent() {
     };
     let mut last = 0.0;
     train(&mut cpu, &data, &cfg, &mut |e| {
-        if let wgtrain::train::Event::Epoch { test_accuracy, epoch, .. } = e {
+        if let wgtrain::train::Event::Epoch {
+            test_accuracy, epoch, ..
+        } = e
+        {
             eprintln!("epoch {epoch}: test accuracy {test_accuracy:.4}");
             last = *test_accuracy;
         }
