@@ -414,12 +414,18 @@ mod tests {
                 gemm(m, n, k, &a, ta, &b, tb, &mut c, 0.0, 1.0, false);
                 let r = naive(m, n, k, &a, ta, &b, tb);
                 for (x, y) in c.iter().zip(&r) {
-                    assert!((*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()), "{m}x{n}x{k} {ta} {tb}: {x} vs {y}");
+                    assert!(
+                        (*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()),
+                        "{m}x{n}x{k} {ta} {tb}: {x} vs {y}"
+                    );
                 }
                 // Accumulating form: c = 1*c - 0.5*op(a)op(b) = 0.5 * r.
                 gemm(m, n, k, &a, ta, &b, tb, &mut c, 1.0, -0.5, true);
                 for (x, y) in c.iter().zip(&r) {
-                    assert!((*x as f64 - 0.5 * y).abs() < 1e-4 * (1.0 + y.abs()), "{m}x{n}x{k} acc: {x} vs {y}");
+                    assert!(
+                        (*x as f64 - 0.5 * y).abs() < 1e-4 * (1.0 + y.abs()),
+                        "{m}x{n}x{k} acc: {x} vs {y}"
+                    );
                 }
             }
         }
