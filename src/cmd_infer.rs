@@ -121,7 +121,8 @@ pub struct ServeArgs {
     /// Classes listed in each prediction's `top_k`.
     #[arg(long, default_value_t = 3, value_name = "K")]
     top_k: usize,
-    /// Threads for HTTP (0: one per core).
+    /// Threads for HTTP (0: one per core but one, which the inference
+    /// thread needs; at least one).
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
     /// Threads one forward pass is split over: the inference thread and
@@ -129,9 +130,11 @@ pub struct ServeArgs {
     /// which costs more than the forward pass of a small batch.
     #[arg(long, default_value_t = 1, value_name = "N")]
     infer_threads: usize,
-    /// How long inference helpers spin for the next batch before they
-    /// sleep, microseconds.
-    #[arg(long, default_value_t = 50, value_name = "US")]
+    /// How long the inference thread (and its helpers) poll for the next
+    /// batch before they sleep, microseconds.
+    /// Polling pays only when a core is free for it; on 2 cores shared
+    /// with HTTP it slows the server down.
+    #[arg(long, default_value_t = 0, value_name = "US")]
     spin_us: u64,
 }
 
@@ -159,11 +162,14 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         queue: a.queue,
         max_body_bytes: a.max_body_bytes,
         top_k: a.top_k,
+        idle_spin: Duration::from_micros(a.spin_us),
+    };
+    let http_threads = match a.threads {
+        0 => wgtrain::cpu::threads().saturating_sub(1).max(1),
+        n => n,
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if a.threads > 0 {
-        rt.worker_threads(a.threads);
-    }
+    rt.worker_threads(http_threads);
     let rt = rt.enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.addr)
