@@ -10,6 +10,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 
+use super::int8::{Int8Kernels, Int8Path};
 use super::kernels::Kernels;
 use crate::error::GpuError;
 
@@ -151,7 +152,14 @@ pub struct GpuContext {
     pub(crate) queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
+    /// The features the device was opened with: the adapter's
+    /// `TIMESTAMP_QUERY` when it has it, nothing else.
+    features: wgpu::Features,
+    /// The WGSL language extensions the shader compiler accepts.
+    wgsl: wgpu::WgslLanguageFeatures,
     kernels: OnceLock<Kernels>,
+    /// The int8 pipelines, per dot-product path ([`Int8Path`]).
+    int8: [OnceLock<Int8Kernels>; 2],
     /// The first error wgpu reported outside an error scope (or the device
     /// loss), kept to be returned by the next readback instead of wgpu's
     /// default of panicking.
@@ -168,7 +176,7 @@ impl GpuContext {
     /// Find the adapter `sel` asks for and open a device on it.
     pub fn open(sel: &AdapterSelector) -> Result<Self, GpuError> {
         // The instance must outlive the adapter only until the device is open.
-        let (_instance, found) = adapters();
+        let (instance, found) = adapters();
         let seen = || {
             if found.is_empty() {
                 "; wgpu sees no adapter at all (is a Vulkan, Metal or DX12 driver installed?)".to_string()
@@ -200,16 +208,19 @@ impl GpuContext {
                     .ok_or_else(|| GpuError::NoAdapter(format!(" whose name contains `{name}`{}", seen())))?
             }
         };
-        Self::from_adapter(chosen)
+        Self::from_adapter(&instance, chosen)
     }
 
-    /// Open a device on `adapter` with its own limits.
-    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
+    /// Open a device on `adapter` (one of `instance`'s) with its own limits,
+    /// and with `TIMESTAMP_QUERY` when the adapter has it: it costs nothing
+    /// until a pass asks for timestamps, and [`crate::gpu::timing`] needs it.
+    pub fn from_adapter(instance: &wgpu::Instance, adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let desc = wgpu::DeviceDescriptor {
             label: Some("wgtrain device"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -248,7 +259,10 @@ impl GpuContext {
             queue,
             info,
             limits,
+            features,
+            wgsl: instance.wgsl_language_features(),
             kernels: OnceLock::new(),
+            int8: [OnceLock::new(), OnceLock::new()],
             fault,
         })
     }
@@ -271,6 +285,44 @@ impl GpuContext {
     /// The limits the device was opened with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Whether passes can write timestamps (`Features::TIMESTAMP_QUERY`).
+    pub fn supports_timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Whether WGSL's packed 4x8 integer dot product (`dot4I8Packed`) is
+    /// available to the shaders; without it the int8 kernels unpack bytes
+    /// by hand ([`Int8Path::Unpacked`]).
+    pub fn supports_dot4_i8(&self) -> bool {
+        self.wgsl
+            .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct)
+    }
+
+    /// The int8 dot-product path the kernels use by default: the packed
+    /// built-in when the compiler has it.
+    pub fn int8_path(&self) -> Int8Path {
+        if self.supports_dot4_i8() {
+            Int8Path::Dot4
+        } else {
+            Int8Path::Unpacked
+        }
+    }
+
+    /// The int8 pipelines of `path`, compiled on first use.
+    pub(crate) fn int8_kernels(&self, path: Int8Path) -> Result<&Int8Kernels, GpuError> {
+        if path == Int8Path::Dot4 && !self.supports_dot4_i8() {
+            return Err(GpuError::InvalidArgument(
+                "the WGSL compiler lacks packed_4x8_integer_dot_product (dot4I8Packed); use the unpacked path".into(),
+            ));
+        }
+        let cell = &self.int8[path as usize];
+        if let Some(k) = cell.get() {
+            return Ok(k);
+        }
+        let k = Int8Kernels::new(self, path)?;
+        Ok(cell.get_or_init(|| k))
     }
 
     /// Fail with the first error wgpu reported since the last check.

@@ -8,6 +8,10 @@
 //!   CPU twin) and the construction of dispatches.
 //! - [`trainer`]: [`GpuBackend`], which keeps parameters and data resident
 //!   and records many training steps per submission.
+//! - [`int8`]: the int8 inference kernels (`quantize_rows_i8`,
+//!   `linear_forward_i8`) and their dot-product paths.
+//! - [`predict`]: [`GpuPredictor`], the GPU implementation of
+//!   [`crate::infer::Predictor`] for f32 and int8 models.
 //! - [`ops`]: single kernels on host arrays, for the tests that compare each
 //!   kernel with its CPU twin.
 //!
@@ -15,9 +19,13 @@
 //! inside a training step.
 
 pub mod context;
+pub mod int8;
 mod kernels;
 pub mod ops;
+pub mod predict;
 pub mod trainer;
 
 pub use context::{list_adapters, AdapterReport, AdapterSelector, GpuContext};
+pub use int8::Int8Path;
+pub use predict::GpuPredictor;
 pub use trainer::GpuBackend;

@@ -11,8 +11,10 @@
 //! uses, so a passing test here covers the trainer's kernel calls.
 
 use super::context::GpuContext;
+use super::int8::{GpuI8Layer, I8Dispatch, Int8Path};
 use super::kernels::{DataSource, Dispatch, Entry, Gemm, Operand, StepParams, Tile};
 use super::trainer::upload_features;
+use crate::compress::quant::PackedI8Linear;
 use crate::error::GpuError;
 
 /// The input of a layer: a dense matrix, or raw rows of a dataset gathered
@@ -504,4 +506,95 @@ pub fn bench_matmul(ctx: &GpuContext, m: usize, n: usize, k: usize, reps: usize)
     let t = std::time::Instant::now();
     ctx.read_back(Some(enc), &[(&c, 0, 4)])?;
     Ok(t.elapsed().as_secs_f64() / reps as f64)
+}
+
+/// Record int8 dispatches in one pass and submit them.
+fn run_i8(ctx: &GpuContext, label: &str, ds: &[&I8Dispatch]) {
+    let mut enc = ctx
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(label),
+            timestamp_writes: None,
+        });
+        for d in ds {
+            d.record(&mut pass);
+        }
+    }
+    ctx.queue.submit([enc.finish()]);
+}
+
+/// A byte value `quantize_rows_i8` never writes (it clamps to -127..=127),
+/// so an unwritten byte of a poisoned output shows up as -128.
+const I8_POISON: u32 = 0x8080_8080;
+
+/// Twin of [`crate::compress::quant::quantize_rows_i8`]: `rows` rows of
+/// `inputs` values into `[rows, stride]` int8 values (zeros past `inputs`)
+/// and one scale per row. `stride` must be a multiple of 4 (the GPU packs
+/// four values to a word).
+pub fn quantize_rows_i8(
+    ctx: &GpuContext,
+    x: &[f32],
+    rows: usize,
+    inputs: usize,
+    stride: usize,
+) -> Result<(Vec<i8>, Vec<f32>), GpuError> {
+    check_len("x", x.len(), rows * inputs)?;
+    if !stride.is_multiple_of(4) || stride < inputs {
+        return Err(GpuError::InvalidArgument(format!(
+            "stride {stride} is not a multiple of 4 at least {inputs}"
+        )));
+    }
+    let kernels = ctx.int8_kernels(ctx.int8_path())?;
+    let words = stride / 4;
+    let xb = upload_f32(ctx, "x", x)?;
+    let xq = upload_u32(ctx, "xq", &vec![I8_POISON; rows * words])?;
+    let xs = poisoned(ctx, "x_scale", rows)?;
+    let d = kernels.quantize(
+        ctx,
+        "quantize_rows_i8",
+        rows,
+        inputs,
+        inputs,
+        words,
+        (1.0, 0.0),
+        &xb,
+        &xq,
+        &xs,
+    )?;
+    run_i8(ctx, "quantize_rows_i8", &[&d]);
+    let bytes = ctx.read_back(None, &[(&xq, 0, 4 * (rows * words) as u64), (&xs, 0, 4 * rows as u64)])?;
+    Ok((
+        bytes[0].iter().map(|&b| b as i8).collect(),
+        bytemuck::pod_collect_to_vec(&bytes[1]),
+    ))
+}
+
+/// Twin of [`crate::compress::quant::linear_forward_i8`] through the
+/// dot-product `path`: `[rows, layer.outputs]` outputs from stride-padded
+/// activations `xq` (`[rows, layer.stride]`) with per-row scales.
+pub fn linear_forward_i8(
+    ctx: &GpuContext,
+    path: Int8Path,
+    layer: &PackedI8Linear,
+    xq: &[i8],
+    x_scale: &[f32],
+    rows: usize,
+    relu: bool,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("xq", xq.len(), rows * layer.stride)?;
+    check_len("x_scale", x_scale.len(), rows)?;
+    let kernels = ctx.int8_kernels(path)?;
+    let w = GpuI8Layer::upload(ctx, "layer", layer)?;
+    let words: Vec<u32> = xq[..rows * layer.stride]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]))
+        .collect();
+    let xb = upload_u32(ctx, "xq", &words)?;
+    let sb = upload_f32(ctx, "x_scale", x_scale)?;
+    let y = poisoned(ctx, "y", rows * layer.outputs)?;
+    let d = kernels.linear(ctx, "linear_forward_i8", &w, rows, &xb, &sb, &y, layer.outputs, relu)?;
+    run_i8(ctx, "linear_forward_i8", &[&d]);
+    ctx.read_f32(&y, rows * layer.outputs)
 }

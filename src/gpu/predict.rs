@@ -1,0 +1,461 @@
+//! [`GpuPredictor`]: the GPU implementation of [`Predictor`], for f32 models
+//! (the training kernels' `linear_forward`) and int8 models
+//! (`quantize_rows_i8` and `linear_forward_i8` per layer).
+//!
+//! Everything is built once: the weights are uploaded at construction, and
+//! the input, activation and staging buffers are sized for `max_batch`
+//! rows. The dispatches of a batch of `n` rows are built the first time `n`
+//! is seen and kept, so a server's steady state allocates nothing on the
+//! GPU. One call is one `write_buffer` of the raw rows, one submission
+//! (every layer's dispatches and the copy of the logits to a persistent
+//! staging buffer), one wait and one map; larger batches run in chunks of
+//! `max_batch` rows.
+//!
+//! Preprocessing (`raw * scale + offset`) happens on the GPU, inside the
+//! first layer's kernel (the f32 GEMM reads the raw rows as a dataset
+//! operand; `quantize_rows_i8` scales them as it quantizes). The softmax
+//! runs on the host: a few classes per row cost less than a dispatch.
+
+use std::sync::{mpsc, Arc};
+
+use super::context::GpuContext;
+use super::int8::{GpuI8Layer, I8Dispatch, Int8Path};
+use super::kernels::{DataSource, Dispatch, Gemm, Operand, StepParams};
+use crate::compress::{Activations, AnyModel, CompressedMlp, Int8Mlp};
+use crate::data::Preprocess;
+use crate::error::{GpuError, InferError};
+use crate::infer::Predictor;
+use crate::model::Mlp;
+
+/// One recorded kernel call of a forward pass.
+enum Call {
+    F32(Dispatch),
+    I8(I8Dispatch),
+}
+
+/// What the model's layers are on the GPU.
+enum Layers {
+    /// `(weight, bias)` per layer, f32.
+    F32(Vec<(wgpu::Buffer, wgpu::Buffer)>),
+    /// Packed int8 layers with, per layer, the quantized input rows
+    /// (`[max_batch, words]` u32) and their scales (`[max_batch]`).
+    Int8 {
+        layers: Vec<GpuI8Layer>,
+        xq: Vec<wgpu::Buffer>,
+        x_scale: Vec<wgpu::Buffer>,
+        path: Int8Path,
+    },
+}
+
+/// A model resident on the GPU, answering [`Predictor`] calls.
+pub struct GpuPredictor {
+    ctx: Arc<GpuContext>,
+    name: String,
+    /// Layer widths, inputs first.
+    sizes: Vec<usize>,
+    preprocess: Preprocess,
+    input_shape: Vec<usize>,
+    max_batch: usize,
+    layers: Layers,
+    /// Raw input rows, `[max_batch, inputs]` f32.
+    raw: wgpu::Buffer,
+    /// `acts[l]`: output of layer `l`, `[max_batch, sizes[l + 1]]`; the
+    /// last holds the logits.
+    acts: Vec<wgpu::Buffer>,
+    /// Step parameters of the f32 kernels (all zero: no gathering offset).
+    step: wgpu::Buffer,
+    /// Bound as the (unused) gather index of the first f32 layer.
+    no_index: wgpu::Buffer,
+    /// `[max_batch, classes]` f32, mapped after each call.
+    staging: wgpu::Buffer,
+    /// `plans[n - 1]`: the dispatches of a batch of `n` rows, once built.
+    plans: Vec<Option<Vec<Call>>>,
+}
+
+impl std::fmt::Debug for GpuPredictor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuPredictor")
+            .field("name", &self.name)
+            .field("sizes", &self.sizes)
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+impl GpuPredictor {
+    /// An f32 predictor of `model` for batches of up to `max_batch` rows
+    /// per submission (at least 1).
+    pub fn new(ctx: Arc<GpuContext>, model: &Mlp, max_batch: usize) -> Result<Self, GpuError> {
+        let sizes = model.sizes();
+        Self::build(
+            ctx,
+            sizes.clone(),
+            model.preprocess,
+            &model.input_shape,
+            max_batch,
+            |ctx| {
+                let params = model
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, layer)| {
+                        Ok((
+                            ctx.storage_init(
+                                &format!("predictor fc{} weight", l + 1),
+                                bytemuck::cast_slice(&layer.weight),
+                            )?,
+                            ctx.storage_init(
+                                &format!("predictor fc{} bias", l + 1),
+                                bytemuck::cast_slice(&layer.bias),
+                            )?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, GpuError>>()?;
+                Ok(Layers::F32(params))
+            },
+        )
+    }
+
+    /// An int8 predictor of `model` (int8 weights, activations quantized
+    /// per row, as [`Int8Mlp::logits`] computes them) through the adapter's
+    /// best dot-product path.
+    pub fn new_int8(
+        ctx: Arc<GpuContext>,
+        model: &Int8Mlp,
+        input_shape: &[usize],
+        max_batch: usize,
+    ) -> Result<Self, GpuError> {
+        let path = ctx.int8_path();
+        Self::new_int8_with_path(ctx, model, input_shape, max_batch, path)
+    }
+
+    /// [`GpuPredictor::new_int8`] through a given dot-product path (to test
+    /// both on one adapter).
+    pub fn new_int8_with_path(
+        ctx: Arc<GpuContext>,
+        model: &Int8Mlp,
+        input_shape: &[usize],
+        max_batch: usize,
+        path: Int8Path,
+    ) -> Result<Self, GpuError> {
+        if model.layers.is_empty() {
+            return Err(GpuError::InvalidArgument("the int8 model has no layers".into()));
+        }
+        let mut sizes = vec![model.inputs()];
+        sizes.extend(model.layers.iter().map(|l| l.outputs));
+        // Compile (or fail) before uploading anything.
+        ctx.int8_kernels(path)?;
+        let rows = max_batch.max(1) as u64;
+        Self::build(ctx, sizes, model.preprocess, input_shape, max_batch, |ctx| {
+            let mut layers = Vec::new();
+            let (mut xq, mut x_scale) = (Vec::new(), Vec::new());
+            for (l, p) in model.layers.iter().enumerate() {
+                let name = format!("predictor fc{}", l + 1);
+                let layer = GpuI8Layer::upload(ctx, &name, p)?;
+                xq.push(ctx.storage(&format!("{name} int8 input"), 4 * rows * layer.words as u64)?);
+                x_scale.push(ctx.storage(&format!("{name} input scales"), 4 * rows)?);
+                layers.push(layer);
+            }
+            Ok(Layers::Int8 {
+                layers,
+                xq,
+                x_scale,
+                path,
+            })
+        })
+    }
+
+    /// The predictor for a compressed model, choosing as
+    /// [`crate::infer::cpu_predictor`] does: int8 kernels when every layer
+    /// is int8 and the activations are int8, else f32 on the (dequantized)
+    /// weights.
+    pub fn from_compressed(ctx: Arc<GpuContext>, model: &CompressedMlp, max_batch: usize) -> Result<Self, GpuError> {
+        match (model.info.activations, model.int8_engine()) {
+            (Activations::Int8, Some(engine)) => Self::new_int8(ctx, &engine, &model.input_shape, max_batch),
+            _ => Self::new(ctx, &model.to_mlp(), max_batch),
+        }
+    }
+
+    /// The predictor for any model file.
+    pub fn for_model(ctx: Arc<GpuContext>, model: &AnyModel, max_batch: usize) -> Result<Self, GpuError> {
+        match model {
+            AnyModel::F32(m) => Self::new(ctx, m, max_batch),
+            AnyModel::Compressed(c) => Self::from_compressed(ctx, c, max_batch),
+        }
+    }
+
+    /// Rows per submission; larger calls run in chunks of this many.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Allocate the shared buffers and upload the layers with `upload`,
+    /// with out-of-memory and validation errors caught and returned.
+    fn build(
+        ctx: Arc<GpuContext>,
+        sizes: Vec<usize>,
+        preprocess: Preprocess,
+        input_shape: &[usize],
+        max_batch: usize,
+        upload: impl FnOnce(&GpuContext) -> Result<Layers, GpuError>,
+    ) -> Result<Self, GpuError> {
+        if sizes.len() < 2 || sizes.contains(&0) {
+            return Err(GpuError::InvalidArgument(format!(
+                "layer sizes {sizes:?}: need at least one layer and no empty one"
+            )));
+        }
+        let max_batch = max_batch.max(1);
+        let device = &ctx.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let built = Self::allocate(&ctx, &sizes, max_batch, upload);
+        let invalid = pollster::block_on(invalid.pop());
+        let oom = pollster::block_on(oom.pop());
+        if let Some(e) = oom {
+            return Err(GpuError::Other(format!(
+                "out of GPU memory while uploading the model: {e}"
+            )));
+        }
+        if let Some(e) = invalid {
+            return Err(GpuError::Other(format!("setting up the GPU predictor: {e}")));
+        }
+        let (layers, raw, acts, step, no_index, staging) = built?;
+        let r = ctx.report();
+        let kind = match &layers {
+            Layers::F32(_) => "f32".to_string(),
+            Layers::Int8 { path, .. } => format!("int8, {}", path.name()),
+        };
+        Ok(GpuPredictor {
+            name: format!("gpu {kind} ({}, {})", r.name, r.backend),
+            ctx,
+            sizes,
+            preprocess,
+            input_shape: input_shape.to_vec(),
+            max_batch,
+            layers,
+            raw,
+            acts,
+            step,
+            no_index,
+            staging,
+            plans: (0..max_batch).map(|_| None).collect(),
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn allocate(
+        ctx: &GpuContext,
+        sizes: &[usize],
+        max_batch: usize,
+        upload: impl FnOnce(&GpuContext) -> Result<Layers, GpuError>,
+    ) -> Result<
+        (
+            Layers,
+            wgpu::Buffer,
+            Vec<wgpu::Buffer>,
+            wgpu::Buffer,
+            wgpu::Buffer,
+            wgpu::Buffer,
+        ),
+        GpuError,
+    > {
+        let rows = max_batch as u64;
+        let layers = upload(ctx)?;
+        let raw = ctx.storage("predictor raw input", 4 * rows * sizes[0] as u64)?;
+        let acts = sizes[1..]
+            .iter()
+            .enumerate()
+            .map(|(l, &n)| ctx.storage(&format!("predictor fc{} output", l + 1), 4 * rows * n as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        let step = ctx.uniform_init("predictor step params", bytemuck::bytes_of(&StepParams::default()))?;
+        let no_index = ctx.storage("predictor gather index (unused)", 4)?;
+        let classes = *sizes.last().unwrap_or(&0) as u64;
+        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("predictor logits staging"),
+            size: (4 * rows * classes).max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok((layers, raw, acts, step, no_index, staging))
+    }
+
+    /// The dispatches of a forward pass over `rows` rows.
+    fn plan(&self, rows: usize) -> Result<Vec<Call>, GpuError> {
+        let ctx = &*self.ctx;
+        let nl = self.sizes.len() - 1;
+        let s = &self.sizes;
+        let tag = format!("predict ({rows} rows)");
+        let mut calls = Vec::new();
+        match &self.layers {
+            Layers::F32(params) => {
+                let kernels = ctx.kernels()?;
+                for (l, (w, b)) in params.iter().enumerate() {
+                    let x = if l == 0 {
+                        Operand::Data(DataSource {
+                            data: &self.raw,
+                            is_u8: false,
+                            index: &self.no_index,
+                            gather: false,
+                            dim: s[0] as u32,
+                            scale: self.preprocess.scale,
+                            offset: self.preprocess.offset,
+                        })
+                    } else {
+                        Operand::rows(&self.acts[l - 1], s[l])
+                    };
+                    let g = Gemm::linear_forward(x, w, b, &self.acts[l], rows, s[l], s[l + 1], l + 1 < nl);
+                    let label = format!("{tag} fc{} linear_forward", l + 1);
+                    calls.push(Call::F32(kernels.gemm(ctx, &label, &g, &self.step)?));
+                }
+            }
+            Layers::Int8 {
+                layers,
+                xq,
+                x_scale,
+                path,
+            } => {
+                let kernels = ctx.int8_kernels(*path)?;
+                for (l, layer) in layers.iter().enumerate() {
+                    let name = |k: &str| format!("{tag} fc{} {k}", l + 1);
+                    let (x, pre) = if l == 0 {
+                        (&self.raw, (self.preprocess.scale, self.preprocess.offset))
+                    } else {
+                        (&self.acts[l - 1], (1.0, 0.0))
+                    };
+                    calls.push(Call::I8(kernels.quantize(
+                        ctx,
+                        &name("quantize_rows_i8"),
+                        rows,
+                        s[l],
+                        s[l],
+                        layer.words,
+                        pre,
+                        x,
+                        &xq[l],
+                        &x_scale[l],
+                    )?));
+                    calls.push(Call::I8(kernels.linear(
+                        ctx,
+                        &name("linear_forward_i8"),
+                        layer,
+                        rows,
+                        &xq[l],
+                        &x_scale[l],
+                        &self.acts[l],
+                        s[l + 1],
+                        l + 1 < nl,
+                    )?));
+                }
+            }
+        }
+        Ok(calls)
+    }
+
+    /// Logits of `rows <= max_batch` raw rows into `out` (`[rows, classes]`):
+    /// one submission, one wait.
+    fn logits_chunk(&mut self, raw: &[f32], rows: usize, out: &mut [f32]) -> Result<(), GpuError> {
+        if self.plans[rows - 1].is_none() {
+            self.plans[rows - 1] = Some(self.plan(rows)?);
+        }
+        let ctx = &*self.ctx;
+        let plan = self.plans[rows - 1].as_deref().unwrap_or_default();
+        ctx.queue.write_buffer(&self.raw, 0, bytemuck::cast_slice(raw));
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("predict") });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("predict"),
+                timestamp_writes: None,
+            });
+            for call in plan {
+                match call {
+                    Call::F32(d) => d.record(ctx.kernels()?, &mut pass, 0),
+                    Call::I8(d) => d.record(&mut pass),
+                }
+            }
+        }
+        let bytes = 4 * out.len() as u64;
+        let logits = self.acts.last().unwrap_or(&self.raw);
+        enc.copy_buffer_to_buffer(logits, 0, &self.staging, 0, bytes);
+        let index = ctx.queue.submit([enc.finish()]);
+        let (tx, rx) = mpsc::channel();
+        self.staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            // The receiver is gone only if this function already returned.
+            let _ = tx.send(r);
+        });
+        ctx.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Readback(format!("waiting for the GPU: {e}")))?;
+        let mapped = rx
+            .recv()
+            .map_err(|_| GpuError::Readback("the map callback never ran".into()))
+            .and_then(|r| r.map_err(|e| GpuError::Readback(format!("mapping the logits: {e}"))));
+        // A device error surfaces here, before a possibly garbage result.
+        ctx.check_fault()?;
+        mapped?;
+        {
+            let view = self
+                .staging
+                .get_mapped_range(..bytes)
+                .map_err(|e| GpuError::Readback(format!("reading the logits: {e}")))?;
+            out.copy_from_slice(bytemuck::cast_slice(&view));
+        }
+        self.staging.unmap();
+        Ok(())
+    }
+}
+
+impl Predictor for GpuPredictor {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    fn inputs(&self) -> usize {
+        self.sizes[0]
+    }
+
+    fn classes(&self) -> usize {
+        self.sizes[self.sizes.len() - 1]
+    }
+
+    fn probabilities_into(&mut self, raw: &[f32], out: &mut [f32]) -> Result<(), InferError> {
+        let (dim, classes) = (self.inputs(), self.classes());
+        if !raw.len().is_multiple_of(dim) {
+            return Err(InferError::InputSize {
+                source_name: "input".into(),
+                expected: dim,
+                found: raw.len() % dim,
+                shape: self.input_shape.clone(),
+            });
+        }
+        let rows = raw.len() / dim;
+        if out.len() != rows * classes {
+            return Err(InferError::Failed(format!(
+                "output buffer holds {} values, {rows} rows of {classes} classes need {}",
+                out.len(),
+                rows * classes
+            )));
+        }
+        let mut start = 0;
+        while start < rows {
+            let n = self.max_batch.min(rows - start);
+            self.logits_chunk(
+                &raw[start * dim..(start + n) * dim],
+                n,
+                &mut out[start * classes..(start + n) * classes],
+            )
+            .map_err(|e| InferError::Failed(e.to_string()))?;
+            start += n;
+        }
+        crate::cpu::kernels::softmax_rows(out, classes);
+        Ok(())
+    }
+}
