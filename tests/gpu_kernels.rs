@@ -572,3 +572,38 @@ fn bench_matmul_reports_a_time() {
     let t = ops::bench_matmul(&ctx, 33, 17, 9, 3).unwrap();
     assert!(t.is_finite() && t > 0.0, "{t}");
 }
+
+/// Per-kernel timestamps of training steps: on an adapter with
+/// TIMESTAMP_QUERY, every kernel of a step is named once, timed once per
+/// step, with a positive time; without it, `None`.
+#[test]
+fn kernel_times_cover_every_kernel_of_a_step() {
+    let Some(ctx) = common::gpu() else { return };
+    let times = wgtrain::gpu::timing::kernel_times(&ctx, &[70, 33, 9], 16, 3).unwrap();
+    let Some(times) = times else {
+        assert!(!ctx.supports_timestamps());
+        eprintln!("{}: no TIMESTAMP_QUERY, kernel_times is None", ctx.name());
+        return;
+    };
+    let names: Vec<&str> = times.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "fc1 linear_forward",
+            "fc2 linear_forward",
+            "softmax_xent",
+            "fc2 backprop_input",
+            "fc2 weight_update",
+            "fc1 weight_update"
+        ]
+    );
+    for k in &times {
+        assert_eq!(k.calls, 3, "{}", k.name);
+        assert!(k.total_us > 0.0 && k.mean_us > 0.0, "{k:?}");
+        assert!(
+            (k.mean_us * 3.0 - k.total_us).abs() <= 1e-9 * k.total_us.max(1.0),
+            "{k:?}"
+        );
+    }
+    eprintln!("{times:#?}");
+}

@@ -368,6 +368,8 @@ impl<'a> Gemm<'a> {
 /// buffers alive) and workgroup grid.
 pub(crate) struct Dispatch {
     entry: Entry,
+    /// The label it was built with (also its bind group's).
+    label: String,
     /// The GEMM tile variant; ignored by the other families.
     tile: Tile,
     bind_group: wgpu::BindGroup,
@@ -388,6 +390,10 @@ impl Dispatch {
 
     pub(crate) fn entry(&self) -> Entry {
         self.entry
+    }
+
+    pub(crate) fn label(&self) -> &str {
+        &self.label
     }
 }
 
@@ -780,6 +786,7 @@ impl Kernels {
         );
         Ok(Dispatch {
             entry: g.entry,
+            label: label.to_string(),
             tile,
             bind_group,
             groups,
@@ -838,6 +845,7 @@ impl Kernels {
         );
         Ok(Dispatch {
             entry,
+            label: label.to_string(),
             tile: Tile::Wide,
             bind_group,
             // One workgroup reduces the whole batch (see softmax_xent.wgsl).
@@ -873,6 +881,7 @@ impl Kernels {
         let bind_group = Self::bind_group(ctx, label, &self.bias_layout, &[(2, dy), (3, bias)], &params, step);
         Ok(Dispatch {
             entry: Entry::BiasUpdate,
+            label: label.to_string(),
             tile: Tile::Wide,
             bind_group,
             groups,
@@ -904,6 +913,7 @@ impl Kernels {
         let bind_group = Self::bind_group(ctx, label, &self.bias_layout, &[(2, mask), (3, w)], &params, step);
         Ok(Dispatch {
             entry: Entry::ApplyMask,
+            label: label.to_string(),
             tile: Tile::Wide,
             bind_group,
             groups,

@@ -12,6 +12,8 @@
 //!   `linear_forward_i8`) and their dot-product paths.
 //! - [`predict`]: [`GpuPredictor`], the GPU implementation of
 //!   [`crate::infer::Predictor`] for f32 and int8 models.
+//! - [`timing`]: per-kernel GPU time of a training step from timestamp
+//!   queries.
 //! - [`ops`]: single kernels on host arrays, for the tests that compare each
 //!   kernel with its CPU twin.
 //!
@@ -23,6 +25,7 @@ pub mod int8;
 mod kernels;
 pub mod ops;
 pub mod predict;
+pub mod timing;
 pub mod trainer;
 
 pub use context::{list_adapters, AdapterReport, AdapterSelector, GpuContext};

@@ -561,6 +561,58 @@ impl GpuBackend {
     pub fn dispatches_per_step(&self) -> usize {
         self.full_step.len()
     }
+
+    /// Record `steps` full training steps from the start of the epoch at
+    /// learning rate `lr` into `enc`, each dispatch in its own compute pass
+    /// whose beginning and end write timestamps `2i` and `2i + 1` of
+    /// `queries` (dispatch `i` in recording order). Returns each dispatch's
+    /// name within the step (e.g. `fc1 weight_update`). For
+    /// [`crate::gpu::timing`]; the caller checks that `queries` is large
+    /// enough and that the device has `TIMESTAMP_QUERY`.
+    pub(crate) fn record_timed_steps(
+        &mut self,
+        enc: &mut wgpu::CommandEncoder,
+        steps: usize,
+        lr: f32,
+        queries: &wgpu::QuerySet,
+    ) -> Result<Vec<String>, GpuError> {
+        let total = steps_per_epoch(self.n_train, self.batch);
+        let steps = steps.min(total).min(self.slots);
+        let kernels = self.ctx.kernels()?;
+        let stride = kernels.step_stride as usize;
+        let mut ring = vec![0u8; steps * stride];
+        for s in 0..steps {
+            let p = StepParams {
+                index_off: (s * self.batch) as u32,
+                slot: s as u32,
+                lr,
+                pad: 0,
+            };
+            ring[s * stride..s * stride + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
+        }
+        self.ctx.queue.write_buffer(&self.steps, 0, &ring);
+        let tag = format!("train step ({} rows) ", self.batch);
+        let mut names = Vec::new();
+        for s in 0..steps {
+            for d in &self.full_step {
+                let q = 2 * names.len() as u32;
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(d.label()),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: queries,
+                        beginning_of_pass_write_index: Some(q),
+                        end_of_pass_write_index: Some(q + 1),
+                    }),
+                });
+                d.record(kernels, &mut pass, (s * stride) as u32);
+                names.push(d.label().strip_prefix(&tag).unwrap_or(d.label()).to_string());
+            }
+        }
+        // The stats slots now hold these steps; they are not training
+        // progress, so they are dropped rather than reported.
+        self.pending = 0;
+        Ok(names)
+    }
 }
 
 impl Backend for GpuBackend {
