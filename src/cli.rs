@@ -167,6 +167,15 @@ struct BenchArgs {
     /// Only the matmul benchmark.
     #[arg(long)]
     matmul: bool,
+    /// Only the inference benchmark: latency (p50, p99) at batch 1 and
+    /// throughput at batch 256, in process, for the f32 model and its int8
+    /// version.
+    #[arg(long)]
+    inference: bool,
+    /// Model for the inference benchmark (plain or compressed); default a
+    /// freshly initialised 784-500-10 MLP.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
     /// Data for the epoch benchmark; default Fashion-MNIST when installed,
     /// else random images of the same shape.
     #[arg(long, value_name = "PATH")]
@@ -233,6 +242,70 @@ fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
         ds.classes
     );
     Ok(ds)
+}
+
+/// In-process inference figures of a model (or a fresh 784-500-10 MLP) in
+/// f32 and int8 on the CPU, printed as a table on stderr.
+fn bench_inference(model: Option<&Path>) -> Result<Vec<wgtrain::infer::InferenceBench>> {
+    use wgtrain::compress::{AnyModel, CompressedMlp, CompressionInfo};
+    use wgtrain::infer::{bench_inference, BenchOptions, CpuPredictor, Int8Predictor, Predictor};
+    let (f32_model, int8_model) = match model {
+        None => {
+            let m = Mlp::new(
+                &[784, 500, 10],
+                0,
+                Preprocess {
+                    kind: Normalize::Scale,
+                    scale: 1.0 / 255.0,
+                    offset: 0.0,
+                },
+                vec![28, 28],
+            )?;
+            let info = CompressionInfo {
+                quantization: "int8".into(),
+                ..CompressionInfo::default()
+            };
+            let q = CompressedMlp::from_mlp(&m, true, info);
+            (m, q)
+        }
+        Some(p) => match AnyModel::load(p).with_context(|| format!("cannot load model {}", p.display()))? {
+            AnyModel::F32(m) => {
+                let info = CompressionInfo {
+                    quantization: "int8".into(),
+                    ..CompressionInfo::default()
+                };
+                let q = CompressedMlp::from_mlp(&m, true, info);
+                (m, q)
+            }
+            AnyModel::Compressed(c) => (c.to_mlp(), c),
+        },
+    };
+    let opts = BenchOptions::default();
+    let mut predictors: Vec<Box<dyn Predictor>> = vec![Box::new(CpuPredictor::new(&f32_model, opts.batch))];
+    if let Some(p) = Int8Predictor::new(&int8_model) {
+        predictors.push(Box::new(p));
+    }
+    let sizes = f32_model
+        .sizes()
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("-");
+    eprintln!("\nin-process inference, {sizes} MLP");
+    eprintln!(
+        "{:<40} {:>14} {:>14} {:>16}",
+        "predictor", "batch-1 p50 us", "batch-1 p99 us", "rows/s at 256"
+    );
+    let mut out = Vec::new();
+    for p in predictors.iter_mut() {
+        let r = bench_inference(p.as_mut(), &opts)?;
+        eprintln!(
+            "{:<40} {:>14.1} {:>14.1} {:>16.0}",
+            r.predictor, r.batch1_p50_us, r.batch1_p99_us, r.rows_per_second
+        );
+        out.push(r);
+    }
+    Ok(out)
 }
 
 /// Time `matmul_nn` at one shape on a GPU, with enough dispatches per
@@ -482,8 +555,8 @@ fn devices(a: DevicesArgs) -> Result<()> {
 fn bench(a: BenchArgs) -> Result<()> {
     use wgtrain::bench;
     wgtrain::cpu::set_threads(a.threads);
-    let (run_epoch, run_matmul) = match (a.epoch, a.matmul) {
-        (false, false) => (true, true),
+    let (run_epoch, run_matmul, run_inference) = match (a.epoch, a.matmul, a.inference) {
+        (false, false, false) => (true, true, false),
         x => x,
     };
     let batches = parse_list("--batch", &a.batch)?;
@@ -561,6 +634,11 @@ fn bench(a: BenchArgs) -> Result<()> {
                 );
                 emit(serde_json::to_value(&t)?)?;
             }
+        }
+    }
+    if run_inference {
+        for r in bench_inference(a.model.as_deref())? {
+            emit(serde_json::to_value(&r)?)?;
         }
     }
     if run_matmul {
