@@ -172,6 +172,10 @@ struct BenchArgs {
     /// version.
     #[arg(long)]
     inference: bool,
+    /// Only the per-kernel GPU timings (timestamp queries) of a training
+    /// step at each batch size.
+    #[arg(long)]
+    kernels: bool,
     /// Model for the inference benchmark (plain or compressed); default a
     /// freshly initialised 784-500-10 MLP.
     #[arg(long, value_name = "FILE")]
@@ -245,8 +249,12 @@ fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
 }
 
 /// In-process inference figures of a model (or a fresh 784-500-10 MLP) in
-/// f32 and int8 on the CPU, printed as a table on stderr.
-fn bench_inference(model: Option<&Path>) -> Result<Vec<wgtrain::infer::InferenceBench>> {
+/// f32 and int8 on each device (`None`: the CPU), printed as a table on
+/// stderr.
+fn bench_inference(
+    model: Option<&Path>,
+    devices: &[Option<Arc<wgtrain::gpu::GpuContext>>],
+) -> Result<Vec<wgtrain::infer::InferenceBench>> {
     use wgtrain::compress::{AnyModel, CompressedMlp, CompressionInfo};
     use wgtrain::infer::{bench_inference, BenchOptions, CpuPredictor, Int8Predictor, Predictor};
     let (f32_model, int8_model) = match model {
@@ -281,9 +289,30 @@ fn bench_inference(model: Option<&Path>) -> Result<Vec<wgtrain::infer::Inference
         },
     };
     let opts = BenchOptions::default();
-    let mut predictors: Vec<Box<dyn Predictor>> = vec![Box::new(CpuPredictor::new(&f32_model, opts.batch))];
-    if let Some(p) = Int8Predictor::new(&int8_model) {
-        predictors.push(Box::new(p));
+    // A software adapter takes milliseconds a call: fewer calls there.
+    let software = BenchOptions {
+        warmup: 20,
+        batch1_iterations: 200,
+        batch: opts.batch,
+        batch_iterations: 10,
+    };
+    let mut predictors: Vec<(Box<dyn Predictor>, &BenchOptions)> = Vec::new();
+    for dev in devices {
+        match dev {
+            None => {
+                predictors.push((Box::new(CpuPredictor::new(&f32_model, opts.batch)), &opts));
+                if let Some(p) = Int8Predictor::new(&int8_model) {
+                    predictors.push((Box::new(p), &opts));
+                }
+            }
+            Some(ctx) => {
+                let o = if ctx.is_software() { &software } else { &opts };
+                let f = wgtrain::gpu::GpuPredictor::new(ctx.clone(), &f32_model, opts.batch)?;
+                predictors.push((Box::new(f), o));
+                let q = wgtrain::gpu::GpuPredictor::from_compressed(ctx.clone(), &int8_model, opts.batch)?;
+                predictors.push((Box::new(q), o));
+            }
+        }
     }
     let sizes = f32_model
         .sizes()
@@ -297,8 +326,8 @@ fn bench_inference(model: Option<&Path>) -> Result<Vec<wgtrain::infer::Inference
         "predictor", "batch-1 p50 us", "batch-1 p99 us", "rows/s at 256"
     );
     let mut out = Vec::new();
-    for p in predictors.iter_mut() {
-        let r = bench_inference(p.as_mut(), &opts)?;
+    for (p, o) in predictors.iter_mut() {
+        let r = bench_inference(p.as_mut(), o)?;
         eprintln!(
             "{:<40} {:>14.1} {:>14.1} {:>16.0}",
             r.predictor, r.batch1_p50_us, r.batch1_p99_us, r.rows_per_second
@@ -555,8 +584,8 @@ fn devices(a: DevicesArgs) -> Result<()> {
 fn bench(a: BenchArgs) -> Result<()> {
     use wgtrain::bench;
     wgtrain::cpu::set_threads(a.threads);
-    let (run_epoch, run_matmul, run_inference) = match (a.epoch, a.matmul, a.inference) {
-        (false, false, false) => (true, true, false),
+    let (run_epoch, run_matmul, run_inference, run_kernels) = match (a.epoch, a.matmul, a.inference, a.kernels) {
+        (false, false, false, false) => (true, true, false, true),
         x => x,
     };
     let batches = parse_list("--batch", &a.batch)?;
@@ -636,8 +665,34 @@ fn bench(a: BenchArgs) -> Result<()> {
             }
         }
     }
+    if run_kernels {
+        for ctx in devices.iter().flatten() {
+            for &batch in &batches {
+                let Some(times) = wgtrain::gpu::timing::kernel_times(ctx, &[784, 500, 10], batch, 20)? else {
+                    log::info!("{}: no timestamp queries; per-kernel times unavailable", ctx.name());
+                    break;
+                };
+                eprintln!(
+                    "\nGPU time per kernel, 784-500-10 step at batch {batch}, {}",
+                    ctx.name()
+                );
+                eprintln!("{:<28} {:>8} {:>12}", "kernel", "calls", "mean (us)");
+                for t in &times {
+                    eprintln!("{:<28} {:>8} {:>12.1}", t.name, t.calls, t.mean_us);
+                }
+                let total: f64 = times.iter().map(|t| t.mean_us).sum();
+                eprintln!("{:<28} {:>8} {:>12.1}", "step (sum)", "", total);
+                emit(serde_json::json!({
+                    "bench": "kernels",
+                    "device": ctx.name(),
+                    "batch": batch,
+                    "kernels": times,
+                }))?;
+            }
+        }
+    }
     if run_inference {
-        for r in bench_inference(a.model.as_deref())? {
+        for r in bench_inference(a.model.as_deref(), &devices)? {
             emit(serde_json::to_value(&r)?)?;
         }
     }

@@ -11,8 +11,9 @@ use clap::Args;
 use serde::Serialize;
 
 use wgtrain::compress::AnyModel;
+use wgtrain::device::{open_predictor, DeviceChoice};
 use wgtrain::infer::input::{self, CsvInputOptions};
-use wgtrain::infer::{cpu_predictor, predictions, ClassProbability, DEFAULT_SPIN};
+use wgtrain::infer::{predictions, ClassProbability, DEFAULT_SPIN};
 use wgtrain::serve::ServeConfig;
 
 /// Rows per forward pass of `predict` (and the buffers it allocates).
@@ -44,6 +45,11 @@ pub struct PredictArgs {
     /// CPU threads (0: one per core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
+    /// cpu (the default: a handful of inputs is answered before a GPU is
+    /// even opened), auto (a hardware GPU if there is one), gpu (any
+    /// adapter, software ones included), or part of an adapter's name.
+    #[arg(long, default_value = "cpu", value_name = "cpu|auto|gpu|NAME")]
+    device: DeviceChoice,
 }
 
 /// One line of `predict --json`.
@@ -62,7 +68,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     }
     wgtrain::cpu::set_threads(a.threads);
     let model = AnyModel::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
-    let mut predictor = cpu_predictor(&model, PREDICT_BATCH, wgtrain::cpu::threads(), DEFAULT_SPIN);
+    let mut predictor = open_predictor(&a.device, &model, PREDICT_BATCH, wgtrain::cpu::threads(), DEFAULT_SPIN)?;
     let shape = predictor.input_shape().to_vec();
     let csv = CsvInputOptions { drop_col: a.label_col };
     let classes = predictor.classes();
@@ -136,6 +142,11 @@ pub struct ServeArgs {
     /// with HTTP it slows the server down.
     #[arg(long, default_value_t = 0, value_name = "US")]
     spin_us: u64,
+    /// auto (a hardware GPU if there is one, else the CPU), cpu, gpu (any
+    /// adapter, software ones included), or part of an adapter's name. On a
+    /// GPU each micro-batch is one submission.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|gpu|NAME")]
+    device: DeviceChoice,
 }
 
 /// Run `wgtrain serve` until SIGINT or SIGTERM, then drain and exit.
@@ -150,12 +161,14 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         0 => wgtrain::cpu::threads(),
         n => n,
     };
-    let predictor = cpu_predictor(
+    let predictor = open_predictor(
+        &a.device,
         &model,
         a.max_batch.max(1),
         infer_threads,
         Duration::from_micros(a.spin_us),
-    );
+    )?;
+    log::info!("inference on {}", predictor.name());
     let config = ServeConfig {
         max_batch: a.max_batch,
         max_wait: Duration::from_micros(a.max_wait_us),

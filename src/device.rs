@@ -54,6 +54,21 @@ pub fn open_gpu(choice: &DeviceChoice) -> Result<Option<Arc<GpuContext>>> {
     }
 }
 
+/// Build an inference predictor for a device choice: the GPU predictor on a
+/// GPU, else the CPU one (`threads` workers, spinning `spin` before parking).
+pub fn open_predictor(
+    choice: &DeviceChoice,
+    model: &crate::compress::AnyModel,
+    max_batch: usize,
+    threads: usize,
+    spin: std::time::Duration,
+) -> Result<Box<dyn crate::infer::Predictor>> {
+    Ok(match open_gpu(choice)? {
+        Some(ctx) => Box::new(crate::gpu::GpuPredictor::for_model(ctx, model, max_batch)?),
+        None => crate::infer::cpu_predictor(model, max_batch, threads, spin),
+    })
+}
+
 /// Build the training backend for a device choice.
 pub fn open_backend(choice: &DeviceChoice, model: Mlp, data: Arc<Dataset>, batch: usize) -> Result<Box<dyn Backend>> {
     Ok(match open_gpu(choice)? {
