@@ -90,72 +90,69 @@ pub fn gemm(
         };
         return;
     }
-    // Split C into `t` blocks along its longer side and run one
-    // single-threaded product per block: at the MLP's shapes this beats
-    // the crate's own finer-grained threading, whose synchronisation costs
-    // more than these products take.
+    // Split C into one block per thread along its longer side and run one
+    // single-threaded product per block on the CPU team (see `team.rs`): at
+    // the MLP's shapes this beats the crate's own finer-grained threading,
+    // whose synchronisation costs more than these products take.
     let split_rows = m >= n;
     let len = if split_rows { m } else { n };
-    let parts = t.min(len);
-    let chunk = len.div_ceil(parts);
     let (cp, ap, bp) = (
         SendPtr(c.as_mut_ptr()),
         SendPtr(a.as_ptr() as *mut f32),
         SendPtr(b.as_ptr() as *mut f32),
     );
-    rayon::scope(|s| {
-        for p in 0..parts {
-            let lo = p * chunk;
-            let hi = len.min(lo + chunk);
-            if lo >= hi {
-                continue;
+    let mut team = super::team::global().lock().unwrap_or_else(|e| e.into_inner());
+    let parts = team.parts().min(len);
+    let chunk = len.div_ceil(parts);
+    team.run(&|p| {
+        let (cp, ap, bp) = (cp, ap, bp);
+        let lo = p * chunk;
+        let hi = len.min(lo + chunk);
+        if lo >= hi {
+            return;
+        }
+        // SAFETY: part `p` covers rows (or columns) lo..hi of C and the
+        // matching rows of op(A) (or columns of op(B)); parts are disjoint
+        // in C, and A and B are only read. Offsets stay inside the slices
+        // checked above, which outlive `run`.
+        unsafe {
+            if split_rows {
+                let a_off = lo as isize * a_rs;
+                gemm_raw(
+                    hi - lo,
+                    n,
+                    k,
+                    cp.0.add(lo * n),
+                    n,
+                    ap.0.offset(a_off),
+                    a_cs,
+                    a_rs,
+                    bp.0,
+                    b_cs,
+                    b_rs,
+                    alpha,
+                    beta,
+                    accumulate,
+                );
+            } else {
+                let b_off = lo as isize * b_cs;
+                gemm_raw(
+                    m,
+                    hi - lo,
+                    k,
+                    cp.0.add(lo),
+                    n,
+                    ap.0,
+                    a_cs,
+                    a_rs,
+                    bp.0.offset(b_off),
+                    b_cs,
+                    b_rs,
+                    alpha,
+                    beta,
+                    accumulate,
+                );
             }
-            s.spawn(move |_| {
-                let (cp, ap, bp) = (cp, ap, bp);
-                // SAFETY: block `p` covers rows (or columns) lo..hi of C and
-                // the matching rows of op(A) (or columns of op(B)); blocks are
-                // disjoint in C, and A and B are only read. Offsets stay
-                // inside the slices checked above.
-                unsafe {
-                    if split_rows {
-                        let a_off = lo as isize * a_rs;
-                        gemm_raw(
-                            hi - lo,
-                            n,
-                            k,
-                            cp.0.add(lo * n),
-                            n,
-                            ap.0.offset(a_off),
-                            a_cs,
-                            a_rs,
-                            bp.0,
-                            b_cs,
-                            b_rs,
-                            alpha,
-                            beta,
-                            accumulate,
-                        );
-                    } else {
-                        let b_off = lo as isize * b_cs;
-                        gemm_raw(
-                            m,
-                            hi - lo,
-                            k,
-                            cp.0.add(lo),
-                            n,
-                            ap.0,
-                            a_cs,
-                            a_rs,
-                            bp.0.offset(b_off),
-                            b_cs,
-                            b_rs,
-                            alpha,
-                            beta,
-                            accumulate,
-                        );
-                    }
-                }
-            });
         }
     });
 }
@@ -165,7 +162,7 @@ pub fn gemm(
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: only used for disjoint blocks of C and read-only A and B, inside
-// a rayon scope that ends before the borrowed slices do.
+// a team job that ends before the borrowed slices do.
 unsafe impl Send for SendPtr {}
 // SAFETY: as above; the pointer itself is only copied, never dereferenced
 // through a shared reference.
@@ -378,6 +375,17 @@ pub fn gather_rows(features: &[f32], index: &[u32], dim: usize, scale: f32, offs
         let src = &features[i as usize * dim..(i as usize + 1) * dim];
         for (o, &v) in x[r * dim..(r + 1) * dim].iter_mut().zip(src) {
             *o = v * scale + offset;
+        }
+    }
+}
+
+/// [`gather_rows`] over features stored as bytes (the GPU keeps its copy
+/// of IDX data the same way).
+pub fn gather_rows_u8(features: &[u8], index: &[u32], dim: usize, scale: f32, offset: f32, x: &mut [f32]) {
+    for (r, &i) in index.iter().enumerate() {
+        let src = &features[i as usize * dim..(i as usize + 1) * dim];
+        for (o, &v) in x[r * dim..(r + 1) * dim].iter_mut().zip(src) {
+            *o = v as f32 * scale + offset;
         }
     }
 }

@@ -2,6 +2,7 @@
 //! GPU kernel is tested against. It never touches wgpu.
 
 pub mod kernels;
+mod team;
 
 use std::sync::Arc;
 
@@ -19,6 +20,9 @@ const EVAL_CHUNK: usize = 1024;
 pub struct CpuBackend {
     model: Mlp,
     data: Arc<Dataset>,
+    /// The training images as bytes when every value fits one (IDX data):
+    /// a batch gather then reads a quarter of the memory.
+    train_u8: Option<Vec<u8>>,
     batch: usize,
     order: Vec<u32>,
     /// `acts[0]` is the preprocessed input batch, `acts[l+1]` the output of
@@ -42,6 +46,9 @@ impl CpuBackend {
         let sizes = model.sizes();
         let acts = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
         let grads = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
+        let train_u8 = data
+            .is_u8()
+            .then(|| data.train.features.iter().map(|&v| v as u8).collect());
         Ok(CpuBackend {
             model,
             data,
@@ -52,6 +59,7 @@ impl CpuBackend {
             labels: vec![0; batch],
             stats: StepStats::default(),
             masks: None,
+            train_u8,
         })
     }
 
@@ -62,14 +70,17 @@ impl CpuBackend {
         let idx = &self.order[start..start + rows];
         let dim = self.model.inputs();
         let p = self.model.preprocess;
-        kernels::gather_rows(
-            &self.data.train.features,
-            idx,
-            dim,
-            p.scale,
-            p.offset,
-            &mut self.acts[0],
-        );
+        match &self.train_u8 {
+            Some(bytes) => kernels::gather_rows_u8(bytes, idx, dim, p.scale, p.offset, &mut self.acts[0]),
+            None => kernels::gather_rows(
+                &self.data.train.features,
+                idx,
+                dim,
+                p.scale,
+                p.offset,
+                &mut self.acts[0],
+            ),
+        }
         for (r, &i) in idx.iter().enumerate() {
             self.labels[r] = self.data.train.labels[i as usize];
         }
