@@ -25,6 +25,14 @@ impl StepStats {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.examples.max(1) as f64
     }
+
+    /// Add another period's figures to these.
+    pub fn add(&mut self, other: &StepStats) {
+        self.loss_sum += other.loss_sum;
+        self.correct += other.correct;
+        self.examples += other.examples;
+        self.steps += other.steps;
+    }
 }
 
 /// Which split to evaluate.

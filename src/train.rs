@@ -44,12 +44,40 @@ pub enum Event {
     },
 }
 
+/// Extra work at chosen steps of a run (pruning's mask updates, for one).
+pub struct Schedule<'a> {
+    /// Added to the epoch number in the shuffles' seed, so a second run on
+    /// the same model (fine-tuning) does not replay the first run's order.
+    pub epoch_offset: usize,
+    /// Global step counts, ascending, before which `at_stop` runs.
+    pub stops: &'a [usize],
+    /// Called with the backend and the index of the stop in `stops`.
+    pub at_stop: &'a mut dyn FnMut(&mut dyn Backend, usize) -> Result<()>,
+}
+
 /// Train for `cfg.epochs` epochs, calling `on_event` at every log point and
 /// epoch end, and return the trained model.
 pub fn train(
     backend: &mut dyn Backend,
     data: &Dataset,
     cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Mlp> {
+    let mut none = |_: &mut dyn Backend, _: usize| Ok(());
+    let schedule = Schedule {
+        epoch_offset: 0,
+        stops: &[],
+        at_stop: &mut none,
+    };
+    train_with(backend, data, cfg, schedule, on_event)
+}
+
+/// [`train`], with extra work at the steps `schedule` names.
+pub fn train_with(
+    backend: &mut dyn Backend,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    schedule: Schedule<'_>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Mlp> {
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
@@ -59,24 +87,29 @@ pub fn train(
     let steps = steps_per_epoch(n, backend.batch_size());
     let chunk = if cfg.log_every == 0 { steps } else { cfg.log_every };
     let mut global = 0;
+    let mut next_stop = 0;
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
-        backend.begin_epoch(&epoch_permutation(n, cfg.seed, epoch))?;
+        backend.begin_epoch(&epoch_permutation(n, cfg.seed, schedule.epoch_offset + epoch))?;
         let mut epoch_stats = crate::backend::StepStats::default();
         let mut done = 0;
         while done < steps {
+            while schedule.stops.get(next_stop).is_some_and(|&s| s <= global) {
+                (schedule.at_stop)(backend, next_stop)?;
+                next_stop += 1;
+            }
             // Run up to the next log point (counted in global steps, so the
-            // points fall every `log_every` steps across epochs).
-            let to_log = chunk - global % chunk;
-            let now = to_log.min(steps - done);
+            // points fall every `log_every` steps across epochs) or stop.
+            let mut now = (chunk - global % chunk).min(steps - done);
+            if let Some(&s) = schedule.stops.get(next_stop) {
+                now = now.min(s - global);
+            }
             backend.train_steps(done, now, cfg.lr)?;
             done += now;
             global += now;
             if cfg.log_every > 0 && global % cfg.log_every == 0 {
                 let s = backend.take_stats()?;
-                epoch_stats.loss_sum += s.loss_sum;
-                epoch_stats.correct += s.correct;
-                epoch_stats.examples += s.examples;
+                epoch_stats.add(&s);
                 on_event(&Event::Step {
                     epoch,
                     step: done,
@@ -86,10 +119,7 @@ pub fn train(
                 });
             }
         }
-        let s = backend.take_stats()?;
-        epoch_stats.loss_sum += s.loss_sum;
-        epoch_stats.correct += s.correct;
-        epoch_stats.examples += s.examples;
+        epoch_stats.add(&backend.take_stats()?);
         let seconds = t0.elapsed().as_secs_f64();
         let eval = evaluate(backend, data, SplitKind::Test)?;
         on_event(&Event::Epoch {

@@ -8,11 +8,11 @@
 
 use serde::Serialize;
 
-use crate::backend::{steps_per_epoch, Backend, SplitKind, StepStats};
-use crate::data::{epoch_permutation, Dataset};
+use crate::backend::{steps_per_epoch, Backend};
+use crate::data::Dataset;
 use crate::error::{CompressError, Error, Result};
 use crate::model::Mlp;
-use crate::train::{evaluate, Event, TrainConfig};
+use crate::train::{train_with, Event, Schedule, TrainConfig};
 
 /// The largest sparsity accepted: at 0.99 a 784-500-10 MLP keeps about
 /// 4,000 weights, below that layers start to lose whole rows.
@@ -219,7 +219,6 @@ pub fn prune_and_finetune(
     let steps = steps_per_epoch(n, backend.batch_size());
     let total = steps * train.epochs;
     let updates = prune.mask_updates(total);
-    let mut next = 0; // index into `updates`
     let mut masks: Vec<Vec<f32>> = Vec::new();
     let update_masks = |backend: &mut dyn Backend, s: f64, masks: &mut Vec<Vec<f32>>| -> Result<()> {
         let model = backend.model()?;
@@ -232,57 +231,15 @@ pub fn prune_and_finetune(
         update_masks(backend, prune.sparsity, &mut masks)?;
         return Ok((backend.model()?, masks));
     }
-    let log_every = if train.log_every == 0 {
-        usize::MAX
-    } else {
-        train.log_every
+    let stops: Vec<usize> = updates.iter().map(|u| u.0).collect();
+    let mut at_stop = |backend: &mut dyn Backend, i: usize| update_masks(backend, updates[i].1, &mut masks);
+    let schedule = Schedule {
+        // Fine-tuning must not replay the base run's first shuffles.
+        epoch_offset: 1_000_000,
+        stops: &stops,
+        at_stop: &mut at_stop,
     };
-    let mut global = 0usize;
-    for epoch in 1..=train.epochs {
-        let t0 = std::time::Instant::now();
-        // Offset the epoch index so fine-tuning does not replay the base
-        // run's first shuffles.
-        backend.begin_epoch(&epoch_permutation(n, train.seed, 1_000_000 + epoch))?;
-        let mut epoch_stats = StepStats::default();
-        let mut done = 0;
-        while done < steps {
-            while next < updates.len() && updates[next].0 <= global {
-                update_masks(backend, updates[next].1, &mut masks)?;
-                next += 1;
-            }
-            let mut now = steps - done;
-            if next < updates.len() {
-                now = now.min(updates[next].0 - global);
-            }
-            now = now.min(log_every - global % log_every);
-            backend.train_steps(done, now, train.lr)?;
-            done += now;
-            global += now;
-            if global.is_multiple_of(log_every) {
-                let s = backend.take_stats()?;
-                add_stats(&mut epoch_stats, &s);
-                on_event(&Event::Step {
-                    epoch,
-                    step: done,
-                    global_step: global,
-                    loss: s.mean_loss(),
-                    accuracy: s.accuracy(),
-                });
-            }
-        }
-        let s = backend.take_stats()?;
-        add_stats(&mut epoch_stats, &s);
-        let seconds = t0.elapsed().as_secs_f64();
-        let eval = evaluate(backend, data, SplitKind::Test)?;
-        on_event(&Event::Epoch {
-            epoch,
-            train_loss: epoch_stats.mean_loss(),
-            train_accuracy: epoch_stats.accuracy(),
-            test_loss: eval.loss,
-            test_accuracy: eval.accuracy,
-            seconds,
-        });
-    }
+    train_with(backend, data, train, schedule, on_event)?;
     let model = backend.model()?;
     // The invariant masked training promises; cheap to check once.
     for (l, (layer, mask)) in model.layers.iter().zip(&masks).enumerate() {
@@ -296,13 +253,6 @@ pub fn prune_and_finetune(
         }
     }
     Ok((model, masks))
-}
-
-fn add_stats(into: &mut StepStats, s: &StepStats) {
-    into.loss_sum += s.loss_sum;
-    into.correct += s.correct;
-    into.examples += s.examples;
-    into.steps += s.steps;
 }
 
 #[cfg(test)]
