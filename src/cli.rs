@@ -361,7 +361,8 @@ fn gpu_matmul(
     })
 }
 
-fn parse_list(flag: &str, s: &str) -> Result<Vec<usize>> {
+/// A comma-separated list of positive numbers; `what` names one in errors.
+fn parse_list(flag: &str, s: &str, what: &str) -> Result<Vec<usize>> {
     s.split(',')
         .map(|x| x.trim())
         .filter(|x| !x.is_empty())
@@ -369,24 +370,9 @@ fn parse_list(flag: &str, s: &str) -> Result<Vec<usize>> {
             x.parse::<usize>()
                 .ok()
                 .filter(|&v| v > 0)
-                .with_context(|| format!("{flag} `{s}`: `{x}` is not a positive number"))
+                .with_context(|| format!("{flag} `{s}`: `{x}` is not a positive {what}"))
         })
         .collect()
-}
-
-fn parse_hidden(s: &str) -> Result<Vec<usize>> {
-    let sizes = s
-        .split(',')
-        .map(|x| x.trim())
-        .filter(|x| !x.is_empty())
-        .map(|x| {
-            x.parse::<usize>()
-                .ok()
-                .filter(|&v| v > 0)
-                .with_context(|| format!("--hidden `{s}`: `{x}` is not a positive layer width"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(sizes)
 }
 
 /// Fail before training, not after, when the model cannot be saved there.
@@ -418,7 +404,7 @@ fn train(a: TrainArgs) -> Result<()> {
         check_writable(p)?;
     }
     wgtrain::cpu::set_threads(a.device.threads);
-    let hidden = parse_hidden(&a.hidden)?;
+    let hidden = parse_list("--hidden", &a.hidden, "layer width")?;
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
     let preprocess = Preprocess::fit(a.normalize, &data);
@@ -588,8 +574,8 @@ fn bench(a: BenchArgs) -> Result<()> {
         (false, false, false, false) => (true, true, false, true),
         x => x,
     };
-    let batches = parse_list("--batch", &a.batch)?;
-    let square = parse_list("--square", &a.square)?;
+    let batches = parse_list("--batch", &a.batch, "batch size")?;
+    let square = parse_list("--square", &a.square, "matrix size")?;
     let choices: Vec<DeviceChoice> = match &a.device {
         Some(list) => list
             .split(',')
