@@ -55,7 +55,7 @@ enum Command {
 
 /// Where the data comes from and how CSV files are read.
 #[derive(Debug, Args)]
-struct DataArgs {
+pub(crate) struct DataArgs {
     /// A folder of IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
     /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz),
     /// a CSV file, or `builtin` (the embedded 8x8 digits). Default:
@@ -227,7 +227,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
-fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
+pub(crate) fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
     let (source, why) = DataSource::resolve(args.data.as_deref())?;
     log::info!("data: {source} ({why})");
     let opts = CsvOptions {

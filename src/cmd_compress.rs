@@ -14,7 +14,7 @@ use wgtrain::compress::prune::{apply_masks, check_sparsity};
 use wgtrain::compress::{
     self, Activations, AnyModel, CompressedMlp, CompressionInfo, ForwardBench, LayerReport, PruneConfig, Scope,
 };
-use wgtrain::data::{CsvOptions, DataSource, Dataset};
+use wgtrain::data::Dataset;
 use wgtrain::device::{open_backend, DeviceChoice};
 use wgtrain::error::CompressError;
 use wgtrain::metrics::Evaluation;
@@ -60,17 +60,10 @@ pub struct CompressArgs {
     /// time, integer dot products; faster) or f32 (weights-only int8).
     #[arg(long, value_enum, default_value_t = Activations::Int8)]
     activations: Activations,
-    /// A folder of IDX files, a CSV file, or `builtin`; the test split gives
-    /// the accuracies, the train split the fine-tuning. Default:
-    /// $WGTRAIN_DATA, then /usr/share/datasets/fashion-mnist, then builtin.
-    #[arg(long, value_name = "PATH|builtin")]
-    data: Option<String>,
-    /// CSV: the column holding the label (negative counts from the end).
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "N")]
-    label_col: i64,
-    /// CSV and builtin: the fraction of rows held out as the test set.
-    #[arg(long, default_value_t = 0.2, value_name = "FRACTION")]
-    test_split: f64,
+    /// The data: its test split gives the accuracies, its train split the
+    /// fine-tuning.
+    #[command(flatten)]
+    data: crate::cli::DataArgs,
     /// Device for fine-tuning: auto, cpu, gpu or part of an adapter name.
     #[arg(long, default_value = "auto", value_name = "auto|cpu|gpu|NAME")]
     device: DeviceChoice,
@@ -139,19 +132,6 @@ struct Report {
     bench: Vec<ForwardBench>,
 }
 
-fn load_data(a: &CompressArgs) -> Result<Dataset> {
-    let (source, why) = DataSource::resolve(a.data.as_deref())?;
-    log::info!("data: {source} ({why})");
-    let opts = CsvOptions {
-        label_col: a.label_col,
-        test_split: a.test_split,
-        seed: a.seed,
-    };
-    source
-        .load(opts)
-        .with_context(|| format!("cannot load the dataset from {source}"))
-}
-
 fn check_out(path: &Path, model: &Path) -> Result<()> {
     let dir = path
         .parent()
@@ -201,7 +181,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let base_bytes = std::fs::metadata(&a.model)
         .with_context(|| format!("cannot read {}", a.model.display()))?
         .len();
-    let data = Arc::new(load_data(&a)?);
+    let data = Arc::new(crate::cli::load_data(&a.data, a.seed)?);
     wgtrain::cpu::check_fit(&base, &data)
         .with_context(|| format!("model {} does not fit the data", a.model.display()))?;
     let test = &data.test;
