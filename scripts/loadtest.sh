@@ -14,7 +14,7 @@
 # Environment: DURATION (wrk -d, default 10s), PORT (default 18080),
 # SERVE_ARGS (extra `wgtrain serve` flags, e.g. "--max-wait-us 0"),
 # LEVELS (default "1 32 256"), SKIP_BUILD=1 (use target/release/wgtrain as is),
-# WRK_THREADS (wrk -t; default 1 at concurrency 1, else 2).
+# WRK_THREADS (wrk -t; default 1).
 # Needs wrk (Debian: apt-get install wrk) and curl. On a 2-core machine wrk
 # and the server share the cores, so the figures are a lower bound.
 set -euo pipefail
@@ -84,7 +84,9 @@ curl -sf -H 'Content-Type: application/json' --data-binary @"$WORK/body.json" "h
 echo "wgtrain serve, model $DIM-500-10, one row per request, $DURATION per level, $(nproc) cores"
 printf "%-12s %12s %10s %10s %10s %10s %12s\n" concurrency "requests/s" "p50 ms" "p99 ms" requests non-2xx "socket errs"
 for c in $LEVELS; do
-    t=${WRK_THREADS:-$((c < 2 ? 1 : 2))}
+    # One client thread: on 2 cores a second one takes CPU from the server
+    # (it drives 45,000 requests/s alone, more than the server answers).
+    t=${WRK_THREADS:-1}
     out=$(wrk -t"$t" -c"$c" -d"$DURATION" --timeout 5s --latency -s "$WORK/post.lua" "http://$ADDR/v1/predict")
     read -r rps p50 p99 n bad sock <<<"$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)"
     printf "%-12s %12s %10s %10s %10s %10s %12s\n" "$c" "$rps" "$p50" "$p99" "$n" "$bad" "$sock"
