@@ -7,7 +7,8 @@
 # 2. the GPU tests (kernels against their CPU twins, GPU training against
 #    CPU training, the GPU predictor and the int8 kernels), with
 #    WGTRAIN_REQUIRE_GPU=1 so that a missing adapter fails them;
-# 3. `wgtrain bench` on the GPU: epoch times, matmul GFLOP/s, per-kernel
+# 3. `wgtrain bench` on the GPU: epoch times, matmul GFLOP/s (every tile
+#    variant, and the chosen one with wgpu's shader checks on), per-kernel
 #    timestamps, inference latency and throughput (and the CPU inference
 #    rows for comparison);
 # 4. the full Fashion-MNIST recipe trained on the GPU, then evaluated;
@@ -16,7 +17,8 @@
 # 6. scripts/loadtest.sh at concurrency 256 with the server on the CPU and
 #    on the GPU, when wrk is installed.
 #
-# Every step logs to $REPORT/<step>.log; a failed step is reported and the
+# Every step logs to $REPORT/<step>.log (with nvidia-smi, clocks.csv samples
+# the clocks and load through the run); a failed step is reported and the
 # others still run; the exit status is 1 if any step failed. The summary at
 # the end lists each step with its time and status.
 #
@@ -87,10 +89,19 @@ train_gpu() {
     "$WGTRAIN" eval --model "$model" --data "$DATA" --device cpu || return 1
 }
 
+# Clock and load samples for the whole run, where the driver offers them.
+CLOCKS=""
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,pstate,utilization.gpu,power.draw \
+        --format=csv -lms 250 >"$REPORT/clocks.csv" 2>&1 &
+    CLOCKS=$!
+fi
+
 step devices "$WGTRAIN" devices
 step tests run_tests
 step bench-epoch "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA"
-step bench-matmul "$WGTRAIN" bench --matmul --device gpu --square 1024,2048,4096
+step bench-matmul "$WGTRAIN" bench --matmul --device gpu --square 1024,2048,4096 --tile all
+step bench-matmul-checked env WGTRAIN_SHADER_CHECKS=1 "$WGTRAIN" bench --matmul --device gpu --square 4096
 step bench-kernels "$WGTRAIN" bench --kernels --device gpu --batch 64,256
 step bench-inference "$WGTRAIN" bench --inference --device cpu,gpu
 step train-fashion train_gpu
@@ -113,6 +124,8 @@ if command -v wrk >/dev/null; then
 else
     SUMMARY+=("$(printf '%-22s %8s  %s' serve - 'skipped (no wrk)')")
 fi
+
+[ -n "$CLOCKS" ] && kill "$CLOCKS" 2>/dev/null
 
 echo
 echo "=== summary ($REPORT)"

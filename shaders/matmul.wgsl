@@ -24,22 +24,55 @@
 // or as bytes packed four to a u32, and scaled by scale/offset on the fly.
 // That is how the first layer reads its input without a separate gather.
 //
-// Tiling: a workgroup of TX x TY threads computes a 4 TY x 4 TX block of C;
-// each thread owns a 4 x 4 sub-block held in registers, strided by TX (TY)
-// so that neighbouring threads touch neighbouring shared-memory words and
-// columns of C. The k loop stages 4 TY x 16 of A and 16 x 4 TX of B in
-// workgroup memory. TX and TY are pipeline constants: 16 x 16 (64 x 64
-// tiles, 8 KiB of workgroup memory) for large products, 8 x 8 (32 x 32
-// tiles) for the skinny ones of small batches, which would otherwise leave
-// most of a large GPU idle. Out-of-range elements load as zero and are
-// never stored, so no shape needs to be a tile multiple.
+// Tiling: a slice of TX x TY threads computes a BM x BN block of C,
+// BM = 4 GM TY and BN = 4 GN TX. Each thread owns GM x GN sub-blocks of
+// 4 x 4, held in registers: rows 4 ty + 4 TY g + r and columns
+// 4 tx + 4 TX g + q, so that a thread reads each 4-wide slice of a staged
+// operand as one vec4 and the threads of a warp read neighbouring vec4s.
+// The k loop stages BK x BM of A and BK x BN of B in workgroup memory
+// (rows padded by 4 floats, which spreads the staging stores over the
+// banks), and loads the next k step into registers before computing on the
+// current one, so global memory latency overlaps the arithmetic.
+// Out-of-range elements load as zero and are never stored, so no shape
+// needs to be a tile multiple.
+//
+// A workgroup holds KS slices that split k between them: slice s takes
+// the k steps s, s + KS, s + 2 KS, ... of BK each, then the slices add
+// their partial sums through workgroup memory and slice 0 runs the
+// epilogue. That shortens the chain of dependent k steps KS times for the
+// products of small batches, whose outputs are too small to fill a GPU
+// with tiles but whose k (784 inputs) is long.
+//
+// TX, TY, GM, GN, BK and KS are constants the host puts in front of this
+// source, one module per tile variant (Tile in src/gpu/kernels.rs):
+// 128 x 128 tiles (8 x 8 per thread) for large products, 64 x 64 for
+// medium ones, 32 x 32 for small ones, and 32 x 32 in 4 k-slices for small
+// outputs with a long k.
 //
 // The grid is folded: the host may spread the tiles over x and y when there
 // are more than a dimension allows, and the tile index is linearised here.
 
-override TX: u32 = 16u;
-override TY: u32 = 16u;
-const BK: u32 = 16u;
+const BM: u32 = 4u * GM * TY;
+const BN: u32 = 4u * GN * TX;
+// Threads per slice, and per workgroup.
+const TT: u32 = TX * TY;
+const THREADS: u32 = TT * KS;
+// Elements of A and of B each thread stages per k step.
+const LA: u32 = BM * BK / TT;
+const LB: u32 = BN * BK / TT;
+// Row strides of the staged operands, in floats and in vec4s.
+const SA: u32 = BM + 4u;
+const SB: u32 = BN + 4u;
+const SA4: u32 = SA / 4u;
+const SB4: u32 = SB / 4u;
+// vec4s of one slice's staged A, and of A and B together.
+const STAGE_A: u32 = BK * SA4;
+const STAGE: u32 = STAGE_A + BK * SB4;
+// Accumulators (vec4) per thread, and the workgroup memory the slices'
+// partial sums need; staging and reduction share one array.
+const ACC: u32 = 4u * GM * GN;
+const RED: u32 = (KS - 1u) * ACC * TT;
+const SMEM: u32 = max(KS * STAGE, RED);
 
 // Where an operand's values come from.
 const SRC_BUFFER: u32 = 0u;
@@ -101,16 +134,27 @@ struct Step {
 // The bias weight_update updates with FLAG_BIAS.
 @group(0) @binding(8) var<storage, read_write> bias_out: array<f32>;
 
-var<workgroup> tile_a: array<f32, BK * 4u * TY>; // [BK][BM]
-var<workgroup> tile_b: array<f32, BK * 4u * TX>; // [BK][BN]
+// Per slice: A staged as [BK][SA], then B as [BK][SB]; after the k loop,
+// the partial sums of slices 1.. (see gemm).
+var<workgroup> smem: array<vec4<f32>, SMEM>;
 
-// Value (row, col) of the preprocessed input batch, read from the dataset.
-fn input_value(src: u32, row: u32, col: u32) -> f32 {
+// Where row `row` of the input batch starts in the dataset.
+fn input_base(row: u32) -> u32 {
     var example = step.index_off + row;
     if params.gather != 0u {
         example = index[example];
     }
-    let at = example * params.dim + col;
+    return example * params.dim;
+}
+
+// Value (row, col) of the preprocessed input batch, read from the dataset.
+fn input_value(src: u32, row: u32, col: u32) -> f32 {
+    return input_at(src, input_base(row), col);
+}
+
+// Value `col` of the example starting at `base`, preprocessed.
+fn input_at(src: u32, base: u32, col: u32) -> f32 {
+    let at = base + col;
     var raw: f32;
     if src == SRC_DATA_U8 {
         raw = f32((data[at >> 2u] >> ((at & 3u) * 8u)) & 0xffu);
@@ -120,14 +164,16 @@ fn input_value(src: u32, row: u32, col: u32) -> f32 {
     return raw * params.scale + params.offset;
 }
 
-fn load_a(i: u32, p: u32) -> f32 {
+// A(i, p); `base` is input_base(i) when A is the dataset (rows of A are
+// fixed per thread, so the gather is looked up once, not per k step).
+fn load_a(i: u32, p: u32, base: u32) -> f32 {
     if i >= params.m || p >= params.k {
         return 0.0;
     }
     if params.a_src == SRC_BUFFER {
         return a[i * params.a_rs + p * params.a_cs];
     }
-    return input_value(params.a_src, i, p);
+    return input_at(params.a_src, base, p);
 }
 
 fn load_b(p: u32, j: u32) -> f32 {
@@ -144,103 +190,157 @@ fn load_b(p: u32, j: u32) -> f32 {
 }
 
 fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
-    let bm = 4u * TY;
-    let bn = 4u * TX;
-    let threads = TX * TY;
     let tile = wid.x + wid.y * nwg.x;
-    let row0 = (tile / params.tiles_n) * bm;
-    let col0 = (tile % params.tiles_n) * bn;
-    let tx = t % TX;
-    let ty = t / TX;
+    let row0 = (tile / params.tiles_n) * BM;
+    let col0 = (tile % params.tiles_n) * BN;
+    let slice = t / TT;
+    let u = t % TT;
+    let tx = u % TX;
+    let ty = u / TX;
+    let stage_a = slice * STAGE;
+    let stage_b = stage_a + STAGE_A;
     // Let consecutive threads walk the operand's contiguous dimension, so
     // that global loads coalesce whichever way it is stored.
     let a_k_fast = params.a_src != SRC_BUFFER || params.a_cs == 1u;
     let b_n_fast = params.b_src != SRC_BUFFER || params.b_cs == 1u;
 
-    var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < params.k; k0 += BK) {
-        for (var e = t; e < bm * BK; e += threads) {
-            var i: u32;
-            var p: u32;
-            if a_k_fast {
-                p = e % BK;
-                i = e / BK;
-            } else {
-                i = e % bm;
-                p = e / bm;
-            }
-            tile_a[p * bm + i] = load_a(row0 + i, k0 + p);
+    // Where each of this thread's staged elements goes: (row or column, k).
+    var at_a: array<vec2<u32>, LA>;
+    var at_b: array<vec2<u32>, LB>;
+    var base_a: array<u32, LA>;
+    for (var l = 0u; l < LA; l++) {
+        let e = u + l * TT;
+        at_a[l] = select(vec2(e % BM, e / BM), vec2(e / BK, e % BK), a_k_fast);
+        if params.a_src != SRC_BUFFER && row0 + at_a[l].x < params.m {
+            base_a[l] = input_base(row0 + at_a[l].x);
         }
-        for (var e = t; e < bn * BK; e += threads) {
-            var j: u32;
-            var p: u32;
-            if b_n_fast {
-                j = e % bn;
-                p = e / bn;
-            } else {
-                p = e % BK;
-                j = e / BK;
-            }
-            tile_b[p * bn + j] = load_b(k0 + p, col0 + j);
+    }
+    for (var l = 0u; l < LB; l++) {
+        let e = u + l * TT;
+        at_b[l] = select(vec2(e / BK, e % BK), vec2(e % BN, e / BN), b_n_fast);
+    }
+
+    // The first k step of this slice, into registers.
+    var ra: array<f32, LA>;
+    var rb: array<f32, LB>;
+    let k_first = slice * BK;
+    for (var l = 0u; l < LA; l++) {
+        ra[l] = load_a(row0 + at_a[l].x, k_first + at_a[l].y, base_a[l]);
+    }
+    for (var l = 0u; l < LB; l++) {
+        rb[l] = load_b(k_first + at_b[l].y, col0 + at_b[l].x);
+    }
+
+    var acc: array<vec4<f32>, ACC>;
+    // Every slice runs the same number of rounds (barriers need uniform
+    // control flow); steps past k load zeros.
+    for (var kr = 0u; kr < params.k; kr += KS * BK) {
+        for (var l = 0u; l < LA; l++) {
+            let w = at_a[l].y * SA + at_a[l].x;
+            smem[stage_a + w / 4u][w % 4u] = ra[l];
+        }
+        for (var l = 0u; l < LB; l++) {
+            let w = at_b[l].y * SB + at_b[l].x;
+            smem[stage_b + w / 4u][w % 4u] = rb[l];
         }
         workgroupBarrier();
+        // The next round's loads are in flight while this one computes.
+        let k_next = kr + KS * BK + slice * BK;
+        if kr + KS * BK < params.k {
+            for (var l = 0u; l < LA; l++) {
+                ra[l] = load_a(row0 + at_a[l].x, k_next + at_a[l].y, base_a[l]);
+            }
+            for (var l = 0u; l < LB; l++) {
+                rb[l] = load_b(k_next + at_b[l].y, col0 + at_b[l].x);
+            }
+        }
         for (var p = 0u; p < BK; p++) {
-            let bv = vec4<f32>(
-                tile_b[p * bn + tx],
-                tile_b[p * bn + tx + TX],
-                tile_b[p * bn + tx + 2u * TX],
-                tile_b[p * bn + tx + 3u * TX],
-            );
-            for (var r = 0u; r < 4u; r++) {
-                acc[r] += tile_a[p * bm + ty + TY * r] * bv;
+            var av: array<vec4<f32>, GM>;
+            var bv: array<vec4<f32>, GN>;
+            for (var g = 0u; g < GM; g++) {
+                av[g] = smem[stage_a + p * SA4 + ty + TY * g];
+            }
+            for (var g = 0u; g < GN; g++) {
+                bv[g] = smem[stage_b + p * SB4 + tx + TX * g];
+            }
+            for (var g = 0u; g < GM; g++) {
+                for (var r = 0u; r < 4u; r++) {
+                    for (var h = 0u; h < GN; h++) {
+                        let x = (g * 4u + r) * GN + h;
+                        acc[x] = fma(vec4(av[g][r]), bv[h], acc[x]);
+                    }
+                }
             }
         }
         workgroupBarrier();
     }
 
-    for (var r = 0u; r < 4u; r++) {
-        let i = row0 + ty + TY * r;
-        if i >= params.m {
-            continue;
+    // Slices 1.. hand their partial sums to slice 0 (the loop's last
+    // barrier freed the staging memory this reuses).
+    if KS > 1u {
+        if slice > 0u {
+            for (var x = 0u; x < ACC; x++) {
+                smem[((slice - 1u) * ACC + x) * TT + u] = acc[x];
+            }
         }
-        for (var q = 0u; q < 4u; q++) {
-            let j = col0 + tx + TX * q;
-            if j >= params.n_ext {
+        workgroupBarrier();
+        if slice > 0u {
+            return;
+        }
+        for (var s = 1u; s < KS; s++) {
+            for (var x = 0u; x < ACC; x++) {
+                acc[x] += smem[((s - 1u) * ACC + x) * TT + u];
+            }
+        }
+    }
+
+    for (var g = 0u; g < GM; g++) {
+        for (var r = 0u; r < 4u; r++) {
+            let i = row0 + 4u * ty + 4u * TY * g + r;
+            if i >= params.m {
                 continue;
             }
-            let at = i * params.ldc + j;
-            var v = acc[r][q];
-            switch epilogue {
-                case EPI_BIAS: {
-                    v += aux[j];
-                    if (params.flags & FLAG_RELU) != 0u {
-                        v = max(v, 0.0);
+            for (var h = 0u; h < GN; h++) {
+                for (var q = 0u; q < 4u; q++) {
+                    let j = col0 + 4u * tx + 4u * TX * h + q;
+                    if j >= params.n_ext {
+                        continue;
                     }
-                    c[at] = v;
-                }
-                case EPI_MASK: {
-                    c[at] = select(v, 0.0, aux[at] <= 0.0);
-                }
-                case EPI_SGD: {
-                    if j == params.n {
-                        bias_out[i] = bias_out[i] - step.lr * v;
-                    } else {
-                        var w = c[at] - step.lr * v;
-                        if (params.flags & FLAG_MASK) != 0u {
-                            w *= aux[at];
+                    let at = i * params.ldc + j;
+                    var v = acc[(g * 4u + r) * GN + h][q];
+                    switch epilogue {
+                        case EPI_BIAS: {
+                            v += aux[j];
+                            if (params.flags & FLAG_RELU) != 0u {
+                                v = max(v, 0.0);
+                            }
+                            c[at] = v;
                         }
-                        c[at] = w;
+                        case EPI_MASK: {
+                            c[at] = select(v, 0.0, aux[at] <= 0.0);
+                        }
+                        case EPI_SGD: {
+                            if j == params.n {
+                                bias_out[i] = bias_out[i] - step.lr * v;
+                            } else {
+                                var w = c[at] - step.lr * v;
+                                if (params.flags & FLAG_MASK) != 0u {
+                                    w *= aux[at];
+                                }
+                                c[at] = w;
+                            }
+                        }
+                        default: {
+                            c[at] = v;
+                        }
                     }
-                }
-                default: {
-                    c[at] = v;
                 }
             }
         }
     }
 }
 
-@compute @workgroup_size(TX, TY)
+@compute @workgroup_size(THREADS)
 fn matmul_nn(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -249,7 +349,7 @@ fn matmul_nn(
     gemm(wid, nwg, t, EPI_STORE);
 }
 
-@compute @workgroup_size(TX, TY)
+@compute @workgroup_size(THREADS)
 fn matmul_nt(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -258,7 +358,7 @@ fn matmul_nt(
     gemm(wid, nwg, t, EPI_STORE);
 }
 
-@compute @workgroup_size(TX, TY)
+@compute @workgroup_size(THREADS)
 fn matmul_tn(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -267,7 +367,7 @@ fn matmul_tn(
     gemm(wid, nwg, t, EPI_STORE);
 }
 
-@compute @workgroup_size(TX, TY)
+@compute @workgroup_size(THREADS)
 fn linear_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -276,7 +376,7 @@ fn linear_forward(
     gemm(wid, nwg, t, EPI_BIAS);
 }
 
-@compute @workgroup_size(TX, TY)
+@compute @workgroup_size(THREADS)
 fn backprop_input(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -285,7 +385,7 @@ fn backprop_input(
     gemm(wid, nwg, t, EPI_MASK);
 }
 
-@compute @workgroup_size(TX, TY)
+@compute @workgroup_size(THREADS)
 fn weight_update(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

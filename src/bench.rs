@@ -75,6 +75,9 @@ pub struct MatmulTiming {
     pub device: String,
     /// `nn`, `nt` or `tn`: which operand is stored transposed.
     pub variant: &'static str,
+    /// GPU matmul tile variant (outputs per workgroup, and k-slices); none
+    /// on the CPU.
+    pub tile: Option<&'static str>,
     pub m: usize,
     pub n: usize,
     pub k: usize,
@@ -87,8 +90,10 @@ pub struct MatmulTiming {
 pub fn matmul_shapes(batch: usize, square: &[usize]) -> Vec<(&'static str, usize, usize, usize)> {
     let mut v = vec![
         ("nt", batch, 500, 784), // forward, layer 1
-        ("tn", 500, 784, batch), // weight gradient, layer 1
+        ("nt", batch, 10, 500),  // forward, layer 2
         ("nn", batch, 500, 10),  // input gradient, layer 2
+        ("tn", 10, 500, batch),  // weight gradient, layer 2
+        ("tn", 500, 784, batch), // weight gradient, layer 1
     ];
     v.extend(square.iter().map(|&s| ("nn", s, s, s)));
     v
@@ -112,6 +117,7 @@ pub fn cpu_matmul(variant: &'static str, m: usize, n: usize, k: usize, budget_s:
         bench: "matmul",
         device: format!("cpu ({} threads)", crate::cpu::threads()),
         variant,
+        tile: None,
         m,
         n,
         k,

@@ -190,6 +190,11 @@ struct BenchArgs {
     /// Seconds spent timing each matmul shape.
     #[arg(long, default_value_t = 1.0, value_name = "S")]
     seconds: f64,
+    /// GPU matmul tile variants to time at each shape, comma-separated
+    /// (128x128, 64x64, 32x32, 32x32/k4, or all); default the one chosen
+    /// for the shape, as training uses.
+    #[arg(long, value_name = "LIST")]
+    tile: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -337,28 +342,53 @@ fn bench_inference(
     Ok(out)
 }
 
-/// Time `matmul_nn` at one shape on a GPU, with enough dispatches per
-/// submission to fill about `budget_s` seconds.
+/// Time one product shape on a GPU with the tile variant `tile` (the
+/// automatic choice when `None`), with enough dispatches per submission to
+/// fill about `budget_s` seconds.
 fn gpu_matmul(
     ctx: &wgtrain::gpu::GpuContext,
-    m: usize,
-    n: usize,
-    k: usize,
+    variant: &'static str,
+    (m, n, k): (usize, usize, usize),
+    tile: Option<wgtrain::gpu::Tile>,
     budget_s: f64,
 ) -> Result<wgtrain::bench::MatmulTiming> {
-    let once = wgtrain::gpu::ops::bench_matmul(ctx, m, n, k, 1)?;
+    let (once, _) = wgtrain::gpu::ops::bench_matmul(ctx, variant, m, n, k, 1, tile)?;
     let reps = ((budget_s / once.max(1e-7)) as usize).clamp(1, 2000);
-    let secs = wgtrain::gpu::ops::bench_matmul(ctx, m, n, k, reps)?;
+    let (secs, used) = wgtrain::gpu::ops::bench_matmul(ctx, variant, m, n, k, reps, tile)?;
     Ok(wgtrain::bench::MatmulTiming {
         bench: "matmul",
         device: ctx.name().to_string(),
-        variant: "nn",
+        variant,
+        tile: Some(used.name()),
         m,
         n,
         k,
         seconds_per_call: secs,
         gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
     })
+}
+
+/// The `--tile` list: tile variants by size, or `all`.
+fn parse_tiles(s: Option<&str>) -> Result<Vec<Option<wgtrain::gpu::Tile>>> {
+    use wgtrain::gpu::Tile;
+    match s {
+        None => Ok(vec![None]),
+        Some("all") => Ok(Tile::ALL.iter().map(|&t| Some(t)).collect()),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|name| {
+                Tile::from_name(name).map(Some).ok_or_else(|| {
+                    let names: Vec<_> = Tile::ALL.iter().map(|t| t.name()).collect();
+                    anyhow::anyhow!(
+                        "--tile: no matmul tile {name:?}; the tiles are {} (or all)",
+                        names.join(", ")
+                    )
+                })
+            })
+            .collect(),
+    }
 }
 
 /// A comma-separated list of positive numbers; `what` names one in errors.
@@ -576,6 +606,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     let batches = parse_list("--batch", &a.batch, "batch size")?;
     let square = parse_list("--square", &a.square, "matrix size")?;
+    let tiles = parse_tiles(a.tile.as_deref())?;
     let choices: Vec<DeviceChoice> = match &a.device {
         Some(list) => list
             .split(',')
@@ -685,31 +716,38 @@ fn bench(a: BenchArgs) -> Result<()> {
     if run_matmul {
         eprintln!("\nmatmul throughput (C = op(A) op(B), f32)");
         eprintln!(
-            "{:<40} {:>4} {:>18} {:>12} {:>10}",
-            "device", "op", "m x n x k", "us/call", "GFLOP/s"
+            "{:<40} {:>4} {:>18} {:>9} {:>12} {:>10}",
+            "device", "op", "m x n x k", "tile", "us/call", "GFLOP/s"
         );
         for dev in &devices {
             for (variant, m, n, k) in bench::matmul_shapes(batches.first().copied().unwrap_or(64), &square) {
-                let t = match dev {
+                let timings = match dev {
                     Some(ctx) => {
                         let flop = 2.0 * (m * n * k) as f64;
                         if ctx.is_software() && flop > 2e10 {
                             log::info!("{}: skipping {m}x{n}x{k} on a software adapter", ctx.name());
                             continue;
                         }
-                        gpu_matmul(ctx, m, n, k, a.seconds)?
+                        tiles
+                            .iter()
+                            .map(|&tile| gpu_matmul(ctx, variant, (m, n, k), tile, a.seconds))
+                            .collect::<Result<Vec<_>>>()?
                     }
-                    None => bench::cpu_matmul(variant, m, n, k, a.seconds),
+                    None => vec![bench::cpu_matmul(variant, m, n, k, a.seconds)],
                 };
-                eprintln!(
-                    "{:<40} {:>4} {:>18} {:>12.1} {:>10.1}",
-                    t.device,
-                    t.variant,
-                    format!("{m}x{n}x{k}"),
-                    t.seconds_per_call * 1e6,
-                    t.gflops
-                );
-                emit(serde_json::to_value(&t)?)?;
+                for t in timings {
+                    let tile = t.tile.unwrap_or("-");
+                    eprintln!(
+                        "{:<40} {:>4} {:>18} {:>9} {:>12.1} {:>10.1}",
+                        t.device,
+                        t.variant,
+                        format!("{m}x{n}x{k}"),
+                        tile,
+                        t.seconds_per_call * 1e6,
+                        t.gflops
+                    );
+                    emit(serde_json::to_value(&t)?)?;
+                }
             }
         }
     }

@@ -69,22 +69,48 @@ fn reference_matmul(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool
     (c, abs)
 }
 
-/// `(m, n, k)` of the GEMM-family tests: the first five run with 32x32
-/// tiles, the last (100 workgroups of 64x64) with 64x64 tiles; see
-/// `tile_variants_are_both_covered`.
-const SHAPES: [(usize, usize, usize); 6] = [
+/// `(m, n, k)` of the GEMM-family tests. Most run with 32x32 tiles; 5x70x300
+/// (a long k over a small output) with 32x32 tiles in four k-slices, where
+/// 300 is no multiple of a round of the slices (4 x 8); 600x590x5 (100
+/// workgroups of 64x64) with 64x64 tiles; and the last (144 workgroups of
+/// 128x128) with 128x128 tiles; see `tile_variants_are_all_covered`.
+const SHAPES: [(usize, usize, usize); 8] = [
     (37, 29, 71),
     (65, 33, 17),
     (1, 1, 1),
     (130, 70, 3),
     (64, 64, 64),
+    (5, 70, 300),
     (600, 590, 5),
+    (1500, 1450, 21),
 ];
 
 #[test]
-fn tile_variants_are_both_covered() {
-    let sizes: Vec<u32> = SHAPES.iter().map(|&(m, n, _)| ops::gemm_tile_size(m, n)).collect();
-    assert!(sizes.contains(&32) && sizes.contains(&64), "{sizes:?}");
+fn tile_variants_are_all_covered() {
+    let tiles: Vec<_> = SHAPES.iter().map(|&(m, n, k)| ops::gemm_tile(m, n, k)).collect();
+    for t in wgtrain::gpu::Tile::ALL {
+        assert!(tiles.contains(&t), "no {} shape in {tiles:?}", t.name());
+    }
+}
+
+/// Every tile variant on every small shape, whichever variant the shape
+/// would choose: the staging, k stepping and edge guards differ by variant.
+#[test]
+fn every_tile_variant_matches_the_reference() {
+    let Some(ctx) = common::gpu() else { return };
+    for (s, &(m, n, k)) in SHAPES[..7].iter().enumerate() {
+        let a = common::random(m * k, 30 + s as u64);
+        let b = common::random(k * n, 40 + s as u64);
+        for (variant, ta, tb) in [("nn", false, false), ("nt", false, true), ("tn", true, false)] {
+            let (r, abs) = reference_matmul(&a, &b, m, n, k, ta, tb);
+            let bound: Vec<f64> = abs.iter().map(|s| (k as f64 + 1.0) * U * s).collect();
+            for tile in wgtrain::gpu::Tile::ALL {
+                let got = ops::matmul_with_tile(&ctx, variant, &a, &b, m, n, k, tile).unwrap();
+                let what = format!("matmul_{variant} {m}x{n}x{k} with {} tiles", tile.name());
+                assert_close(&what, &got, &got, &r, &bound);
+            }
+        }
+    }
 }
 
 #[test]
@@ -569,8 +595,11 @@ fn bad_arguments_are_errors_not_panics() {
 #[test]
 fn bench_matmul_reports_a_time() {
     let Some(ctx) = common::gpu() else { return };
-    let t = ops::bench_matmul(&ctx, 33, 17, 9, 3).unwrap();
-    assert!(t.is_finite() && t > 0.0, "{t}");
+    for variant in ["nn", "nt", "tn"] {
+        let (t, tile) = ops::bench_matmul(&ctx, variant, 33, 17, 9, 3, None).unwrap();
+        assert!(t.is_finite() && t > 0.0, "{variant}: {t}");
+        assert_eq!(tile, ops::gemm_tile(33, 17, 9));
+    }
 }
 
 /// Per-kernel timestamps of training steps: on an adapter with

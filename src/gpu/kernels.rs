@@ -25,35 +25,90 @@ const MASK_WGSL: &str = include_str!("../../shaders/apply_mask.wgsl");
 /// tiles cost a little more traffic to workgroup memory per multiply-add.
 const NARROW_BELOW: u64 = 64;
 
-/// The output block of a GEMM workgroup: `TX` x `TY` threads in matmul.wgsl
-/// (pipeline constants), each computing 4 x 4 outputs.
+/// From this many workgroups of large tiles on, a GEMM uses large ones:
+/// twice the multiply-adds per value read from workgroup memory, once
+/// there are enough tiles to fill a large GPU.
+const LARGE_FROM: u64 = 128;
+
+/// Below this many workgroups of narrow tiles, and from this k on, a GEMM
+/// splits k over the slices of a workgroup: its few tiles would otherwise
+/// each walk the whole of k alone, one dependent step after another
+/// (64 x 500 x 784, the first layer at batch 64, is 32 such tiles). On an
+/// H200 such products are bound by the latency of those steps, not by the
+/// number of tiles: 8 wide tiles ran 64 x 500 x 784 faster than 32 narrow
+/// ones (62 against 74 microseconds).
+const SLICED_BELOW: u64 = 256;
+const SLICED_FROM_K: u64 = 64;
+
+/// How a GEMM workgroup covers its block of C (matmul.wgsl): slices of
+/// `threads x threads` threads, each thread computing `group x group`
+/// blocks of 4 x 4 outputs, `slices` slices splitting k between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tile {
-    /// 64 x 64 outputs, 256 threads, 8 KiB of workgroup memory.
+pub enum Tile {
+    /// 128 x 128 outputs, 256 threads of 8 x 8, an 8-deep k step.
+    Large,
+    /// 64 x 64 outputs, 256 threads of 4 x 4, a 16-deep k step.
     Wide,
-    /// 32 x 32 outputs, 64 threads, 4 KiB.
+    /// 32 x 32 outputs, 64 threads of 4 x 4, a 16-deep k step.
     Narrow,
+    /// 32 x 32 outputs, 4 slices of 64 threads of 4 x 4, each taking every
+    /// fourth 8-deep k step.
+    Sliced,
 }
 
 impl Tile {
-    const ALL: [Tile; 2] = [Tile::Wide, Tile::Narrow];
+    /// Every variant.
+    pub const ALL: [Tile; 4] = [Tile::Large, Tile::Wide, Tile::Narrow, Tile::Sliced];
 
-    /// Threads along x (columns) and y (rows).
+    /// Threads of a slice along x (columns) and y (rows).
     fn threads(self) -> u32 {
         match self {
-            Tile::Wide => 16,
-            Tile::Narrow => 8,
+            Tile::Large | Tile::Wide => 16,
+            Tile::Narrow | Tile::Sliced => 8,
+        }
+    }
+
+    /// 4 x 4 blocks per thread along each dimension.
+    fn group(self) -> u32 {
+        match self {
+            Tile::Large => 2,
+            Tile::Wide | Tile::Narrow | Tile::Sliced => 1,
+        }
+    }
+
+    /// Depth of the k step staged in workgroup memory.
+    fn depth(self) -> u32 {
+        match self {
+            Tile::Large | Tile::Sliced => 8,
+            Tile::Wide | Tile::Narrow => 16,
+        }
+    }
+
+    /// Slices splitting k.
+    fn slices(self) -> u32 {
+        match self {
+            Tile::Sliced => 4,
+            _ => 1,
         }
     }
 
     /// Output rows (and columns) per workgroup.
-    pub(crate) fn size(self) -> u32 {
-        4 * self.threads()
+    pub fn size(self) -> u32 {
+        4 * self.group() * self.threads()
     }
 
-    /// Workgroup memory: a 16-deep slice of A and of B.
+    /// Invocations per workgroup.
+    fn invocations(self) -> u32 {
+        self.threads() * self.threads() * self.slices()
+    }
+
+    /// Workgroup memory (`SMEM` in matmul.wgsl): each slice's k step of A
+    /// and of B, rows padded by 4 floats, or the slices' partial sums,
+    /// whichever is larger.
     fn shared_bytes(self) -> u32 {
-        2 * 16 * self.size() * 4
+        let stage = 2 * self.depth() * (self.size() + 4) * 4;
+        let partials = (self.slices() - 1) * self.invocations() / self.slices() * 16 * self.group().pow(2) * 4;
+        (self.slices() * stage).max(partials)
     }
 
     /// Workgroups covering an `m` x `n` output, and how many per row.
@@ -62,22 +117,56 @@ impl Tile {
         (m.div_ceil(s) * n.div_ceil(s), n.div_ceil(s))
     }
 
-    /// The variant for an `m` x `n` output.
-    pub(crate) fn for_shape(m: u64, n: u64) -> Tile {
-        if Tile::Wide.grid(m, n).0 < NARROW_BELOW {
-            Tile::Narrow
-        } else {
+    /// The variant for an `m` x `n` output with inner dimension `k`.
+    pub fn for_shape(m: u64, n: u64, k: u64) -> Tile {
+        if Tile::Large.grid(m, n).0 >= LARGE_FROM {
+            Tile::Large
+        } else if Tile::Wide.grid(m, n).0 >= NARROW_BELOW {
             Tile::Wide
+        } else if Tile::Narrow.grid(m, n).0 < SLICED_BELOW && k >= SLICED_FROM_K {
+            Tile::Sliced
+        } else {
+            Tile::Narrow
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The variant named `name` (see [`Tile::name`]).
+    pub fn from_name(name: &str) -> Option<Tile> {
+        Tile::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// matmul.wgsl with this variant's constants in front.
+    fn source(self) -> String {
+        format!(
+            "const TX: u32 = {t}u;\nconst TY: u32 = {t}u;\nconst GM: u32 = {g}u;\nconst GN: u32 = {g}u;\n\
+             const BK: u32 = {d}u;\nconst KS: u32 = {s}u;\n\n{MATMUL_WGSL}",
+            t = self.threads(),
+            g = self.group(),
+            d = self.depth(),
+            s = self.slices()
+        )
+    }
+
+    /// `128x128`, `64x64`, `32x32` or `32x32/k4`.
+    pub fn name(self) -> &'static str {
         match self {
+            Tile::Large => "128x128",
             Tile::Wide => "64x64",
             Tile::Narrow => "32x32",
+            Tile::Sliced => "32x32/k4",
         }
     }
 }
+
+/// Whether wgpu's runtime checks (bounds checks on every buffer access,
+/// forced loop bounds) go into the matmul shaders: only when the
+/// environment sets WGTRAIN_SHADER_CHECKS=1, for debugging a kernel. The
+/// kernels guard their own accesses, and on real GPUs the checks cost a
+/// compare and select on each access of the inner loops.
+fn shader_checks() -> bool {
+    std::env::var_os("WGTRAIN_SHADER_CHECKS").is_some_and(|v| v == "1")
+}
+
 /// Invocations per bias_update and apply_mask workgroup.
 const BIAS_THREADS: u32 = 64;
 
@@ -477,8 +566,8 @@ impl Kernels {
             "max_compute_workgroup_size_x",
         )?;
         need(
-            "the 64x64 matmul tiles",
-            Tile::Wide.shared_bytes().into(),
+            "the matmul tiles",
+            Tile::ALL.iter().map(|t| t.shared_bytes()).max().unwrap_or(0).into(),
             l.max_compute_workgroup_storage_size.into(),
             "max_compute_workgroup_storage_size, bytes",
         )?;
@@ -503,7 +592,31 @@ impl Kernels {
                 source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(src)),
             })
         };
-        let matmul = module("matmul.wgsl", MATMUL_WGSL);
+        let checked = shader_checks();
+        let matmul: Vec<(Tile, wgpu::ShaderModule)> = Tile::ALL
+            .iter()
+            .map(|&t| {
+                let desc = wgpu::ShaderModuleDescriptor {
+                    label: Some("matmul.wgsl"),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Owned(t.source())),
+                };
+                let m = if checked {
+                    device.create_shader_module(desc)
+                } else {
+                    // SAFETY: matmul.wgsl guards every global access with the
+                    // operand's shape (load_a, load_b and the epilogue), the
+                    // host checks each buffer against that shape before it
+                    // builds a dispatch (src/gpu/ops.rs, trainer.rs,
+                    // predict.rs), workgroup-memory indices are in range by
+                    // construction, and every loop is bounded by a constant or
+                    // by params.k. tests/gpu_kernels.rs runs it on ragged
+                    // shapes with NaN-poisoned outputs; WGTRAIN_SHADER_CHECKS=1
+                    // restores the checks for debugging.
+                    unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+                };
+                (t, m)
+            })
+            .collect();
         let softmax = module("softmax_xent.wgsl", SOFTMAX_WGSL);
         let bias = module("bias_update.wgsl", BIAS_WGSL);
         let mask = module("apply_mask.wgsl", MASK_WGSL);
@@ -567,18 +680,13 @@ impl Kernels {
         });
         let pipelines = variants
             .map(|(e, tile)| {
+                let gemm_module = &matmul.iter().find(|(t, _)| *t == tile).unwrap_or(&matmul[0]).1;
                 let (layout, module) = match e.family() {
-                    Family::Gemm => (&gemm_pl, &matmul),
+                    Family::Gemm => (&gemm_pl, gemm_module),
                     Family::Softmax => (&softmax_pl, &softmax),
                     // Same bindings: params, step, one read-only, one writable.
                     Family::Bias => (&bias_pl, &bias),
                     Family::Mask => (&bias_pl, &mask),
-                };
-                let t = f64::from(tile.threads());
-                let constants: &[(&str, f64)] = if e.family() == Family::Gemm {
-                    &[("TX", t), ("TY", t)]
-                } else {
-                    &[]
                 };
                 let label = if e.family() == Family::Gemm {
                     format!("{} ({} tiles)", e.name(), tile.name())
@@ -592,7 +700,7 @@ impl Kernels {
                     entry_point: Some(e.name()),
                     // Every kernel writes its workgroup memory before reading it.
                     compilation_options: wgpu::PipelineCompilationOptions {
-                        constants,
+                        constants: &[],
                         zero_initialize_workgroup_memory: false,
                     },
                     cache: None,
@@ -712,13 +820,33 @@ impl Kernels {
         })
     }
 
-    /// Build a GEMM-family dispatch reading its per-step values from `step`.
+    /// Build a GEMM-family dispatch reading its per-step values from `step`,
+    /// with the tile variant chosen for its shape.
     pub(crate) fn gemm(
         &self,
         ctx: &GpuContext,
         label: &str,
         g: &Gemm,
         step: &wgpu::Buffer,
+    ) -> Result<Dispatch, GpuError> {
+        let n_ext = g.n + g.bias.is_some() as usize;
+        self.gemm_tiled(
+            ctx,
+            label,
+            g,
+            step,
+            Tile::for_shape(g.m as u64, n_ext as u64, g.k as u64),
+        )
+    }
+
+    /// [`Kernels::gemm`] with the tile variant `tile`.
+    pub(crate) fn gemm_tiled(
+        &self,
+        ctx: &GpuContext,
+        label: &str,
+        g: &Gemm,
+        step: &wgpu::Buffer,
+        tile: Tile,
     ) -> Result<Dispatch, GpuError> {
         debug_assert_eq!(g.entry.family(), Family::Gemm);
         let (m, n, k) = (g.m as u64, g.n as u64, g.k as u64);
@@ -734,7 +862,6 @@ impl Kernels {
         }
         // With a fused bias, B has an extra column of ones (see matmul.wgsl).
         let n_ext = n + g.bias.is_some() as u64;
-        let tile = Tile::for_shape(m, n_ext);
         let (tiles, tiles_n) = tile.grid(m, n_ext);
         let groups = self.fold(label, tiles)?;
         let mut p = GemmParams {

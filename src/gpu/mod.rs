@@ -30,5 +30,6 @@ pub mod trainer;
 
 pub use context::{list_adapters, AdapterReport, AdapterSelector, GpuContext};
 pub use int8::Int8Path;
+pub use kernels::Tile;
 pub use predict::GpuPredictor;
 pub use trainer::GpuBackend;

@@ -10,6 +10,9 @@
 //! These build their dispatch from the same [`Gemm`] constructors the trainer
 //! uses, so a passing test here covers the trainer's kernel calls.
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
 use super::context::GpuContext;
 use super::int8::{GpuI8Layer, I8Dispatch, Int8Path};
 use super::kernels::{DataSource, Dispatch, Entry, Gemm, Operand, StepParams, Tile};
@@ -35,11 +38,11 @@ pub enum Input<'a> {
     },
 }
 
-/// Output rows and columns per workgroup of the matrix products for an
-/// `m` x `n` output (plus one column for a fused bias): 64 for large
-/// outputs, 32 for small ones, so that tests can cover both variants.
-pub fn gemm_tile_size(m: usize, n: usize) -> u32 {
-    Tile::for_shape(m as u64, n as u64).size()
+/// The tile variant the matrix products use for an `m` x `n` output (plus
+/// one column for a fused bias) with inner dimension `k`, so that tests can
+/// cover every variant.
+pub fn gemm_tile(m: usize, n: usize, k: usize) -> Tile {
+    Tile::for_shape(m as u64, n as u64, k as u64)
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<(), GpuError> {
@@ -160,6 +163,7 @@ impl InputBuffers {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn matmul(
     ctx: &GpuContext,
     entry: Entry,
@@ -168,6 +172,7 @@ fn matmul(
     m: usize,
     n: usize,
     k: usize,
+    tile: Option<Tile>,
 ) -> Result<Vec<f32>, GpuError> {
     check_len("a", a.len(), m * k)?;
     check_len("b", b.len(), k * n)?;
@@ -192,23 +197,47 @@ fn matmul(
         bias: None,
     };
     let step = step_buffer(ctx, 0.0)?;
-    run(ctx, &kernels.gemm(ctx, entry.name(), &g, &step)?)?;
+    let tile = tile.unwrap_or_else(|| Tile::for_shape(m as u64, n as u64, k as u64));
+    run(ctx, &kernels.gemm_tiled(ctx, entry.name(), &g, &step, tile)?)?;
     ctx.read_f32(&c, m * n)
 }
 
 /// `c[m,n] = a[m,k] * b[k,n]`.
 pub fn matmul_nn(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, Entry::MatmulNn, a, b, m, n, k)
+    matmul(ctx, Entry::MatmulNn, a, b, m, n, k, None)
 }
 
 /// `c[m,n] = a[m,k] * b[n,k]^T`.
 pub fn matmul_nt(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, Entry::MatmulNt, a, b, m, n, k)
+    matmul(ctx, Entry::MatmulNt, a, b, m, n, k, None)
 }
 
 /// `c[m,n] = a[k,m]^T * b[k,n]`.
 pub fn matmul_tn(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, Entry::MatmulTn, a, b, m, n, k)
+    matmul(ctx, Entry::MatmulTn, a, b, m, n, k, None)
+}
+
+/// `matmul_nn`, `matmul_nt` or `matmul_tn` (by `variant`) with the tile
+/// variant `tile` rather than the one chosen for the shape, so that tests
+/// can run every variant on every shape.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with_tile(
+    ctx: &GpuContext,
+    variant: &str,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    tile: Tile,
+) -> Result<Vec<f32>, GpuError> {
+    let entry = match variant {
+        "nn" => Entry::MatmulNn,
+        "nt" => Entry::MatmulNt,
+        "tn" => Entry::MatmulTn,
+        _ => return Err(GpuError::Other(format!("no matmul variant {variant:?} (nn, nt or tn)"))),
+    };
+    matmul(ctx, entry, a, b, m, n, k, Some(tile))
 }
 
 /// `y[rows, outputs] = x[rows, inputs] * w[outputs, inputs]^T + bias`, then
@@ -459,38 +488,52 @@ pub fn softmax_xent_eval(
     Ok((bytemuck::pod_collect_to_vec(&bytes[0]), f32::from_bits(s[0]) as f64))
 }
 
-/// Seconds per `m x n x k` product of `matmul_nn` on the device, averaged
-/// over `reps` dispatches recorded into one submission, after one warm-up
-/// run. The operands are uploaded before the clock starts and the clock
-/// stops when the GPU has finished (a 4-byte readback waits for it), so the
-/// figure is kernel time plus per-dispatch overhead, as a training step
-/// sees it. Throughput is `2 m n k / seconds` FLOP/s.
-pub fn bench_matmul(ctx: &GpuContext, m: usize, n: usize, k: usize, reps: usize) -> Result<f64, GpuError> {
+/// Seconds per call of one product `C = op(A) op(B)` (`variant` is `nn`,
+/// `nt` or `tn`: which operand is stored transposed) on random inputs,
+/// `reps` dispatches in one submission, with the tile variant `tile` (the
+/// automatic choice when `None`). Returns the time and the tile used.
+pub fn bench_matmul(
+    ctx: &GpuContext,
+    variant: &str,
+    m: usize,
+    n: usize,
+    k: usize,
+    reps: usize,
+    tile: Option<Tile>,
+) -> Result<(f64, Tile), GpuError> {
     let kernels = ctx.kernels()?;
-    let a = upload_f32(ctx, "bench a", &vec![0.5; m * k])?;
-    let b = upload_f32(ctx, "bench b", &vec![0.25; k * n])?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let a = upload_f32(ctx, "bench a", &random(m * k))?;
+    let b = upload_f32(ctx, "bench b", &random(k * n))?;
     let c = ctx.storage("bench c", 4 * (m * n) as u64)?;
+    let (entry, a_op, b_op) = match variant {
+        "nt" => (Entry::MatmulNt, Operand::rows(&a, k), Operand::transposed(&b, k)),
+        "tn" => (Entry::MatmulTn, Operand::transposed(&a, m), Operand::rows(&b, n)),
+        _ => (Entry::MatmulNn, Operand::rows(&a, k), Operand::rows(&b, n)),
+    };
     let g = Gemm {
-        entry: Entry::MatmulNn,
+        entry,
         m,
         n,
         k,
-        a: Operand::rows(&a, k),
-        b: Operand::rows(&b, n),
+        a: a_op,
+        b: b_op,
         c: &c,
         aux: None,
         relu: false,
         bias: None,
     };
     let step = step_buffer(ctx, 0.0)?;
-    let d = kernels.gemm(ctx, "bench matmul_nn", &g, &step)?;
+    let tile = tile.unwrap_or_else(|| Tile::for_shape(m as u64, n as u64, k as u64));
+    let d = kernels.gemm_tiled(ctx, "bench matmul", &g, &step, tile)?;
     let record = |count: usize| {
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("bench matmul_nn"),
+            label: Some("bench matmul"),
         });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("bench matmul_nn"),
+                label: Some("bench matmul"),
                 timestamp_writes: None,
             });
             for _ in 0..count {
@@ -505,7 +548,7 @@ pub fn bench_matmul(ctx: &GpuContext, m: usize, n: usize, k: usize, reps: usize)
     let enc = record(reps);
     let t = std::time::Instant::now();
     ctx.read_back(Some(enc), &[(&c, 0, 4)])?;
-    Ok(t.elapsed().as_secs_f64() / reps as f64)
+    Ok((t.elapsed().as_secs_f64() / reps as f64, tile))
 }
 
 /// Record int8 dispatches in one pass and submit them.
