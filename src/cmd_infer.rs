@@ -131,11 +131,13 @@ pub struct ServeArgs {
     /// thread needs; at least one).
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
-    /// Threads one forward pass is split over: the inference thread and
-    /// N - 1 helpers (0: one per core). One keeps the cores for HTTP,
-    /// which costs more than the forward pass of a small batch.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    infer_threads: usize,
+    /// Threads one forward pass is split over: the thread that runs it and
+    /// N - 1 helpers (0: one per core). Default: one per core with the
+    /// inline batcher, whose passes alternate with HTTP; 1 with an
+    /// inference thread, leaving the other cores to HTTP, which costs more
+    /// than the forward pass of a small batch.
+    #[arg(long, value_name = "N")]
+    infer_threads: Option<usize>,
     /// How long the inference thread (and its helpers) poll for the next
     /// batch before they sleep, microseconds.
     /// Polling pays only when a core is free for it; on 2 cores shared
@@ -147,6 +149,22 @@ pub struct ServeArgs {
     /// GPU each micro-batch is one submission.
     #[arg(long, default_value = "auto", value_name = "auto|cpu|gpu|NAME")]
     device: DeviceChoice,
+    /// Where forward passes run: `thread`, an inference thread of their own
+    /// fed through a queue (micro-batches wait up to --max-wait-us); `inline`,
+    /// on the HTTP thread between requests (one HTTP thread; a batch is what
+    /// arrived during the previous one). `auto`: inline when HTTP gets one
+    /// thread (machines with 2 cores or fewer) and the model runs on the
+    /// CPU, else thread.
+    #[arg(long, default_value = "auto", value_name = "auto|thread|inline")]
+    batcher: Batcher,
+}
+
+/// `--batcher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Batcher {
+    Auto,
+    Thread,
+    Inline,
 }
 
 /// Run `wgtrain serve` until SIGINT or SIGTERM, then drain and exit.
@@ -157,9 +175,22 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         AnyModel::F32(m) => m.sizes(),
         AnyModel::Compressed(m) => m.sizes(),
     };
-    let infer_threads = match a.infer_threads {
-        0 => wgtrain::cpu::threads(),
+    let http_threads = match a.threads {
+        0 => wgtrain::cpu::threads().saturating_sub(1).max(1),
         n => n,
+    };
+    // Inline unless told otherwise when HTTP has a single thread; whether
+    // the model runs on a GPU is known once the predictor exists.
+    let maybe_inline = match a.batcher {
+        Batcher::Inline => true,
+        Batcher::Thread => false,
+        Batcher::Auto => http_threads == 1,
+    };
+    let infer_threads = match a.infer_threads {
+        Some(0) => wgtrain::cpu::threads(),
+        Some(n) => n,
+        None if maybe_inline => wgtrain::cpu::threads(),
+        None => 1,
     };
     let predictor = open_predictor(
         &a.device,
@@ -176,14 +207,36 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         top_k: a.top_k,
         idle_spin: Duration::from_micros(a.spin_us),
+        inline: false,
     };
-    let http_threads = match a.threads {
-        0 => wgtrain::cpu::threads().saturating_sub(1).max(1),
-        n => n,
+    let inline = match a.batcher {
+        Batcher::Auto => maybe_inline && !predictor.waits_on_device(),
+        _ => maybe_inline,
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.worker_threads(http_threads);
-    let rt = rt.enable_all().build().context("cannot start the async runtime")?;
+    if inline && http_threads > 1 {
+        log::warn!("--batcher inline runs HTTP on one thread; --threads {http_threads} is ignored");
+    }
+    let config = ServeConfig { inline, ..config };
+    log::info!(
+        "forward passes {}",
+        if inline {
+            "inline on the HTTP thread"
+        } else {
+            "on an inference thread"
+        }
+    );
+    // Inline, HTTP and inference take turns on one thread: a runtime of
+    // one thread whose woken tasks queue behind the ready ones, so requests
+    // that arrive during a batch are read before the next batch starts.
+    let rt = if inline {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(http_threads)
+            .enable_all()
+            .build()
+    };
+    let rt = rt.context("cannot start the async runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.addr)
             .await

@@ -192,8 +192,23 @@ async fn entered(rx: mpsc::Receiver<()>) -> mpsc::Receiver<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_equal_in_process_predictions() {
+    answers_equal_in_process_predictions_with(false).await;
+}
+
+/// The same with the inline batcher: forward passes as a task of the
+/// runtime instead of on an inference thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_equal_in_process_predictions_inline() {
+    answers_equal_in_process_predictions_with(true).await;
+}
+
+async fn answers_equal_in_process_predictions_with(inline: bool) {
     let m = model();
-    let server = start(Box::new(CpuPredictor::new(&m, 64)), ServeConfig::default()).await;
+    let config = ServeConfig {
+        inline,
+        ..ServeConfig::default()
+    };
+    let server = start(Box::new(CpuPredictor::new(&m, 64)), config).await;
     let raw = rows(3);
     let mut local = CpuPredictor::new(&m, 1);
 
@@ -333,6 +348,17 @@ async fn bad_requests_get_4xx_with_a_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_at_once() {
+    full_queue_answers_503_at_once_with(false).await;
+}
+
+/// The same with the inline batcher: forward passes as a task of the
+/// runtime instead of on an inference thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_at_once_inline() {
+    full_queue_answers_503_at_once_with(true).await;
+}
+
+async fn full_queue_answers_503_at_once_with(inline: bool) {
     let (entered_tx, entered_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
     let gated = Gated {
@@ -344,6 +370,7 @@ async fn full_queue_answers_503_at_once() {
         max_batch: 1,
         max_wait: Duration::ZERO,
         queue: 1,
+        inline,
         ..ServeConfig::default()
     };
     let server = start(Box::new(gated), config).await;
@@ -373,6 +400,17 @@ async fn full_queue_answers_503_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_the_request_in_flight() {
+    shutdown_drains_the_request_in_flight_with(false).await;
+}
+
+/// The same with the inline batcher: forward passes as a task of the
+/// runtime instead of on an inference thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_request_in_flight_inline() {
+    shutdown_drains_the_request_in_flight_with(true).await;
+}
+
+async fn shutdown_drains_the_request_in_flight_with(inline: bool) {
     let (entered_tx, entered_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
     let m = model();
@@ -381,7 +419,11 @@ async fn shutdown_drains_the_request_in_flight() {
         entered: entered_tx,
         release: release_rx,
     };
-    let mut server = start(Box::new(gated), ServeConfig::default()).await;
+    let config = ServeConfig {
+        inline,
+        ..ServeConfig::default()
+    };
+    let mut server = start(Box::new(gated), config).await;
     let a = server.addr;
     let raw = rows(1);
     let body = json_rows(&raw);

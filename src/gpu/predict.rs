@@ -414,6 +414,10 @@ impl Predictor for GpuPredictor {
         self.name.clone()
     }
 
+    fn waits_on_device(&self) -> bool {
+        true
+    }
+
     fn input_shape(&self) -> &[usize] {
         &self.input_shape
     }

@@ -38,6 +38,12 @@ pub trait Predictor: Send {
     /// into `out`, which must hold `rows * classes()` values.
     fn probabilities_into(&mut self, raw: &[f32], out: &mut [f32]) -> Result<(), InferError>;
 
+    /// Whether a forward pass mostly waits on another device (a GPU) rather
+    /// than computing on the calling thread.
+    fn waits_on_device(&self) -> bool {
+        false
+    }
+
     /// [`Predictor::probabilities_into`] into a new vector.
     fn probabilities(&mut self, raw: &[f32]) -> Result<Vec<f32>, InferError> {
         let rows = raw.len() / self.inputs().max(1);

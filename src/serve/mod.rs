@@ -61,6 +61,13 @@ pub struct ServeConfig {
     /// sleeps: under steady load the next request comes within
     /// microseconds, and polling saves the sleep and the wake-up.
     pub idle_spin: Duration,
+    /// Run the forward passes as a task of the async runtime instead of on
+    /// an inference thread of their own. Meant for a single-threaded
+    /// runtime on a machine with few cores: HTTP and inference then take
+    /// turns on one thread, with no hand-over between threads and no
+    /// thread competing for a core. A batch is whatever arrived while the
+    /// previous one ran (`max_wait` does not apply).
+    pub inline: bool,
 }
 
 impl Default for ServeConfig {
@@ -72,6 +79,7 @@ impl Default for ServeConfig {
             max_body_bytes: 4 << 20,
             top_k: 3,
             idle_spin: Duration::ZERO,
+            inline: false,
         }
     }
 }
@@ -95,9 +103,38 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<f32>, String>>,
 }
 
+/// The sending end of the job queue: to the inference thread, or to the
+/// inline batch task.
+#[derive(Clone)]
+enum JobQueue {
+    Thread(SyncSender<Job>),
+    Inline(tokio::sync::mpsc::Sender<Job>),
+}
+
+/// Why a job was not queued.
+enum QueueRefusal {
+    Full,
+    Closed,
+}
+
+impl JobQueue {
+    fn try_send(&self, job: Job) -> Result<(), QueueRefusal> {
+        match self {
+            JobQueue::Thread(q) => q.try_send(job).map_err(|e| match e {
+                TrySendError::Full(_) => QueueRefusal::Full,
+                TrySendError::Disconnected(_) => QueueRefusal::Closed,
+            }),
+            JobQueue::Inline(q) => q.try_send(job).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => QueueRefusal::Full,
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => QueueRefusal::Closed,
+            }),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
-    queue: SyncSender<Job>,
+    queue: JobQueue,
     metrics: Arc<Metrics>,
     inputs: usize,
     classes: usize,
@@ -149,35 +186,58 @@ where
         )));
     }
     let metrics = Arc::new(Metrics::default());
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(config.queue);
-    let state = AppState {
-        queue: tx,
-        metrics: metrics.clone(),
-        inputs: predictor.inputs(),
-        classes: predictor.classes(),
-        input_shape: Arc::new(predictor.input_shape().to_vec()),
-        predictor: predictor.name().into(),
-        top_k: config.top_k,
-        queue_bound: config.queue,
-    };
     let limits = BatchLimits {
         max_batch: config.max_batch,
         max_wait: config.max_wait,
         idle_spin: config.idle_spin,
     };
-    let worker = std::thread::Builder::new()
-        .name("wgtrain-infer".into())
-        .spawn(move || batch_loop(predictor, rx, limits, &metrics))?;
+    let inputs = predictor.inputs();
+    let classes = predictor.classes();
+    let input_shape = Arc::new(predictor.input_shape().to_vec());
+    let predictor_name: Arc<str> = predictor.name().into();
+    let (queue, worker) = if config.inline {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(config.queue);
+        let task = tokio::spawn(batch_task(predictor, rx, config.max_batch, metrics.clone()));
+        (JobQueue::Inline(tx), Worker::Task(task))
+    } else {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(config.queue);
+        let m = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("wgtrain-infer".into())
+            .spawn(move || batch_loop(predictor, rx, limits, &m))?;
+        (JobQueue::Thread(tx), Worker::Thread(thread))
+    };
+    let state = AppState {
+        queue,
+        metrics: metrics.clone(),
+        inputs,
+        classes,
+        input_shape,
+        predictor: predictor_name,
+        top_k: config.top_k,
+        queue_bound: config.queue,
+    };
     let app = router(state, config.max_body_bytes);
     // The router owns the only queue sender; when graceful shutdown has
-    // drained every connection it is dropped, and the inference thread,
-    // having answered everything queued, sees the queue close and exits.
+    // drained every connection it is dropped, and the inference thread (or
+    // task), having answered everything queued, sees the queue close and
+    // exits.
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    let joined = tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .map_err(|_| ServeError::WorkerPanicked)?;
+    let joined = match worker {
+        Worker::Thread(thread) => tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|_| ServeError::WorkerPanicked)?
+            .map_err(|_| ServeError::WorkerPanicked),
+        Worker::Task(task) => task.await.map_err(|_| ServeError::WorkerPanicked),
+    };
     served?;
-    joined.map_err(|_| ServeError::WorkerPanicked)
+    joined
+}
+
+/// What runs the forward passes.
+enum Worker {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
 }
 
 fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -291,11 +351,11 @@ async fn predict_inner(
     if let Err(e) = st.queue.try_send(job) {
         st.metrics.queue_add(-1);
         let message = match e {
-            TrySendError::Full(_) => format!(
+            QueueRefusal::Full => format!(
                 "server overloaded: {} requests are already waiting; retry later",
                 st.queue_bound
             ),
-            TrySendError::Disconnected(_) => "server is shutting down".into(),
+            QueueRefusal::Closed => "server is shutting down".into(),
         };
         return Err((StatusCode::SERVICE_UNAVAILABLE, message));
     }
@@ -397,28 +457,84 @@ fn batch_loop(mut predictor: Box<dyn Predictor>, rx: Receiver<Job>, limits: Batc
             jobs.push(next);
         }
         last_rows = rows;
-        // Clients that went away need no answer.
-        jobs.retain(|j| !j.reply.is_closed());
-        let rows: usize = jobs.iter().map(|j| j.rows).sum();
-        if rows == 0 {
-            continue;
+        run_batch(predictor.as_mut(), &mut jobs, &mut features, &mut out, metrics);
+    }
+}
+
+/// Run one batch of jobs through `predictor` and answer each job with its
+/// rows; `jobs` is left empty. `features` and `out` are scratch space.
+fn run_batch(
+    predictor: &mut dyn Predictor,
+    jobs: &mut Vec<Job>,
+    features: &mut Vec<f32>,
+    out: &mut Vec<f32>,
+    metrics: &Metrics,
+) {
+    let classes = predictor.classes();
+    // Clients that went away need no answer.
+    jobs.retain(|j| !j.reply.is_closed());
+    let rows: usize = jobs.iter().map(|j| j.rows).sum();
+    if rows == 0 {
+        return;
+    }
+    features.clear();
+    for j in jobs.iter() {
+        features.extend_from_slice(&j.features);
+    }
+    out.resize(rows * classes, 0.0);
+    let result = predictor.probabilities_into(features, out);
+    metrics.batch(rows);
+    let mut at = 0;
+    for j in jobs.drain(..) {
+        let answer = match &result {
+            Ok(()) => Ok(out[at * classes..(at + j.rows) * classes].to_vec()),
+            Err(e) => Err(e.to_string()),
+        };
+        at += j.rows;
+        // A client that left meanwhile drops its receiver; nothing to do.
+        let _ = j.reply.send(answer);
+    }
+}
+
+/// The inline batcher (see [`ServeConfig::inline`]): a task that takes the
+/// oldest job, adds whatever else is queued up to `max_batch` rows, runs
+/// the batch on the runtime's thread and answers, until the queue closes.
+async fn batch_task(
+    mut predictor: Box<dyn Predictor>,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) {
+    let dim = predictor.inputs();
+    let classes = predictor.classes();
+    let mut features: Vec<f32> = Vec::with_capacity(max_batch * dim);
+    let mut out: Vec<f32> = Vec::with_capacity(max_batch * classes);
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        metrics.queue_add(-1);
+        let mut rows = first.rows;
+        jobs.push(first);
+        while rows < max_batch {
+            let Ok(next) = rx.try_recv() else { break };
+            if rows + next.rows > max_batch {
+                held = Some(next);
+                break;
+            }
+            metrics.queue_add(-1);
+            rows += next.rows;
+            jobs.push(next);
         }
-        features.clear();
-        for j in &jobs {
-            features.extend_from_slice(&j.features);
-        }
-        out.resize(rows * classes, 0.0);
-        let result = predictor.probabilities_into(&features, &mut out);
-        metrics.batch(rows);
-        let mut at = 0;
-        for j in jobs.drain(..) {
-            let answer = match &result {
-                Ok(()) => Ok(out[at * classes..(at + j.rows) * classes].to_vec()),
-                Err(e) => Err(e.to_string()),
-            };
-            at += j.rows;
-            // A client that left meanwhile drops its receiver; nothing to do.
-            let _ = j.reply.send(answer);
-        }
+        run_batch(predictor.as_mut(), &mut jobs, &mut features, &mut out, &metrics);
+        // Let the connections answer and read more requests before the
+        // next batch.
+        tokio::task::yield_now().await;
     }
 }
