@@ -193,8 +193,12 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
     let tile = wid.x + wid.y * nwg.x;
     let row0 = (tile / params.tiles_n) * BM;
     let col0 = (tile % params.tiles_n) * BN;
-    let slice = t / TT;
-    let u = t % TT;
+    // With one slice (KS is a constant) this folds to 0 and u to t.
+    var slice = 0u;
+    if KS > 1u {
+        slice = t / TT;
+    }
+    let u = t - slice * TT;
     let tx = u % TX;
     let ty = u / TX;
     let stage_a = slice * STAGE;
