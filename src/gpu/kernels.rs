@@ -54,17 +54,21 @@ pub enum Tile {
     /// 32 x 32 outputs, 4 slices of 64 threads of 4 x 4, each taking every
     /// fourth 8-deep k step.
     Sliced,
+    /// 16 x 16 outputs, 16 slices of 16 threads of 4 x 4, each taking every
+    /// sixteenth 4-deep k step.
+    Sliced16,
 }
 
 impl Tile {
     /// Every variant.
-    pub const ALL: [Tile; 4] = [Tile::Large, Tile::Wide, Tile::Narrow, Tile::Sliced];
+    pub const ALL: [Tile; 5] = [Tile::Large, Tile::Wide, Tile::Narrow, Tile::Sliced, Tile::Sliced16];
 
     /// Threads of a slice along x (columns) and y (rows).
     fn threads(self) -> u32 {
         match self {
             Tile::Large | Tile::Wide => 16,
             Tile::Narrow | Tile::Sliced => 8,
+            Tile::Sliced16 => 4,
         }
     }
 
@@ -72,7 +76,7 @@ impl Tile {
     fn group(self) -> u32 {
         match self {
             Tile::Large => 2,
-            Tile::Wide | Tile::Narrow | Tile::Sliced => 1,
+            Tile::Wide | Tile::Narrow | Tile::Sliced | Tile::Sliced16 => 1,
         }
     }
 
@@ -81,6 +85,7 @@ impl Tile {
         match self {
             Tile::Large | Tile::Sliced => 8,
             Tile::Wide | Tile::Narrow => 16,
+            Tile::Sliced16 => 4,
         }
     }
 
@@ -88,6 +93,7 @@ impl Tile {
     fn slices(self) -> u32 {
         match self {
             Tile::Sliced => 4,
+            Tile::Sliced16 => 16,
             _ => 1,
         }
     }
@@ -124,7 +130,7 @@ impl Tile {
         } else if Tile::Wide.grid(m, n).0 >= NARROW_BELOW {
             Tile::Wide
         } else if Tile::Narrow.grid(m, n).0 < SLICED_BELOW && k >= SLICED_FROM_K {
-            Tile::Sliced
+            Tile::Sliced16
         } else {
             Tile::Narrow
         }
@@ -147,13 +153,14 @@ impl Tile {
         )
     }
 
-    /// `128x128`, `64x64`, `32x32` or `32x32/k4`.
+    /// `128x128`, `64x64`, `32x32`, `32x32/k4` or `16x16/k16`.
     pub fn name(self) -> &'static str {
         match self {
             Tile::Large => "128x128",
             Tile::Wide => "64x64",
             Tile::Narrow => "32x32",
             Tile::Sliced => "32x32/k4",
+            Tile::Sliced16 => "16x16/k16",
         }
     }
 }
