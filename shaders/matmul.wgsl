@@ -41,13 +41,14 @@
 // their partial sums through workgroup memory and slice 0 runs the
 // epilogue. That shortens the chain of dependent k steps KS times for the
 // products of small batches, whose outputs are too small to fill a GPU
-// with tiles but whose k (784 inputs) is long.
+// with tiles but whose k (784 inputs) is long: there the time goes to the
+// latency of each k step, not to arithmetic.
 //
 // TX, TY, GM, GN, BK and KS are constants the host puts in front of this
 // source, one module per tile variant (Tile in src/gpu/kernels.rs):
 // 128 x 128 tiles (8 x 8 per thread) for large products, 64 x 64 for
-// medium ones, 32 x 32 for small ones, and 32 x 32 in 4 k-slices for small
-// outputs with a long k.
+// medium ones, 32 x 32 for small ones, and 16 x 16 in 16 k-slices (4-deep
+// steps) for small outputs with a long k.
 //
 // The grid is folded: the host may spread the tiles over x and y when there
 // are more than a dimension allows, and the tile index is linearised here.

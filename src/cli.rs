@@ -191,7 +191,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 1.0, value_name = "S")]
     seconds: f64,
     /// GPU matmul tile variants to time at each shape, comma-separated
-    /// (128x128, 64x64, 32x32, 32x32/k4, or all); default the one chosen
+    /// (128x128, 64x64, 32x32, 16x16/k16, or all); default the one chosen
     /// for the shape, as training uses.
     #[arg(long, value_name = "LIST")]
     tile: Option<String>,

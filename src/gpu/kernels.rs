@@ -36,7 +36,8 @@ const LARGE_FROM: u64 = 128;
 /// (64 x 500 x 784, the first layer at batch 64, is 32 such tiles). On an
 /// H200 such products are bound by the latency of those steps, not by the
 /// number of tiles: 8 wide tiles ran 64 x 500 x 784 faster than 32 narrow
-/// ones (62 against 74 microseconds).
+/// ones (60 against 58-74 microseconds), 32 x 32 tiles in 4 k-slices in 25
+/// and 16 x 16 tiles in 16 k-slices in 14 (docs/PERFORMANCE.md).
 const SLICED_BELOW: u64 = 256;
 const SLICED_FROM_K: u64 = 64;
 
@@ -51,24 +52,21 @@ pub enum Tile {
     Wide,
     /// 32 x 32 outputs, 64 threads of 4 x 4, a 16-deep k step.
     Narrow,
-    /// 32 x 32 outputs, 4 slices of 64 threads of 4 x 4, each taking every
-    /// fourth 8-deep k step.
-    Sliced,
     /// 16 x 16 outputs, 16 slices of 16 threads of 4 x 4, each taking every
     /// sixteenth 4-deep k step.
-    Sliced16,
+    Sliced,
 }
 
 impl Tile {
     /// Every variant.
-    pub const ALL: [Tile; 5] = [Tile::Large, Tile::Wide, Tile::Narrow, Tile::Sliced, Tile::Sliced16];
+    pub const ALL: [Tile; 4] = [Tile::Large, Tile::Wide, Tile::Narrow, Tile::Sliced];
 
     /// Threads of a slice along x (columns) and y (rows).
     fn threads(self) -> u32 {
         match self {
             Tile::Large | Tile::Wide => 16,
-            Tile::Narrow | Tile::Sliced => 8,
-            Tile::Sliced16 => 4,
+            Tile::Narrow => 8,
+            Tile::Sliced => 4,
         }
     }
 
@@ -76,24 +74,23 @@ impl Tile {
     fn group(self) -> u32 {
         match self {
             Tile::Large => 2,
-            Tile::Wide | Tile::Narrow | Tile::Sliced | Tile::Sliced16 => 1,
+            Tile::Wide | Tile::Narrow | Tile::Sliced => 1,
         }
     }
 
     /// Depth of the k step staged in workgroup memory.
     fn depth(self) -> u32 {
         match self {
-            Tile::Large | Tile::Sliced => 8,
+            Tile::Large => 8,
             Tile::Wide | Tile::Narrow => 16,
-            Tile::Sliced16 => 4,
+            Tile::Sliced => 4,
         }
     }
 
     /// Slices splitting k.
     fn slices(self) -> u32 {
         match self {
-            Tile::Sliced => 4,
-            Tile::Sliced16 => 16,
+            Tile::Sliced => 16,
             _ => 1,
         }
     }
@@ -130,7 +127,7 @@ impl Tile {
         } else if Tile::Wide.grid(m, n).0 >= NARROW_BELOW {
             Tile::Wide
         } else if Tile::Narrow.grid(m, n).0 < SLICED_BELOW && k >= SLICED_FROM_K {
-            Tile::Sliced16
+            Tile::Sliced
         } else {
             Tile::Narrow
         }
@@ -153,14 +150,13 @@ impl Tile {
         )
     }
 
-    /// `128x128`, `64x64`, `32x32`, `32x32/k4` or `16x16/k16`.
+    /// `128x128`, `64x64`, `32x32` or `16x16/k16`.
     pub fn name(self) -> &'static str {
         match self {
             Tile::Large => "128x128",
             Tile::Wide => "64x64",
             Tile::Narrow => "32x32",
-            Tile::Sliced => "32x32/k4",
-            Tile::Sliced16 => "16x16/k16",
+            Tile::Sliced => "16x16/k16",
         }
     }
 }
