@@ -310,38 +310,3 @@ fn inputs_that_cannot_fit_the_model_name_the_file_and_sizes() {
     assert!(!o.status.success());
     assert!(text(&o).contains("nope.csv"), "{}", text(&o));
 }
-
-/// Not a test: in-process inference figures of the 784-500-10 model (p50
-/// and p99 over 20k batch-1 calls, rows/s at batch 256), printed.
-///
-/// `cargo test --release --test predict -- --ignored --nocapture inference_figures`
-#[test]
-#[ignore = "a benchmark; run it explicitly in release mode"]
-fn inference_figures() {
-    use wgtrain::infer::{bench_inference, BenchOptions};
-    let p = Preprocess {
-        kind: Normalize::Scale,
-        scale: 1.0 / 255.0,
-        offset: 0.0,
-    };
-    let m = Mlp::new(&[DIM, 500, 10], 5, p, vec![SIDE, SIDE]).unwrap();
-    let opts = BenchOptions::default();
-    let repeats: usize = std::env::var("REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let threads: usize = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let spin_us: u64 = std::env::var("SPIN_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    for _ in 0..repeats {
-        let threads = if threads == 0 { wgtrain::cpu::threads() } else { threads };
-        let spin = std::time::Duration::from_micros(spin_us);
-        let mut pr = CpuPredictor::with_threads(&m, opts.batch, threads, spin);
-        let b = bench_inference(&mut pr, &opts).unwrap();
-        println!(
-            "{:<36} batch 1: p50 {:6.2} us  p99 {:6.2} us  mean {:6.2} us | batch {}: {:8.0} rows/s",
-            b.predictor, b.batch1_p50_us, b.batch1_p99_us, b.batch1_mean_us, b.batch, b.rows_per_second
-        );
-    }
-    let f = wgtrain::compress::bench_forward_f32(&m, 256, 1.0);
-    println!("{:<36} batch 256: {:8.0} rows/s", f.path, f.rows_per_second);
-}
