@@ -145,4 +145,11 @@ fn bad_arguments_are_explained() {
     assert!(t.contains("--batch must be at least 1"), "{t}");
     let t = text(&wgtrain(&["train", "--data", "builtin", "--lr=-1"]));
     assert!(t.contains("--lr must be a positive number"), "{t}");
+    // Checked before any device is opened, so no GPU is needed here.
+    let o = wgtrain(&["bench", "--matmul", "--device", "cpu", "--tile", "48x48"]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("no matmul tile \"48x48\"") && t.contains("16x16/k16"), "{t}");
+    let t = text(&wgtrain(&["serve", "--model", "m.safetensors", "--batcher", "fast"]));
+    assert!(t.contains("invalid value 'fast'") && t.contains("inline"), "{t}");
 }
