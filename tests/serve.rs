@@ -196,8 +196,9 @@ async fn answers_equal_in_process_predictions() {
 }
 
 /// The same with the inline batcher: forward passes as a task of the
-/// runtime instead of on an inference thread.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// runtime instead of on an inference thread, on a single-threaded runtime
+/// as `wgtrain serve` runs it.
+#[tokio::test(flavor = "current_thread")]
 async fn answers_equal_in_process_predictions_inline() {
     answers_equal_in_process_predictions_with(true).await;
 }
