@@ -11,6 +11,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
@@ -22,9 +23,18 @@ pub fn set_threads(n: usize) {
 /// Threads the CPU kernels use.
 pub fn threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => cores(),
         n => n,
     }
+}
+
+/// The cores this process may run on, asked once: on Linux
+/// `available_parallelism` reads the affinity mask and the cgroup quota
+/// files, about 30 microseconds a call, and `threads` is asked by every
+/// product and every int8 forward pass.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// Below this many multiply-adds a product runs on one thread: waking the
