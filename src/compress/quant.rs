@@ -16,7 +16,6 @@
 //! int8 (dequantized once when the model is loaded, then the f32 GEMM): the
 //! accuracy of weight-only quantization, the speed of f32.
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::Predictions;
@@ -76,7 +75,10 @@ pub struct QuantizedWeights {
 /// `round(v)` with ties to even, clamped to `-QMAX..=QMAX`, as i8.
 #[inline]
 pub fn quantize_value(v: f32, inv_scale: f32) -> i8 {
-    (v * inv_scale).round_ties_even().clamp(-QMAX, QMAX) as i8
+    // Through i32: the saturating f32 -> i32 conversion vectorizes, the
+    // f32 -> i8 one does not; the value is already within i8's range (NaN
+    // converts to 0 either way).
+    (v * inv_scale).round_ties_even().clamp(-QMAX, QMAX) as i32 as i8
 }
 
 /// Scale and its reciprocal for values whose largest magnitude is `max`
@@ -152,9 +154,15 @@ pub fn quantize_rows_i8(x: &[f32], rows: usize, inputs: usize, stride: usize, q:
     // Baseline x86-64 has no vector rounding instruction, so `round_ties_even`
     // would be a library call per value; AVX2 machines get `vroundps`.
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { quantize_rows_avx2(x, rows, inputs, stride, q, scale) };
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { vnni::quantize_rows(x, rows, inputs, stride, q, scale) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { quantize_rows_avx2(x, rows, inputs, stride, q, scale) };
+        }
     }
     quantize_rows_body(x, rows, inputs, stride, q, scale)
 }
@@ -170,7 +178,7 @@ fn quantize_rows_body(x: &[f32], rows: usize, inputs: usize, stride: usize, q: &
     for r in 0..rows {
         let src = &x[r * inputs..(r + 1) * inputs];
         let dst = &mut q[r * stride..(r + 1) * stride];
-        let max = src.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let max = max_abs(src);
         let (sc, inv) = scale_for(max);
         scale[r] = sc;
         for (d, &v) in dst.iter_mut().zip(src) {
@@ -178,6 +186,26 @@ fn quantize_rows_body(x: &[f32], rows: usize, inputs: usize, stride: usize, q: &
         }
         dst[inputs..].fill(0);
     }
+}
+
+/// The largest magnitude in `v` (0 for an empty slice; NaNs are skipped, as
+/// `f32::max` skips them). Sixteen running maxima, one per lane, so that
+/// the loop vectorizes: a single running maximum is a chain the compiler
+/// may not reorder. The result is the same in any order.
+#[inline(always)]
+fn max_abs(v: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let mut m = chunks.remainder().iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = l.max(x.abs());
+        }
+    }
+    for l in lanes {
+        m = m.max(l);
+    }
+    m
 }
 
 /// The scalar reference of [`linear_forward_i8`]: unpadded `[rows, inputs]`
@@ -488,17 +516,77 @@ mod vnni {
                 }
                 for (r, accr) in acc.iter().enumerate().take(rb) {
                     for (p, lanes) in accr.iter().enumerate().take(pb) {
-                        for (lane, &a) in lanes.iter().enumerate() {
-                            let o = (p0 + p) * 16 + lane;
-                            if o < layer.outputs {
-                                let a = a - layer.panel_correction[o];
-                                y[(r0 + r) * ys + o] =
-                                    dequantize_acc(a, xs[r0 + r], layer.scale[o], layer.bias[o], relu);
-                            }
-                        }
+                        let o0 = (p0 + p) * 16;
+                        // SAFETY: the panel's valid outputs o0.. lie inside
+                        // `scale`, `bias`, `panel_correction` and row r0 + r
+                        // of `y` (checked by the caller); lanes past
+                        // `outputs` are masked off, and masked lanes are
+                        // neither read nor written.
+                        unsafe { store_panel(layer, lanes, xs[r0 + r], o0, y, (r0 + r) * ys, relu) };
                     }
                 }
             }
+        }
+    }
+
+    /// One panel's 16 outputs of one row through the epilogue of
+    /// [`dequantize_acc`], lane by lane the same operations in the same
+    /// order (so the same bits): subtract the panel correction, convert,
+    /// multiply by `x_scale * w_scale`, add the bias, ReLU.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn store_panel(
+        layer: &PackedI8Linear,
+        lanes: &[i32; 16],
+        x_scale: f32,
+        o0: usize,
+        y: &mut [f32],
+        at: usize,
+        relu: bool,
+    ) {
+        let valid = layer.outputs.saturating_sub(o0).min(16);
+        let mask: __mmask16 = if valid == 16 { 0xffff } else { (1u16 << valid) - 1 };
+        let a = _mm512_loadu_si512(lanes.as_ptr() as *const _);
+        let corr = _mm512_maskz_loadu_epi32(mask, layer.panel_correction.as_ptr().add(o0));
+        let scale = _mm512_maskz_loadu_ps(mask, layer.scale.as_ptr().add(o0));
+        let bias = _mm512_maskz_loadu_ps(mask, layer.bias.as_ptr().add(o0));
+        let sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, corr));
+        let mut v = _mm512_add_ps(_mm512_mul_ps(sum, _mm512_mul_ps(_mm512_set1_ps(x_scale), scale)), bias);
+        if relu {
+            // max(v, 0) answers 0 for NaN, as f32::max does.
+            v = _mm512_max_ps(v, _mm512_setzero_ps());
+        }
+        _mm512_mask_storeu_ps(y.as_mut_ptr().add(at + o0), mask, v);
+    }
+
+    /// [`super::quantize_rows_body`] with the values 16 at a time: the same
+    /// scale, and the same rounding (to nearest, ties to even), clamping
+    /// and NaN-to-zero as [`super::quantize_value`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn quantize_rows(x: &[f32], rows: usize, inputs: usize, stride: usize, q: &mut [i8], scale: &mut [f32]) {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let (lo, hi) = (_mm512_set1_ps(-QMAX), _mm512_set1_ps(QMAX));
+        for r in 0..rows {
+            let src = &x[r * inputs..(r + 1) * inputs];
+            let dst = &mut q[r * stride..(r + 1) * stride];
+            let (sc, inv) = scale_for(max_abs(src));
+            scale[r] = sc;
+            let invv = _mm512_set1_ps(inv);
+            let mut i = 0;
+            while i + 16 <= inputs {
+                // SAFETY: i + 16 <= inputs = src.len() <= dst.len().
+                unsafe {
+                    let v = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), invv);
+                    let v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), v);
+                    let v = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps::<NEAREST>(v), lo), hi);
+                    let b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v));
+                    _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, b);
+                }
+                i += 16;
+            }
+            for (d, &v) in dst[i..inputs].iter_mut().zip(&src[i..]) {
+                *d = quantize_value(v, inv);
+            }
+            dst[inputs..].fill(0);
         }
     }
 
@@ -536,6 +624,13 @@ mod vnni {
     }
 }
 
+/// The output of [`Int8Mlp::logits`], shared by the parts of a team job
+/// that write disjoint rows of it.
+struct OutPtr(*mut f32);
+// SAFETY: see `Int8Mlp::logits`: each part writes its own rows, and the
+// job ends before the borrow of the output does.
+unsafe impl Sync for OutPtr {}
+
 /// A whole quantized MLP prepared for CPU inference.
 #[derive(Debug, Clone)]
 pub struct Int8Mlp {
@@ -565,20 +660,33 @@ impl Int8Mlp {
     }
 
     /// Logits of `rows` raw rows (preprocessing applied here), `[rows,
-    /// classes]`, split over the CPU threads by rows.
+    /// classes]`, split over the CPU threads by rows: one block of rows per
+    /// member of the CPU team (`crate::cpu::team`), whose threads spin
+    /// briefly between jobs instead of sleeping as a rayon pool's do.
     pub fn logits(&self, raw: &[f32], rows: usize, out: &mut [f32]) {
         let dim = self.inputs();
         let classes = self.classes();
-        let threads = crate::cpu::threads().min(rayon::current_num_threads()).max(1);
-        if threads > 1 && rows >= 16 {
-            let per = rows.div_ceil(threads).div_ceil(MR) * MR;
-            out[..rows * classes]
-                .par_chunks_mut(per * classes)
-                .zip(raw[..rows * dim].par_chunks(per * dim))
-                .for_each(|(o, x)| self.logits_serial(x, o.len() / classes, o));
-        } else {
+        assert!(raw.len() >= rows * dim && out.len() >= rows * classes);
+        if crate::cpu::threads() < 2 || rows < 16 {
             self.logits_serial(raw, rows, out);
+            return;
         }
+        let mut team = crate::cpu::team::global().lock().unwrap_or_else(|e| e.into_inner());
+        let per = rows.div_ceil(team.parts()).div_ceil(MR) * MR;
+        let outp = OutPtr(out.as_mut_ptr());
+        team.run(&|p| {
+            let outp = &outp;
+            let lo = p * per;
+            if lo >= rows {
+                return;
+            }
+            let n = per.min(rows - lo);
+            // SAFETY: part p writes rows lo..lo + n of `out` only, disjoint
+            // from every other part's, inside `out` (asserted above); `out`
+            // outlives `run`, which returns after every part.
+            let o = unsafe { std::slice::from_raw_parts_mut(outp.0.add(lo * classes), n * classes) };
+            self.logits_serial(&raw[lo * dim..(lo + n) * dim], n, o);
+        });
     }
 
     fn logits_serial(&self, raw: &[f32], rows: usize, out: &mut [f32]) {
@@ -668,6 +776,49 @@ mod tests {
     }
 
     #[test]
+    fn fast_quantization_matches_the_scalar_body_bitwise() {
+        // Ties at every rounding step (the row's max is 127 so inv_scale is
+        // 1), NaN and infinities (a row with an infinity gets scale 0),
+        // -0.0, an all-zero row, and lengths around multiples of 16.
+        let ties: Vec<f32> = (0..40).map(|i| i as f32 * 0.5 - 10.25 + 0.25).collect();
+        let mut special = pseudo(37, 3);
+        special[3] = f32::NAN;
+        special[20] = -0.0;
+        let mut inf = pseudo(33, 4);
+        inf[32] = f32::INFINITY;
+        for (name, mut row) in [
+            ("ties", ties),
+            ("nan", special),
+            ("inf", inf),
+            ("zeros", vec![0.0; 17]),
+            ("wide", pseudo(784, 5)),
+            ("short", pseudo(15, 6)),
+        ] {
+            if name == "ties" {
+                row.push(127.0);
+            }
+            let inputs = row.len();
+            let rows = 2;
+            let x: Vec<f32> = row
+                .iter()
+                .chain(row.iter().map(|v| v * -3.0).collect::<Vec<_>>().iter())
+                .copied()
+                .collect();
+            let stride = inputs + 5;
+            let (mut q, mut qs) = (vec![7i8; rows * stride], vec![0.0; rows]);
+            let (mut r, mut rs) = (vec![7i8; rows * stride], vec![0.0; rows]);
+            quantize_rows_i8(&x, rows, inputs, stride, &mut q, &mut qs);
+            quantize_rows_body(&x, rows, inputs, stride, &mut r, &mut rs);
+            assert_eq!(q, r, "{name}: values");
+            assert_eq!(
+                qs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                rs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{name}: scales"
+            );
+        }
+    }
+
+    #[test]
     fn fast_kernels_match_the_scalar_reference_bitwise() {
         // Shapes that are not multiples of the blocks or of K_ALIGN, a 1x1
         // case, and one wider than a block of outputs.
@@ -698,6 +849,35 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn split_logits_equal_serial_logits_bitwise() {
+        // Rows split over the CPU team (on a machine with 2 or more cores)
+        // against one pass on this thread, with row counts that do and do
+        // not divide evenly into blocks.
+        let layers = [
+            (QuantizedWeights::quantize(&pseudo(90 * 40, 1), 90, 40), pseudo(40, 2)),
+            (QuantizedWeights::quantize(&pseudo(40 * 7, 3), 40, 7), pseudo(7, 4)),
+        ];
+        let p = Preprocess {
+            kind: crate::data::Normalize::Scale,
+            scale: 0.5,
+            offset: 0.1,
+        };
+        let mlp = Int8Mlp::new(&layers, p);
+        for rows in [16, 37, 100] {
+            let raw = pseudo(rows * 90, 5 + rows as u32);
+            let mut split = vec![f32::NAN; rows * 7];
+            let mut serial = vec![f32::NAN; rows * 7];
+            mlp.logits(&raw, rows, &mut split);
+            mlp.logits_serial(&raw, rows, &mut serial);
+            assert_eq!(
+                split.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                serial.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "rows {rows}"
+            );
         }
     }
 

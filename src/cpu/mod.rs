@@ -2,7 +2,7 @@
 //! GPU kernel is tested against. It never touches wgpu.
 
 pub mod kernels;
-mod team;
+pub(crate) mod team;
 
 use std::sync::Arc;
 
