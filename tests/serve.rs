@@ -297,6 +297,9 @@ async fn bad_requests_get_4xx_with_a_message() {
     };
     let server = start(Box::new(CpuPredictor::new(&model(), 8)), config).await;
     let a = server.addr;
+    let mut overflow = vec!["0"; DIM];
+    overflow[5] = "1e39";
+    let overflow = format!("{{\"inputs\": [[{}]]}}", overflow.join(","));
     let cases: Vec<(Option<&str>, Vec<u8>, u16, &str)> = vec![
         (
             Some("application/json"),
@@ -306,9 +309,34 @@ async fn bad_requests_get_4xx_with_a_message() {
         ),
         (
             Some("application/json"),
-            b"{\"rows\": []}".to_vec(),
+            b"{\"inputs\": [[1]], \"inputs\": [[2]]}".to_vec(),
+            400,
+            "duplicate field `inputs`",
+        ),
+        (
+            Some("application/json"),
+            b"[[1, 2]]".to_vec(),
+            400,
+            "expected an object with `inputs`",
+        ),
+        (
+            Some("application/json"),
+            b"{\"inputs\": [[1, \"2\"]]}".to_vec(),
             400,
             "malformed JSON",
+        ),
+        // Too large for an f32.
+        (
+            Some("application/json"),
+            overflow.into_bytes(),
+            422,
+            "inputs[0][5] is not a finite number",
+        ),
+        (
+            Some("application/json"),
+            b"{\"rows\": []}".to_vec(),
+            400,
+            "unknown field `rows`, expected `inputs`",
         ),
         (Some("application/json"), b"{\"inputs\": []}".to_vec(), 400, "empty"),
         (
@@ -338,7 +366,7 @@ async fn bad_requests_get_4xx_with_a_message() {
     let ok = http(a, "POST", "/v1/predict", None, zeros.as_bytes()).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     let t = http(a, "GET", "/metrics", None, b"").await.text();
-    for code in ["400\"} 4", "413\"} 1", "415\"} 1", "422\"} 1", "200\"} 1"] {
+    for code in ["400\"} 7", "413\"} 1", "415\"} 1", "422\"} 2", "200\"} 1"] {
         assert!(
             t.contains(&format!("wgtrain_requests_total{{status=\"{code}")),
             "{code}: {t}"
