@@ -519,17 +519,13 @@ fn next_job(rx: &Receiver<Job>, spin: Duration) -> Option<Job> {
 
 /// The inference thread: gather jobs into batches and run them until the
 /// queue closes.
-fn batch_loop(mut predictor: Box<dyn Predictor>, rx: Receiver<Job>, limits: BatchLimits, metrics: &Metrics) {
+fn batch_loop(predictor: Box<dyn Predictor>, rx: Receiver<Job>, limits: BatchLimits, metrics: &Metrics) {
     let BatchLimits {
         max_batch,
         max_wait,
         idle_spin,
     } = limits;
-    let dim = predictor.inputs();
-    let classes = predictor.classes();
-    let mut features: Vec<f32> = Vec::with_capacity(max_batch * dim);
-    let mut out: Vec<f32> = Vec::with_capacity(max_batch * classes);
-    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut batch = Batch::new(predictor, max_batch);
     let mut held: Option<Job> = None;
     let take = |j: Job| {
         metrics.queue_add(-1);
@@ -549,7 +545,7 @@ fn batch_loop(mut predictor: Box<dyn Predictor>, rx: Receiver<Job>, limits: Batc
         let deadline = first.enqueued + max_wait;
         let saturated = 2 * last_rows >= max_batch;
         let mut rows = first.rows;
-        jobs.push(first);
+        batch.jobs.push(first);
         while rows < max_batch {
             let next = match rx.try_recv() {
                 Ok(j) => take(j),
@@ -573,45 +569,59 @@ fn batch_loop(mut predictor: Box<dyn Predictor>, rx: Receiver<Job>, limits: Batc
                 break;
             }
             rows += next.rows;
-            jobs.push(next);
+            batch.jobs.push(next);
         }
         last_rows = rows;
-        run_batch(predictor.as_mut(), &mut jobs, &mut features, &mut out, metrics);
+        batch.run(metrics);
     }
 }
 
-/// Run one batch of jobs through `predictor` and answer each job with its
-/// rows; `jobs` is left empty. `features` and `out` are scratch space.
-fn run_batch(
-    predictor: &mut dyn Predictor,
-    jobs: &mut Vec<Job>,
-    features: &mut Vec<f32>,
-    out: &mut Vec<f32>,
-    metrics: &Metrics,
-) {
-    let classes = predictor.classes();
-    // Clients that went away need no answer.
-    jobs.retain(|j| !j.reply.is_closed());
-    let rows: usize = jobs.iter().map(|j| j.rows).sum();
-    if rows == 0 {
-        return;
+/// The predictor and the jobs of the batch being gathered, with scratch
+/// space for their rows, shared by both batchers.
+struct Batch {
+    predictor: Box<dyn Predictor>,
+    jobs: Vec<Job>,
+    features: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl Batch {
+    fn new(predictor: Box<dyn Predictor>, max_batch: usize) -> Self {
+        Batch {
+            features: Vec::with_capacity(max_batch * predictor.inputs()),
+            out: Vec::with_capacity(max_batch * predictor.classes()),
+            jobs: Vec::with_capacity(max_batch),
+            predictor,
+        }
     }
-    features.clear();
-    for j in jobs.iter() {
-        features.extend_from_slice(&j.features);
-    }
-    out.resize(rows * classes, 0.0);
-    let result = predictor.probabilities_into(features, out);
-    metrics.batch(rows);
-    let mut at = 0;
-    for j in jobs.drain(..) {
-        let answer = match &result {
-            Ok(()) => Ok(out[at * classes..(at + j.rows) * classes].to_vec()),
-            Err(e) => Err(e.to_string()),
-        };
-        at += j.rows;
-        // A client that left meanwhile drops its receiver; nothing to do.
-        let _ = j.reply.send(answer);
+
+    /// Run the gathered jobs in one forward pass and answer each with its
+    /// rows; leaves no jobs.
+    fn run(&mut self, metrics: &Metrics) {
+        let classes = self.predictor.classes();
+        // Clients that went away need no answer.
+        self.jobs.retain(|j| !j.reply.is_closed());
+        let rows: usize = self.jobs.iter().map(|j| j.rows).sum();
+        if rows == 0 {
+            return;
+        }
+        self.features.clear();
+        for j in &self.jobs {
+            self.features.extend_from_slice(&j.features);
+        }
+        self.out.resize(rows * classes, 0.0);
+        let result = self.predictor.probabilities_into(&self.features, &mut self.out);
+        metrics.batch(rows);
+        let mut at = 0;
+        for j in self.jobs.drain(..) {
+            let answer = match &result {
+                Ok(()) => Ok(self.out[at * classes..(at + j.rows) * classes].to_vec()),
+                Err(e) => Err(e.to_string()),
+            };
+            at += j.rows;
+            // A client that left meanwhile drops its receiver; nothing to do.
+            let _ = j.reply.send(answer);
+        }
     }
 }
 
@@ -619,16 +629,12 @@ fn run_batch(
 /// oldest job, adds whatever else is queued up to `max_batch` rows, runs
 /// the batch on the runtime's thread and answers, until the queue closes.
 async fn batch_task(
-    mut predictor: Box<dyn Predictor>,
+    predictor: Box<dyn Predictor>,
     mut rx: tokio::sync::mpsc::Receiver<Job>,
     max_batch: usize,
     metrics: Arc<Metrics>,
 ) {
-    let dim = predictor.inputs();
-    let classes = predictor.classes();
-    let mut features: Vec<f32> = Vec::with_capacity(max_batch * dim);
-    let mut out: Vec<f32> = Vec::with_capacity(max_batch * classes);
-    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut batch = Batch::new(predictor, max_batch);
     let mut held: Option<Job> = None;
     loop {
         let first = match held.take() {
@@ -640,7 +646,7 @@ async fn batch_task(
         };
         metrics.queue_add(-1);
         let mut rows = first.rows;
-        jobs.push(first);
+        batch.jobs.push(first);
         while rows < max_batch {
             let Ok(next) = rx.try_recv() else { break };
             if rows + next.rows > max_batch {
@@ -649,9 +655,9 @@ async fn batch_task(
             }
             metrics.queue_add(-1);
             rows += next.rows;
-            jobs.push(next);
+            batch.jobs.push(next);
         }
-        run_batch(predictor.as_mut(), &mut jobs, &mut features, &mut out, &metrics);
+        batch.run(&metrics);
         // Let the connections answer and read more requests before the
         // next batch.
         tokio::task::yield_now().await;
