@@ -376,6 +376,38 @@ pub(crate) struct Gemm<'a> {
 }
 
 impl<'a> Gemm<'a> {
+    /// A plain product for `matmul_nn`, `matmul_nt` or `matmul_tn`:
+    /// `c[m, n] = op(a) op(b)` with `a` stored `[m, k]` (`[k, m]` for tn)
+    /// and `b` stored `[k, n]` (`[n, k]` for nt).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn plain(
+        entry: Entry,
+        a: &'a wgpu::Buffer,
+        b: &'a wgpu::Buffer,
+        c: &'a wgpu::Buffer,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Self {
+        let (a, b) = match entry {
+            Entry::MatmulNt => (Operand::rows(a, k), Operand::transposed(b, k)),
+            Entry::MatmulTn => (Operand::transposed(a, m), Operand::rows(b, n)),
+            _ => (Operand::rows(a, k), Operand::rows(b, n)),
+        };
+        Gemm {
+            entry,
+            m,
+            n,
+            k,
+            a,
+            b,
+            c,
+            aux: None,
+            relu: false,
+            bias: None,
+        }
+    }
+
     /// `y[rows, outputs] = x[rows, inputs] w[outputs, inputs]^T + bias`, ReLU when `relu`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_forward(

@@ -179,23 +179,7 @@ fn matmul(
     let kernels = ctx.kernels()?;
     let (ab, bb) = (upload_f32(ctx, "a", a)?, upload_f32(ctx, "b", b)?);
     let c = poisoned(ctx, "c", m * n)?;
-    let (a_op, b_op) = match entry {
-        Entry::MatmulNn => (Operand::rows(&ab, k), Operand::rows(&bb, n)),
-        Entry::MatmulNt => (Operand::rows(&ab, k), Operand::transposed(&bb, k)),
-        _ => (Operand::transposed(&ab, m), Operand::rows(&bb, n)),
-    };
-    let g = Gemm {
-        entry,
-        m,
-        n,
-        k,
-        a: a_op,
-        b: b_op,
-        c: &c,
-        aux: None,
-        relu: false,
-        bias: None,
-    };
+    let g = Gemm::plain(entry, &ab, &bb, &c, m, n, k);
     let step = step_buffer(ctx, 0.0)?;
     let tile = tile.unwrap_or_else(|| Tile::for_shape(m as u64, n as u64, k as u64));
     run(ctx, &kernels.gemm_tiled(ctx, entry.name(), &g, &step, tile)?)?;
@@ -231,13 +215,17 @@ pub fn matmul_with_tile(
     k: usize,
     tile: Tile,
 ) -> Result<Vec<f32>, GpuError> {
-    let entry = match variant {
-        "nn" => Entry::MatmulNn,
-        "nt" => Entry::MatmulNt,
-        "tn" => Entry::MatmulTn,
-        _ => return Err(GpuError::Other(format!("no matmul variant {variant:?} (nn, nt or tn)"))),
-    };
-    matmul(ctx, entry, a, b, m, n, k, Some(tile))
+    matmul(ctx, matmul_entry(variant)?, a, b, m, n, k, Some(tile))
+}
+
+/// The entry point of a plain product by its variant: `nn`, `nt` or `tn`.
+fn matmul_entry(variant: &str) -> Result<Entry, GpuError> {
+    match variant {
+        "nn" => Ok(Entry::MatmulNn),
+        "nt" => Ok(Entry::MatmulNt),
+        "tn" => Ok(Entry::MatmulTn),
+        _ => Err(GpuError::Other(format!("no matmul variant {variant:?} (nn, nt or tn)"))),
+    }
 }
 
 /// `y[rows, outputs] = x[rows, inputs] * w[outputs, inputs]^T + bias`, then
@@ -507,23 +495,7 @@ pub fn bench_matmul(
     let a = upload_f32(ctx, "bench a", &random(m * k))?;
     let b = upload_f32(ctx, "bench b", &random(k * n))?;
     let c = ctx.storage("bench c", 4 * (m * n) as u64)?;
-    let (entry, a_op, b_op) = match variant {
-        "nt" => (Entry::MatmulNt, Operand::rows(&a, k), Operand::transposed(&b, k)),
-        "tn" => (Entry::MatmulTn, Operand::transposed(&a, m), Operand::rows(&b, n)),
-        _ => (Entry::MatmulNn, Operand::rows(&a, k), Operand::rows(&b, n)),
-    };
-    let g = Gemm {
-        entry,
-        m,
-        n,
-        k,
-        a: a_op,
-        b: b_op,
-        c: &c,
-        aux: None,
-        relu: false,
-        bias: None,
-    };
+    let g = Gemm::plain(matmul_entry(variant)?, &a, &b, &c, m, n, k);
     let step = step_buffer(ctx, 0.0)?;
     let tile = tile.unwrap_or_else(|| Tile::for_shape(m as u64, n as u64, k as u64));
     let d = kernels.gemm_tiled(ctx, "bench matmul", &g, &step, tile)?;
