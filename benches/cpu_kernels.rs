@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
             b.iter(|| kernels::linear_forward(black_box(&x), &w1, &b1, &mut h, batch, inp, hid, true))
         });
         g.bench_function(BenchmarkId::new("weight_update 500x784", batch), |b| {
-            b.iter(|| kernels::weight_update(&mut w1m, black_box(&dy), &x, batch, inp, hid, 1e-6))
+            b.iter(|| kernels::weight_update(&mut w1m, None, black_box(&dy), &x, batch, inp, hid, 1e-6))
         });
         g.throughput(Throughput::Elements((batch * hid * out) as u64));
         g.bench_function(BenchmarkId::new("backprop_input 10->500", batch), |b| {

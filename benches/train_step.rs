@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wgtrain::backend::{steps_per_epoch, Backend};
+use wgtrain::backend::{steps_per_epoch, Backend, TrainSpec};
 use wgtrain::data::{epoch_permutation, Normalize, Preprocess};
 use wgtrain::model::Mlp;
+use wgtrain::optim::StepHyper;
 
 fn bench(c: &mut Criterion) {
     let data = Arc::new(wgtrain::bench::synthetic_mnist_like(0));
@@ -28,10 +29,10 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap();
         let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(
-            wgtrain::cpu::CpuBackend::new(model.clone(), data.clone(), batch).unwrap(),
+            wgtrain::cpu::CpuBackend::new(model.clone(), data.clone(), TrainSpec::sgd(batch)).unwrap(),
         )];
         if let Ok(Some(ctx)) = wgtrain::device::open_gpu(&wgtrain::device::DeviceChoice::Gpu) {
-            if let Ok(gpu) = wgtrain::gpu::GpuBackend::new(ctx, model, data.clone(), batch) {
+            if let Ok(gpu) = wgtrain::gpu::GpuBackend::new(ctx, model, data.clone(), TrainSpec::sgd(batch)) {
                 backends.push(Box::new(gpu));
             }
         }
@@ -42,7 +43,7 @@ fn bench(c: &mut Criterion) {
             let mut i = 0;
             g.bench_function(BenchmarkId::new(be.name(), batch), |b| {
                 b.iter(|| {
-                    be.train_steps(i % (steps - 1), 1, 0.01).unwrap();
+                    be.train_steps(i % (steps - 1), &StepHyper::constant(0.01, 1)).unwrap();
                     be.take_stats().unwrap();
                     i += 1;
                 })

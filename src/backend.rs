@@ -1,8 +1,40 @@
 //! The interface the training loop, evaluation and benchmarks use, so they
 //! run unchanged on the CPU and the GPU.
+//!
+//! The loop owns the schedule and hands each step its scalars
+//! ([`StepHyper`]); a backend owns the parameters, the optimizer's state
+//! beside them ([`Optimizer::state_slots`] buffers per tensor), and the
+//! constraints applied after each update ([`Constraint`]).
 
-use crate::error::Result;
+use crate::error::{Error, Result, Setting};
 use crate::model::Mlp;
+use crate::optim::{Constraint, Optimizer, StepHyper};
+
+/// What a backend is built to train with; fixed for its lifetime.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainSpec {
+    /// Examples per training step (at least 1).
+    pub batch: usize,
+    pub optimizer: Optimizer,
+}
+
+impl TrainSpec {
+    /// Plain SGD at `batch` examples a step.
+    pub fn sgd(batch: usize) -> Self {
+        TrainSpec {
+            batch,
+            optimizer: Optimizer::Sgd,
+        }
+    }
+
+    /// Check the values a backend relies on.
+    pub fn check(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::invalid(Setting::BatchSize, self.batch, "at least 1"));
+        }
+        Ok(())
+    }
+}
 
 /// Training loss and accuracy summed over the steps run since the last
 /// [`Backend::take_stats`].
@@ -68,9 +100,10 @@ pub trait Backend {
     /// of `0..n_train`).
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()>;
 
-    /// Run `steps` SGD steps with learning rate `lr`, starting at batch
-    /// `first` of the current epoch. Does not wait for results.
-    fn train_steps(&mut self, first: usize, steps: usize, lr: f32) -> Result<()>;
+    /// Run one step per entry of `hyper`, starting at batch `first` of the
+    /// current epoch, step `first + i` with `hyper[i]`. Does not wait for
+    /// results.
+    fn train_steps(&mut self, first: usize, hyper: &[StepHyper]) -> Result<()>;
 
     /// Loss and accuracy of the steps since the last call (waits for them).
     fn take_stats(&mut self) -> Result<StepStats>;
@@ -81,32 +114,38 @@ pub trait Backend {
     /// The current parameters (read back from the device).
     fn model(&mut self) -> Result<Mlp>;
 
-    /// Keep these weights at zero from now on: `masks[l]` has one entry per
-    /// weight of layer `l` (`[out, in]`), 1.0 to keep, 0.0 to prune. The
-    /// weights are multiplied by the masks at once and after every SGD
-    /// update, so a pruned weight stays exactly zero. `None` removes them.
-    fn set_masks(&mut self, masks: Option<&[Vec<f32>]>) -> Result<()> {
-        let _ = masks;
-        Err(crate::error::Error::Config(format!(
-            "masked (pruned) training is not supported on {}",
-            self.name()
-        )))
-    }
-}
-
-/// Check that masks match the model's weight shapes.
-pub fn check_masks(model: &Mlp, masks: &[Vec<f32>]) -> Result<()> {
-    if masks.len() != model.layers.len() || masks.iter().zip(&model.layers).any(|(m, l)| m.len() != l.weight.len()) {
-        return Err(crate::error::Error::Config(format!(
-            "masks of shapes {:?} do not match the weights of {:?}",
-            masks.iter().map(Vec::len).collect::<Vec<_>>(),
-            model.layers.iter().map(|l| l.weight.len()).collect::<Vec<_>>()
-        )));
-    }
-    Ok(())
+    /// Enforce `constraint` on the parameters at once and after every
+    /// update from now on; `None` lifts it.
+    fn set_constraint(&mut self, constraint: Option<&Constraint>) -> Result<()>;
 }
 
 /// Number of training steps in an epoch of `n` examples at batch `batch`.
 pub fn steps_per_epoch(n: usize, batch: usize) -> usize {
     n.div_ceil(batch)
+}
+
+/// Check that a run of `steps` steps from batch `first` fits in an epoch of
+/// `total` steps.
+pub fn check_steps(first: usize, steps: usize, total: usize) -> Result<()> {
+    if first + steps > total {
+        return Err(Error::Config(format!(
+            "steps {first}..{} past the epoch's {total}",
+            first + steps
+        )));
+    }
+    Ok(())
+}
+
+/// Check that an epoch order names `n` examples, each below `n`.
+pub fn check_order(order: &[u32], n: usize) -> Result<()> {
+    if order.len() != n {
+        return Err(Error::Config(format!(
+            "epoch order has {} entries for {n} training examples",
+            order.len()
+        )));
+    }
+    if let Some(&bad) = order.iter().find(|&&i| i as usize >= n) {
+        return Err(Error::Config(format!("epoch order names example {bad} of {n}")));
+    }
+    Ok(())
 }

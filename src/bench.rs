@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::backend::{steps_per_epoch, Backend};
 use crate::data::{epoch_permutation, Dataset, Split};
 use crate::error::Result;
+use crate::optim::StepHyper;
 
 /// Epoch timings of one backend at one batch size.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +51,7 @@ pub fn epoch_time(
         let order = epoch_permutation(n_train, 0, epoch);
         let t0 = Instant::now();
         backend.begin_epoch(&order)?;
-        backend.train_steps(0, steps, lr)?;
+        backend.train_steps(0, &StepHyper::constant(lr, steps))?;
         backend.take_stats()?;
         times.push(t0.elapsed().as_secs_f64() * scale);
     }

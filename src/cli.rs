@@ -9,10 +9,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use wgtrain::backend::steps_per_epoch;
+use wgtrain::backend::{steps_per_epoch, TrainSpec};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{CsvOptions, DataSource, Dataset, Normalize, Preprocess};
 use wgtrain::device::{open_backend, DeviceChoice};
+use wgtrain::error::Setting;
 use wgtrain::model::Mlp;
 use wgtrain::train::{Event, TrainConfig};
 
@@ -423,13 +424,31 @@ fn check_writable(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The flag that sets a library setting.
+pub(crate) fn flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::LearningRate => "--lr",
+        Setting::BatchSize => "--batch",
+    }
+}
+
+/// A library error, with the flag behind a refused value named first.
+pub(crate) fn flagged(e: wgtrain::Error) -> anyhow::Error {
+    match &e {
+        wgtrain::Error::Invalid { setting, .. } => {
+            let f = flag(*setting);
+            anyhow::Error::new(e).context(f)
+        }
+        _ => e.into(),
+    }
+}
+
 fn train(a: TrainArgs) -> Result<()> {
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    if !(a.lr.is_finite() && a.lr > 0.0) {
-        bail!("--lr must be a positive number, got {}", a.lr);
-    }
+    // Every value is checked before the data is read.
+    let spec = TrainSpec::sgd(a.batch);
+    spec.check().map_err(flagged)?;
+    let mut cfg = TrainConfig::constant(a.epochs.unwrap_or(0), f64::from(a.lr), a.seed, a.log_every);
+    cfg.check().map_err(flagged)?;
     if let Some(p) = &a.save {
         check_writable(p)?;
     }
@@ -437,12 +456,13 @@ fn train(a: TrainArgs) -> Result<()> {
     let hidden = parse_list("--hidden", &a.hidden, "layer width")?;
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
+    cfg.epochs = epochs;
     let preprocess = Preprocess::fit(a.normalize, &data);
     let mut sizes = vec![data.dim()];
     sizes.extend(&hidden);
     sizes.push(data.classes);
     let model = Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?;
-    let mut backend = open_backend(&a.device.device, model, data.clone(), a.batch)?;
+    let mut backend = open_backend(&a.device.device, model, data.clone(), spec)?;
     log::info!(
         "model {} ({} parameters) on {}; batch {}, lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),
@@ -463,12 +483,6 @@ fn train(a: TrainArgs) -> Result<()> {
         Some(b)
     } else {
         None
-    };
-    let cfg = TrainConfig {
-        epochs,
-        lr: a.lr,
-        seed: a.seed,
-        log_every: a.log_every,
     };
     let mut stdout = std::io::stdout();
     let mut json_err = None;
@@ -521,7 +535,7 @@ fn train(a: TrainArgs) -> Result<()> {
             None => log::info!("{line}"),
         }
     };
-    let trained = wgtrain::train::train(backend.as_mut(), &data, &cfg, &mut on_event)?;
+    let trained = wgtrain::train::train(backend.as_mut(), &data, &cfg, &mut on_event).map_err(flagged)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -556,7 +570,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     };
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let classes = model.classes();
-    let mut backend = open_backend(&a.device.device, model, data.clone(), 256)
+    let mut backend = open_backend(&a.device.device, model, data.clone(), TrainSpec::sgd(256))
         .with_context(|| format!("model {} does not fit the data", a.model.display()))?;
     let mut eval = wgtrain::train::evaluate(backend.as_mut(), &data, wgtrain::backend::SplitKind::Test)?;
     eval.confusion.resize(classes.max(eval.confusion.len()), vec![]);
@@ -661,8 +675,17 @@ fn bench(a: BenchArgs) -> Result<()> {
                     data.shape.clone(),
                 )?;
                 let mut backend: Box<dyn wgtrain::Backend> = match dev {
-                    Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(ctx.clone(), model, data.clone(), batch)?),
-                    None => Box::new(wgtrain::cpu::CpuBackend::new(model, data.clone(), batch)?),
+                    Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(
+                        ctx.clone(),
+                        model,
+                        data.clone(),
+                        TrainSpec::sgd(batch),
+                    )?),
+                    None => Box::new(wgtrain::cpu::CpuBackend::new(
+                        model,
+                        data.clone(),
+                        TrainSpec::sgd(batch),
+                    )?),
                 };
                 let t = bench::epoch_time(backend.as_mut(), data.train.len(), a.epochs, a.max_steps, 0.1)?;
                 eprintln!(

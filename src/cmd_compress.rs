@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use wgtrain::backend::SplitKind;
+use wgtrain::backend::{SplitKind, TrainSpec};
 use wgtrain::compress::prune::{apply_masks, check_sparsity};
 use wgtrain::compress::{
     self, Activations, AnyModel, CompressedMlp, CompressionInfo, ForwardBench, LayerReport, PruneConfig, Scope,
@@ -162,12 +162,10 @@ pub fn run(a: CompressArgs) -> Result<()> {
     if a.finetune_epochs > 0 && a.prune.is_none() {
         bail!("--finetune-epochs fine-tunes a pruned model: give --prune S as well");
     }
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    if !(a.lr.is_finite() && a.lr > 0.0) {
-        bail!("--lr must be a positive number, got {}", a.lr);
-    }
+    let spec = TrainSpec::sgd(a.batch);
+    spec.check().map_err(crate::cli::flagged)?;
+    let tc = TrainConfig::constant(a.finetune_epochs, f64::from(a.lr), a.seed, 0);
+    tc.check().map_err(crate::cli::flagged)?;
     check_out(&a.out, &a.model)?;
     wgtrain::cpu::set_threads(a.threads);
 
@@ -201,7 +199,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
             let masks = compress::magnitude_masks(&model, s, a.prune_scope)?;
             apply_masks(&mut model, &masks)?;
         } else {
-            let mut backend = open_backend(&a.device, model, data.clone(), a.batch)?;
+            let mut backend = open_backend(&a.device, model, data.clone(), spec)?;
             finetune_device = Some(backend.name());
             log::info!(
                 "pruning to {:.1}% ({}{}) and fine-tuning {} epochs on {}, lr {}, batch {}",
@@ -213,12 +211,6 @@ pub fn run(a: CompressArgs) -> Result<()> {
                 a.lr,
                 a.batch
             );
-            let tc = TrainConfig {
-                epochs: a.finetune_epochs,
-                lr: a.lr,
-                seed: a.seed,
-                log_every: 0,
-            };
             let mut on_event = |e: &Event| {
                 if let Event::Epoch {
                     epoch,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
+use crate::backend::TrainSpec;
 use crate::cpu::CpuBackend;
 use crate::data::Dataset;
 use crate::error::Result;
@@ -70,9 +71,14 @@ pub fn open_predictor(
 }
 
 /// Build the training backend for a device choice.
-pub fn open_backend(choice: &DeviceChoice, model: Mlp, data: Arc<Dataset>, batch: usize) -> Result<Box<dyn Backend>> {
+pub fn open_backend(
+    choice: &DeviceChoice,
+    model: Mlp,
+    data: Arc<Dataset>,
+    spec: TrainSpec,
+) -> Result<Box<dyn Backend>> {
     Ok(match open_gpu(choice)? {
-        Some(ctx) => Box::new(GpuBackend::new(ctx, model, data, batch)?),
-        None => Box::new(CpuBackend::new(model, data, batch)?),
+        Some(ctx) => Box::new(GpuBackend::new(ctx, model, data, spec)?),
+        None => Box::new(CpuBackend::new(model, data, spec)?),
     })
 }

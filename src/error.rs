@@ -109,11 +109,48 @@ pub enum Error {
     Gpu(#[from] GpuError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A configuration value out of range; the binary names the flag that
+    /// set it.
+    #[error("{} {value} is out of range: expected {expected}", setting.describe())]
+    Invalid {
+        setting: Setting,
+        value: String,
+        expected: &'static str,
+    },
     #[error(transparent)]
     Compress(#[from] CompressError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A setting of a training configuration, named in [`Error::Invalid`] so
+/// that the library speaks of values and the binary of its flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    LearningRate,
+    BatchSize,
+}
+
+impl Setting {
+    /// The setting in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Setting::LearningRate => "learning rate",
+            Setting::BatchSize => "batch size",
+        }
+    }
+}
+
+impl Error {
+    /// [`Error::Invalid`] for `setting` holding `value`.
+    pub fn invalid(setting: Setting, value: impl std::fmt::Display, expected: &'static str) -> Self {
+        Error::Invalid {
+            setting,
+            value: value.to_string(),
+            expected,
+        }
+    }
+}
 
 /// Errors from reading inputs for inference and from running it.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@ pub mod gpu;
 pub mod infer;
 pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod serve;
 pub mod train;
 

@@ -1,5 +1,6 @@
 //! The training loop, the same for every backend: epochs, seeded shuffles,
-//! log points, and evaluation after each epoch.
+//! the learning rate of each step, log points, and evaluation after each
+//! epoch.
 
 use std::time::Instant;
 
@@ -7,18 +8,42 @@ use serde::Serialize;
 
 use crate::backend::{steps_per_epoch, Backend, SplitKind};
 use crate::data::{epoch_permutation, Dataset};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::metrics::Evaluation;
 use crate::model::Mlp;
+use crate::optim::{LrSchedule, StepHyper};
 
-/// Hyper-parameters of a run.
+/// Hyper-parameters of a run. [`TrainConfig::check`] validates them, and
+/// [`train`] calls it before anything runs.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub epochs: usize,
-    pub lr: f32,
+    /// The learning rate of each step.
+    pub schedule: LrSchedule,
     pub seed: u64,
     /// Steps between training log lines (0: never).
     pub log_every: usize,
+}
+
+impl TrainConfig {
+    /// A run of `epochs` epochs at the constant learning rate `lr`.
+    pub fn constant(epochs: usize, lr: f64, seed: u64, log_every: usize) -> Self {
+        TrainConfig {
+            epochs,
+            schedule: LrSchedule::Constant { lr },
+            seed,
+            log_every,
+        }
+    }
+
+    /// Check every value the loop relies on.
+    pub fn check(&self) -> Result<()> {
+        let lr = self.schedule.peak();
+        if !(lr.is_finite() && lr > 0.0 && lr as f32 > 0.0) {
+            return Err(Error::invalid(Setting::LearningRate, lr, "a positive number"));
+        }
+        Ok(())
+    }
 }
 
 /// What the loop reports as it goes.
@@ -45,7 +70,7 @@ pub enum Event {
 }
 
 /// Extra work at chosen steps of a run (pruning's mask updates, for one).
-pub struct Schedule<'a> {
+pub struct Hooks<'a> {
     /// Added to the epoch number in the shuffles' seed, so a second run on
     /// the same model (fine-tuning) does not replay the first run's order.
     pub epoch_offset: usize,
@@ -64,25 +89,24 @@ pub fn train(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Mlp> {
     let mut none = |_: &mut dyn Backend, _: usize| Ok(());
-    let schedule = Schedule {
+    let hooks = Hooks {
         epoch_offset: 0,
         stops: &[],
         at_stop: &mut none,
     };
-    train_with(backend, data, cfg, schedule, on_event)
+    train_with(backend, data, cfg, hooks, on_event)
 }
 
-/// [`train`], with extra work at the steps `schedule` names.
+/// [`train`], with extra work at the steps `hooks` names.
 pub fn train_with(
     backend: &mut dyn Backend,
     data: &Dataset,
     cfg: &TrainConfig,
-    schedule: Schedule<'_>,
+    hooks: Hooks<'_>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Mlp> {
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        return Err(Error::Config(format!("--lr must be a positive number, got {}", cfg.lr)));
-    }
+    cfg.check()?;
+    let mut hyper: Vec<StepHyper> = Vec::new();
     let n = data.train.len();
     let steps = steps_per_epoch(n, backend.batch_size());
     let chunk = if cfg.log_every == 0 { steps } else { cfg.log_every };
@@ -90,21 +114,25 @@ pub fn train_with(
     let mut next_stop = 0;
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
-        backend.begin_epoch(&epoch_permutation(n, cfg.seed, schedule.epoch_offset + epoch))?;
+        backend.begin_epoch(&epoch_permutation(n, cfg.seed, hooks.epoch_offset + epoch))?;
         let mut epoch_stats = crate::backend::StepStats::default();
         let mut done = 0;
         while done < steps {
-            while schedule.stops.get(next_stop).is_some_and(|&s| s <= global) {
-                (schedule.at_stop)(backend, next_stop)?;
+            while hooks.stops.get(next_stop).is_some_and(|&s| s <= global) {
+                (hooks.at_stop)(backend, next_stop)?;
                 next_stop += 1;
             }
             // Run up to the next log point (counted in global steps, so the
             // points fall every `log_every` steps across epochs) or stop.
             let mut now = (chunk - global % chunk).min(steps - done);
-            if let Some(&s) = schedule.stops.get(next_stop) {
+            if let Some(&s) = hooks.stops.get(next_stop) {
                 now = now.min(s - global);
             }
-            backend.train_steps(done, now, cfg.lr)?;
+            hyper.clear();
+            hyper.extend((global..global + now).map(|s| StepHyper {
+                lr: cfg.schedule.lr_at(s) as f32,
+            }));
+            backend.train_steps(done, &hyper)?;
             done += now;
             global += now;
             if cfg.log_every > 0 && global % cfg.log_every == 0 {

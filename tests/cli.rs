@@ -142,9 +142,15 @@ fn bad_arguments_are_explained() {
     let t = text(&wgtrain(&["train", "--data", "builtin", "--hidden", "500,x"]));
     assert!(t.contains("`x` is not a positive layer width"), "{t}");
     let t = text(&wgtrain(&["train", "--data", "builtin", "--batch", "0"]));
-    assert!(t.contains("--batch must be at least 1"), "{t}");
+    assert!(
+        t.contains("--batch: batch size 0 is out of range: expected at least 1"),
+        "{t}"
+    );
     let t = text(&wgtrain(&["train", "--data", "builtin", "--lr=-1"]));
-    assert!(t.contains("--lr must be a positive number"), "{t}");
+    assert!(
+        t.contains("--lr: learning rate -1 is out of range: expected a positive number"),
+        "{t}"
+    );
     // Checked before any device is opened, so no GPU is needed here.
     let o = wgtrain(&["bench", "--matmul", "--device", "cpu", "--tile", "48x48"]);
     assert!(!o.status.success());

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use wgtrain::backend::{Backend, SplitKind};
+use wgtrain::backend::{Backend, SplitKind, TrainSpec};
 use wgtrain::compress::format::FORMAT_COMPRESSED;
 use wgtrain::compress::prune::zero_counts;
 use wgtrain::compress::{
@@ -15,6 +15,7 @@ use wgtrain::compress::{
 use wgtrain::cpu::CpuBackend;
 use wgtrain::data::{builtin, Dataset, Normalize, Preprocess};
 use wgtrain::model::Mlp;
+use wgtrain::optim::StepHyper;
 use wgtrain::train::{train, TrainConfig};
 
 fn digits() -> Arc<Dataset> {
@@ -30,13 +31,8 @@ fn trained(data: &Arc<Dataset>) -> Mlp {
         data.shape.clone(),
     )
     .unwrap();
-    let mut b = CpuBackend::new(m, data.clone(), 32).unwrap();
-    let cfg = TrainConfig {
-        epochs: 10,
-        lr: 0.1,
-        seed: 0,
-        log_every: 0,
-    };
+    let mut b = CpuBackend::new(m, data.clone(), TrainSpec::sgd(32)).unwrap();
+    let cfg = TrainConfig::constant(10, 0.1, 0, 0);
     train(&mut b, data, &cfg, &mut |_| {}).unwrap()
 }
 
@@ -51,15 +47,10 @@ fn pruned_weights_stay_exactly_zero_through_fine_tuning() {
     let data = digits();
     let base = trained(&data);
     for gradual in [false, true] {
-        let mut b = CpuBackend::new(base.clone(), data.clone(), 16).unwrap();
+        let mut b = CpuBackend::new(base.clone(), data.clone(), TrainSpec::sgd(16)).unwrap();
         let mut cfg = PruneConfig::new(0.8, Scope::Global, gradual).unwrap();
         cfg.update_every = 7; // several mask updates in 3 short epochs
-        let tc = TrainConfig {
-            epochs: 3,
-            lr: 0.1,
-            seed: 1,
-            log_every: 0,
-        };
+        let tc = TrainConfig::constant(3, 0.1, 1, 0);
         let mut epochs = 0;
         let (tuned, masks) = prune_and_finetune(&mut b, &data, &cfg, &tc, &mut |_| epochs += 1).unwrap();
         assert_eq!(epochs, 3);
@@ -85,7 +76,7 @@ fn pruned_weights_stay_exactly_zero_through_fine_tuning() {
         );
         assert!(acc > 0.8, "gradual {gradual}: accuracy {acc}");
         // Training on without new masks keeps the old ones.
-        b.train_steps(0, 3, 0.1).unwrap();
+        b.train_steps(0, &StepHyper::constant(0.1, 3)).unwrap();
         let again = b.model().unwrap();
         assert_eq!(zero_counts(&again), zero_counts(&tuned));
     }

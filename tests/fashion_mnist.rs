@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use wgtrain::backend::TrainSpec;
 use wgtrain::cpu::CpuBackend;
 use wgtrain::data::{CsvOptions, DataSource, Normalize, Preprocess, SYSTEM_FASHION_MNIST};
 use wgtrain::model::Mlp;
@@ -37,13 +38,8 @@ fn cpu_recipe_reaches_87_percent() {
         data.shape.clone(),
     )
     .unwrap();
-    let mut cpu = CpuBackend::new(model, data.clone(), 64).unwrap();
-    let cfg = TrainConfig {
-        epochs: 10,
-        lr: 0.1,
-        seed: 0,
-        log_every: 0,
-    };
+    let mut cpu = CpuBackend::new(model, data.clone(), TrainSpec::sgd(64)).unwrap();
+    let cfg = TrainConfig::constant(10, 0.1, 0, 0);
     let mut last = 0.0;
     train(&mut cpu, &data, &cfg, &mut |e| {
         if let wgtrain::train::Event::Epoch {

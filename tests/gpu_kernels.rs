@@ -321,7 +321,7 @@ fn weight_update_matches_cpu_twin() {
         for (name, input, x32, x64, c) in cases {
             let got = ops::weight_update(&ctx, &w, &dy, input, rows, inputs, outputs, lr).unwrap();
             let mut twin = w.clone();
-            cpu::weight_update(&mut twin, &dy, x32, rows, inputs, outputs, lr);
+            cpu::weight_update(&mut twin, None, &dy, x32, rows, inputs, outputs, lr);
             let mut r = vec![0.0; outputs * inputs];
             let mut bound = vec![0.0; outputs * inputs];
             for i in 0..outputs {
@@ -378,8 +378,7 @@ fn fused_sgd_update_matches_cpu_twins() {
             };
             let (gw, gb) = ops::sgd_update(&ctx, &w, &b, m, &dy, input, rows, inputs, outputs, lr).unwrap();
             let (mut tw, mut tb) = (w.clone(), b.clone());
-            cpu::weight_update(&mut tw, &dy, &g.x32, rows, inputs, outputs, lr);
-            cpu::bias_update(&mut tb, &dy, rows, outputs, lr);
+            cpu::weight_update(&mut tw, Some(&mut tb), &dy, &g.x32, rows, inputs, outputs, lr);
             if let Some(m) = m {
                 cpu::apply_mask(&mut tw, m);
             }

@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use wgtrain::backend::Backend;
+use wgtrain::backend::{Backend, TrainSpec};
 use wgtrain::cpu::{predict_rows, CpuBackend};
 use wgtrain::data::{Dataset, Preprocess, Split};
 use wgtrain::model::Mlp;
+use wgtrain::optim::StepHyper;
 
 fn tiny_data(n: usize, dim: usize, classes: usize) -> Dataset {
     // A deterministic pseudo-random pattern; no RNG needed.
@@ -36,26 +37,23 @@ fn gradients_match_finite_differences() {
     let data = Arc::new(tiny_data(n, dim, classes));
     let model = Mlp::new(&[dim, 6, 5, classes], 42, Preprocess::identity(), vec![dim]).unwrap();
 
-    // One SGD step with lr = 1 over the whole set (one batch) leaves
-    // `old - new` equal to the gradient of the mean loss.
-    let mut cpu = CpuBackend::new(model.clone(), data.clone(), n).unwrap();
+    // The whole set is one batch, so the backend's gradient of that batch
+    // is the gradient of the mean loss over the set.
+    let mut cpu = CpuBackend::new(model.clone(), data.clone(), TrainSpec::sgd(n)).unwrap();
     cpu.begin_epoch(&(0..n as u32).collect::<Vec<_>>()).unwrap();
-    cpu.train_steps(0, 1, 1.0).unwrap();
-    let stepped = cpu.model().unwrap();
+    let grads = cpu.gradients(0).unwrap();
+    assert_eq!(
+        cpu.model().unwrap(),
+        model,
+        "computing gradients changed the parameters"
+    );
 
     let eps = 1e-3f32;
     let mut worst = 0.0f64;
-    for l in 0..model.layers.len() {
-        for (which, len) in [(0, model.layers[l].weight.len()), (1, model.layers[l].bias.len())] {
-            for i in 0..len {
-                let get = |m: &Mlp| {
-                    if which == 0 {
-                        m.layers[l].weight[i]
-                    } else {
-                        m.layers[l].bias[i]
-                    }
-                };
-                let analytic = (get(&model) - get(&stepped)) as f64;
+    for (l, (gw, gb)) in grads.iter().enumerate() {
+        for (which, grad) in [(0, gw), (1, gb)] {
+            for (i, &g) in grad.iter().enumerate() {
+                let analytic = g as f64;
                 let mut plus = model.clone();
                 let mut minus = model.clone();
                 let (p, m) = if which == 0 {
@@ -80,4 +78,29 @@ fn gradients_match_finite_differences() {
         }
     }
     eprintln!("largest |analytic - numeric| = {worst:e}");
+}
+
+#[test]
+fn an_sgd_step_moves_each_parameter_by_lr_times_its_gradient() {
+    let (n, dim, classes) = (13, 7, 4);
+    let data = Arc::new(tiny_data(n, dim, classes));
+    let model = Mlp::new(&[dim, 6, 5, classes], 7, Preprocess::identity(), vec![dim]).unwrap();
+    let mut cpu = CpuBackend::new(model.clone(), data.clone(), TrainSpec::sgd(n)).unwrap();
+    cpu.begin_epoch(&(0..n as u32).collect::<Vec<_>>()).unwrap();
+    let grads = cpu.gradients(0).unwrap();
+    let lr = 0.5f32;
+    cpu.train_steps(0, &StepHyper::constant(lr, 1)).unwrap();
+    let stepped = cpu.model().unwrap();
+    for (l, (g, (before, after))) in grads.iter().zip(model.layers.iter().zip(&stepped.layers)).enumerate() {
+        let pairs = [(&g.0, &before.weight, &after.weight), (&g.1, &before.bias, &after.bias)];
+        for (grad, b, a) in pairs {
+            for i in 0..grad.len() {
+                // One rounding of lr * g and one of the subtraction: within
+                // a few ulps of the larger operand.
+                let want = b[i] - lr * grad[i];
+                let tol = 4.0 * f32::EPSILON * (b[i].abs() + (lr * grad[i]).abs()) + 1e-12;
+                assert!((a[i] - want).abs() <= tol, "layer {l} [{i}]: {} vs {want}", a[i]);
+            }
+        }
+    }
 }

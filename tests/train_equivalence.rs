@@ -15,10 +15,11 @@ mod common;
 
 use std::sync::Arc;
 
-use wgtrain::backend::{steps_per_epoch, Backend, SplitKind, StepStats};
+use wgtrain::backend::{steps_per_epoch, Backend, SplitKind, StepStats, TrainSpec};
 use wgtrain::cpu::CpuBackend;
 use wgtrain::data::{epoch_permutation, CsvOptions, DataSource, Dataset, Normalize, Preprocess, Split};
 use wgtrain::gpu::GpuBackend;
+use wgtrain::optim::{Constraint, StepHyper};
 use wgtrain::Mlp;
 
 const SEED: u64 = 7;
@@ -69,7 +70,7 @@ fn per_step_losses(b: &mut dyn Backend, n: usize, steps: usize, lr: f32) -> Vec<
         if step == 0 {
             b.begin_epoch(&epoch_permutation(n, SEED, epoch + 1)).unwrap();
         }
-        b.train_steps(step, 1, lr).unwrap();
+        b.train_steps(step, &StepHyper::constant(lr, 1)).unwrap();
         out.push(b.take_stats().unwrap());
     }
     out
@@ -118,8 +119,8 @@ fn digits_per_step_losses_and_weights_match_cpu() {
     // The epoch ends in a partial batch, within the 50 compared steps.
     assert!(!n.is_multiple_of(batch) && spe < 50, "{n} examples, batch {batch}");
     let m = model(&data, &[48], Normalize::Scale);
-    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), batch).unwrap();
-    let mut cpu = CpuBackend::new(m, data.clone(), batch).unwrap();
+    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), TrainSpec::sgd(batch)).unwrap();
+    let mut cpu = CpuBackend::new(m, data.clone(), TrainSpec::sgd(batch)).unwrap();
 
     let g = per_step_losses(&mut gpu, n, 50, lr);
     let c = per_step_losses(&mut cpu, n, 50, lr);
@@ -135,7 +136,7 @@ fn digits_per_step_losses_and_weights_match_cpu() {
     for epoch in 3..8 {
         for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
             b.begin_epoch(&epoch_permutation(n, SEED, epoch)).unwrap();
-            b.train_steps(0, spe, lr).unwrap();
+            b.train_steps(0, &StepHyper::constant(lr, spe)).unwrap();
         }
         let (gs, cs) = (gpu.take_stats().unwrap(), cpu.take_stats().unwrap());
         assert_eq!((gs.examples, gs.steps), (cs.examples, cs.steps));
@@ -202,8 +203,8 @@ fn deeper_f32_model_matches_cpu() {
     let n = data.train.len();
     assert!(!data.is_u8());
     let m = model(&data, &[33, 17], Normalize::Standardize);
-    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), batch).unwrap();
-    let mut cpu = CpuBackend::new(m, data.clone(), batch).unwrap();
+    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), TrainSpec::sgd(batch)).unwrap();
+    let mut cpu = CpuBackend::new(m, data.clone(), TrainSpec::sgd(batch)).unwrap();
     // linear_forward x3, softmax_xent, backprop_input x2, weight_update x3.
     assert_eq!(gpu.dispatches_per_step(), 9);
     let g = per_step_losses(&mut gpu, n, 40, lr);
@@ -238,10 +239,10 @@ fn masked_training_matches_cpu() {
             r.iter().map(|v| (*v > -0.2) as u8 as f32).collect()
         })
         .collect();
-    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), batch).unwrap();
-    let mut cpu = CpuBackend::new(m, data.clone(), batch).unwrap();
+    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), TrainSpec::sgd(batch)).unwrap();
+    let mut cpu = CpuBackend::new(m, data.clone(), TrainSpec::sgd(batch)).unwrap();
     for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
-        b.set_masks(Some(&masks)).unwrap();
+        b.set_constraint(Some(&Constraint::Mask(masks.clone()))).unwrap();
     }
     let g = per_step_losses(&mut gpu, n, 20, lr);
     let c = per_step_losses(&mut cpu, n, 20, lr);
@@ -255,9 +256,9 @@ fn masked_training_matches_cpu() {
     }
     assert!(max_weight_difference(&gm, &cpu.model().unwrap()) < 1e-4);
     // Removing the masks lets every weight train again.
-    gpu.set_masks(None).unwrap();
+    gpu.set_constraint(None).unwrap();
     gpu.begin_epoch(&epoch_permutation(n, SEED, 9)).unwrap();
-    gpu.train_steps(0, 2, lr).unwrap();
+    gpu.train_steps(0, &StepHyper::constant(lr, 2)).unwrap();
     let after = gpu.model().unwrap();
     let zero_before = gm.layers[0].weight.iter().filter(|w| **w == 0.0).count();
     let zero_after = after.layers[0].weight.iter().filter(|w| **w == 0.0).count();
@@ -265,7 +266,11 @@ fn masked_training_matches_cpu() {
         zero_after < zero_before / 10,
         "{zero_after} of {zero_before} still zero"
     );
-    assert!(gpu.set_masks(Some(&masks[..1])).is_err(), "wrong number of masks");
+    assert!(
+        gpu.set_constraint(Some(&Constraint::Mask(masks[..1].to_vec())))
+            .is_err(),
+        "wrong number of masks"
+    );
 }
 
 #[test]
@@ -273,10 +278,16 @@ fn misuse_is_an_error() {
     let Some(ctx) = common::gpu() else { return };
     let data = synthetic(40, 10, 6, 3);
     let m = model(&data, &[5], Normalize::Scale);
-    let mut gpu = GpuBackend::new(ctx.clone(), m.clone(), data.clone(), 8).unwrap();
-    assert!(gpu.train_steps(0, 1, 0.1).is_err(), "before begin_epoch");
+    let mut gpu = GpuBackend::new(ctx.clone(), m.clone(), data.clone(), TrainSpec::sgd(8)).unwrap();
+    assert!(
+        gpu.train_steps(0, &StepHyper::constant(0.1, 1)).is_err(),
+        "before begin_epoch"
+    );
     assert!(gpu.begin_epoch(&[0, 1, 2]).is_err(), "short order");
     gpu.begin_epoch(&epoch_permutation(40, 1, 1)).unwrap();
-    assert!(gpu.train_steps(4, 2, 0.1).is_err(), "past the epoch");
-    assert!(GpuBackend::new(ctx, m, data, 0).is_err(), "batch 0");
+    assert!(
+        gpu.train_steps(4, &StepHyper::constant(0.1, 2)).is_err(),
+        "past the epoch"
+    );
+    assert!(GpuBackend::new(ctx, m, data, TrainSpec::sgd(0)).is_err(), "batch 0");
 }

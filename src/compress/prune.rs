@@ -4,7 +4,7 @@
 //! and Gupta (2017, "To prune, or not to prune").
 //!
 //! Biases are never pruned. A mask is one `f32` per weight (1.0 keep, 0.0
-//! prune), the form [`Backend::set_masks`] takes.
+//! prune), the form [`Constraint::Mask`] holds.
 
 use serde::Serialize;
 
@@ -12,7 +12,8 @@ use crate::backend::{steps_per_epoch, Backend};
 use crate::data::Dataset;
 use crate::error::{CompressError, Error, Result};
 use crate::model::Mlp;
-use crate::train::{train_with, Event, Schedule, TrainConfig};
+use crate::optim::Constraint;
+use crate::train::{train_with, Event, Hooks, TrainConfig};
 
 /// The largest sparsity accepted: at 0.99 a 784-500-10 MLP keeps about
 /// 4,000 weights, below that layers start to lose whole rows.
@@ -116,11 +117,7 @@ fn prune_smallest(weights: &[&[f32]], k: usize) -> Vec<Vec<f32>> {
 
 /// Multiply each layer's weights by its mask.
 pub fn apply_masks(model: &mut Mlp, masks: &[Vec<f32>]) -> Result<()> {
-    crate::backend::check_masks(model, masks)?;
-    for (l, m) in model.layers.iter_mut().zip(masks) {
-        crate::cpu::kernels::apply_mask(&mut l.weight, m);
-    }
-    Ok(())
+    Constraint::Mask(masks.to_vec()).apply_to(model)
 }
 
 /// The cubic schedule of Zhu and Gupta: the sparsity after `step` of
@@ -196,8 +193,7 @@ pub fn zero_counts(model: &Mlp) -> Vec<usize> {
 }
 
 /// Prune the backend's current model and fine-tune it for `train.epochs`
-/// epochs with the masks held by [`Backend::set_masks`] (so the backend
-/// must support masked updates), recomputing the masks from the current
+/// epochs with the masks held by [`Backend::set_constraint`], recomputing the masks from the current
 /// weights at each of [`PruneConfig::mask_updates`]. Emits the same events
 /// as [`crate::train::train`] and returns the fine-tuned model with its
 /// final masks. The epoch shuffles use `train.seed`, offset so they differ
@@ -209,12 +205,7 @@ pub fn prune_and_finetune(
     train: &TrainConfig,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(Mlp, Vec<Vec<f32>>)> {
-    if !(train.lr.is_finite() && train.lr > 0.0) {
-        return Err(Error::Config(format!(
-            "--lr must be a positive number, got {}",
-            train.lr
-        )));
-    }
+    train.check()?;
     let n = data.train.len();
     let steps = steps_per_epoch(n, backend.batch_size());
     let total = steps * train.epochs;
@@ -223,7 +214,7 @@ pub fn prune_and_finetune(
     let update_masks = |backend: &mut dyn Backend, s: f64, masks: &mut Vec<Vec<f32>>| -> Result<()> {
         let model = backend.model()?;
         *masks = magnitude_masks(&model, s, prune.scope)?;
-        backend.set_masks(Some(masks))?;
+        backend.set_constraint(Some(&Constraint::Mask(masks.clone())))?;
         log::debug!("masks set to sparsity {s:.4}");
         Ok(())
     };
@@ -233,13 +224,13 @@ pub fn prune_and_finetune(
     }
     let stops: Vec<usize> = updates.iter().map(|u| u.0).collect();
     let mut at_stop = |backend: &mut dyn Backend, i: usize| update_masks(backend, updates[i].1, &mut masks);
-    let schedule = Schedule {
+    let hooks = Hooks {
         // Fine-tuning must not replay the base run's first shuffles.
         epoch_offset: 1_000_000,
         stops: &stops,
         at_stop: &mut at_stop,
     };
-    train_with(backend, data, train, schedule, on_event)?;
+    train_with(backend, data, train, hooks, on_event)?;
     let model = backend.model()?;
     // The invariant masked training promises; cheap to check once.
     for (l, (layer, mask)) in model.layers.iter().zip(&masks).enumerate() {

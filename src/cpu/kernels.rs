@@ -356,10 +356,25 @@ pub fn backprop_input(dy: &[f32], w: &[f32], x: &[f32], dx: &mut [f32], rows: us
     }
 }
 
-/// SGD on a weight matrix, fused with its gradient:
-/// `w[out, in] -= lr * dy[rows, out]^T * x[rows, in]`.
-pub fn weight_update(w: &mut [f32], dy: &[f32], x: &[f32], rows: usize, inputs: usize, outputs: usize, lr: f32) {
+/// SGD on a layer, fused with its gradient:
+/// `w[out, in] -= lr * dy[rows, out]^T * x[rows, in]`, and with `bias`,
+/// `bias[out] -= lr * sum over rows of dy[rows, out]`. The GPU twin computes
+/// both in one product (the bias as an extra column of `x` holding ones).
+#[allow(clippy::too_many_arguments)]
+pub fn weight_update(
+    w: &mut [f32],
+    bias: Option<&mut [f32]>,
+    dy: &[f32],
+    x: &[f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    lr: f32,
+) {
     gemm(outputs, inputs, rows, dy, true, x, false, w, 1.0, -lr, true);
+    if let Some(b) = bias {
+        bias_update(b, dy, rows, outputs, lr);
+    }
 }
 
 /// SGD on a bias: `b[out] -= lr * sum over rows of dy[rows, out]`.

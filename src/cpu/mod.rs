@@ -6,10 +6,13 @@ pub(crate) mod team;
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, Predictions, SplitKind, StepStats};
+use crate::backend::{
+    check_order, check_steps, steps_per_epoch, Backend, Predictions, SplitKind, StepStats, TrainSpec,
+};
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::Mlp;
+use crate::optim::{Constraint, Optimizer, StepHyper};
 
 pub use kernels::{set_threads, threads};
 
@@ -33,16 +36,16 @@ pub struct CpuBackend {
     grads: Vec<Vec<f32>>,
     labels: Vec<u32>,
     stats: StepStats,
-    /// Pruning masks, one per layer, applied after every update.
-    masks: Option<Vec<Vec<f32>>>,
+    optimizer: Optimizer,
+    /// Enforced after every update.
+    constraint: Option<Constraint>,
 }
 
 impl CpuBackend {
-    pub fn new(model: Mlp, data: Arc<Dataset>, batch: usize) -> Result<Self> {
+    pub fn new(model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
         check_fit(&model, &data)?;
-        if batch == 0 {
-            return Err(Error::Config("--batch must be at least 1".into()));
-        }
+        spec.check()?;
+        let batch = spec.batch;
         let sizes = model.sizes();
         let acts = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
         let grads = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
@@ -58,12 +61,15 @@ impl CpuBackend {
             grads,
             labels: vec![0; batch],
             stats: StepStats::default(),
-            masks: None,
+            optimizer: spec.optimizer,
+            constraint: None,
             train_u8,
         })
     }
 
-    fn step(&mut self, index: usize, lr: f32) {
+    /// Gather batch `index` of the epoch into `acts[0]` (preprocessed) and
+    /// its labels into `labels`; returns its rows.
+    fn load_batch(&mut self, index: usize) -> usize {
         let n = self.order.len();
         let start = index * self.batch;
         let rows = self.batch.min(n - start);
@@ -84,6 +90,53 @@ impl CpuBackend {
         for (r, &i) in idx.iter().enumerate() {
             self.labels[r] = self.data.train.labels[i as usize];
         }
+        rows
+    }
+
+    /// The gradient of batch `index`'s mean loss with respect to every
+    /// parameter at the current values, `(weight, bias)` per layer in the
+    /// layers' layouts; nothing is updated. Where a step's update cannot be
+    /// fused into the gradient product (a replica's gradients, clipping),
+    /// this is the gradient it needs.
+    pub fn gradients(&mut self, index: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        check_steps(index, 1, steps_per_epoch(self.order.len(), self.batch))?;
+        let rows = self.load_batch(index);
+        forward(&self.model, &mut self.acts, rows);
+        let nl = self.model.layers.len();
+        let classes = self.model.classes();
+        kernels::softmax_xent(&self.acts[nl], &self.labels, &mut self.grads[nl], rows, classes);
+        let mut out = Vec::with_capacity(nl);
+        for l in (0..nl).rev() {
+            let layer = &self.model.layers[l];
+            let (lo, hi) = self.grads.split_at_mut(l + 1);
+            let dy = &hi[0];
+            if l > 0 {
+                kernels::backprop_input(
+                    dy,
+                    &layer.weight,
+                    &self.acts[l],
+                    &mut lo[l],
+                    rows,
+                    layer.inputs,
+                    layer.outputs,
+                );
+            }
+            let mut gw = vec![0.0; layer.weight.len()];
+            kernels::matmul_tn(dy, &self.acts[l], &mut gw, layer.outputs, layer.inputs, rows);
+            let mut gb = vec![0.0; layer.outputs];
+            for row in dy[..rows * layer.outputs].chunks_exact(layer.outputs) {
+                for (b, &g) in gb.iter_mut().zip(row) {
+                    *b += g;
+                }
+            }
+            out.push((gw, gb));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn step(&mut self, index: usize, hyper: StepHyper) {
+        let rows = self.load_batch(index);
         forward(&self.model, &mut self.acts, rows);
         let nl = self.model.layers.len();
         let classes = self.model.classes();
@@ -104,17 +157,19 @@ impl CpuBackend {
                     layer.outputs,
                 );
             }
-            kernels::weight_update(
-                &mut layer.weight,
-                dy,
-                &self.acts[l],
-                rows,
-                layer.inputs,
-                layer.outputs,
-                lr,
-            );
-            kernels::bias_update(&mut layer.bias, dy, rows, layer.outputs, lr);
-            if let Some(masks) = &self.masks {
+            match self.optimizer {
+                Optimizer::Sgd => kernels::weight_update(
+                    &mut layer.weight,
+                    Some(&mut layer.bias),
+                    dy,
+                    &self.acts[l],
+                    rows,
+                    layer.inputs,
+                    layer.outputs,
+                    hyper.lr,
+                ),
+            }
+            if let Some(Constraint::Mask(masks)) = &self.constraint {
                 kernels::apply_mask(&mut layer.weight, &masks[l]);
             }
         }
@@ -181,28 +236,16 @@ impl Backend for CpuBackend {
     }
 
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
-        if order.len() != self.data.train.len() {
-            return Err(Error::Config(format!(
-                "epoch order has {} entries for {} training examples",
-                order.len(),
-                self.data.train.len()
-            )));
-        }
+        check_order(order, self.data.train.len())?;
         self.order.clear();
         self.order.extend_from_slice(order);
         Ok(())
     }
 
-    fn train_steps(&mut self, first: usize, steps: usize, lr: f32) -> Result<()> {
-        let total = crate::backend::steps_per_epoch(self.order.len(), self.batch);
-        if first + steps > total {
-            return Err(Error::Config(format!(
-                "steps {first}..{} past the epoch's {total}",
-                first + steps
-            )));
-        }
-        for i in first..first + steps {
-            self.step(i, lr);
+    fn train_steps(&mut self, first: usize, hyper: &[StepHyper]) -> Result<()> {
+        check_steps(first, hyper.len(), steps_per_epoch(self.order.len(), self.batch))?;
+        for (i, &h) in hyper.iter().enumerate() {
+            self.step(first + i, h);
         }
         Ok(())
     }
@@ -223,14 +266,18 @@ impl Backend for CpuBackend {
         Ok(self.model.clone())
     }
 
-    fn set_masks(&mut self, masks: Option<&[Vec<f32>]>) -> Result<()> {
-        if let Some(m) = masks {
-            crate::backend::check_masks(&self.model, m)?;
-            for (layer, mask) in self.model.layers.iter_mut().zip(m) {
-                kernels::apply_mask(&mut layer.weight, mask);
+    fn set_constraint(&mut self, constraint: Option<&Constraint>) -> Result<()> {
+        if let Some(c) = constraint {
+            c.check(&self.model.layers.iter().map(|l| l.weight.len()).collect::<Vec<_>>())?;
+            match c {
+                Constraint::Mask(masks) => {
+                    for (layer, mask) in self.model.layers.iter_mut().zip(masks) {
+                        kernels::apply_mask(&mut layer.weight, mask);
+                    }
+                }
             }
         }
-        self.masks = masks.map(<[_]>::to_vec);
+        self.constraint = constraint.cloned();
         Ok(())
     }
 }

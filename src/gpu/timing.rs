@@ -20,10 +20,11 @@ use serde::Serialize;
 
 use super::context::GpuContext;
 use super::trainer::GpuBackend;
-use crate::backend::Backend;
+use crate::backend::{Backend, TrainSpec};
 use crate::data::{Dataset, Normalize, Preprocess, Split};
 use crate::error::{Error, GpuError};
 use crate::model::Mlp;
+use crate::optim::StepHyper;
 
 /// Time of one kernel of the training step, over every step timed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -97,11 +98,13 @@ pub fn kernel_times(
             labels: split.labels[..1].to_vec(),
         },
     });
-    let mut backend = GpuBackend::new(ctx.clone(), model, data, batch).map_err(gpu_error)?;
+    let mut backend = GpuBackend::new(ctx.clone(), model, data, TrainSpec::sgd(batch)).map_err(gpu_error)?;
     let order: Vec<u32> = (0..n as u32).collect();
     backend.begin_epoch(&order).map_err(gpu_error)?;
     // Warm-up: first-use costs (pipeline compilation, memory residency).
-    backend.train_steps(0, 1, 0.01).map_err(gpu_error)?;
+    backend
+        .train_steps(0, &StepHyper::constant(0.01, 1))
+        .map_err(gpu_error)?;
     backend.take_stats().map_err(gpu_error)?;
 
     let queries = 2 * dispatches * steps;

@@ -27,10 +27,13 @@ use std::sync::Arc;
 
 use super::context::GpuContext;
 use super::kernels::{DataSource, Dispatch, Entry, Gemm, Kernels, Operand, StepParams, STEP_BYTES};
-use crate::backend::{steps_per_epoch, Backend, Predictions, SplitKind, StepStats};
+use crate::backend::{
+    check_order, check_steps, steps_per_epoch, Backend, Predictions, SplitKind, StepStats, TrainSpec,
+};
 use crate::data::{Dataset, Preprocess, Split};
 use crate::error::{Error, GpuError, Result};
 use crate::model::{Linear, Mlp};
+use crate::optim::{Constraint, Optimizer, StepHyper};
 
 /// Steps recorded per command buffer: enough that submission overhead
 /// vanishes, few enough that the GPU starts while later steps are encoded.
@@ -132,7 +135,7 @@ pub struct GpuBackend {
     n_train: usize,
     /// `(weight, bias)` per layer.
     params: Vec<(wgpu::Buffer, wgpu::Buffer)>,
-    /// Pruning masks, one per layer, when set (see [`Backend::set_masks`]).
+    /// Pruning masks, one per layer, when set (see [`Backend::set_constraint`]).
     masks: Option<Vec<wgpu::Buffer>>,
     /// `acts[l]`: output of layer `l`; `grads[l]`: its gradient.
     acts: Vec<wgpu::Buffer>,
@@ -176,11 +179,11 @@ struct Buffers<'a> {
 
 impl GpuBackend {
     /// Upload the model and both splits, and build every dispatch.
-    pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, batch: usize) -> Result<Self> {
+    pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
         crate::cpu::check_fit(&model, &data)?;
-        if batch == 0 {
-            return Err(Error::Config("--batch must be at least 1".into()));
-        }
+        spec.check()?;
+        let Optimizer::Sgd = spec.optimizer;
+        let batch = spec.batch;
         let device = &ctx.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -500,17 +503,18 @@ impl GpuBackend {
 
     /// Record and submit steps `first..first + count` of the epoch into
     /// stats slots `pending..pending + count`.
-    fn submit_steps(&mut self, first: usize, count: usize, lr: f32) -> Result<(), GpuError> {
+    fn submit_steps(&mut self, first: usize, hyper: &[StepHyper]) -> Result<(), GpuError> {
+        let count = hyper.len();
         let kernels = self.ctx.kernels()?;
         let stride = kernels.step_stride as usize;
         let total = steps_per_epoch(self.n_train, self.batch);
         self.step_bytes.clear();
         self.step_bytes.resize(count * stride, 0);
-        for s in 0..count {
+        for (s, h) in hyper.iter().enumerate() {
             let p = StepParams {
                 index_off: ((first + s) * self.batch) as u32,
                 slot: (self.pending + s) as u32,
-                lr,
+                lr: h.lr,
                 pad: 0,
             };
             self.step_bytes[s * stride..s * stride + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
@@ -626,19 +630,7 @@ impl Backend for GpuBackend {
     }
 
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
-        if order.len() != self.n_train {
-            return Err(Error::Config(format!(
-                "epoch order has {} entries for {} training examples",
-                order.len(),
-                self.n_train
-            )));
-        }
-        if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.n_train) {
-            return Err(Error::Config(format!(
-                "epoch order names example {bad} of {}",
-                self.n_train
-            )));
-        }
+        check_order(order, self.n_train)?;
         // Ordered after the steps already submitted, which still read the
         // previous permutation.
         self.ctx.queue.write_buffer(&self.perm, 0, bytemuck::cast_slice(order));
@@ -646,24 +638,20 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    fn train_steps(&mut self, first: usize, steps: usize, lr: f32) -> Result<()> {
+    fn train_steps(&mut self, first: usize, hyper: &[StepHyper]) -> Result<()> {
         if !self.epoch_started {
             return Err(Error::Config("train_steps called before begin_epoch".into()));
         }
-        let total = steps_per_epoch(self.n_train, self.batch);
-        if first + steps > total {
-            return Err(Error::Config(format!(
-                "steps {first}..{} past the epoch's {total}",
-                first + steps
-            )));
-        }
+        check_steps(first, hyper.len(), steps_per_epoch(self.n_train, self.batch))?;
         let mut done = 0;
-        while done < steps {
+        while done < hyper.len() {
             if self.pending == self.slots {
                 self.drain_stats()?;
             }
-            let count = (steps - done).min(self.slots - self.pending).min(STEPS_PER_SUBMIT);
-            self.submit_steps(first + done, count, lr)?;
+            let count = (hyper.len() - done)
+                .min(self.slots - self.pending)
+                .min(STEPS_PER_SUBMIT);
+            self.submit_steps(first + done, &hyper[done..done + count])?;
             done += count;
         }
         Ok(())
@@ -674,20 +662,16 @@ impl Backend for GpuBackend {
         Ok(std::mem::take(&mut self.host_stats))
     }
 
-    fn set_masks(&mut self, masks: Option<&[Vec<f32>]>) -> Result<()> {
-        let Some(masks) = masks else {
+    fn set_constraint(&mut self, constraint: Option<&Constraint>) -> Result<()> {
+        let shapes: Vec<usize> = self.sizes.windows(2).map(|s| s[0] * s[1]).collect();
+        if let Some(c) = constraint {
+            c.check(&shapes)?;
+        }
+        let Some(Constraint::Mask(masks)) = constraint else {
             self.masks = None;
             self.build_train_plans()?;
             return Ok(());
         };
-        let shapes: Vec<usize> = self.sizes.windows(2).map(|s| s[0] * s[1]).collect();
-        if masks.len() != shapes.len() || masks.iter().zip(&shapes).any(|(m, &n)| m.len() != n) {
-            return Err(Error::Config(format!(
-                "masks of shapes {:?} do not match the weights of {:?}",
-                masks.iter().map(Vec::len).collect::<Vec<_>>(),
-                shapes
-            )));
-        }
         let ctx = self.ctx.clone();
         let kernels = ctx.kernels()?;
         // Reuse the mask buffers when there are some: only their contents change.
