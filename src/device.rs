@@ -24,15 +24,22 @@ pub enum DeviceChoice {
     Named(String),
 }
 
-impl std::str::FromStr for DeviceChoice {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.to_ascii_lowercase().as_str() {
+impl From<&str> for DeviceChoice {
+    /// `auto`, `cpu` and `gpu` (any case); anything else names an adapter.
+    fn from(s: &str) -> Self {
+        match s.to_ascii_lowercase().as_str() {
             "auto" => DeviceChoice::Auto,
             "cpu" => DeviceChoice::Cpu,
             "gpu" => DeviceChoice::Gpu,
             _ => DeviceChoice::Named(s.to_string()),
-        })
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(DeviceChoice::from(s))
     }
 }
 

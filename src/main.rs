@@ -1,8 +1,6 @@
 //! The `wgtrain` command line: parses arguments and hands over to `cli`.
 
 mod cli;
-mod cmd_compress;
-mod cmd_infer;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,5 @@
 //! `wgtrain compress`: prune and/or quantize a trained model, report sizes
-//! and accuracies, and write the compressed model; and the evaluation of a
-//! compressed model for `wgtrain eval`.
+//! and accuracies, and write the compressed model.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,12 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use super::args::{load_data, DataArgs};
+use super::flagged;
 use wgtrain::backend::{SplitKind, TrainSpec};
 use wgtrain::compress::prune::{apply_masks, check_sparsity};
 use wgtrain::compress::{
     self, Activations, AnyModel, CompressedMlp, CompressionInfo, ForwardBench, LayerReport, PruneConfig, Scope,
 };
-use wgtrain::data::Dataset;
 use wgtrain::device::{open_backend, DeviceChoice};
 use wgtrain::error::CompressError;
 use wgtrain::metrics::Evaluation;
@@ -22,13 +22,13 @@ use wgtrain::train::{Event, TrainConfig};
 
 /// Weight quantization schemes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Quantize {
+pub(crate) enum Quantize {
     /// Symmetric int8, one scale per output channel.
     Int8,
 }
 
 #[derive(Debug, Args)]
-pub struct CompressArgs {
+pub(crate) struct CompressArgs {
     /// The f32 model to compress (written by `wgtrain train --save`).
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
@@ -63,7 +63,7 @@ pub struct CompressArgs {
     /// The data: its test split gives the accuracies, its train split the
     /// fine-tuning.
     #[command(flatten)]
-    data: crate::cli::DataArgs,
+    data: DataArgs,
     /// Device for fine-tuning: auto, cpu, gpu or part of an adapter name.
     #[arg(long, default_value = "auto", value_name = "auto|cpu|gpu|NAME")]
     device: DeviceChoice,
@@ -150,7 +150,7 @@ fn check_out(path: &Path, model: &Path) -> Result<()> {
 }
 
 /// Run `wgtrain compress`.
-pub fn run(a: CompressArgs) -> Result<()> {
+pub(crate) fn run(a: CompressArgs) -> Result<()> {
     // Validate everything cheap before loading anything.
     let sparsity = a.prune.map(check_sparsity).transpose()?;
     if a.prune.is_none() && a.quantize.is_none() {
@@ -163,9 +163,9 @@ pub fn run(a: CompressArgs) -> Result<()> {
         bail!("--finetune-epochs fine-tunes a pruned model: give --prune S as well");
     }
     let spec = TrainSpec::sgd(a.batch);
-    spec.check().map_err(crate::cli::flagged)?;
+    spec.check().map_err(flagged)?;
     let tc = TrainConfig::constant(a.finetune_epochs, f64::from(a.lr), a.seed, 0);
-    tc.check().map_err(crate::cli::flagged)?;
+    tc.check().map_err(flagged)?;
     check_out(&a.out, &a.model)?;
     wgtrain::cpu::set_threads(a.threads);
 
@@ -179,7 +179,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let base_bytes = std::fs::metadata(&a.model)
         .with_context(|| format!("cannot read {}", a.model.display()))?
         .len();
-    let data = Arc::new(crate::cli::load_data(&a.data, a.seed)?);
+    let data = Arc::new(load_data(&a.data, a.seed)?);
     wgtrain::cpu::check_fit(&base, &data)
         .with_context(|| format!("model {} does not fit the data", a.model.display()))?;
     let test = &data.test;
@@ -360,24 +360,4 @@ fn print_report(r: &Report) {
         );
     }
     println!("saved {}", r.out);
-}
-
-/// `wgtrain eval` of a compressed model: the same output as for an f32
-/// model, computed on the CPU by the compressed model's own kernels.
-pub fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: bool) -> Result<()> {
-    let eval = compress::evaluate(model, data, SplitKind::Test)
-        .with_context(|| format!("model {} does not fit the data", path.display()))?;
-    if json {
-        println!("{}", serde_json::to_string(&eval)?);
-    } else {
-        println!(
-            "test accuracy {:.2}% ({} examples), test loss {:.4} on {}",
-            eval.accuracy * 100.0,
-            eval.examples,
-            eval.loss,
-            compress::cpu_path_name(model)
-        );
-        print!("{}", eval.confusion_table());
-    }
-    Ok(())
 }

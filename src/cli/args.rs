@@ -1,0 +1,94 @@
+//! Argument groups and parsers that several commands share.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use wgtrain::data::{CsvOptions, DataSource, Dataset};
+use wgtrain::device::DeviceChoice;
+
+/// Where the data comes from and how CSV files are read.
+#[derive(Debug, Args)]
+pub(crate) struct DataArgs {
+    /// A folder of IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz),
+    /// a CSV file, or `builtin` (the embedded 8x8 digits). Default:
+    /// $WGTRAIN_DATA, then /usr/share/datasets/fashion-mnist, then builtin.
+    #[arg(long, value_name = "PATH|builtin")]
+    pub(crate) data: Option<String>,
+    /// CSV: the column holding the label, counting from 0; negative counts
+    /// from the end (-1 is the last column).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "N")]
+    pub(crate) label_col: i64,
+    /// CSV and builtin: the fraction of rows held out as the test set
+    /// (a seeded shuffle, see --seed).
+    #[arg(long, default_value_t = 0.2, value_name = "FRACTION")]
+    pub(crate) test_split: f64,
+}
+
+/// Which device runs the work.
+#[derive(Debug, Args)]
+pub(crate) struct DeviceArgs {
+    /// auto (a hardware GPU if there is one, else the CPU), cpu, gpu (any
+    /// adapter, software ones such as lavapipe included), or part of an
+    /// adapter's name as `wgtrain devices` prints it.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|gpu|NAME")]
+    pub(crate) device: DeviceChoice,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) threads: usize,
+}
+
+pub(crate) fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
+    let (source, why) = DataSource::resolve(args.data.as_deref())?;
+    log::info!("data: {source} ({why})");
+    let opts = CsvOptions {
+        label_col: args.label_col,
+        test_split: args.test_split,
+        seed,
+    };
+    let ds = source
+        .load(opts)
+        .with_context(|| format!("cannot load the dataset from {source}"))?;
+    log::info!(
+        "{} training and {} test examples of shape {:?}, {} classes",
+        ds.train.len(),
+        ds.test.len(),
+        ds.shape,
+        ds.classes
+    );
+    Ok(ds)
+}
+
+/// A comma-separated list of positive numbers; `what` names one in errors.
+pub(crate) fn parse_list(flag: &str, s: &str, what: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|x| x.trim())
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<usize>()
+                .ok()
+                .filter(|&v| v > 0)
+                .with_context(|| format!("{flag} `{s}`: `{x}` is not a positive {what}"))
+        })
+        .collect()
+}
+
+/// Fail before training, not after, when the model cannot be saved there.
+pub(crate) fn check_writable(path: &Path) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("--save {}: folder {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        bail!(
+            "--save {}: is a folder; give a file name such as model.safetensors",
+            path.display()
+        );
+    }
+    Ok(())
+}

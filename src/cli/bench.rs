@@ -1,0 +1,373 @@
+//! `wgtrain bench`: epoch time, matrix-product throughput, per-kernel GPU
+//! times and in-process inference figures on each device.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::args::{load_data, parse_list, DataArgs};
+use wgtrain::backend::TrainSpec;
+use wgtrain::data::{CsvOptions, DataSource, Normalize, Preprocess};
+use wgtrain::device::DeviceChoice;
+use wgtrain::model::Mlp;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Devices to measure, comma-separated (cpu, gpu, auto or part of an
+    /// adapter name). Default: the CPU and the hardware GPU if there is one.
+    #[arg(long, value_name = "LIST")]
+    device: Option<String>,
+    /// Batch sizes of the epoch benchmark, comma-separated.
+    #[arg(long, default_value = "64,256", value_name = "LIST")]
+    batch: String,
+    /// Epochs per configuration; the first is reported apart (warm-up), the
+    /// median of the rest is the steady epoch time.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Run at most N steps per epoch and scale the time to a full epoch
+    /// (for slow devices such as software adapters).
+    #[arg(long, value_name = "N")]
+    max_steps: Option<usize>,
+    /// Square matrix sizes for the matmul benchmark, comma-separated.
+    #[arg(long, default_value = "1024,4096", value_name = "LIST")]
+    square: String,
+    /// Only the epoch benchmark.
+    #[arg(long)]
+    epoch: bool,
+    /// Only the matmul benchmark.
+    #[arg(long)]
+    matmul: bool,
+    /// Only the inference benchmark: latency (p50, p99) at batch 1 and
+    /// throughput at batch 256, in process, for the f32 model and its int8
+    /// version.
+    #[arg(long)]
+    inference: bool,
+    /// Only the per-kernel GPU timings (timestamp queries) of a training
+    /// step at each batch size.
+    #[arg(long)]
+    kernels: bool,
+    /// Model for the inference benchmark (plain or compressed); default a
+    /// freshly initialised 784-500-10 MLP.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Data for the epoch benchmark; default Fashion-MNIST when installed,
+    /// else random images of the same shape.
+    #[arg(long, value_name = "PATH")]
+    data: Option<String>,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+    /// Seconds spent timing each matmul shape.
+    #[arg(long, default_value_t = 1.0, value_name = "S")]
+    seconds: f64,
+    /// GPU matmul tile variants to time at each shape, comma-separated
+    /// (128x128, 64x64, 32x32, 16x16/k16, or all); default the one chosen
+    /// for the shape, as training uses.
+    #[arg(long, value_name = "LIST")]
+    tile: Option<String>,
+}
+
+/// In-process inference figures of a model (or a fresh 784-500-10 MLP) in
+/// f32 and int8 on each device (`None`: the CPU), printed as a table on
+/// stderr.
+fn bench_inference(
+    model: Option<&Path>,
+    devices: &[Option<Arc<wgtrain::gpu::GpuContext>>],
+) -> Result<Vec<wgtrain::infer::InferenceBench>> {
+    use wgtrain::compress::{AnyModel, CompressedMlp, CompressionInfo};
+    use wgtrain::infer::{bench_inference, BenchOptions, CpuPredictor, Int8Predictor, Predictor};
+    let (f32_model, int8_model) = match model {
+        None => {
+            let m = Mlp::new(
+                &[784, 500, 10],
+                0,
+                Preprocess {
+                    kind: Normalize::Scale,
+                    scale: 1.0 / 255.0,
+                    offset: 0.0,
+                },
+                vec![28, 28],
+            )?;
+            let info = CompressionInfo {
+                quantization: "int8".into(),
+                ..CompressionInfo::default()
+            };
+            let q = CompressedMlp::from_mlp(&m, true, info);
+            (m, q)
+        }
+        Some(p) => match AnyModel::load(p).with_context(|| format!("cannot load model {}", p.display()))? {
+            AnyModel::F32(m) => {
+                let info = CompressionInfo {
+                    quantization: "int8".into(),
+                    ..CompressionInfo::default()
+                };
+                let q = CompressedMlp::from_mlp(&m, true, info);
+                (m, q)
+            }
+            AnyModel::Compressed(c) => (c.to_mlp(), c),
+        },
+    };
+    let opts = BenchOptions::default();
+    // A software adapter takes milliseconds a call: fewer calls there.
+    let software = BenchOptions {
+        warmup: 20,
+        batch1_iterations: 200,
+        batch: opts.batch,
+        batch_iterations: 10,
+    };
+    let mut predictors: Vec<(Box<dyn Predictor>, &BenchOptions)> = Vec::new();
+    for dev in devices {
+        match dev {
+            None => {
+                predictors.push((Box::new(CpuPredictor::new(&f32_model, opts.batch)), &opts));
+                if let Some(p) = Int8Predictor::new(&int8_model) {
+                    predictors.push((Box::new(p), &opts));
+                }
+            }
+            Some(ctx) => {
+                let o = if ctx.is_software() { &software } else { &opts };
+                let f = wgtrain::gpu::GpuPredictor::new(ctx.clone(), &f32_model, opts.batch)?;
+                predictors.push((Box::new(f), o));
+                let q = wgtrain::gpu::GpuPredictor::from_compressed(ctx.clone(), &int8_model, opts.batch)?;
+                predictors.push((Box::new(q), o));
+            }
+        }
+    }
+    let sizes = f32_model
+        .sizes()
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("-");
+    eprintln!("\nin-process inference, {sizes} MLP");
+    eprintln!(
+        "{:<40} {:>14} {:>14} {:>16}",
+        "predictor", "batch-1 p50 us", "batch-1 p99 us", "rows/s at 256"
+    );
+    let mut out = Vec::new();
+    for (p, o) in predictors.iter_mut() {
+        let r = bench_inference(p.as_mut(), o)?;
+        eprintln!(
+            "{:<40} {:>14.1} {:>14.1} {:>16.0}",
+            r.predictor, r.batch1_p50_us, r.batch1_p99_us, r.rows_per_second
+        );
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Time one product shape on a GPU with the tile variant `tile` (the
+/// automatic choice when `None`), with enough dispatches per submission to
+/// fill about `budget_s` seconds.
+fn gpu_matmul(
+    ctx: &wgtrain::gpu::GpuContext,
+    variant: &'static str,
+    (m, n, k): (usize, usize, usize),
+    tile: Option<wgtrain::gpu::Tile>,
+    budget_s: f64,
+) -> Result<wgtrain::bench::MatmulTiming> {
+    let (once, _) = wgtrain::gpu::ops::bench_matmul(ctx, variant, m, n, k, 1, tile)?;
+    let reps = ((budget_s / once.max(1e-7)) as usize).clamp(1, 2000);
+    let (secs, used) = wgtrain::gpu::ops::bench_matmul(ctx, variant, m, n, k, reps, tile)?;
+    Ok(wgtrain::bench::MatmulTiming {
+        bench: "matmul",
+        device: ctx.name().to_string(),
+        variant,
+        tile: Some(used.name()),
+        m,
+        n,
+        k,
+        seconds_per_call: secs,
+        gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
+    })
+}
+
+/// The `--tile` list: tile variants by size, or `all`.
+fn parse_tiles(s: Option<&str>) -> Result<Vec<Option<wgtrain::gpu::Tile>>> {
+    use wgtrain::gpu::Tile;
+    match s {
+        None => Ok(vec![None]),
+        Some("all") => Ok(Tile::ALL.iter().map(|&t| Some(t)).collect()),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|name| {
+                Tile::from_name(name).map(Some).ok_or_else(|| {
+                    let names: Vec<_> = Tile::ALL.iter().map(|t| t.name()).collect();
+                    anyhow::anyhow!(
+                        "--tile: no matmul tile {name:?}; the tiles are {} (or all)",
+                        names.join(", ")
+                    )
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Run `wgtrain bench`.
+pub(crate) fn run(a: BenchArgs) -> Result<()> {
+    use wgtrain::bench;
+    wgtrain::cpu::set_threads(a.threads);
+    let (run_epoch, run_matmul, run_inference, run_kernels) = match (a.epoch, a.matmul, a.inference, a.kernels) {
+        (false, false, false, false) => (true, true, false, true),
+        x => x,
+    };
+    let batches = parse_list("--batch", &a.batch, "batch size")?;
+    let square = parse_list("--square", &a.square, "matrix size")?;
+    let tiles = parse_tiles(a.tile.as_deref())?;
+    let choices: Vec<DeviceChoice> = match &a.device {
+        Some(list) => list.split(',').map(|d| DeviceChoice::from(d.trim())).collect(),
+        None => vec![DeviceChoice::Cpu, DeviceChoice::Auto],
+    };
+    // `None` is the CPU; `auto` without a hardware GPU falls back to it, so
+    // keep one CPU entry at most.
+    let mut devices = Vec::new();
+    for c in choices {
+        match wgtrain::device::open_gpu(&c)? {
+            Some(ctx) => devices.push(Some(ctx)),
+            None if !devices.iter().any(Option::is_none) => devices.push(None),
+            None => {}
+        }
+    }
+    let mut out = std::io::stdout();
+    let mut emit = |v: serde_json::Value| -> Result<()> { Ok(writeln!(out, "{v}")?) };
+    if run_epoch {
+        let data = Arc::new(match &a.data {
+            Some(_) => load_data(
+                &DataArgs {
+                    data: a.data.clone(),
+                    label_col: -1,
+                    test_split: 0.2,
+                },
+                0,
+            )?,
+            None => match DataSource::resolve(None)? {
+                (src @ DataSource::IdxDir(_), _) => {
+                    log::info!("bench data: {src}");
+                    src.load(CsvOptions::default())?
+                }
+                _ => {
+                    log::info!("bench data: no Fashion-MNIST installed; using random 28x28 images");
+                    bench::synthetic_mnist_like(0)
+                }
+            },
+        });
+        eprintln!("\nepoch time, {}-500-{} MLP, SGD lr 0.1", data.dim(), data.classes);
+        eprintln!(
+            "{:<40} {:>6} {:>10} {:>12} {:>12} {:>12}",
+            "device", "batch", "steps", "first (s)", "steady (s)", "examples/s"
+        );
+        for dev in &devices {
+            for &batch in &batches {
+                let model = Mlp::new(
+                    &[data.dim(), 500, data.classes],
+                    0,
+                    Preprocess::fit(Normalize::Scale, &data),
+                    data.shape.clone(),
+                )?;
+                let mut backend: Box<dyn wgtrain::Backend> = match dev {
+                    Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(
+                        ctx.clone(),
+                        model,
+                        data.clone(),
+                        TrainSpec::sgd(batch),
+                    )?),
+                    None => Box::new(wgtrain::cpu::CpuBackend::new(
+                        model,
+                        data.clone(),
+                        TrainSpec::sgd(batch),
+                    )?),
+                };
+                let t = bench::epoch_time(backend.as_mut(), data.train.len(), a.epochs, a.max_steps, 0.1)?;
+                eprintln!(
+                    "{:<40} {:>6} {:>10} {:>12.3} {:>12.3} {:>12.0}",
+                    t.device,
+                    t.batch,
+                    if t.steps_timed < t.steps_per_epoch {
+                        format!("{}/{}", t.steps_timed, t.steps_per_epoch)
+                    } else {
+                        t.steps_per_epoch.to_string()
+                    },
+                    t.first_epoch_s,
+                    t.steady_epoch_s,
+                    t.examples_per_s
+                );
+                emit(serde_json::to_value(&t)?)?;
+            }
+        }
+    }
+    if run_kernels {
+        for ctx in devices.iter().flatten() {
+            for &batch in &batches {
+                let Some(times) = wgtrain::gpu::timing::kernel_times(ctx, &[784, 500, 10], batch, 20)? else {
+                    log::info!("{}: no timestamp queries; per-kernel times unavailable", ctx.name());
+                    break;
+                };
+                eprintln!(
+                    "\nGPU time per kernel, 784-500-10 step at batch {batch}, {}",
+                    ctx.name()
+                );
+                eprintln!("{:<28} {:>8} {:>12}", "kernel", "calls", "mean (us)");
+                for t in &times {
+                    eprintln!("{:<28} {:>8} {:>12.1}", t.name, t.calls, t.mean_us);
+                }
+                let total: f64 = times.iter().map(|t| t.mean_us).sum();
+                eprintln!("{:<28} {:>8} {:>12.1}", "step (sum)", "", total);
+                emit(serde_json::json!({
+                    "bench": "kernels",
+                    "device": ctx.name(),
+                    "batch": batch,
+                    "kernels": times,
+                }))?;
+            }
+        }
+    }
+    if run_inference {
+        for r in bench_inference(a.model.as_deref(), &devices)? {
+            emit(serde_json::to_value(&r)?)?;
+        }
+    }
+    if run_matmul {
+        eprintln!("\nmatmul throughput (C = op(A) op(B), f32)");
+        eprintln!(
+            "{:<40} {:>4} {:>18} {:>9} {:>12} {:>10}",
+            "device", "op", "m x n x k", "tile", "us/call", "GFLOP/s"
+        );
+        for dev in &devices {
+            for (variant, m, n, k) in bench::matmul_shapes(batches.first().copied().unwrap_or(64), &square) {
+                let timings = match dev {
+                    Some(ctx) => {
+                        let flop = 2.0 * (m * n * k) as f64;
+                        if ctx.is_software() && flop > 2e10 {
+                            log::info!("{}: skipping {m}x{n}x{k} on a software adapter", ctx.name());
+                            continue;
+                        }
+                        tiles
+                            .iter()
+                            .map(|&tile| gpu_matmul(ctx, variant, (m, n, k), tile, a.seconds))
+                            .collect::<Result<Vec<_>>>()?
+                    }
+                    None => vec![bench::cpu_matmul(variant, m, n, k, a.seconds)],
+                };
+                for t in timings {
+                    let tile = t.tile.unwrap_or("-");
+                    eprintln!(
+                        "{:<40} {:>4} {:>18} {:>9} {:>12.1} {:>10.1}",
+                        t.device,
+                        t.variant,
+                        format!("{m}x{n}x{k}"),
+                        tile,
+                        t.seconds_per_call * 1e6,
+                        t.gflops
+                    );
+                    emit(serde_json::to_value(&t)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

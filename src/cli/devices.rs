@@ -1,0 +1,31 @@
+//! `wgtrain devices`: the GPU adapters wgpu can see.
+
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub(crate) struct DevicesArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run `wgtrain devices`.
+pub(crate) fn run(a: DevicesArgs) -> Result<()> {
+    let adapters = wgtrain::gpu::list_adapters();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&adapters)?);
+        return Ok(());
+    }
+    if adapters.is_empty() {
+        println!("no GPU adapters found; `--device auto` will use the CPU");
+    }
+    for (i, ad) in adapters.iter().enumerate() {
+        println!("[{i}] {ad}");
+    }
+    println!(
+        "cpu: {} threads (always available as --device cpu)",
+        wgtrain::cpu::threads()
+    );
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `wgtrain eval`: test loss, accuracy and confusion matrix of a saved
+//! model (f32 or compressed).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::args::{load_data, DataArgs, DeviceArgs};
+use wgtrain::backend::{SplitKind, TrainSpec};
+use wgtrain::compress::{self, CompressedMlp};
+use wgtrain::data::Dataset;
+use wgtrain::device::open_backend;
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// The model file written by `wgtrain train --save`.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Seed of the CSV/builtin train/test split (use the training seed to
+    /// evaluate on the same held-out rows).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object with accuracy, loss and confusion on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run `wgtrain eval`.
+pub(crate) fn run(a: EvalArgs) -> Result<()> {
+    wgtrain::cpu::set_threads(a.device.threads);
+    let model = match wgtrain::compress::AnyModel::load(&a.model)
+        .with_context(|| format!("cannot load model {}", a.model.display()))?
+    {
+        wgtrain::compress::AnyModel::F32(m) => m,
+        wgtrain::compress::AnyModel::Compressed(c) => {
+            return eval_compressed(&c, &a.model, &load_data(&a.data, a.seed)?, a.json)
+        }
+    };
+    let data = Arc::new(load_data(&a.data, a.seed)?);
+    let classes = model.classes();
+    let mut backend = open_backend(&a.device.device, model, data.clone(), TrainSpec::sgd(256))
+        .with_context(|| format!("model {} does not fit the data", a.model.display()))?;
+    let mut eval = wgtrain::train::evaluate(backend.as_mut(), &data, wgtrain::backend::SplitKind::Test)?;
+    eval.confusion.resize(classes.max(eval.confusion.len()), vec![]);
+    for row in eval.confusion.iter_mut() {
+        row.resize(classes.max(row.len()), 0);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&eval)?);
+    } else {
+        println!(
+            "test accuracy {:.2}% ({} examples), test loss {:.4} on {}",
+            eval.accuracy * 100.0,
+            eval.examples,
+            eval.loss,
+            backend.name()
+        );
+        print!("{}", eval.confusion_table());
+    }
+    Ok(())
+}
+
+/// `wgtrain eval` of a compressed model: the same output as for an f32
+/// model, computed on the CPU by the compressed model's own kernels.
+pub fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: bool) -> Result<()> {
+    let eval = compress::evaluate(model, data, SplitKind::Test)
+        .with_context(|| format!("model {} does not fit the data", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string(&eval)?);
+    } else {
+        println!(
+            "test accuracy {:.2}% ({} examples), test loss {:.4} on {}",
+            eval.accuracy * 100.0,
+            eval.examples,
+            eval.loss,
+            compress::cpu_path_name(model)
+        );
+        print!("{}", eval.confusion_table());
+    }
+    Ok(())
+}
