@@ -7,6 +7,7 @@
 //! constraints applied after each update ([`Constraint`]).
 
 use crate::error::{Error, Result, Setting};
+pub use crate::metrics::Predictions;
 use crate::model::Mlp;
 use crate::optim::{Constraint, Optimizer, StepHyper};
 
@@ -72,15 +73,6 @@ impl StepStats {
 pub enum SplitKind {
     Train,
     Test,
-}
-
-/// Per-example results of a forward pass over a whole split.
-#[derive(Debug, Clone, Default)]
-pub struct Predictions {
-    /// Sum of per-example cross-entropy losses.
-    pub loss_sum: f64,
-    /// Arg-max class of each example, in the split's order.
-    pub classes: Vec<u32>,
 }
 
 /// A device that holds the parameters and the data and runs training steps.

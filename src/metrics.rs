@@ -3,7 +3,14 @@
 
 use serde::Serialize;
 
-use crate::backend::Predictions;
+/// Per-example results of a forward pass over a whole split.
+#[derive(Debug, Clone, Default)]
+pub struct Predictions {
+    /// Sum of per-example cross-entropy losses.
+    pub loss_sum: f64,
+    /// Arg-max class of each example, in the split's order.
+    pub classes: Vec<u32>,
+}
 
 /// The result of evaluating a model on a labelled split.
 #[derive(Debug, Clone, Serialize)]

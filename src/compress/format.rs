@@ -29,9 +29,9 @@ use serde::Serialize;
 
 use super::prune::Scope;
 use super::quant::{quantize_linear, Activations, Int8Mlp, QuantizedWeights};
-use crate::backend::Predictions;
 use crate::data::{Normalize, Preprocess};
 use crate::error::ModelError;
+use crate::metrics::Predictions;
 use crate::model::{write_atomic, Linear, Mlp, FORMAT_KEY, FORMAT_MLP};
 
 /// Value of [`FORMAT_KEY`] for a compressed MLP.

@@ -18,8 +18,8 @@
 
 use serde::Serialize;
 
-use crate::backend::Predictions;
 use crate::data::Preprocess;
+use crate::metrics::Predictions;
 use crate::model::Linear;
 
 /// The largest magnitude of a quantized value (symmetric: -127..=127, so
