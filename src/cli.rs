@@ -260,8 +260,8 @@ fn bench_inference(
     model: Option<&Path>,
     devices: &[Option<Arc<wgtrain::gpu::GpuContext>>],
 ) -> Result<Vec<wgtrain::infer::InferenceBench>> {
-    use wgtrain::compress::{AnyModel, CompressedMlp, CompressionInfo};
     use wgtrain::infer::{bench_inference, BenchOptions, CpuPredictor, Int8Predictor, Predictor};
+    use wgtrain::model::{AnyModel, CompressedMlp, CompressionInfo};
     let (f32_model, int8_model) = match model {
         None => {
             let m = Mlp::new(
@@ -546,11 +546,11 @@ fn train(a: TrainArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     wgtrain::cpu::set_threads(a.device.threads);
-    let model = match wgtrain::compress::AnyModel::load(&a.model)
+    let model = match wgtrain::model::AnyModel::load(&a.model)
         .with_context(|| format!("cannot load model {}", a.model.display()))?
     {
-        wgtrain::compress::AnyModel::F32(m) => m,
-        wgtrain::compress::AnyModel::Compressed(c) => {
+        wgtrain::model::AnyModel::F32(m) => m,
+        wgtrain::model::AnyModel::Compressed(c) => {
             return crate::cmd_compress::eval_compressed(&c, &a.model, &load_data(&a.data, a.seed)?, a.json)
         }
     };

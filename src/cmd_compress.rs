@@ -11,13 +11,13 @@ use serde::Serialize;
 
 use wgtrain::backend::SplitKind;
 use wgtrain::compress::prune::{apply_masks, check_sparsity};
-use wgtrain::compress::{
-    self, Activations, AnyModel, CompressedMlp, CompressionInfo, ForwardBench, LayerReport, PruneConfig, Scope,
-};
+use wgtrain::compress::{self, ForwardBench, LayerReport, PruneConfig};
 use wgtrain::data::Dataset;
 use wgtrain::device::{open_backend, DeviceChoice};
 use wgtrain::error::CompressError;
+use wgtrain::infer::compressed::{cpu_path_name, evaluate};
 use wgtrain::metrics::Evaluation;
+use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Scope};
 use wgtrain::train::{Event, TrainConfig};
 
 /// Weight quantization schemes.
@@ -263,7 +263,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
             .unwrap_or_default(),
     };
     let compressed = CompressedMlp::from_mlp(&model, a.quantize.is_some(), info);
-    let after = compress::evaluate(&compressed, &data, SplitKind::Test)?;
+    let after = evaluate(&compressed, &data, SplitKind::Test)?;
     let (storage, out_bytes) = compressed
         .save(&a.out)
         .with_context(|| format!("cannot save the compressed model to {}", a.out.display()))?;
@@ -301,7 +301,7 @@ pub fn run(a: CompressArgs) -> Result<()> {
             accuracy_drop_points: (before.accuracy - after.accuracy) * 100.0,
         },
         layers,
-        eval_path: compress::cpu_path_name(&compressed),
+        eval_path: cpu_path_name(&compressed),
         compression: compressed.info.clone(),
         finetune_device,
         finetune,
@@ -373,7 +373,7 @@ fn print_report(r: &Report) {
 /// `wgtrain eval` of a compressed model: the same output as for an f32
 /// model, computed on the CPU by the compressed model's own kernels.
 pub fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: bool) -> Result<()> {
-    let eval = compress::evaluate(model, data, SplitKind::Test)
+    let eval = evaluate(model, data, SplitKind::Test)
         .with_context(|| format!("model {} does not fit the data", path.display()))?;
     if json {
         println!("{}", serde_json::to_string(&eval)?);
@@ -383,7 +383,7 @@ pub fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json:
             eval.accuracy * 100.0,
             eval.examples,
             eval.loss,
-            compress::cpu_path_name(model)
+            cpu_path_name(model)
         );
         print!("{}", eval.confusion_table());
     }

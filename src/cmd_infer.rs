@@ -10,10 +10,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use wgtrain::compress::AnyModel;
 use wgtrain::device::{open_predictor, DeviceChoice};
 use wgtrain::infer::input::{self, CsvInputOptions};
 use wgtrain::infer::{predictions, ClassProbability, DEFAULT_SPIN};
+use wgtrain::model::AnyModel;
 use wgtrain::serve::ServeConfig;
 
 /// Rows per forward pass of `predict` (and the buffers it allocates).

@@ -7,14 +7,11 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use wgtrain::backend::{Backend, SplitKind};
-use wgtrain::compress::format::FORMAT_COMPRESSED;
 use wgtrain::compress::prune::zero_counts;
-use wgtrain::compress::{
-    magnitude_masks, prune_and_finetune, AnyModel, CompressedMlp, CompressionInfo, LayerWeights, PruneConfig, Scope,
-};
+use wgtrain::compress::{magnitude_masks, prune_and_finetune, PruneConfig};
 use wgtrain::cpu::CpuBackend;
 use wgtrain::data::{builtin, Dataset, Normalize, Preprocess};
-use wgtrain::model::Mlp;
+use wgtrain::model::{AnyModel, CompressedMlp, CompressionInfo, LayerWeights, Mlp, Scope, FORMAT_COMPRESSED};
 use wgtrain::train::{train, TrainConfig};
 
 fn digits() -> Arc<Dataset> {
@@ -41,7 +38,7 @@ fn trained(data: &Arc<Dataset>) -> Mlp {
 }
 
 fn accuracy(model: &CompressedMlp, data: &Dataset) -> f64 {
-    wgtrain::compress::evaluate(model, data, SplitKind::Test)
+    wgtrain::infer::compressed::evaluate(model, data, SplitKind::Test)
         .unwrap()
         .accuracy
 }

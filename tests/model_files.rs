@@ -15,10 +15,10 @@
 
 use std::path::{Path, PathBuf};
 
+use wgtrain::compress::magnitude_masks;
 use wgtrain::compress::prune::apply_masks;
-use wgtrain::compress::{magnitude_masks, Activations, AnyModel, CompressedMlp, CompressionInfo, Scope};
 use wgtrain::data::{Normalize, Preprocess};
-use wgtrain::model::Mlp;
+use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Mlp, Scope};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)

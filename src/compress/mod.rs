@@ -1,21 +1,15 @@
-//! Model compression: magnitude pruning with masked fine-tuning
-//! ([`prune`]), post-training int8 quantization with CPU int8 kernels
-//! ([`quant`]), and the compressed safetensors format with a loader for
-//! every wgtrain model file ([`format`]).
+//! Making compressed models: magnitude pruning with masked fine-tuning
+//! ([`prune`]) and per-layer reports of the result ([`report`]).
 //!
 //! The pipeline `wgtrain compress` runs: load an f32 [`Mlp`], prune it
 //! ([`prune::magnitude_masks`]) and fine-tune with the masks held by the
-//! backend ([`prune::prune_and_finetune`]), then build a
-//! [`CompressedMlp`] (int8 or f32 weights) and save it; each layer is
-//! stored dense or as a bitmask plus values, whichever is smaller.
-//!
-//! For a GPU int8 path: [`quant::PackedI8Linear`] holds the rows padded to
-//! a multiple of 64 bytes, [`quant::PackedI8Linear::packed_u32`] gives them
-//! as the words WGSL's `dot4I8Packed` reads, and the CPU kernels
-//! [`quant::quantize_rows_i8`] and [`quant::linear_forward_i8`] (with the
-//! epilogue [`quant::dequantize_acc`]) define the results a WGSL twin must
-//! reproduce: the i32 sums are exact, so CPU and GPU agree up to the f32
-//! epilogue.
+//! backend ([`prune::prune_and_finetune`]), then build a [`CompressedMlp`]
+//! with int8 ([`crate::model::int8`], symmetric per output channel) or f32
+//! weights ([`CompressedMlp::from_mlp`]) and save it; each layer is stored
+//! dense or as a bitmask plus values, whichever is smaller
+//! ([`crate::model::file`]). The compressed model runs on the CPU int8
+//! engine ([`crate::infer::int8`]); [`crate::infer::compressed::evaluate`]
+//! measures its accuracy.
 //!
 //! Measured on Fashion-MNIST (784-500-10 trained 10 epochs at batch 64, lr
 //! 0.1: 87.39%; 2-core AMD EPYC with AVX-512 VNNI; `--device cpu`;
@@ -30,61 +24,23 @@
 //! Forward pass at batch 256, 2 threads: int8 (VNNI) 0.76 ms against 1.56
 //! ms for the f32 `gemm` path. One-shot 90% pruning without fine-tuning
 //! drops to 74.06%; int8 with f32 activations gives 87.42%.
+//!
+//! [`Mlp`]: crate::model::Mlp
+//! [`CompressedMlp`]: crate::model::CompressedMlp
+//! [`CompressedMlp::from_mlp`]: crate::model::CompressedMlp::from_mlp
 
-pub mod format;
 pub mod prune;
-pub mod quant;
+pub mod report;
+
+pub use prune::{magnitude_masks, prune_and_finetune, PruneConfig};
+pub use report::{layer_reports, LayerReport};
 
 use std::time::Instant;
 
 use serde::Serialize;
 
-pub use format::{AnyModel, CompressedLinear, CompressedMlp, CompressionInfo, LayerStorage, LayerWeights};
-pub use prune::{magnitude_masks, prune_and_finetune, PruneConfig, Scope};
-pub use quant::{Activations, Int8Mlp, QuantizedWeights};
-
+use crate::infer::int8::Int8Mlp;
 use crate::model::Mlp;
-
-/// Per-layer figures of a compressed model.
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerReport {
-    pub layer: String,
-    /// `[outputs, inputs]`.
-    pub shape: [usize; 2],
-    pub weights: usize,
-    /// Non-zero weights.
-    pub kept: usize,
-    pub sparsity: f64,
-    pub encoding: String,
-    /// Bytes of the layer's tensors in the compressed file.
-    pub bytes: usize,
-    /// Bytes of the same layer in an f32 file.
-    pub f32_bytes: usize,
-}
-
-/// Per-layer figures from a model and how [`CompressedMlp::save`] stored it.
-pub fn layer_reports(model: &CompressedMlp, storage: &[LayerStorage]) -> Vec<LayerReport> {
-    model
-        .layers
-        .iter()
-        .zip(storage)
-        .enumerate()
-        .map(|(i, (l, s))| {
-            let weights = l.inputs * l.outputs;
-            let kept = l.nonzeros();
-            LayerReport {
-                layer: format!("fc{}", i + 1),
-                shape: [l.outputs, l.inputs],
-                weights,
-                kept,
-                sparsity: 1.0 - kept as f64 / weights.max(1) as f64,
-                encoding: s.encoding.to_string(),
-                bytes: s.tensor_bytes,
-                f32_bytes: 4 * (weights + l.outputs),
-            }
-        })
-        .collect()
-}
 
 /// Throughput of one forward path at a fixed batch.
 #[derive(Debug, Clone, Serialize)]
@@ -163,49 +119,4 @@ pub fn bench_forward_int8(engine: &Int8Mlp, batch: usize, seconds: f64) -> Forwa
     time_it(format!("int8 {}", engine.isa.name()), batch, seconds, || {
         engine.logits(&raw, batch, &mut out)
     })
-}
-
-/// Evaluate a compressed model on a split of `data` on the CPU (see
-/// [`CompressedMlp::predict_rows`] for which kernels run), after checking
-/// that the model fits the data.
-pub fn evaluate(
-    model: &CompressedMlp,
-    data: &crate::data::Dataset,
-    split: crate::backend::SplitKind,
-) -> crate::error::Result<crate::metrics::Evaluation> {
-    use crate::error::ModelError;
-    if model.inputs() != data.dim() {
-        return Err(ModelError::InputMismatch {
-            expected: model.inputs(),
-            found: data.dim(),
-        }
-        .into());
-    }
-    let s = match split {
-        crate::backend::SplitKind::Train => &data.train,
-        crate::backend::SplitKind::Test => &data.test,
-    };
-    let max_label = s.labels.iter().copied().max().unwrap_or(0) as usize;
-    if max_label >= model.classes() {
-        return Err(ModelError::ClassMismatch {
-            model: model.classes(),
-            data: max_label,
-        }
-        .into());
-    }
-    let pred = model.predict_rows(&s.features, &s.labels);
-    Ok(crate::metrics::Evaluation::new(&pred, &s.labels, model.classes()))
-}
-
-/// What runs a compressed model's forward pass on this CPU, for messages.
-pub fn cpu_path_name(model: &CompressedMlp) -> String {
-    match (model.info.activations, model.is_int8()) {
-        (Activations::Int8, true) => format!(
-            "cpu int8 ({}, {} threads)",
-            quant::I8Isa::detect().name(),
-            crate::cpu::threads()
-        ),
-        (_, true) => format!("cpu int8 weights, f32 activations ({} threads)", crate::cpu::threads()),
-        _ => format!("cpu f32 ({} threads)", crate::cpu::threads()),
-    }
 }

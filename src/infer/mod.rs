@@ -9,7 +9,9 @@
 //! the same trait. [`input`] turns images, IDX files and CSV files into raw
 //! rows, and [`bench_inference`] measures a predictor.
 
+pub mod compressed;
 pub mod input;
+pub mod int8;
 pub mod kernels;
 pub mod team;
 
@@ -17,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::compress::{Activations, AnyModel, CompressedMlp, Int8Mlp};
 use crate::data::Preprocess;
 use crate::error::InferError;
-use crate::model::Mlp;
+use crate::model::{Activations, AnyModel, CompressedMlp, Mlp};
+use int8::Int8Mlp;
 use kernels::{AlignedBuf, Isa, PackedLinear, Rows};
 use team::Team;
 
