@@ -259,8 +259,9 @@ pub(crate) fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
 fn bench_inference(
     model: Option<&Path>,
     devices: &[Option<Arc<wgtrain::gpu::GpuContext>>],
-) -> Result<Vec<wgtrain::infer::InferenceBench>> {
-    use wgtrain::infer::{bench_inference, BenchOptions, CpuPredictor, Int8Predictor, Predictor};
+) -> Result<Vec<wgtrain::bench::InferenceBench>> {
+    use wgtrain::bench::{bench_inference, BenchOptions};
+    use wgtrain::infer::{CpuPredictor, Int8Predictor, Predictor};
     use wgtrain::model::{AnyModel, CompressedMlp, CompressionInfo};
     let (f32_model, int8_model) = match model {
         None => {

@@ -10,8 +10,9 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use wgtrain::backend::SplitKind;
+use wgtrain::bench::{bench_forward_f32, bench_forward_f32_predictor, bench_forward_int8, ForwardBench};
 use wgtrain::compress::prune::{apply_masks, check_sparsity};
-use wgtrain::compress::{self, ForwardBench, LayerReport, PruneConfig};
+use wgtrain::compress::{self, LayerReport, PruneConfig};
 use wgtrain::data::Dataset;
 use wgtrain::device::{open_backend, DeviceChoice};
 use wgtrain::error::CompressError;
@@ -272,10 +273,10 @@ pub fn run(a: CompressArgs) -> Result<()> {
     let kept: usize = layers.iter().map(|l| l.kept).sum();
     let mut bench = Vec::new();
     if a.bench {
-        bench.push(compress::bench_forward_f32(&base, 256, 1.0));
-        bench.push(compress::bench_forward_f32_predictor(&base, 256, 1.0));
+        bench.push(bench_forward_f32(&base, 256, 1.0));
+        bench.push(bench_forward_f32_predictor(&base, 256, 1.0));
         if let Some(engine) = compressed.int8_engine() {
-            bench.push(compress::bench_forward_int8(&engine, 256, 1.0));
+            bench.push(bench_forward_int8(&engine, 256, 1.0));
         }
     }
     let report = Report {
