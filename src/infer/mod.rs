@@ -1,13 +1,19 @@
-//! Inference: class probabilities of a trained [`Mlp`] for raw inputs, with
+//! Inference: class probabilities of a trained model for raw inputs, with
 //! buffers allocated once and latency at batch 1 as the first concern.
 //!
 //! A [`Predictor`] takes raw feature rows (the same values the data loaders
 //! produce: 0..=255 pixels for images) and applies the model's
-//! [`Preprocess`](crate::data::Preprocess) itself, so every caller (the
-//! `predict` command, the HTTP server, the benchmarks) feeds it the same
-//! thing. [`CpuPredictor`] is the CPU implementation; a GPU one implements
-//! the same trait. [`input`] turns images, IDX files and CSV files into raw
-//! rows; `crate::bench::bench_inference` measures a predictor.
+//! [`Preprocess`] itself, so every caller (the `predict` command, the HTTP
+//! server, the benchmarks) feeds it the same thing. [`CpuPredictor`] runs
+//! an f32 [`Mlp`] on the [`kernels`] and a [`team`] of threads;
+//! [`Int8Predictor`] runs a compressed model on the int8 engine of
+//! [`int8`]; [`cpu_predictor`] picks one for any model file; a GPU
+//! predictor implements the same trait. [`compressed`] evaluates a
+//! compressed model over a split. [`input`] turns images, IDX files and CSV
+//! files into raw rows. `crate::bench::bench_inference` measures a
+//! predictor.
+//!
+//! Models come from [`crate::model`]; nothing here makes or changes one.
 
 pub mod compressed;
 pub mod input;

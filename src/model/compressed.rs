@@ -1,7 +1,9 @@
 //! The compressed model: [`CompressedMlp`], whose layers hold pruned f32 or
 //! int8 weights ([`LayerWeights`]), and how it was made
 //! ([`CompressionInfo`]). Its file is read and written by [`super::file`];
-//! the int8 CPU engine that runs it is [`crate::infer::int8`].
+//! the int8 CPU engine that runs it is [`crate::infer::int8`], which also
+//! defines `CompressedMlp::int8_engine` (so that this module need not know
+//! the engine).
 
 use super::header::Header;
 use super::info::CompressionInfo;

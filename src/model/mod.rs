@@ -11,7 +11,7 @@
 //! - [`sparse`]: the bitmask storage of pruned weight matrices.
 //! - [`info`]: how a compressed model was made ([`CompressionInfo`]).
 //! - [`compressed`]: the pruned and/or int8 [`CompressedMlp`].
-//! - [`file`]: the reader and writer of every model file, and
+//! - [`file`](mod@file): the reader and writer of every model file, and
 //!   [`AnyModel`], which loads either format.
 //!
 //! Running a model is elsewhere: training in [`crate::cpu`] and
