@@ -66,7 +66,7 @@ pub fn open_gpu(choice: &DeviceChoice) -> Result<Option<Arc<GpuContext>>> {
 /// GPU, else the CPU one (`threads` workers, spinning `spin` before parking).
 pub fn open_predictor(
     choice: &DeviceChoice,
-    model: &crate::compress::AnyModel,
+    model: &crate::model::AnyModel,
     max_batch: usize,
     threads: usize,
     spin: std::time::Duration,

@@ -5,6 +5,14 @@
 //! [`backend::Backend`] (the [`cpu`] or the [`gpu`] one) takes the model and
 //! the data, [`train::train`] runs the epochs, and the result is a
 //! [`model::Mlp`] saved as safetensors.
+//!
+//! Models have one home: [`model`] holds the f32 and the compressed model,
+//! their shared [`model::Header`], and the one reader and writer of their
+//! files ([`model::AnyModel`] loads either format); it depends on nothing
+//! but [`data`] and [`error`]. [`compress`] makes compressed models
+//! (pruning, fine-tuning, reports), [`infer`] runs models for predict and
+//! serve (the f32 predictor and the int8 engine, [`infer::int8`]), and
+//! [`bench`](mod@bench) measures all of them.
 
 pub mod backend;
 pub mod bench;
@@ -23,4 +31,4 @@ pub mod train;
 
 pub use backend::Backend;
 pub use error::{Error, Result};
-pub use model::Mlp;
+pub use model::{AnyModel, CompressedMlp, Mlp};

@@ -1,5 +1,5 @@
 //! The int8 WGSL kernels against their CPU twins in
-//! `wgtrain::compress::quant`, through both dot-product paths.
+//! `wgtrain::infer::int8`, through both dot-product paths.
 //!
 //! - `linear_forward_i8` with unit scales and zero bias outputs the integer
 //!   sums themselves (exact in f32 below 2^24), so those must be equal bit
@@ -18,8 +18,9 @@
 
 mod common;
 
-use wgtrain::compress::quant::{self, I8Isa, PackedI8Linear, QuantizedWeights};
 use wgtrain::gpu::{ops, Int8Path};
+use wgtrain::infer::int8::{self, I8Isa, PackedI8Linear};
+use wgtrain::model::QuantizedWeights;
 
 const SHAPES: [(usize, usize, usize); 6] = [
     (1, 1, 1),
@@ -65,7 +66,7 @@ fn integer_sums_match_the_cpu_twin_exactly() {
             let xs = vec![1.0; rows];
             for relu in [false, true] {
                 let mut want = vec![f32::NAN; rows * outputs];
-                quant::linear_forward_i8(I8Isa::Portable, &layer, &xq, &xs, rows, &mut want, outputs, relu);
+                int8::linear_forward_i8(I8Isa::Portable, &layer, &xq, &xs, rows, &mut want, outputs, relu);
                 let got = ops::linear_forward_i8(&ctx, path, &layer, &xq, &xs, rows, relu).unwrap();
                 assert_eq!(
                     got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -89,10 +90,10 @@ fn outputs_match_the_cpu_twin_within_the_epilogue_rounding() {
             let x: Vec<f32> = common::random(rows * inputs, 11).iter().map(|v| v * 3.0).collect();
             let mut xq = vec![0i8; rows * layer.stride];
             let mut xs = vec![0.0; rows];
-            quant::quantize_rows_i8(&x, rows, inputs, layer.stride, &mut xq, &mut xs);
+            int8::quantize_rows_i8(&x, rows, inputs, layer.stride, &mut xq, &mut xs);
             // Integer sums for the bound.
             let mut acc = vec![0.0; rows * outputs];
-            quant::linear_forward_i8(
+            int8::linear_forward_i8(
                 I8Isa::Portable,
                 &PackedI8Linear::pack(
                     &QuantizedWeights {
@@ -110,7 +111,7 @@ fn outputs_match_the_cpu_twin_within_the_epilogue_rounding() {
             );
             for relu in [false, true] {
                 let mut want = vec![f32::NAN; rows * outputs];
-                quant::linear_forward_i8(I8Isa::Portable, &layer, &xq, &xs, rows, &mut want, outputs, relu);
+                int8::linear_forward_i8(I8Isa::Portable, &layer, &xq, &xs, rows, &mut want, outputs, relu);
                 let got = ops::linear_forward_i8(&ctx, path, &layer, &xq, &xs, rows, relu).unwrap();
                 let mut worst = 0.0f64;
                 for i in 0..rows * outputs {
@@ -148,7 +149,7 @@ fn quantize_rows_matches_the_cpu_twin() {
             }
             let mut want_q = vec![0x55i8; rows * stride];
             let mut want_s = vec![f32::NAN; rows];
-            quant::quantize_rows_i8(&x, rows, inputs, stride, &mut want_q, &mut want_s);
+            int8::quantize_rows_i8(&x, rows, inputs, stride, &mut want_q, &mut want_s);
             let (got_q, got_s) = ops::quantize_rows_i8(&ctx, &x, rows, inputs, stride).unwrap();
             let mut near_ties = 0;
             for r in 0..rows {

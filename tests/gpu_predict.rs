@@ -16,11 +16,11 @@ mod common;
 
 use std::sync::Arc;
 
-use wgtrain::compress::{Activations, AnyModel, CompressedMlp, CompressionInfo, Int8Mlp};
 use wgtrain::data::{Normalize, Preprocess};
 use wgtrain::gpu::{GpuPredictor, Int8Path};
+use wgtrain::infer::int8::Int8Mlp;
 use wgtrain::infer::{CpuPredictor, Int8Predictor, Predictor};
-use wgtrain::model::Mlp;
+use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Mlp};
 
 const SIZES: [usize; 4] = [70, 33, 9, 5];
 

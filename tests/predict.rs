@@ -5,11 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use wgtrain::compress::{AnyModel, CompressedMlp, CompressionInfo};
 use wgtrain::data::{Normalize, Preprocess};
 use wgtrain::infer::input::{self, CsvInputOptions};
 use wgtrain::infer::{CpuPredictor, Int8Predictor, Predictor};
-use wgtrain::model::Mlp;
+use wgtrain::model::{AnyModel, CompressedMlp, CompressionInfo, Mlp};
 
 const SIDE: usize = 28;
 const DIM: usize = SIDE * SIDE;

@@ -497,11 +497,11 @@ async fn invalid_config_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_int8_model_answers_like_its_in_process_engine() {
-    let info = wgtrain::compress::CompressionInfo {
+    let info = wgtrain::model::CompressionInfo {
         quantization: "int8".into(),
         ..Default::default()
     };
-    let c = wgtrain::compress::CompressedMlp::from_mlp(&model(), true, info);
+    let c = wgtrain::model::CompressedMlp::from_mlp(&model(), true, info);
     let predictor = wgtrain::infer::Int8Predictor::new(&c).unwrap();
     let server = start(Box::new(predictor), ServeConfig::default()).await;
     let n = 24;

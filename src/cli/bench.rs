@@ -76,9 +76,10 @@ pub(crate) struct BenchArgs {
 fn bench_inference(
     model: Option<&Path>,
     devices: &[Option<Arc<wgtrain::gpu::GpuContext>>],
-) -> Result<Vec<wgtrain::infer::InferenceBench>> {
-    use wgtrain::compress::{AnyModel, CompressedMlp, CompressionInfo};
-    use wgtrain::infer::{bench_inference, BenchOptions, CpuPredictor, Int8Predictor, Predictor};
+) -> Result<Vec<wgtrain::bench::InferenceBench>> {
+    use wgtrain::bench::{bench_inference, BenchOptions};
+    use wgtrain::infer::{CpuPredictor, Int8Predictor, Predictor};
+    use wgtrain::model::{AnyModel, CompressedMlp, CompressionInfo};
     let (f32_model, int8_model) = match model {
         None => {
             let m = Mlp::new(

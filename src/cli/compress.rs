@@ -11,13 +11,14 @@ use serde::Serialize;
 use super::args::{load_data, DataArgs};
 use super::flagged;
 use wgtrain::backend::{SplitKind, TrainSpec};
+use wgtrain::bench::{bench_forward_f32, bench_forward_f32_predictor, bench_forward_int8, ForwardBench};
 use wgtrain::compress::prune::{apply_masks, check_sparsity};
-use wgtrain::compress::{
-    self, Activations, AnyModel, CompressedMlp, CompressionInfo, ForwardBench, LayerReport, PruneConfig, Scope,
-};
+use wgtrain::compress::{self, LayerReport, PruneConfig};
 use wgtrain::device::{open_backend, DeviceChoice};
 use wgtrain::error::CompressError;
+use wgtrain::infer::compressed::{cpu_path_name, evaluate};
 use wgtrain::metrics::Evaluation;
+use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Scope};
 use wgtrain::train::{Event, TrainConfig};
 
 /// Weight quantization schemes.
@@ -255,7 +256,7 @@ pub(crate) fn run(a: CompressArgs) -> Result<()> {
             .unwrap_or_default(),
     };
     let compressed = CompressedMlp::from_mlp(&model, a.quantize.is_some(), info);
-    let after = compress::evaluate(&compressed, &data, SplitKind::Test)?;
+    let after = evaluate(&compressed, &data, SplitKind::Test)?;
     let (storage, out_bytes) = compressed
         .save(&a.out)
         .with_context(|| format!("cannot save the compressed model to {}", a.out.display()))?;
@@ -264,10 +265,10 @@ pub(crate) fn run(a: CompressArgs) -> Result<()> {
     let kept: usize = layers.iter().map(|l| l.kept).sum();
     let mut bench = Vec::new();
     if a.bench {
-        bench.push(compress::bench_forward_f32(&base, 256, 1.0));
-        bench.push(compress::bench_forward_f32_predictor(&base, 256, 1.0));
+        bench.push(bench_forward_f32(&base, 256, 1.0));
+        bench.push(bench_forward_f32_predictor(&base, 256, 1.0));
         if let Some(engine) = compressed.int8_engine() {
-            bench.push(compress::bench_forward_int8(&engine, 256, 1.0));
+            bench.push(bench_forward_int8(&engine, 256, 1.0));
         }
     }
     let report = Report {
@@ -293,7 +294,7 @@ pub(crate) fn run(a: CompressArgs) -> Result<()> {
             accuracy_drop_points: (before.accuracy - after.accuracy) * 100.0,
         },
         layers,
-        eval_path: compress::cpu_path_name(&compressed),
+        eval_path: cpu_path_name(&compressed),
         compression: compressed.info.clone(),
         finetune_device,
         finetune,

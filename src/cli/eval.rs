@@ -9,9 +9,10 @@ use clap::Args;
 
 use super::args::{load_data, DataArgs, DeviceArgs};
 use wgtrain::backend::{SplitKind, TrainSpec};
-use wgtrain::compress::{self, CompressedMlp};
 use wgtrain::data::Dataset;
 use wgtrain::device::open_backend;
+use wgtrain::infer::compressed::{cpu_path_name, evaluate};
+use wgtrain::model::CompressedMlp;
 
 #[derive(Debug, Args)]
 pub(crate) struct EvalArgs {
@@ -34,11 +35,11 @@ pub(crate) struct EvalArgs {
 /// Run `wgtrain eval`.
 pub(crate) fn run(a: EvalArgs) -> Result<()> {
     wgtrain::cpu::set_threads(a.device.threads);
-    let model = match wgtrain::compress::AnyModel::load(&a.model)
+    let model = match wgtrain::model::AnyModel::load(&a.model)
         .with_context(|| format!("cannot load model {}", a.model.display()))?
     {
-        wgtrain::compress::AnyModel::F32(m) => m,
-        wgtrain::compress::AnyModel::Compressed(c) => {
+        wgtrain::model::AnyModel::F32(m) => m,
+        wgtrain::model::AnyModel::Compressed(c) => {
             return eval_compressed(&c, &a.model, &load_data(&a.data, a.seed)?, a.json)
         }
     };
@@ -69,7 +70,7 @@ pub(crate) fn run(a: EvalArgs) -> Result<()> {
 /// `wgtrain eval` of a compressed model: the same output as for an f32
 /// model, computed on the CPU by the compressed model's own kernels.
 pub fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: bool) -> Result<()> {
-    let eval = compress::evaluate(model, data, SplitKind::Test)
+    let eval = evaluate(model, data, SplitKind::Test)
         .with_context(|| format!("model {} does not fit the data", path.display()))?;
     if json {
         println!("{}", serde_json::to_string(&eval)?);
@@ -79,7 +80,7 @@ pub fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json:
             eval.accuracy * 100.0,
             eval.examples,
             eval.loss,
-            compress::cpu_path_name(model)
+            cpu_path_name(model)
         );
         print!("{}", eval.confusion_table());
     }

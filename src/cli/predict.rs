@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use wgtrain::compress::AnyModel;
 use wgtrain::device::{open_predictor, DeviceChoice};
 use wgtrain::infer::input::{self, CsvInputOptions};
 use wgtrain::infer::{predictions, ClassProbability, DEFAULT_SPIN};
+use wgtrain::model::AnyModel;
 
 /// Rows per forward pass of `predict` (and the buffers it allocates).
 const PREDICT_BATCH: usize = 256;

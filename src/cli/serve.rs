@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use wgtrain::compress::AnyModel;
 use wgtrain::device::{open_predictor, DeviceChoice};
+use wgtrain::model::AnyModel;
 use wgtrain::serve::ServeConfig;
 
 #[derive(Debug, Args)]

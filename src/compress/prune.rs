@@ -11,40 +11,13 @@ use serde::Serialize;
 use crate::backend::{steps_per_epoch, Backend};
 use crate::data::Dataset;
 use crate::error::{CompressError, Error, Result};
-use crate::model::Mlp;
+use crate::model::{Mlp, Scope};
 use crate::optim::Constraint;
 use crate::train::{train_with, Event, Hooks, TrainConfig};
 
 /// The largest sparsity accepted: at 0.99 a 784-500-10 MLP keeps about
 /// 4,000 weights, below that layers start to lose whole rows.
 pub const MAX_SPARSITY: f64 = 0.99;
-
-/// Which weights compete for the kept slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// One magnitude threshold across all weight matrices: layers with many
-    /// small weights (the first) lose more.
-    Global,
-    /// Every weight matrix pruned to the same sparsity.
-    Layer,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Global => "global",
-            Scope::Layer => "layer",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "global" => Some(Scope::Global),
-            "layer" => Some(Scope::Layer),
-            _ => None,
-        }
-    }
-}
 
 /// Check a target sparsity: a finite fraction in `0..=MAX_SPARSITY`.
 pub fn check_sparsity(s: f64) -> Result<f64, CompressError> {

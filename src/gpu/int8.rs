@@ -2,7 +2,7 @@
 //! quantization of activations, packed four to a u32) and
 //! `linear_forward_i8` (packed int8 rows times packed int8 weights, exact
 //! i32 sums, f32 epilogue), twins of the functions of the same names in
-//! [`crate::compress::quant`].
+//! [`crate::infer::int8`].
 //!
 //! The dot product of four packed bytes comes in two paths ([`Int8Path`]):
 //! WGSL's `dot4I8Packed`, available when the shader compiler has the
@@ -12,8 +12,8 @@
 //! it. Both give the same exact integer sums, and the tests run both.
 
 use super::context::GpuContext;
-use crate::compress::quant::{PackedI8Linear, K_ALIGN};
 use crate::error::GpuError;
+use crate::infer::int8::{PackedI8Linear, K_ALIGN};
 
 const QUANTIZE_WGSL: &str = include_str!("../../shaders/quantize_rows_i8.wgsl");
 const LINEAR_WGSL: &str = include_str!("../../shaders/linear_forward_i8.wgsl");

@@ -17,8 +17,8 @@ use super::context::GpuContext;
 use super::int8::{GpuI8Layer, I8Dispatch, Int8Path};
 use super::kernels::{DataSource, Dispatch, Entry, Gemm, Operand, StepParams, Tile};
 use super::trainer::upload_features;
-use crate::compress::quant::PackedI8Linear;
 use crate::error::GpuError;
+use crate::infer::int8::PackedI8Linear;
 
 /// The input of a layer: a dense matrix, or raw rows of a dataset gathered
 /// by index and preprocessed inside the kernel (as the first layer reads
@@ -544,7 +544,7 @@ fn run_i8(ctx: &GpuContext, label: &str, ds: &[&I8Dispatch]) {
 /// so an unwritten byte of a poisoned output shows up as -128.
 const I8_POISON: u32 = 0x8080_8080;
 
-/// Twin of [`crate::compress::quant::quantize_rows_i8`]: `rows` rows of
+/// Twin of [`crate::infer::int8::quantize_rows_i8`]: `rows` rows of
 /// `inputs` values into `[rows, stride]` int8 values (zeros past `inputs`)
 /// and one scale per row. `stride` must be a multiple of 4 (the GPU packs
 /// four values to a word).
@@ -586,7 +586,7 @@ pub fn quantize_rows_i8(
     ))
 }
 
-/// Twin of [`crate::compress::quant::linear_forward_i8`] through the
+/// Twin of [`crate::infer::int8::linear_forward_i8`] through the
 /// dot-product `path`: `[rows, layer.outputs]` outputs from stride-padded
 /// activations `xq` (`[rows, layer.stride]`) with per-row scales.
 pub fn linear_forward_i8(

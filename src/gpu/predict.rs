@@ -21,11 +21,11 @@ use std::sync::{mpsc, Arc};
 use super::context::GpuContext;
 use super::int8::{GpuI8Layer, I8Dispatch, Int8Path};
 use super::kernels::{DataSource, Dispatch, Gemm, Operand, StepParams};
-use crate::compress::{Activations, AnyModel, CompressedMlp, Int8Mlp};
 use crate::data::Preprocess;
 use crate::error::{GpuError, InferError};
+use crate::infer::int8::Int8Mlp;
 use crate::infer::Predictor;
-use crate::model::Mlp;
+use crate::model::{Activations, AnyModel, CompressedMlp, Mlp};
 
 /// One recorded kernel call of a forward pass.
 enum Call {

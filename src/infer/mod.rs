@@ -1,26 +1,34 @@
-//! Inference: class probabilities of a trained [`Mlp`] for raw inputs, with
+//! Inference: class probabilities of a trained model for raw inputs, with
 //! buffers allocated once and latency at batch 1 as the first concern.
 //!
 //! A [`Predictor`] takes raw feature rows (the same values the data loaders
 //! produce: 0..=255 pixels for images) and applies the model's
-//! [`Preprocess`](crate::data::Preprocess) itself, so every caller (the
-//! `predict` command, the HTTP server, the benchmarks) feeds it the same
-//! thing. [`CpuPredictor`] is the CPU implementation; a GPU one implements
-//! the same trait. [`input`] turns images, IDX files and CSV files into raw
-//! rows, and [`bench_inference`] measures a predictor.
+//! [`Preprocess`] itself, so every caller (the `predict` command, the HTTP
+//! server, the benchmarks) feeds it the same thing. [`CpuPredictor`] runs
+//! an f32 [`Mlp`] on the [`kernels`] and a [`team`] of threads;
+//! [`Int8Predictor`] runs a compressed model on the int8 engine of
+//! [`int8`]; [`cpu_predictor`] picks one for any model file; a GPU
+//! predictor implements the same trait. [`compressed`] evaluates a
+//! compressed model over a split. [`input`] turns images, IDX files and CSV
+//! files into raw rows. `crate::bench::bench_inference` measures a
+//! predictor.
+//!
+//! Models come from [`crate::model`]; nothing here makes or changes one.
 
+pub mod compressed;
 pub mod input;
+pub mod int8;
 pub mod kernels;
 pub mod team;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::compress::{Activations, AnyModel, CompressedMlp, Int8Mlp};
 use crate::data::Preprocess;
 use crate::error::InferError;
-use crate::model::Mlp;
+use crate::model::{Activations, AnyModel, CompressedMlp, Mlp};
+use int8::Int8Mlp;
 use kernels::{AlignedBuf, Isa, PackedLinear, Rows};
 use team::Team;
 
@@ -324,100 +332,6 @@ pub fn predictions(probabilities: &[f32], classes: usize, k: usize) -> Vec<Predi
             top_k: top_k(p, k),
         })
         .collect()
-}
-
-/// What [`bench_inference`] measures.
-#[derive(Debug, Clone)]
-pub struct BenchOptions {
-    /// Untimed batch-1 calls first (caches, branch predictors, clocks).
-    pub warmup: usize,
-    /// Timed batch-1 calls; p50 and p99 are over these.
-    pub batch1_iterations: usize,
-    /// Rows per call of the throughput measurement.
-    pub batch: usize,
-    /// Timed calls at `batch` rows.
-    pub batch_iterations: usize,
-}
-
-impl Default for BenchOptions {
-    fn default() -> Self {
-        BenchOptions {
-            warmup: 2_000,
-            batch1_iterations: 20_000,
-            batch: 256,
-            batch_iterations: 200,
-        }
-    }
-}
-
-/// In-process inference figures of one predictor.
-#[derive(Debug, Clone, Serialize)]
-pub struct InferenceBench {
-    /// [`Predictor::name`].
-    pub predictor: String,
-    /// Median latency of one row (preprocessing, forward pass, softmax), µs.
-    pub batch1_p50_us: f64,
-    /// 99th percentile of the same, µs.
-    pub batch1_p99_us: f64,
-    pub batch1_mean_us: f64,
-    /// Rows per call of the throughput measurement.
-    pub batch: usize,
-    /// Median time of one call at `batch` rows, ms.
-    pub batch_p50_ms: f64,
-    /// `batch` divided by the mean time per call.
-    pub rows_per_second: f64,
-}
-
-/// Measure `predictor` in process: latency at batch 1 (p50, p99) and
-/// throughput at `opts.batch` rows, on fixed pseudo-random raw inputs in
-/// 0..=255.
-pub fn bench_inference(predictor: &mut dyn Predictor, opts: &BenchOptions) -> Result<InferenceBench, InferError> {
-    let dim = predictor.inputs();
-    let classes = predictor.classes();
-    let batch = opts.batch.max(1);
-    // A small LCG: deterministic, and different rows defeat nothing-changed shortcuts.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let raw: Vec<f32> = (0..dim * batch)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 33) % 256) as f32
-        })
-        .collect();
-    let mut out = vec![0.0; classes * batch];
-    let row = |i: usize| &raw[(i % batch) * dim..(i % batch + 1) * dim];
-    for i in 0..opts.warmup {
-        predictor.probabilities_into(row(i), &mut out[..classes])?;
-    }
-    let mut lat = Vec::with_capacity(opts.batch1_iterations.max(1));
-    for i in 0..opts.batch1_iterations.max(1) {
-        let t = Instant::now();
-        predictor.probabilities_into(row(i), &mut out[..classes])?;
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    lat.sort_by(f64::total_cmp);
-    let pct = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-    let mean = lat.iter().sum::<f64>() / lat.len() as f64;
-
-    predictor.probabilities_into(&raw, &mut out)?;
-    let mut big = Vec::with_capacity(opts.batch_iterations.max(1));
-    for _ in 0..opts.batch_iterations.max(1) {
-        let t = Instant::now();
-        predictor.probabilities_into(&raw, &mut out)?;
-        big.push(t.elapsed().as_secs_f64());
-    }
-    let total: f64 = big.iter().sum();
-    big.sort_by(f64::total_cmp);
-    Ok(InferenceBench {
-        predictor: predictor.name(),
-        batch1_p50_us: pct(&lat, 0.5),
-        batch1_p99_us: pct(&lat, 0.99),
-        batch1_mean_us: mean,
-        batch,
-        batch_p50_ms: pct(&big, 0.5) * 1e3,
-        rows_per_second: batch as f64 * big.len() as f64 / total,
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,67 @@
+//! Matrix-product throughput (`wgtrain bench --matmul`): the shapes of a
+//! training step, and their timing on the CPU (the GPU twin is
+//! `crate::gpu::ops::bench_matmul`).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::time_repeated;
+
+/// Throughput of one matrix product shape on one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatmulTiming {
+    pub bench: &'static str,
+    pub device: String,
+    /// `nn`, `nt` or `tn`: which operand is stored transposed.
+    pub variant: &'static str,
+    /// GPU matmul tile variant (outputs per workgroup, and k-slices); none
+    /// on the CPU.
+    pub tile: Option<&'static str>,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub seconds_per_call: f64,
+    pub gflops: f64,
+}
+
+/// The products of one training step of the 784-500-10 MLP at batch `b`,
+/// plus square sizes: `(variant, m, n, k)`.
+pub fn matmul_shapes(batch: usize, square: &[usize]) -> Vec<(&'static str, usize, usize, usize)> {
+    let mut v = vec![
+        ("nt", batch, 500, 784), // forward, layer 1
+        ("nt", batch, 10, 500),  // forward, layer 2
+        ("nn", batch, 500, 10),  // input gradient, layer 2
+        ("tn", 10, 500, batch),  // weight gradient, layer 2
+        ("tn", 500, 784, batch), // weight gradient, layer 1
+    ];
+    v.extend(square.iter().map(|&s| ("nn", s, s, s)));
+    v
+}
+
+/// Time a product on the CPU: repeated until about `budget_s` seconds.
+pub fn cpu_matmul(variant: &'static str, m: usize, n: usize, k: usize, budget_s: f64) -> MatmulTiming {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut c = vec![0.0f32; m * n];
+    let (ta, tb) = match variant {
+        "nt" => (false, true),
+        "tn" => (true, false),
+        _ => (false, false),
+    };
+    let mut call = || crate::cpu::kernels::gemm(m, n, k, &a, ta, &b, tb, &mut c, 0.0, 1.0, false);
+    call();
+    let secs = time_repeated(&mut call, budget_s);
+    MatmulTiming {
+        bench: "matmul",
+        device: format!("cpu ({} threads)", crate::cpu::threads()),
+        variant,
+        tile: None,
+        m,
+        n,
+        k,
+        seconds_per_call: secs,
+        gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
+    }
+}

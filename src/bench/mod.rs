@@ -1,0 +1,53 @@
+//! Measurements behind `wgtrain bench` and `wgtrain compress --bench`:
+//!
+//! - [`epoch`]: epoch time of the training loop on any backend.
+//! - [`matmul`]: matrix-product throughput on the CPU, and the shapes a
+//!   training step multiplies.
+//! - [`forward`]: forward-pass throughput of the f32 and int8 CPU paths.
+//! - [`inference`]: batch-1 latency and throughput of a [`crate::infer::Predictor`].
+//! - [`synthetic`]: random data shaped like Fashion-MNIST.
+//!
+//! Everything here only measures: it runs the backends, predictors and
+//! engines of the rest of the crate, and nothing else in the library
+//! imports it.
+
+use std::time::Instant;
+
+pub mod epoch;
+pub mod forward;
+pub mod inference;
+pub mod matmul;
+pub mod synthetic;
+
+pub use epoch::{epoch_time, EpochTiming};
+pub use forward::{bench_forward_f32, bench_forward_f32_predictor, bench_forward_int8, ForwardBench};
+pub use inference::{bench_inference, BenchOptions, InferenceBench};
+pub use matmul::{cpu_matmul, matmul_shapes, MatmulTiming};
+pub use synthetic::synthetic_mnist_like;
+
+/// Median seconds per call of `f`, over batches of calls filling about
+/// `budget_s` seconds.
+pub fn time_repeated(f: &mut dyn FnMut(), budget_s: f64) -> f64 {
+    let t0 = Instant::now();
+    f();
+    let once = t0.elapsed().as_secs_f64().max(1e-7);
+    let per_round = ((budget_s / 5.0 / once).ceil() as usize).max(1);
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..per_round {
+            f();
+        }
+        rounds.push(t.elapsed().as_secs_f64() / per_round as f64);
+    }
+    median(&mut rounds)
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

@@ -1,0 +1,500 @@
+//! Model files: the one writer and the one reader of every safetensors file
+//! wgtrain writes, and [`AnyModel`], which loads either format.
+//!
+//! The metadata is [`Metadata`] (see [`super::header`]). A plain f32 file
+//! ([`FORMAT_MLP`]) holds `fcN.weight` (F32 `[out, in]`, the layout of
+//! PyTorch's `nn.Linear.weight`) and `fcN.bias` (F32 `[out]`), so PyTorch
+//! loads it. A compressed file ([`FORMAT_COMPRESSED`]) holds `fcN.bias` and
+//! each layer's weights in the smallest of these encodings, named by the
+//! metadata `fcN.encoding`:
+//!
+//! | encoding       | tensors                                                                         |
+//! |----------------|---------------------------------------------------------------------------------|
+//! | `dense-f32`    | `fcN.weight` F32 `[out, in]`                                                    |
+//! | `dense-int8`   | `fcN.weight_q` I8 `[out, in]`, `fcN.weight_scale` F32 `[out]`                   |
+//! | `bitmask-f32`  | `fcN.weight_mask` U8 `[out, ceil(in/8)]`, `fcN.weight_values` F32 `[nnz]`       |
+//! | `bitmask-int8` | `fcN.weight_mask`, `fcN.weight_values` I8 `[nnz]`, `fcN.weight_scale` F32 `[out]` |
+//!
+//! The bitmask is described in [`super::sparse`]. Files are written
+//! atomically ([`write_atomic`]).
+
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use serde::Serialize;
+
+use super::compressed::{CompressedLinear, CompressedMlp, LayerWeights};
+use super::header::{Format, Header, Metadata, FORMAT_COMPRESSED, FORMAT_MLP};
+use super::int8::QuantizedWeights;
+use super::mlp::{Linear, Mlp};
+use super::sparse;
+use crate::error::ModelError;
+
+/// How one layer of a compressed model was stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerStorage {
+    pub encoding: &'static str,
+    /// Bytes of the layer's tensors (weights, scales, bias), without the
+    /// file header.
+    pub tensor_bytes: usize,
+}
+
+/// Tensors of one file, owned, before serialisation.
+struct Tensors(Vec<(String, Dtype, Vec<usize>, Vec<u8>)>);
+
+impl Tensors {
+    /// Add a tensor; returns its size in bytes.
+    fn push(&mut self, name: String, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> usize {
+        let n = data.len();
+        self.0.push((name, dtype, shape, data));
+        n
+    }
+
+    /// The file: the tensors with `meta`.
+    fn serialize(&self, meta: &Metadata) -> Result<Vec<u8>, ModelError> {
+        let views = self
+            .0
+            .iter()
+            .map(|(n, d, s, b)| {
+                TensorView::new(*d, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| ModelError::Invalid(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        safetensors::serialize(views, Some(meta.to_map())).map_err(|e| ModelError::Invalid(e.to_string()))
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    bytemuck::cast_slice::<f32, u8>(v).to_vec()
+}
+
+fn i8_bytes(v: &[i8]) -> Vec<u8> {
+    bytemuck::cast_slice::<i8, u8>(v).to_vec()
+}
+
+/// Tensor `name` of layer `i` (0-based): `fc{i+1}.{name}`.
+fn layer_tensor(i: usize, name: &str) -> String {
+    format!("fc{}.{name}", i + 1)
+}
+
+/// The weights of one compressed layer in the smallest encoding: pushed
+/// into `t`; returns the encoding and the bytes pushed.
+fn push_weights(t: &mut Tensors, i: usize, l: &CompressedLinear) -> (&'static str, usize) {
+    let name = |s: &str| layer_tensor(i, s);
+    let (n, rb) = (l.inputs * l.outputs, sparse::row_bytes(l.inputs));
+    let nnz = l.nonzeros();
+    let mut bytes = 0;
+    let mask = |t: &mut Tensors, nonzero: &dyn Fn(usize) -> bool| {
+        t.push(
+            name("weight_mask"),
+            Dtype::U8,
+            vec![l.outputs, rb],
+            sparse::encode(l.inputs, l.outputs, nonzero),
+        )
+    };
+    let encoding = match &l.weights {
+        LayerWeights::F32(w) => {
+            if rb * l.outputs + 4 * nnz < 4 * n {
+                bytes += mask(t, &|j| w[j] != 0.0);
+                let vals: Vec<f32> = w.iter().copied().filter(|&v| v != 0.0).collect();
+                bytes += t.push(name("weight_values"), Dtype::F32, vec![nnz], f32_bytes(&vals));
+                "bitmask-f32"
+            } else {
+                bytes += t.push(name("weight"), Dtype::F32, vec![l.outputs, l.inputs], f32_bytes(w));
+                "dense-f32"
+            }
+        }
+        LayerWeights::Int8(q) => {
+            let enc = if rb * l.outputs + nnz < n {
+                bytes += mask(t, &|j| q.q[j] != 0);
+                let vals: Vec<i8> = q.q.iter().copied().filter(|&v| v != 0).collect();
+                bytes += t.push(name("weight_values"), Dtype::I8, vec![nnz], i8_bytes(&vals));
+                "bitmask-int8"
+            } else {
+                bytes += t.push(name("weight_q"), Dtype::I8, vec![l.outputs, l.inputs], i8_bytes(&q.q));
+                "dense-int8"
+            };
+            bytes += t.push(name("weight_scale"), Dtype::F32, vec![l.outputs], f32_bytes(&q.scale));
+            enc
+        }
+    };
+    (encoding, bytes)
+}
+
+/// A model file being read: its parsed metadata and its tensors.
+struct Reader<'a> {
+    path: &'a Path,
+    meta: Metadata,
+    st: SafeTensors<'a>,
+}
+
+impl<'a> Reader<'a> {
+    /// Parse the safetensors container and the metadata of `bytes`; `path`
+    /// is only used in messages.
+    fn new(bytes: &'a [u8], path: &'a Path) -> Result<Self, ModelError> {
+        let fmt_err = |e: safetensors::SafeTensorError| ModelError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let (_, md) = SafeTensors::read_metadata(bytes).map_err(fmt_err)?;
+        let st = SafeTensors::deserialize(bytes).map_err(fmt_err)?;
+        let meta = Metadata::parse(&md.metadata().clone().unwrap_or_default(), path)?;
+        Ok(Reader { path, meta, st })
+    }
+
+    fn not_ours(&self, message: String) -> ModelError {
+        ModelError::NotWgtrain {
+            path: self.path.to_path_buf(),
+            message,
+        }
+    }
+
+    /// The error for a file of the other format.
+    fn wrong_format(&self, want: &str) -> ModelError {
+        let found = match self.meta.format {
+            Format::F32 => FORMAT_MLP,
+            Format::Compressed { .. } => FORMAT_COMPRESSED,
+        };
+        self.not_ours(format!("format `{found}` is not `{want}`"))
+    }
+
+    /// The bytes of tensor `name`, which must have `dtype` and `shape`.
+    fn tensor(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'a [u8], ModelError> {
+        let t = self
+            .st
+            .tensor(name)
+            .map_err(|_| self.not_ours(format!("tensor `{name}` is missing")))?;
+        if t.dtype() != dtype || t.shape() != shape {
+            return Err(self.not_ours(format!(
+                "tensor `{name}` is {:?} {:?}, expected {dtype:?} {shape:?}",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        Ok(t.data())
+    }
+
+    fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        Ok(self
+            .tensor(name, Dtype::F32, shape)?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn i8s(&self, name: &str, shape: &[usize]) -> Result<Vec<i8>, ModelError> {
+        Ok(self.tensor(name, Dtype::I8, shape)?.iter().map(|&v| v as i8).collect())
+    }
+
+    /// The weights of a plain f32 file.
+    fn mlp(self) -> Result<Mlp, ModelError> {
+        if self.meta.format != Format::F32 {
+            return Err(self.wrong_format(FORMAT_MLP));
+        }
+        let h = &self.meta.header;
+        let mut layers = Vec::new();
+        for (i, (inputs, outputs)) in h.layers().enumerate() {
+            layers.push(Linear {
+                inputs,
+                outputs,
+                weight: self.f32s(&layer_tensor(i, "weight"), &[outputs, inputs])?,
+                bias: self.f32s(&layer_tensor(i, "bias"), &[outputs])?,
+            });
+        }
+        let Header {
+            input_shape,
+            preprocess,
+            ..
+        } = self.meta.header;
+        Ok(Mlp {
+            layers,
+            preprocess,
+            input_shape,
+        })
+    }
+
+    /// The set positions of layer `i`'s bitmask, which must number as many
+    /// as the values the layer stores (`weight_values`, of `dtype`).
+    fn mask(&self, i: usize, inputs: usize, outputs: usize) -> Result<Vec<usize>, ModelError> {
+        let values = layer_tensor(i, "weight_values");
+        let nnz: usize = self
+            .st
+            .tensor(&values)
+            .map(|t| t.shape().iter().product())
+            .map_err(|_| self.not_ours(format!("tensor `{values}` is missing")))?;
+        let mask_name = layer_tensor(i, "weight_mask");
+        let m = self.tensor(&mask_name, Dtype::U8, &[outputs, sparse::row_bytes(inputs)])?;
+        let pos = sparse::positions(m, inputs, outputs);
+        if pos.len() != nnz {
+            return Err(self.not_ours(format!(
+                "`{mask_name}` has {} set bits but `{values}` holds {nnz} values",
+                pos.len()
+            )));
+        }
+        Ok(pos)
+    }
+
+    /// The weights of layer `i` of a compressed file, stored as `encoding`.
+    fn layer_weights(
+        &self,
+        i: usize,
+        encoding: &str,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<LayerWeights, ModelError> {
+        let name = |s: &str| layer_tensor(i, s);
+        let int8 = |q: Vec<i8>| -> Result<LayerWeights, ModelError> {
+            Ok(LayerWeights::Int8(QuantizedWeights {
+                inputs,
+                outputs,
+                q,
+                scale: self.f32s(&name("weight_scale"), &[outputs])?,
+            }))
+        };
+        match encoding {
+            "dense-f32" => Ok(LayerWeights::F32(self.f32s(&name("weight"), &[outputs, inputs])?)),
+            "dense-int8" => int8(self.i8s(&name("weight_q"), &[outputs, inputs])?),
+            "bitmask-f32" => {
+                let pos = self.mask(i, inputs, outputs)?;
+                let vals = self.f32s(&name("weight_values"), &[pos.len()])?;
+                Ok(LayerWeights::F32(sparse::scatter(inputs * outputs, &pos, &vals)))
+            }
+            "bitmask-int8" => {
+                let pos = self.mask(i, inputs, outputs)?;
+                let vals = self.i8s(&name("weight_values"), &[pos.len()])?;
+                int8(sparse::scatter(inputs * outputs, &pos, &vals))
+            }
+            other => Err(self.not_ours(format!("unknown weight encoding `{other}` of layer {}", i + 1))),
+        }
+    }
+
+    /// The layers of a compressed file.
+    fn compressed(self) -> Result<CompressedMlp, ModelError> {
+        let Format::Compressed { info, encodings } = &self.meta.format else {
+            return Err(self.wrong_format(FORMAT_COMPRESSED));
+        };
+        let mut layers = Vec::new();
+        for (i, ((inputs, outputs), encoding)) in self.meta.header.layers().zip(encodings).enumerate() {
+            layers.push(CompressedLinear {
+                inputs,
+                outputs,
+                weights: self.layer_weights(i, encoding, inputs, outputs)?,
+                bias: self.f32s(&layer_tensor(i, "bias"), &[outputs])?,
+            });
+        }
+        let info = info.clone();
+        let Header {
+            input_shape,
+            preprocess,
+            ..
+        } = self.meta.header;
+        Ok(CompressedMlp {
+            layers,
+            preprocess,
+            input_shape,
+            info,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|e| ModelError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Write `bytes` to `path` through a temporary file in the same folder,
+/// then renamed, so a failure never leaves a partial file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let io = |e| ModelError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+impl Mlp {
+    /// Serialise to safetensors bytes: `fc1.weight`, `fc1.bias`, ... in
+    /// `[out, in]` layout, f32 little-endian.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
+        let mut t = Tensors(Vec::new());
+        for (i, l) in self.layers.iter().enumerate() {
+            t.push(
+                layer_tensor(i, "weight"),
+                Dtype::F32,
+                vec![l.outputs, l.inputs],
+                f32_bytes(&l.weight),
+            );
+            t.push(layer_tensor(i, "bias"), Dtype::F32, vec![l.outputs], f32_bytes(&l.bias));
+        }
+        t.serialize(&Metadata {
+            header: self.header(),
+            format: Format::F32,
+        })
+    }
+
+    /// Write the model atomically ([`write_atomic`]).
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        write_atomic(path, &self.to_safetensors()?)
+    }
+
+    /// Parse a plain f32 model file; `path` is only used in messages.
+    pub fn from_safetensors(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        Reader::new(bytes, path)?.mlp()
+    }
+
+    /// Load a plain f32 model file.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::from_safetensors(&read_file(path)?, path)
+    }
+}
+
+impl CompressedMlp {
+    /// Serialise, choosing for each layer the smallest encoding; returns
+    /// the bytes and how each layer was stored.
+    pub fn to_safetensors(&self) -> Result<(Vec<u8>, Vec<LayerStorage>), ModelError> {
+        let mut t = Tensors(Vec::new());
+        let mut storage = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let (encoding, weight_bytes) = push_weights(&mut t, i, l);
+            let bias_bytes = t.push(layer_tensor(i, "bias"), Dtype::F32, vec![l.outputs], f32_bytes(&l.bias));
+            storage.push(LayerStorage {
+                encoding,
+                tensor_bytes: weight_bytes + bias_bytes,
+            });
+        }
+        let meta = Metadata {
+            header: self.header(),
+            format: Format::Compressed {
+                info: self.info.clone(),
+                encodings: storage.iter().map(|s| s.encoding.to_string()).collect(),
+            },
+        };
+        Ok((t.serialize(&meta)?, storage))
+    }
+
+    /// Write atomically; returns how each layer was stored and the file size.
+    pub fn save(&self, path: &Path) -> Result<(Vec<LayerStorage>, usize), ModelError> {
+        let (bytes, storage) = self.to_safetensors()?;
+        write_atomic(path, &bytes)?;
+        Ok((storage, bytes.len()))
+    }
+
+    /// Parse a compressed model file; `path` is only used in messages.
+    pub fn from_safetensors(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        Reader::new(bytes, path)?.compressed()
+    }
+
+    /// Load a compressed model file.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::from_safetensors(&read_file(path)?, path)
+    }
+}
+
+/// Any model file wgtrain writes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyModel {
+    F32(Mlp),
+    Compressed(CompressedMlp),
+}
+
+impl AnyModel {
+    /// Read a model file of either format, by its `wgtrain.format`.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::from_safetensors(&read_file(path)?, path)
+    }
+
+    /// Parse a model file of either format; `path` is only used in messages.
+    pub fn from_safetensors(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        let r = Reader::new(bytes, path)?;
+        match r.meta.format {
+            Format::F32 => Ok(AnyModel::F32(r.mlp()?)),
+            Format::Compressed { .. } => Ok(AnyModel::Compressed(r.compressed()?)),
+        }
+    }
+
+    /// Layer widths, input shape and preprocessing.
+    pub fn header(&self) -> Header {
+        match self {
+            AnyModel::F32(m) => m.header(),
+            AnyModel::Compressed(m) => m.header(),
+        }
+    }
+
+    pub fn inputs(&self) -> usize {
+        match self {
+            AnyModel::F32(m) => m.inputs(),
+            AnyModel::Compressed(m) => m.inputs(),
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        match self {
+            AnyModel::F32(m) => m.classes(),
+            AnyModel::Compressed(m) => m.classes(),
+        }
+    }
+
+    /// The f32 model (dequantized for a compressed one).
+    pub fn to_mlp(&self) -> Mlp {
+        match self {
+            AnyModel::F32(m) => m.clone(),
+            AnyModel::Compressed(m) => m.to_mlp(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Normalize, Preprocess};
+    use crate::model::CompressionInfo;
+
+    fn model() -> Mlp {
+        let p = Preprocess {
+            kind: Normalize::Standardize,
+            scale: 3.5,
+            offset: -0.25,
+        };
+        Mlp::new(&[5, 4, 3, 2], 7, p, vec![5]).unwrap()
+    }
+
+    #[test]
+    fn safetensors_round_trip() {
+        let m = model();
+        let bytes = m.to_safetensors().unwrap();
+        let back = Mlp::from_safetensors(&bytes, Path::new("m")).unwrap();
+        assert_eq!(m, back);
+    }
+
+    #[test]
+    fn each_reader_refuses_the_other_format() {
+        let f32_file = model().to_safetensors().unwrap();
+        let c = CompressedMlp::from_mlp(&model(), true, CompressionInfo::default());
+        let (compressed_file, _) = c.to_safetensors().unwrap();
+        let e = CompressedMlp::from_safetensors(&f32_file, Path::new("m")).unwrap_err();
+        assert!(e.to_string().contains("`mlp-f32-v1` is not `mlp-compressed-v1`"), "{e}");
+        let e = Mlp::from_safetensors(&compressed_file, Path::new("m")).unwrap_err();
+        assert!(e.to_string().contains("`mlp-compressed-v1` is not `mlp-f32-v1`"), "{e}");
+        assert_eq!(
+            AnyModel::from_safetensors(&compressed_file, Path::new("m")).unwrap(),
+            AnyModel::Compressed(c)
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! What a model file says besides its tensors: the [`Header`] every model
+//! shares (layer widths, input shape, preprocessing), and [`Metadata`], the
+//! one writer and parser of the safetensors metadata keys.
+//!
+//! Every file has `wgtrain.format` ([`FORMAT_KEY`]), `wgtrain.version`,
+//! `layers` (the widths, comma-separated), `activation` (`relu`),
+//! `input_shape` (comma-separated, may be empty), `normalize`,
+//! `input_scale` and `input_offset` (f32 in `{:e}` notation). A plain f32
+//! file adds `format = pt`, so PyTorch tools take it for theirs; a
+//! compressed one adds the `compress.*` keys of [`CompressionInfo`] and
+//! `fcN.encoding` naming each layer's weight encoding.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::info::{Activations, CompressionInfo, Scope};
+use crate::data::{Normalize, Preprocess};
+use crate::error::ModelError;
+
+/// Metadata key naming the file's format.
+pub const FORMAT_KEY: &str = "wgtrain.format";
+/// Value of [`FORMAT_KEY`] for a plain f32 MLP.
+pub const FORMAT_MLP: &str = "mlp-f32-v1";
+/// Value of [`FORMAT_KEY`] for a compressed MLP.
+pub const FORMAT_COMPRESSED: &str = "mlp-compressed-v1";
+
+/// The description every model carries besides its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// Layer widths, inputs first, classes last: at least two, none zero
+    /// in a model that was built or loaded.
+    pub sizes: Vec<usize>,
+    /// Shape of one input example (e.g. `[28, 28]`), for predict.
+    pub input_shape: Vec<usize>,
+    /// How raw inputs are mapped before the first layer.
+    pub preprocess: Preprocess,
+}
+
+impl Header {
+    /// Values per input row.
+    pub fn inputs(&self) -> usize {
+        self.sizes.first().copied().unwrap_or(0)
+    }
+
+    /// Number of classes (outputs of the last layer).
+    pub fn classes(&self) -> usize {
+        if self.sizes.len() < 2 {
+            return 0;
+        }
+        self.sizes.last().copied().unwrap_or(0)
+    }
+
+    /// `(inputs, outputs)` of each layer, first layer first.
+    pub fn layers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.sizes.windows(2).map(|w| (w[0], w[1]))
+    }
+}
+
+/// What a file's format adds to the [`Header`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    /// [`FORMAT_MLP`]: dense f32 weights.
+    F32,
+    /// [`FORMAT_COMPRESSED`]: how the model was made, and the weight
+    /// encoding of each layer (`dense-f32`, `dense-int8`, `bitmask-f32`,
+    /// `bitmask-int8`; see [`super::file`]).
+    Compressed {
+        info: CompressionInfo,
+        encodings: Vec<String>,
+    },
+}
+
+/// The metadata of one model file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metadata {
+    pub header: Header,
+    pub format: Format,
+}
+
+fn join(v: &[usize]) -> String {
+    v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+}
+
+impl Metadata {
+    /// The key-value pairs written into the file.
+    pub fn to_map(&self) -> HashMap<String, String> {
+        let h = &self.header;
+        let p = &h.preprocess;
+        let format = match self.format {
+            Format::F32 => FORMAT_MLP,
+            Format::Compressed { .. } => FORMAT_COMPRESSED,
+        };
+        let mut m = HashMap::from([
+            (FORMAT_KEY.to_string(), format.to_string()),
+            ("wgtrain.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("layers".to_string(), join(&h.sizes)),
+            ("activation".to_string(), "relu".to_string()),
+            ("input_shape".to_string(), join(&h.input_shape)),
+            ("normalize".to_string(), p.kind.as_str().to_string()),
+            ("input_scale".to_string(), format!("{:e}", p.scale)),
+            ("input_offset".to_string(), format!("{:e}", p.offset)),
+        ]);
+        match &self.format {
+            Format::F32 => {
+                m.insert("format".to_string(), "pt".to_string());
+            }
+            Format::Compressed { info: i, encodings } => {
+                m.extend([
+                    ("compress.target_sparsity".to_string(), i.target_sparsity.to_string()),
+                    (
+                        "compress.scope".to_string(),
+                        i.scope.map(Scope::as_str).unwrap_or("none").to_string(),
+                    ),
+                    ("compress.schedule".to_string(), i.schedule.clone()),
+                    ("compress.finetune_epochs".to_string(), i.finetune_epochs.to_string()),
+                    ("compress.quantization".to_string(), i.quantization.clone()),
+                    ("compress.activations".to_string(), i.activations.as_str().to_string()),
+                    ("compress.base_model".to_string(), i.base_model.clone()),
+                ]);
+                for (n, e) in encodings.iter().enumerate() {
+                    m.insert(format!("fc{}.encoding", n + 1), e.clone());
+                }
+            }
+        }
+        m
+    }
+
+    /// Parse the metadata of the file at `path` (used only in messages).
+    pub fn parse(md: &HashMap<String, String>, path: &Path) -> Result<Self, ModelError> {
+        let not_ours = |m: String| ModelError::NotWgtrain {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let get = |k: &str| {
+            md.get(k)
+                .cloned()
+                .ok_or_else(|| not_ours(format!("metadata has no `{k}`")))
+        };
+        let list = |k: &str| -> Result<Vec<usize>, ModelError> {
+            let s = get(k)?;
+            if s.is_empty() {
+                return Ok(vec![]);
+            }
+            s.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse::<usize>()
+                        .map_err(|_| not_ours(format!("metadata `{k}` = `{s}` is not a list of sizes")))
+                })
+                .collect()
+        };
+        let f32_value = |k: &str| -> Result<f32, ModelError> {
+            get(k)?
+                .parse::<f32>()
+                .map_err(|_| not_ours(format!("metadata `{k}` is not a number")))
+        };
+        let f64_value = |k: &str| -> Result<f64, ModelError> {
+            get(k)?
+                .parse::<f64>()
+                .map_err(|_| not_ours(format!("metadata `{k}` is not a number")))
+        };
+
+        let compressed = match md.get(FORMAT_KEY).map(String::as_str) {
+            Some(FORMAT_MLP) => false,
+            Some(FORMAT_COMPRESSED) => true,
+            Some(other) => {
+                return Err(not_ours(format!(
+                    "unknown format `{other}` (expected `{FORMAT_MLP}` or `{FORMAT_COMPRESSED}`)"
+                )))
+            }
+            None => {
+                return Err(not_ours(format!(
+                    "metadata has no `{FORMAT_KEY}`; was it written by `wgtrain train --save` or `wgtrain compress`?"
+                )))
+            }
+        };
+        let sizes = list("layers")?;
+        if sizes.len() < 2 || sizes.contains(&0) {
+            return Err(not_ours(format!(
+                "`layers` {sizes:?} needs at least two non-zero sizes"
+            )));
+        }
+        let input_shape = list("input_shape")?;
+        let preprocess = Preprocess {
+            kind: Normalize::parse(&get("normalize")?).ok_or_else(|| not_ours("unknown `normalize`".into()))?,
+            scale: f32_value("input_scale")?,
+            offset: f32_value("input_offset")?,
+        };
+        let format = if compressed {
+            let info = CompressionInfo {
+                target_sparsity: f64_value("compress.target_sparsity")?,
+                scope: Scope::parse(&get("compress.scope")?),
+                schedule: get("compress.schedule")?,
+                finetune_epochs: f64_value("compress.finetune_epochs")? as usize,
+                quantization: get("compress.quantization")?,
+                activations: Activations::parse(&get("compress.activations")?)
+                    .ok_or_else(|| not_ours("unknown `compress.activations`".into()))?,
+                base_model: md.get("compress.base_model").cloned().unwrap_or_default(),
+            };
+            let encodings = (1..sizes.len())
+                .map(|n| get(&format!("fc{n}.encoding")))
+                .collect::<Result<_, _>>()?;
+            Format::Compressed { info, encodings }
+        } else {
+            Format::F32
+        };
+        Ok(Metadata {
+            header: Header {
+                sizes,
+                input_shape,
+                preprocess,
+            },
+            format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            sizes: vec![6, 4, 3],
+            input_shape: vec![2, 3],
+            preprocess: Preprocess {
+                kind: Normalize::Standardize,
+                scale: 0.3,
+                offset: -1.5e-7,
+            },
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_for_both_formats() {
+        let info = CompressionInfo {
+            target_sparsity: 0.85,
+            scope: Some(Scope::Global),
+            schedule: "gradual-cubic".into(),
+            finetune_epochs: 3,
+            quantization: "int8".into(),
+            activations: Activations::F32,
+            base_model: "b.safetensors".into(),
+        };
+        for format in [
+            Format::F32,
+            Format::Compressed {
+                info,
+                encodings: vec!["bitmask-int8".into(), "dense-int8".into()],
+            },
+        ] {
+            let m = Metadata {
+                header: header(),
+                format,
+            };
+            assert_eq!(Metadata::parse(&m.to_map(), Path::new("m")).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn bad_metadata_names_the_key() {
+        let good = Metadata {
+            header: header(),
+            format: Format::F32,
+        }
+        .to_map();
+        let cases: [(&str, Option<&str>, &str); 6] = [
+            (FORMAT_KEY, None, "was it written by"),
+            (FORMAT_KEY, Some("mlp-f16"), "unknown format `mlp-f16`"),
+            ("layers", Some("6"), "at least two non-zero sizes"),
+            ("layers", Some("6,0,3"), "at least two non-zero sizes"),
+            (
+                "input_shape",
+                Some("2,x"),
+                "`input_shape` = `2,x` is not a list of sizes",
+            ),
+            ("input_scale", Some("big"), "`input_scale` is not a number"),
+        ];
+        for (key, value, want) in cases {
+            let mut md = good.clone();
+            match value {
+                Some(v) => md.insert(key.to_string(), v.to_string()),
+                None => md.remove(key),
+            };
+            let e = Metadata::parse(&md, Path::new("m.safetensors"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("m.safetensors"), "{key}: {e}");
+        }
+        let mut md = good;
+        md.insert(FORMAT_KEY.to_string(), FORMAT_COMPRESSED.to_string());
+        let e = Metadata::parse(&md, Path::new("m")).unwrap_err().to_string();
+        assert!(e.contains("compress."), "{e}");
+    }
+}
