@@ -9,6 +9,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use wgtrain::cpu::kernels;
+use wgtrain::cpu::team::{self, Team};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -17,9 +18,14 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 }
 
 fn bench(c: &mut Criterion) {
-    if let Ok(t) = std::env::var("WGTRAIN_THREADS") {
-        kernels::set_threads(t.parse().unwrap_or(0));
-    }
+    let threads = std::env::var("WGTRAIN_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    Team::new(threads, team::TRAIN_SPIN).install(|| bench_on_team(c));
+}
+
+fn bench_on_team(c: &mut Criterion) {
     let (inp, hid, out) = (784, 500, 10);
     let mut g = c.benchmark_group("cpu");
     for batch in [64usize, 256] {

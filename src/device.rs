@@ -77,15 +77,17 @@ pub fn open_predictor(
     })
 }
 
-/// Build the training backend for a device choice.
+/// Build the training backend for a device choice; a CPU one on `threads`
+/// threads (0: one per core).
 pub fn open_backend(
     choice: &DeviceChoice,
+    threads: usize,
     model: Mlp,
     data: Arc<Dataset>,
     spec: TrainSpec,
 ) -> Result<Box<dyn Backend>> {
     Ok(match open_gpu(choice)? {
         Some(ctx) => Box::new(GpuBackend::new(ctx, model, data, spec)?),
-        None => Box::new(CpuBackend::new(model, data, spec)?),
+        None => Box::new(CpuBackend::with_threads(model, data, spec, threads)?),
     })
 }

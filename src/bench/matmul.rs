@@ -39,8 +39,10 @@ pub fn matmul_shapes(batch: usize, square: &[usize]) -> Vec<(&'static str, usize
     v
 }
 
-/// Time a product on the CPU: repeated until about `budget_s` seconds.
-pub fn cpu_matmul(variant: &'static str, m: usize, n: usize, k: usize, budget_s: f64) -> MatmulTiming {
+/// Time a product on the CPU on `threads` threads (0: one per core):
+/// repeated until about `budget_s` seconds.
+pub fn cpu_matmul(variant: &'static str, m: usize, n: usize, k: usize, budget_s: f64, threads: usize) -> MatmulTiming {
+    let mut team = crate::cpu::Team::new(threads, crate::cpu::team::TRAIN_SPIN);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
     let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -51,11 +53,13 @@ pub fn cpu_matmul(variant: &'static str, m: usize, n: usize, k: usize, budget_s:
         _ => (false, false),
     };
     let mut call = || crate::cpu::kernels::gemm(m, n, k, &a, ta, &b, tb, &mut c, 0.0, 1.0, false);
-    call();
-    let secs = time_repeated(&mut call, budget_s);
+    let secs = team.install(|| {
+        call();
+        time_repeated(&mut call, budget_s)
+    });
     MatmulTiming {
         bench: "matmul",
-        device: format!("cpu ({} threads)", crate::cpu::threads()),
+        device: format!("cpu ({} threads)", team.size()),
         variant,
         tile: None,
         m,

@@ -71,14 +71,15 @@ pub(crate) struct BenchArgs {
 }
 
 /// In-process inference figures of a model (or a fresh 784-500-10 MLP) in
-/// f32 and int8 on each device (`None`: the CPU), printed as a table on
+/// f32 and int8 on each device (`None`: the CPU, on `threads` threads), printed as a table on
 /// stderr.
 fn bench_inference(
     model: Option<&Path>,
     devices: &[Option<Arc<wgtrain::gpu::GpuContext>>],
+    threads: usize,
 ) -> Result<Vec<wgtrain::bench::InferenceBench>> {
     use wgtrain::bench::{bench_inference, BenchOptions};
-    use wgtrain::infer::{CpuPredictor, Int8Predictor, Predictor};
+    use wgtrain::infer::{CpuPredictor, Int8Predictor, Predictor, DEFAULT_SPIN};
     use wgtrain::model::{AnyModel, CompressedMlp, CompressionInfo};
     let (f32_model, int8_model) = match model {
         None => {
@@ -123,8 +124,16 @@ fn bench_inference(
     for dev in devices {
         match dev {
             None => {
-                predictors.push((Box::new(CpuPredictor::new(&f32_model, opts.batch)), &opts));
-                if let Some(p) = Int8Predictor::new(&int8_model) {
+                predictors.push((
+                    Box::new(CpuPredictor::with_threads(
+                        &f32_model,
+                        opts.batch,
+                        threads,
+                        DEFAULT_SPIN,
+                    )),
+                    &opts,
+                ));
+                if let Some(p) = Int8Predictor::with_threads(&int8_model, threads, DEFAULT_SPIN) {
                     predictors.push((Box::new(p), &opts));
                 }
             }
@@ -212,7 +221,6 @@ fn parse_tiles(s: Option<&str>) -> Result<Vec<Option<wgtrain::gpu::Tile>>> {
 /// Run `wgtrain bench`.
 pub(crate) fn run(a: BenchArgs) -> Result<()> {
     use wgtrain::bench;
-    wgtrain::cpu::set_threads(a.threads);
     let (run_epoch, run_matmul, run_inference, run_kernels) = match (a.epoch, a.matmul, a.inference, a.kernels) {
         (false, false, false, false) => (true, true, false, true),
         x => x,
@@ -277,10 +285,11 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                         data.clone(),
                         TrainSpec::sgd(batch),
                     )?),
-                    None => Box::new(wgtrain::cpu::CpuBackend::new(
+                    None => Box::new(wgtrain::cpu::CpuBackend::with_threads(
                         model,
                         data.clone(),
                         TrainSpec::sgd(batch),
+                        a.threads,
                     )?),
                 };
                 let t = bench::epoch_time(backend.as_mut(), data.train.len(), a.epochs, a.max_steps, 0.1)?;
@@ -328,7 +337,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if run_inference {
-        for r in bench_inference(a.model.as_deref(), &devices)? {
+        for r in bench_inference(a.model.as_deref(), &devices, a.threads)? {
             emit(serde_json::to_value(&r)?)?;
         }
     }
@@ -352,7 +361,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                             .map(|&tile| gpu_matmul(ctx, variant, (m, n, k), tile, a.seconds))
                             .collect::<Result<Vec<_>>>()?
                     }
-                    None => vec![bench::cpu_matmul(variant, m, n, k, a.seconds)],
+                    None => vec![bench::cpu_matmul(variant, m, n, k, a.seconds, a.threads)],
                 };
                 for t in timings {
                     let tile = t.tile.unwrap_or("-");

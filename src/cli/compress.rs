@@ -14,6 +14,7 @@ use wgtrain::backend::{SplitKind, TrainSpec};
 use wgtrain::bench::{bench_forward_f32, bench_forward_f32_predictor, bench_forward_int8, ForwardBench};
 use wgtrain::compress::prune::{apply_masks, check_sparsity};
 use wgtrain::compress::{self, LayerReport, PruneConfig};
+use wgtrain::cpu::team::{Team, TRAIN_SPIN};
 use wgtrain::device::{open_backend, DeviceChoice};
 use wgtrain::error::CompressError;
 use wgtrain::infer::compressed::{cpu_path_name, evaluate};
@@ -168,8 +169,12 @@ pub(crate) fn run(a: CompressArgs) -> Result<()> {
     let tc = TrainConfig::constant(a.finetune_epochs, f64::from(a.lr), a.seed, 0);
     tc.check().map_err(flagged)?;
     check_out(&a.out, &a.model)?;
-    wgtrain::cpu::set_threads(a.threads);
+    // The evaluations split their products over this team; fine-tuning
+    // runs on its backend's own.
+    Team::new(a.threads, TRAIN_SPIN).install(|| compress(a, sparsity, spec, tc))
+}
 
+fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainConfig) -> Result<()> {
     let base = match AnyModel::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))? {
         AnyModel::F32(m) => m,
         AnyModel::Compressed(_) => bail!(
@@ -200,7 +205,7 @@ pub(crate) fn run(a: CompressArgs) -> Result<()> {
             let masks = compress::magnitude_masks(&model, s, a.prune_scope)?;
             apply_masks(&mut model, &masks)?;
         } else {
-            let mut backend = open_backend(&a.device, model, data.clone(), spec)?;
+            let mut backend = open_backend(&a.device, a.threads, model, data.clone(), spec)?;
             finetune_device = Some(backend.name());
             log::info!(
                 "pruning to {:.1}% ({}{}) and fine-tuning {} epochs on {}, lr {}, batch {}",

@@ -25,7 +25,7 @@ pub(crate) fn run(a: DevicesArgs) -> Result<()> {
     }
     println!(
         "cpu: {} threads (always available as --device cpu)",
-        wgtrain::cpu::threads()
+        wgtrain::cpu::cores()
     );
     Ok(())
 }

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::args::{load_data, DataArgs, DeviceArgs};
 use wgtrain::backend::{SplitKind, TrainSpec};
+use wgtrain::cpu::team::{Team, TRAIN_SPIN};
 use wgtrain::data::Dataset;
 use wgtrain::device::open_backend;
 use wgtrain::infer::compressed::{cpu_path_name, evaluate};
@@ -34,7 +35,11 @@ pub(crate) struct EvalArgs {
 
 /// Run `wgtrain eval`.
 pub(crate) fn run(a: EvalArgs) -> Result<()> {
-    wgtrain::cpu::set_threads(a.device.threads);
+    // A compressed model's evaluation splits its products over this team.
+    Team::new(a.device.threads, TRAIN_SPIN).install(|| eval(a))
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
     let model = match wgtrain::model::AnyModel::load(&a.model)
         .with_context(|| format!("cannot load model {}", a.model.display()))?
     {
@@ -45,8 +50,14 @@ pub(crate) fn run(a: EvalArgs) -> Result<()> {
     };
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let classes = model.classes();
-    let mut backend = open_backend(&a.device.device, model, data.clone(), TrainSpec::sgd(256))
-        .with_context(|| format!("model {} does not fit the data", a.model.display()))?;
+    let mut backend = open_backend(
+        &a.device.device,
+        a.device.threads,
+        model,
+        data.clone(),
+        TrainSpec::sgd(256),
+    )
+    .with_context(|| format!("model {} does not fit the data", a.model.display()))?;
     let mut eval = wgtrain::train::evaluate(backend.as_mut(), &data, wgtrain::backend::SplitKind::Test)?;
     eval.confusion.resize(classes.max(eval.confusion.len()), vec![]);
     for row in eval.confusion.iter_mut() {

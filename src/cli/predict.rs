@@ -63,9 +63,8 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
     if a.top_k == 0 {
         bail!("--top-k must be at least 1");
     }
-    wgtrain::cpu::set_threads(a.threads);
     let model = AnyModel::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
-    let mut predictor = open_predictor(&a.device, &model, PREDICT_BATCH, wgtrain::cpu::threads(), DEFAULT_SPIN)?;
+    let mut predictor = open_predictor(&a.device, &model, PREDICT_BATCH, a.threads, DEFAULT_SPIN)?;
     let shape = predictor.input_shape().to_vec();
     let csv = CsvInputOptions { drop_col: a.label_col };
     let classes = predictor.classes();

@@ -80,14 +80,13 @@ enum Batcher {
 
 /// Run `wgtrain serve` until SIGINT or SIGTERM, then drain and exit.
 pub(crate) fn run(a: ServeArgs) -> Result<()> {
-    wgtrain::cpu::set_threads(a.threads);
     let model = AnyModel::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
     let sizes = match &model {
         AnyModel::F32(m) => m.sizes(),
         AnyModel::Compressed(m) => m.sizes(),
     };
     let http_threads = match a.threads {
-        0 => wgtrain::cpu::threads().saturating_sub(1).max(1),
+        0 => wgtrain::cpu::cores().saturating_sub(1).max(1),
         n => n,
     };
     // Inline unless told otherwise when HTTP has a single thread; whether
@@ -98,9 +97,9 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         Batcher::Auto => http_threads == 1,
     };
     let infer_threads = match a.infer_threads {
-        Some(0) => wgtrain::cpu::threads(),
+        Some(0) => wgtrain::cpu::cores(),
         Some(n) => n,
-        None if maybe_inline => wgtrain::cpu::threads(),
+        None if maybe_inline => wgtrain::cpu::cores(),
         None => 1,
     };
     let predictor = open_predictor(

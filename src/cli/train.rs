@@ -65,7 +65,6 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     if let Some(p) = &a.save {
         check_writable(p)?;
     }
-    wgtrain::cpu::set_threads(a.device.threads);
     let hidden = parse_list("--hidden", &a.hidden, "layer width")?;
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
@@ -75,7 +74,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     sizes.extend(&hidden);
     sizes.push(data.classes);
     let model = Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?;
-    let mut backend = open_backend(&a.device.device, model, data.clone(), spec)?;
+    let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec)?;
     log::info!(
         "model {} ({} parameters) on {}; batch {}, lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),

@@ -10,32 +10,7 @@
 // sizes), which makes for many plain arguments.
 #![allow(clippy::too_many_arguments)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
-
-static THREADS: AtomicUsize = AtomicUsize::new(0);
-
-/// Set how many threads the CPU kernels may use (0: all cores).
-pub fn set_threads(n: usize) {
-    THREADS.store(n, Ordering::Relaxed);
-}
-
-/// Threads the CPU kernels use.
-pub fn threads() -> usize {
-    match THREADS.load(Ordering::Relaxed) {
-        0 => cores(),
-        n => n,
-    }
-}
-
-/// The cores this process may run on, asked once: on Linux
-/// `available_parallelism` reads the affinity mask and the cgroup quota
-/// files, about 30 microseconds a call, and `threads` is asked by every
-/// product and every int8 forward pass.
-fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-}
+use super::team;
 
 /// Below this many multiply-adds a product runs on one thread: waking the
 /// pool costs more than it saves.
@@ -75,35 +50,57 @@ pub fn gemm(
     // Strides (column stride, row stride) of each operand as stored.
     let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
     let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
-    let t = threads();
-    if t < 2 || m * n * k < PARALLEL_MIN_FLOPS {
-        // SAFETY: the asserts above guarantee every element the strides
-        // address lies inside the slices; `c` is borrowed mutably and does
-        // not alias `a` or `b`.
-        unsafe {
-            gemm_raw(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                n,
-                a.as_ptr(),
-                a_cs,
-                a_rs,
-                b.as_ptr(),
-                b_cs,
-                b_rs,
-                alpha,
-                beta,
-                accumulate,
-            )
-        };
-        return;
-    }
-    // Split C into one block per thread along its longer side and run one
-    // single-threaded product per block on the CPU team (see `team.rs`): at
-    // the MLP's shapes this beats the crate's own finer-grained threading,
-    // whose synchronisation costs more than these products take.
+    team::with_current(|team| match team {
+        Some(team) if team.size() > 1 && m * n * k >= PARALLEL_MIN_FLOPS => {
+            gemm_split(team, m, n, k, a, a_cs, a_rs, b, b_cs, b_rs, c, alpha, beta, accumulate)
+        }
+        _ => {
+            // SAFETY: the asserts above guarantee every element the strides
+            // address lies inside the slices; `c` is borrowed mutably and
+            // does not alias `a` or `b`.
+            unsafe {
+                gemm_raw(
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    n,
+                    a.as_ptr(),
+                    a_cs,
+                    a_rs,
+                    b.as_ptr(),
+                    b_cs,
+                    b_rs,
+                    alpha,
+                    beta,
+                    accumulate,
+                )
+            }
+        }
+    })
+}
+
+/// [`gemm`] on the team: C split into one block per thread along its
+/// longer side, one single-threaded product per block. At the MLP's shapes
+/// this beats the crate's own finer-grained threading, whose
+/// synchronisation costs more than these products take.
+#[allow(clippy::too_many_arguments)]
+fn gemm_split(
+    team: &mut team::Team,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_cs: isize,
+    a_rs: isize,
+    b: &[f32],
+    b_cs: isize,
+    b_rs: isize,
+    c: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    accumulate: bool,
+) {
     let split_rows = m >= n;
     let len = if split_rows { m } else { n };
     let (cp, ap, bp) = (
@@ -111,10 +108,9 @@ pub fn gemm(
         SendPtr(a.as_ptr() as *mut f32),
         SendPtr(b.as_ptr() as *mut f32),
     );
-    let mut team = super::team::global().lock().unwrap_or_else(|e| e.into_inner());
-    let parts = team.parts().min(len);
+    let parts = team.size().min(len);
     let chunk = len.div_ceil(parts);
-    team.run(&|p| {
+    team.run(parts, &|p| {
         let (cp, ap, bp) = (cp, ap, bp);
         let lo = p * chunk;
         let hi = len.min(lo + chunk);
@@ -124,7 +120,7 @@ pub fn gemm(
         // SAFETY: part `p` covers rows (or columns) lo..hi of C and the
         // matching rows of op(A) (or columns of op(B)); parts are disjoint
         // in C, and A and B are only read. Offsets stay inside the slices
-        // checked above, which outlive `run`.
+        // that `gemm` checked, which outlive `run`.
         unsafe {
             if split_rows {
                 let a_off = lo as isize * a_rs;
@@ -438,31 +434,32 @@ mod tests {
     fn gemm_variants_match_naive() {
         // Small (one thread), and above PARALLEL_MIN_FLOPS split by rows
         // (m >= n) and by columns, with 3 threads so blocks are uneven.
-        set_threads(3);
-        for (m, n, k) in [(37, 29, 71), (131, 97, 101), (97, 131, 101)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
-            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
-            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-                let mut c = vec![f32::NAN; m * n];
-                gemm(m, n, k, &a, ta, &b, tb, &mut c, 0.0, 1.0, false);
-                let r = naive(m, n, k, &a, ta, &b, tb);
-                for (x, y) in c.iter().zip(&r) {
-                    assert!(
-                        (*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()),
-                        "{m}x{n}x{k} {ta} {tb}: {x} vs {y}"
-                    );
-                }
-                // Accumulating form: c = 1*c - 0.5*op(a)op(b) = 0.5 * r.
-                gemm(m, n, k, &a, ta, &b, tb, &mut c, 1.0, -0.5, true);
-                for (x, y) in c.iter().zip(&r) {
-                    assert!(
-                        (*x as f64 - 0.5 * y).abs() < 1e-4 * (1.0 + y.abs()),
-                        "{m}x{n}x{k} acc: {x} vs {y}"
-                    );
+        let mut team = team::Team::new(3, team::TRAIN_SPIN);
+        team.install(|| {
+            for (m, n, k) in [(37, 29, 71), (131, 97, 101), (97, 131, 101)] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+                for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let mut c = vec![f32::NAN; m * n];
+                    gemm(m, n, k, &a, ta, &b, tb, &mut c, 0.0, 1.0, false);
+                    let r = naive(m, n, k, &a, ta, &b, tb);
+                    for (x, y) in c.iter().zip(&r) {
+                        assert!(
+                            (*x as f64 - y).abs() < 1e-4 * (1.0 + y.abs()),
+                            "{m}x{n}x{k} {ta} {tb}: {x} vs {y}"
+                        );
+                    }
+                    // Accumulating form: c = 1*c - 0.5*op(a)op(b) = 0.5 * r.
+                    gemm(m, n, k, &a, ta, &b, tb, &mut c, 1.0, -0.5, true);
+                    for (x, y) in c.iter().zip(&r) {
+                        assert!(
+                            (*x as f64 - 0.5 * y).abs() < 1e-4 * (1.0 + y.abs()),
+                            "{m}x{n}x{k} acc: {x} vs {y}"
+                        );
+                    }
                 }
             }
-        }
-        set_threads(0);
+        });
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! GPU kernel is tested against. It never touches wgpu.
 
 pub mod kernels;
-pub(crate) mod team;
+pub mod team;
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::model::Mlp;
 use crate::optim::{Constraint, Optimizer, StepHyper};
 
-pub use kernels::{set_threads, threads};
+pub use team::{cores, Team};
 
 /// Rows per forward pass when evaluating.
 const EVAL_CHUNK: usize = 1024;
@@ -36,13 +36,21 @@ pub struct CpuBackend {
     grads: Vec<Vec<f32>>,
     labels: Vec<u32>,
     stats: StepStats,
+    /// The threads of the split products.
+    team: Team,
     optimizer: Optimizer,
     /// Enforced after every update.
     constraint: Option<Constraint>,
 }
 
 impl CpuBackend {
+    /// A backend on every core.
     pub fn new(model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
+        Self::with_threads(model, data, spec, 0)
+    }
+
+    /// A backend on `threads` threads (0: one per core).
+    pub fn with_threads(model: Mlp, data: Arc<Dataset>, spec: TrainSpec, threads: usize) -> Result<Self> {
         check_fit(&model, &data)?;
         spec.check()?;
         let batch = spec.batch;
@@ -61,10 +69,20 @@ impl CpuBackend {
             grads,
             labels: vec![0; batch],
             stats: StepStats::default(),
+            team: Team::new(threads, team::TRAIN_SPIN),
             optimizer: spec.optimizer,
             constraint: None,
             train_u8,
         })
+    }
+
+    /// Run `f` with the backend's team installed on this thread, so the
+    /// kernels' products split over it.
+    fn on_team<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let mut team = std::mem::take(&mut self.team);
+        let r = team.install(|| f(self));
+        self.team = team;
+        r
     }
 
     /// Gather batch `index` of the epoch into `acts[0]` (preprocessed) and
@@ -100,6 +118,10 @@ impl CpuBackend {
     /// this is the gradient it needs.
     pub fn gradients(&mut self, index: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
         check_steps(index, 1, steps_per_epoch(self.order.len(), self.batch))?;
+        Ok(self.on_team(|b| b.gradients_on_team(index)))
+    }
+
+    fn gradients_on_team(&mut self, index: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
         let rows = self.load_batch(index);
         forward(&self.model, &mut self.acts, rows);
         let nl = self.model.layers.len();
@@ -132,7 +154,7 @@ impl CpuBackend {
             out.push((gw, gb));
         }
         out.reverse();
-        Ok(out)
+        out
     }
 
     fn step(&mut self, index: usize, hyper: StepHyper) {
@@ -228,7 +250,7 @@ pub fn check_fit(model: &Mlp, data: &Dataset) -> Result<()> {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!("cpu ({} threads)", threads())
+        format!("cpu ({} threads)", self.team.size())
     }
 
     fn batch_size(&self) -> usize {
@@ -244,9 +266,11 @@ impl Backend for CpuBackend {
 
     fn train_steps(&mut self, first: usize, hyper: &[StepHyper]) -> Result<()> {
         check_steps(first, hyper.len(), steps_per_epoch(self.order.len(), self.batch))?;
-        for (i, &h) in hyper.iter().enumerate() {
-            self.step(first + i, h);
-        }
+        self.on_team(|b| {
+            for (i, &h) in hyper.iter().enumerate() {
+                b.step(first + i, h);
+            }
+        });
         Ok(())
     }
 
@@ -255,11 +279,13 @@ impl Backend for CpuBackend {
     }
 
     fn predict_split(&mut self, split: SplitKind) -> Result<Predictions> {
-        let s = match split {
-            SplitKind::Train => &self.data.train,
-            SplitKind::Test => &self.data.test,
-        };
-        Ok(predict_rows(&self.model, &s.features, &s.labels))
+        Ok(self.on_team(|b| {
+            let s = match split {
+                SplitKind::Train => &b.data.train,
+                SplitKind::Test => &b.data.test,
+            };
+            predict_rows(&b.model, &s.features, &s.labels)
+        }))
     }
 
     fn model(&mut self) -> Result<Mlp> {

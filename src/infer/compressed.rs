@@ -21,9 +21,9 @@ pub fn predict_rows(model: &CompressedMlp, features: &[f32], labels: &[u32]) -> 
     }
 }
 
-/// Evaluate a compressed model on a split of `data` on the CPU (see
-/// [`predict_rows`] for which kernels run), after checking that the model
-/// fits the data.
+/// Evaluate a compressed model on a split of `data` on the CPU, on the
+/// team installed on this thread (see [`predict_rows`] for which kernels
+/// run), after checking that the model fits the data.
 pub fn evaluate(model: &CompressedMlp, data: &Dataset, split: SplitKind) -> Result<Evaluation> {
     if model.inputs() != data.dim() {
         return Err(ModelError::InputMismatch {
@@ -48,15 +48,13 @@ pub fn evaluate(model: &CompressedMlp, data: &Dataset, split: SplitKind) -> Resu
     Ok(Evaluation::new(&pred, &s.labels, model.classes()))
 }
 
-/// What runs a compressed model's forward pass on this CPU, for messages.
+/// What runs a compressed model's forward pass on this CPU (on the team
+/// installed on this thread), for messages.
 pub fn cpu_path_name(model: &CompressedMlp) -> String {
+    let threads = crate::cpu::team::current_size();
     match (model.info.activations, model.is_int8()) {
-        (Activations::Int8, true) => format!(
-            "cpu int8 ({}, {} threads)",
-            I8Isa::detect().name(),
-            crate::cpu::threads()
-        ),
-        (_, true) => format!("cpu int8 weights, f32 activations ({} threads)", crate::cpu::threads()),
-        _ => format!("cpu f32 ({} threads)", crate::cpu::threads()),
+        (Activations::Int8, true) => format!("cpu int8 ({}, {} threads)", I8Isa::detect().name(), threads),
+        (_, true) => format!("cpu int8 weights, f32 activations ({} threads)", threads),
+        _ => format!("cpu f32 ({} threads)", threads),
     }
 }

@@ -5,7 +5,8 @@
 //! produce: 0..=255 pixels for images) and applies the model's
 //! [`Preprocess`] itself, so every caller (the `predict` command, the HTTP
 //! server, the benchmarks) feeds it the same thing. [`CpuPredictor`] runs
-//! an f32 [`Mlp`] on the [`kernels`] and a [`team`] of threads;
+//! an f32 [`Mlp`] on the [`kernels`], its large layers split by panels
+//! over a [`crate::cpu::Team`] of threads;
 //! [`Int8Predictor`] runs a compressed model on the int8 engine of
 //! [`int8`]; [`cpu_predictor`] picks one for any model file; a GPU
 //! predictor implements the same trait. [`compressed`] evaluates a
@@ -19,18 +20,17 @@ pub mod compressed;
 pub mod input;
 pub mod int8;
 pub mod kernels;
-pub mod team;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cpu::team::{self, Team};
 use crate::data::Preprocess;
 use crate::error::InferError;
 use crate::model::{Activations, AnyModel, CompressedMlp, Mlp};
 use int8::Int8Mlp;
-use kernels::{AlignedBuf, Isa, PackedLinear, Rows};
-use team::Team;
+use kernels::{forward_panels, AlignedBuf, Isa, PackedLinear, Rows};
 
 /// Something that turns raw feature rows into class probabilities.
 pub trait Predictor: Send {
@@ -66,12 +66,14 @@ pub trait Predictor: Send {
 const PARALLEL_MIN_MACS: usize = 100_000;
 
 /// How long the predictor's helper threads spin after their last unit
-/// before they park (see [`team`]).
+/// before they park (see [`crate::cpu::team`]): long enough to catch the
+/// next request of a steady stream, short enough that an idle server
+/// costs nothing.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(200);
 
 /// The CPU predictor: weights packed for [`kernels`] and activation buffers
 /// for `capacity` rows, allocated once; large layers split by panels over a
-/// [`team::Team`] of persistent threads. Larger batches run in chunks of
+/// [`Team`] of persistent threads. Larger batches run in chunks of
 /// `capacity` rows.
 pub struct CpuPredictor {
     isa: Isa,
@@ -88,13 +90,13 @@ pub struct CpuPredictor {
 
 impl CpuPredictor {
     /// Pack `model` for inference with buffers for batches of up to
-    /// `capacity` rows (at least 1), on [`crate::cpu::threads`] threads.
+    /// `capacity` rows (at least 1), on one thread per core.
     pub fn new(model: &Mlp, capacity: usize) -> Self {
-        Self::with_threads(model, capacity, crate::cpu::threads(), DEFAULT_SPIN)
+        Self::with_threads(model, capacity, 0, DEFAULT_SPIN)
     }
 
     /// [`CpuPredictor::new`] on `threads` threads (the caller and `threads -
-    /// 1` helpers; at least 1), whose helpers spin for `spin` after their
+    /// 1` helpers; 0: one per core), whose helpers spin for `spin` after their
     /// last unit before they park.
     pub fn with_threads(model: &Mlp, capacity: usize, threads: usize, spin: Duration) -> Self {
         Self::with_isa(model, capacity, threads, spin, Isa::detect())
@@ -111,7 +113,7 @@ impl CpuPredictor {
         // Helpers only where some layer is large enough to split at batch 1
         // or at `capacity` rows.
         let threads = if largest * capacity >= PARALLEL_MIN_MACS {
-            threads.max(1)
+            threads
         } else {
             1
         };
@@ -152,7 +154,7 @@ impl CpuPredictor {
                 // SAFETY: `isa` is supported (checked at construction), the
                 // extents were checked above, `y` is borrowed uniquely and
                 // `forward` returns only when every unit is done.
-                unsafe { self.team.forward(self.isa, layer, io) };
+                unsafe { forward_on_team(&mut self.team, self.isa, layer, io) };
             } else {
                 // SAFETY: as above.
                 unsafe { kernels::forward_panels(self.isa, layer, 0, layer.panels, io) };
@@ -160,6 +162,48 @@ impl CpuPredictor {
             xs = ys;
         }
     }
+}
+
+/// Panels per unit of a layer split over the team (64 outputs): small
+/// enough to balance two cores on a 500-output layer, large enough for the
+/// 4-panel tile.
+const UNIT_PANELS: usize = 4;
+
+/// One call's rows, shared with the team's helpers.
+struct SharedRows(Rows);
+
+impl SharedRows {
+    /// The rows (a method, so a closure captures the whole wrapper, not
+    /// its field).
+    fn rows(&self) -> Rows {
+        self.0
+    }
+}
+
+// SAFETY: the pointers in `Rows` are only dereferenced through
+// `forward_panels` on disjoint panel ranges (disjoint columns of `y`; `x`
+// is only read), inside a team job that ends before the memory does (see
+// `forward_on_team`).
+unsafe impl Sync for SharedRows {}
+
+/// Run `layer` over `io`, split by units of whole panels over `team`.
+/// Which thread computes a panel never changes its values.
+///
+/// # Safety
+/// `isa` runs on this CPU, and `io` satisfies the contract of
+/// [`forward_panels`] for all of `layer`'s panels; the memory of `io`
+/// stays valid until this returns (it waits for every unit).
+unsafe fn forward_on_team(team: &mut Team, isa: Isa, layer: &PackedLinear, io: Rows) {
+    let unit_panels = UNIT_PANELS.max(layer.panels.div_ceil(team::MAX_UNITS));
+    let units = layer.panels.div_ceil(unit_panels);
+    let shared = SharedRows(io);
+    team.run(units, &|u| {
+        let p0 = u * unit_panels;
+        let p1 = (p0 + unit_panels).min(layer.panels);
+        // SAFETY: the caller's contract, on panels p0..p1, which no other
+        // unit touches.
+        unsafe { forward_panels(isa, layer, p0, p1, shared.rows()) };
+    });
 }
 
 /// Check `raw` and `out` against a predictor's sizes; the number of rows.
@@ -228,15 +272,23 @@ impl Predictor for CpuPredictor {
 pub struct Int8Predictor {
     engine: Int8Mlp,
     input_shape: Vec<usize>,
+    team: Team,
 }
 
 impl Int8Predictor {
     /// The predictor of a compressed model whose layers all hold int8
-    /// weights; `None` otherwise.
+    /// weights, on one thread per core; `None` otherwise.
     pub fn new(model: &CompressedMlp) -> Option<Self> {
+        Self::with_threads(model, 0, DEFAULT_SPIN)
+    }
+
+    /// [`Int8Predictor::new`] on `threads` threads (0: one per core),
+    /// whose helpers spin for `spin` after their last block of rows.
+    pub fn with_threads(model: &CompressedMlp, threads: usize, spin: Duration) -> Option<Self> {
         Some(Int8Predictor {
             engine: model.int8_engine()?,
             input_shape: model.input_shape.clone(),
+            team: Team::new(threads, spin),
         })
     }
 
@@ -248,11 +300,7 @@ impl Int8Predictor {
 
 impl Predictor for Int8Predictor {
     fn name(&self) -> String {
-        format!(
-            "cpu int8 ({}, {} threads)",
-            self.engine.isa.name(),
-            crate::cpu::threads()
-        )
+        format!("cpu int8 ({}, {} threads)", self.engine.isa.name(), self.team.size())
     }
 
     fn input_shape(&self) -> &[usize] {
@@ -272,7 +320,8 @@ impl Predictor for Int8Predictor {
         if rows == 0 {
             return Ok(());
         }
-        self.engine.logits(raw, rows, out);
+        let engine = &self.engine;
+        self.team.install(|| engine.logits(raw, rows, out));
         crate::cpu::kernels::softmax_rows(out, self.classes());
         Ok(())
     }
@@ -284,7 +333,7 @@ impl Predictor for Int8Predictor {
 pub fn cpu_predictor(model: &AnyModel, capacity: usize, threads: usize, spin: Duration) -> Box<dyn Predictor> {
     match model {
         AnyModel::F32(m) => Box::new(CpuPredictor::with_threads(m, capacity, threads, spin)),
-        AnyModel::Compressed(c) => match (c.info.activations, Int8Predictor::new(c)) {
+        AnyModel::Compressed(c) => match (c.info.activations, Int8Predictor::with_threads(c, threads, spin)) {
             (Activations::Int8, Some(p)) => Box::new(p),
             _ => Box::new(CpuPredictor::with_threads(&c.to_mlp(), capacity, threads, spin)),
         },

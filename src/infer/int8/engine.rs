@@ -43,21 +43,26 @@ impl Int8Mlp {
     }
 
     /// Logits of `rows` raw rows (preprocessing applied here), `[rows,
-    /// classes]`, split over the CPU threads by rows: one block of rows per
-    /// member of the CPU team (`crate::cpu::team`), whose threads spin
-    /// briefly between jobs instead of sleeping as a rayon pool's do.
+    /// classes]`, split by rows over the CPU team installed on this thread
+    /// (see [`crate::cpu::team::Team::install`]), one block of rows per
+    /// member; serial without one.
     pub fn logits(&self, raw: &[f32], rows: usize, out: &mut [f32]) {
         let dim = self.inputs();
         let classes = self.classes();
         assert!(raw.len() >= rows * dim && out.len() >= rows * classes);
-        if crate::cpu::threads() < 2 || rows < 16 {
-            self.logits_serial(raw, rows, out);
-            return;
-        }
-        let mut team = crate::cpu::team::global().lock().unwrap_or_else(|e| e.into_inner());
-        let per = rows.div_ceil(team.parts()).div_ceil(MR) * MR;
+        crate::cpu::team::with_current(|team| match team {
+            Some(team) if team.size() > 1 && rows >= 16 => self.logits_split(team, raw, rows, out),
+            _ => self.logits_serial(raw, rows, out),
+        })
+    }
+
+    /// [`Int8Mlp::logits`], one block of rows per member of `team`.
+    fn logits_split(&self, team: &mut crate::cpu::Team, raw: &[f32], rows: usize, out: &mut [f32]) {
+        let (dim, classes) = (self.inputs(), self.classes());
+        let parts = team.size();
+        let per = rows.div_ceil(parts).div_ceil(MR) * MR;
         let outp = OutPtr(out.as_mut_ptr());
-        team.run(&|p| {
+        team.run(parts, &|p| {
             let outp = &outp;
             let lo = p * per;
             if lo >= rows {
@@ -65,7 +70,7 @@ impl Int8Mlp {
             }
             let n = per.min(rows - lo);
             // SAFETY: part p writes rows lo..lo + n of `out` only, disjoint
-            // from every other part's, inside `out` (asserted above); `out`
+            // from every other part's, inside `out` (asserted in `logits`); `out`
             // outlives `run`, which returns after every part.
             let o = unsafe { std::slice::from_raw_parts_mut(outp.0.add(lo * classes), n * classes) };
             self.logits_serial(&raw[lo * dim..(lo + n) * dim], n, o);
