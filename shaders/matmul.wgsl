@@ -45,7 +45,7 @@
 // latency of each k step, not to arithmetic.
 //
 // TX, TY, GM, GN, BK and KS are constants the host puts in front of this
-// source, one module per tile variant (Tile in src/gpu/kernels.rs):
+// source, one module per tile variant (Tile in src/gpu/tile.rs):
 // 128 x 128 tiles (8 x 8 per thread) for large products, 64 x 64 for
 // medium ones, 32 x 32 for small ones, and 16 x 16 in 16 k-slices (4-deep
 // steps) for small outputs with a long k.
@@ -89,7 +89,7 @@ const FLAG_RELU: u32 = 1u;
 const FLAG_BIAS: u32 = 2u;
 const FLAG_MASK: u32 = 4u;
 
-// Static shape and layout of one dispatch (GemmParams in src/gpu/kernels.rs).
+// Static shape and layout of one dispatch (GemmParams in src/gpu/uniforms.rs).
 struct Gemm {
     m: u32,
     n: u32,
