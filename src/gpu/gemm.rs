@@ -12,7 +12,7 @@ use super::context::GpuContext;
 use super::dispatch::{fold, need_u32, Dispatch};
 use super::registry::{GemmKernel, Kernel};
 use super::tile::Tile;
-use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_MASK, FLAG_RELU};
+use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_RELU};
 use crate::error::GpuError;
 
 /// Where a GEMM operand's values come from.
@@ -71,9 +71,8 @@ pub(crate) struct Gemm<'a> {
     pub b: Operand<'a>,
     /// Row-major `[m, n]`.
     pub c: &'a wgpu::Buffer,
-    /// The bias (linear_forward), the layer input laid out like `c`
-    /// (backprop_input), or the pruning mask laid out like `c`
-    /// (weight_update).
+    /// The bias (linear_forward) or the layer input laid out like `c`
+    /// (backprop_input).
     pub aux: Option<&'a wgpu::Buffer>,
     /// linear_forward: apply ReLU.
     pub relu: bool,
@@ -167,12 +166,13 @@ impl<'a> Gemm<'a> {
 
     /// `w[outputs, inputs] -= lr * dy[rows, outputs]^T x[rows, inputs]`;
     /// with `bias`, also `bias[outputs] -= lr * colsum(dy)` (bias_update
-    /// fused in), and with `mask`, `w *= mask` after the update.
+    /// fused in): the contract of the CPU twin
+    /// [`crate::cpu::kernels::weight_update`]. A pruning mask is applied
+    /// after it, by its own dispatch (`apply_mask`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn weight_update(
         w: &'a wgpu::Buffer,
         bias: Option<&'a wgpu::Buffer>,
-        mask: Option<&'a wgpu::Buffer>,
         dy: &'a wgpu::Buffer,
         x: Operand<'a>,
         rows: usize,
@@ -187,7 +187,7 @@ impl<'a> Gemm<'a> {
             a: Operand::transposed(dy, outputs),
             b: x,
             c: w,
-            aux: mask,
+            aux: None,
             relu: false,
             bias,
         }
@@ -232,13 +232,7 @@ impl Gemm<'_> {
             tiles_n: tiles_n.max(1) as u32,
             n_ext: n_ext as u32,
             ldc: n as u32,
-            flags: if self.relu { FLAG_RELU } else { 0 }
-                | if self.bias.is_some() { FLAG_BIAS } else { 0 }
-                | if self.kernel == GemmKernel::WeightUpdate && self.aux.is_some() {
-                    FLAG_MASK
-                } else {
-                    0
-                },
+            flags: if self.relu { FLAG_RELU } else { 0 } | if self.bias.is_some() { FLAG_BIAS } else { 0 },
             scale: 1.0,
             ..Default::default()
         };
@@ -288,7 +282,6 @@ impl Gemm<'_> {
         if let Some(aux) = self.aux {
             match self.kernel {
                 GemmKernel::LinearForward => check_matrix(label, "the bias", aux, 1, n, n, 1)?,
-                GemmKernel::WeightUpdate => check_matrix(label, "the mask", aux, m, n, n, 1)?,
                 _ => check_matrix(label, "the layer input", aux, m, n, n, 1)?,
             }
         }

@@ -295,32 +295,29 @@ pub fn backprop_input(
     ctx.dev.read_f32(&dx, rows * inputs)
 }
 
-/// `w[outputs, inputs] - lr * dy[rows, outputs]^T * x[rows, inputs]`.
+/// `w[outputs, inputs] - lr * dy[rows, outputs]^T * x[rows, inputs]`, and
+/// with a bias also `bias[outputs] - lr * colsum(dy)` (bias_update fused in
+/// as an extra column of ones), in one weight_update dispatch. Returns the
+/// new weights and bias.
 #[allow(clippy::too_many_arguments)]
 pub fn weight_update(
     ctx: &GpuContext,
     w: &[f32],
+    bias: Option<&[f32]>,
     dy: &[f32],
     x: Input,
     rows: usize,
     inputs: usize,
     outputs: usize,
     lr: f32,
-) -> Result<Vec<f32>, GpuError> {
-    check_len("w", w.len(), outputs * inputs)?;
-    check_len("dy", dy.len(), rows * outputs)?;
-    let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
-    let (wb, dyb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "dy", dy)?);
-    let g = Gemm::weight_update(&wb, None, None, &dyb, xb.operand(inputs), rows, inputs, outputs);
-    let step = step_buffer(ctx, lr)?;
-    run(ctx, &[&g.dispatch(ctx, "weight_update", &step)?]);
-    ctx.dev.read_f32(&wb, outputs * inputs)
+) -> Result<(Vec<f32>, Option<Vec<f32>>), GpuError> {
+    update(ctx, w, bias, None, dy, x, rows, inputs, outputs, lr)
 }
 
-/// The whole SGD update of a layer as a training step runs it, in one
-/// weight_update dispatch: `w -= lr * dy^T x` and `b -= lr * colsum(dy)`
-/// (bias_update fused in as an extra column of ones), then `w *= mask` when
-/// there is one (apply_mask fused in). Returns the new `(w, b)`.
+/// The whole SGD update of a layer as a training step runs it: the
+/// weight_update dispatch with the bias (`w -= lr * dy^T x`,
+/// `b -= lr * colsum(dy)`), then, when there is a mask, an apply_mask
+/// dispatch (`w *= mask`), in one submission. Returns the new `(w, b)`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgd_update(
     ctx: &GpuContext,
@@ -334,38 +331,51 @@ pub fn sgd_update(
     outputs: usize,
     lr: f32,
 ) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
+    let (w, b) = update(ctx, w, Some(b), mask, dy, x, rows, inputs, outputs, lr)?;
+    Ok((w, b.unwrap_or_default()))
+}
+
+/// weight_update (with `bias` when given), then apply_mask (with `mask`).
+#[allow(clippy::too_many_arguments)]
+fn update(
+    ctx: &GpuContext,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    mask: Option<&[f32]>,
+    dy: &[f32],
+    x: Input,
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    lr: f32,
+) -> Result<(Vec<f32>, Option<Vec<f32>>), GpuError> {
     check_len("w", w.len(), outputs * inputs)?;
-    check_len("b", b.len(), outputs)?;
     check_len("dy", dy.len(), rows * outputs)?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), outputs)?;
+    }
     if let Some(m) = mask {
         check_len("mask", m.len(), outputs * inputs)?;
     }
     let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
-    let (wb, bb, dyb) = (
-        upload_f32(ctx, "w", w)?,
-        upload_f32(ctx, "b", b)?,
-        upload_f32(ctx, "dy", dy)?,
-    );
+    let (wb, dyb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "dy", dy)?);
+    let bb = bias.map(|b| upload_f32(ctx, "bias", b)).transpose()?;
     let mb = mask.map(|m| upload_f32(ctx, "mask", m)).transpose()?;
-    let g = Gemm::weight_update(
-        &wb,
-        Some(&bb),
-        mb.as_ref(),
-        &dyb,
-        xb.operand(inputs),
-        rows,
-        inputs,
-        outputs,
-    );
+    let g = Gemm::weight_update(&wb, bb.as_ref(), &dyb, xb.operand(inputs), rows, inputs, outputs);
     let step = step_buffer(ctx, lr)?;
-    run(ctx, &[&g.dispatch(ctx, "weight_update (fused)", &step)?]);
-    let bytes = ctx.dev.read_back(
-        None,
-        &[(&wb, 0, 4 * (outputs * inputs) as u64), (&bb, 0, 4 * outputs as u64)],
-    )?;
+    let mut plan = vec![g.dispatch(ctx, "weight_update", &step)?];
+    if let Some(mb) = &mb {
+        plan.push(vector::apply_mask(ctx, "apply_mask", outputs * inputs, mb, &wb, &step)?);
+    }
+    run(ctx, &plan.iter().collect::<Vec<_>>());
+    let mut ranges = vec![(&wb, 0, 4 * (outputs * inputs) as u64)];
+    if let Some(bb) = &bb {
+        ranges.push((bb, 0, 4 * outputs as u64));
+    }
+    let bytes = ctx.dev.read_back(None, &ranges)?;
     Ok((
         bytemuck::pod_collect_to_vec(&bytes[0]),
-        bytemuck::pod_collect_to_vec(&bytes[1]),
+        bytes.get(1).map(|b| bytemuck::pod_collect_to_vec(b)),
     ))
 }
 

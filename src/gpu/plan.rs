@@ -2,13 +2,14 @@
 //! evaluation over a split, each built once per row count and recorded any
 //! number of times.
 //!
-//! A step of an `L`-layer network is `3L` dispatches (6 for 784-500-10):
+//! A step of an `L`-layer network is `3L` dispatches (6 for 784-500-10),
+//! plus one `apply_mask` per layer when pruning:
 //!
 //! ```text
 //! linear_forward   x L      (the first reads the resident dataset through the permutation)
 //! softmax_xent              (dlogits, and the batch's loss and correct count into a stats slot)
 //! backprop_input   x L-1    (each before its layer's weights change)
-//! weight_update    x L      (with bias_update fused in, and apply_mask when pruning)
+//! weight_update    x L      (with bias_update fused in; apply_mask after each when pruning)
 //! ```
 
 use super::context::GpuContext;
@@ -16,6 +17,7 @@ use super::dispatch::Dispatch;
 use super::gemm::{DataSource, Gemm, Operand};
 use super::resident::ResidentSplit;
 use super::softmax::{softmax_xent, softmax_xent_eval};
+use super::vector::apply_mask;
 use crate::data::Preprocess;
 use crate::error::GpuError;
 
@@ -29,7 +31,7 @@ pub(crate) struct Buffers<'a> {
     pub acts: &'a [wgpu::Buffer],
     /// `grads[l]` is the gradient with respect to `acts[l]`.
     pub grads: &'a [wgpu::Buffer],
-    /// Pruning masks, applied by each weight update when set.
+    /// Pruning masks, applied after each weight update when set.
     pub masks: Option<&'a [wgpu::Buffer]>,
     /// The per-step parameters the dispatches read at a dynamic offset.
     pub step: &'a wgpu::Buffer,
@@ -100,10 +102,20 @@ pub(crate) fn train_step(
         } else {
             Operand::rows(&bufs.acts[l - 1], inputs)
         };
-        // bias_update, and apply_mask when pruning, fused into the update.
-        let mask = bufs.masks.map(|m| &m[l]);
-        let g = Gemm::weight_update(w, Some(b), mask, dy, x, rows, inputs, outputs);
+        // bias_update fused into the update.
+        let g = Gemm::weight_update(w, Some(b), dy, x, rows, inputs, outputs);
         plan.push(g.dispatch(ctx, &name("weight_update"), bufs.step)?);
+        // The pruning constraint, once the layer's update is done.
+        if let Some(masks) = bufs.masks {
+            plan.push(apply_mask(
+                ctx,
+                &name("apply_mask"),
+                inputs * outputs,
+                &masks[l],
+                w,
+                bufs.step,
+            )?);
+        }
     }
     Ok(plan)
 }

@@ -243,8 +243,8 @@ impl GpuBackend {
     }
 
     /// (Re)build the dispatches of a training step, for a full batch and
-    /// for the last partial one; again whenever the masks change, since
-    /// they are bound into the weight updates.
+    /// for the last partial one; again whenever masks are set or cleared,
+    /// since each mask adds an `apply_mask` after its layer's update.
     fn build_train_plans(&mut self) -> Result<(), GpuError> {
         let ctx = &*self.ctx;
         let bufs = Buffers {
@@ -344,6 +344,11 @@ impl GpuBackend {
         self.full_step.len()
     }
 
+    /// The entry point of each dispatch of a full training step, in order.
+    pub fn step_kernels(&self) -> Vec<&'static str> {
+        self.full_step.iter().map(|d| d.kernel().name()).collect()
+    }
+
     /// Record `steps` full training steps from the start of the epoch at
     /// learning rate `lr` into `enc`, each dispatch in its own compute pass
     /// whose beginning and end write timestamps `2i` and `2i + 1` of
@@ -440,6 +445,9 @@ impl Backend for GpuBackend {
         Ok(std::mem::take(&mut self.host_stats))
     }
 
+    /// With masks, every step applies them after each layer's update (an
+    /// `apply_mask` per layer), and they are applied once now; without,
+    /// the steps go back to the plain update.
     fn set_constraint(&mut self, constraint: Option<&Constraint>) -> Result<()> {
         let shapes: Vec<usize> = self.sizes.windows(2).map(|s| s[0] * s[1]).collect();
         if let Some(c) = constraint {

@@ -5,7 +5,6 @@
 /// `flags` bits of [`GemmParams`] (`FLAG_*` in matmul.wgsl).
 pub(crate) const FLAG_RELU: u32 = 1;
 pub(crate) const FLAG_BIAS: u32 = 2;
-pub(crate) const FLAG_MASK: u32 = 4;
 
 /// Bytes of [`StepParams`] as the shaders see them.
 pub(crate) const STEP_BYTES: u64 = std::mem::size_of::<StepParams>() as u64;
