@@ -10,7 +10,7 @@
 //!   limit-checked buffer creation, blocking readback, wgpu's errors.
 //! - [`Tile`] (`tile`): the GEMM tile variants and which one a shape uses.
 //! - `uniforms`: the host side of every struct the shaders read from a
-//!   uniform buffer.
+//!   uniform buffer, checked against the WGSL by a test.
 //! - `shaders`: the WGSL sources as compiled, per tile and per int8 path.
 //! - `registry`: the pipeline key (`Kernel`: every entry point, GEMM ones
 //!   per tile, linear_forward_i8 per [`Int8Path`]), each family's bind
@@ -43,6 +43,8 @@ mod device;
 mod dispatch;
 mod gemm;
 pub mod int8;
+#[cfg(test)]
+mod layout_tests;
 pub mod ops;
 mod plan;
 pub mod predict;

@@ -1,6 +1,8 @@
 //! The host side of every struct the shaders read from a uniform buffer,
 //! and of the one record they write for the host (`Stat`). Each mirrors a
-//! WGSL struct field for field (names, order, offsets, size).
+//! WGSL struct field for field (names, order, offsets, size); the
+//! `layout_tests` module checks them against the parsed shaders, so a field
+//! added on one side only fails the tests.
 
 /// `flags` bits of [`GemmParams`] (`FLAG_*` in matmul.wgsl).
 pub(crate) const FLAG_RELU: u32 = 1;
