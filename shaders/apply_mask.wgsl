@@ -1,7 +1,6 @@
 // Multiply weights by a 0/1 pruning mask, twin of apply_mask in
-// src/cpu/kernels.rs, so pruned weights are exactly zero. Training keeps
-// them there by masking in weight_update's epilogue; this kernel applies a
-// new mask once, when it is set.
+// src/cpu/kernels.rs, so pruned weights are exactly zero: once when a mask
+// is set, then after each of its layer's weight_update while training.
 //
 // One thread per element; the grid may be folded over x and y.
 

@@ -22,7 +22,7 @@ const TS: u32 = 8u;
 const BM: u32 = 32u;
 const BKW: u32 = 16u;
 
-// LinearI8Params in src/gpu/int8.rs.
+// LinearI8Params in src/gpu/uniforms.rs.
 struct LinearI8 {
     rows: u32,
     outputs: u32,

@@ -13,8 +13,8 @@
 // weight_update can also update the bias in the same pass (FLAG_BIAS): the
 // bias gradient is the column sum of dY, which is dY^T times a column of
 // ones, so B gets an extra column of ones (j == n) whose result goes to
-// bias_out instead of C. With FLAG_MASK the updated weights are multiplied
-// by the pruning mask in aux, so pruned weights stay exactly zero.
+// bias_out instead of C. That is the contract of its CPU twin; a pruning
+// mask is applied afterwards by apply_mask.wgsl.
 //
 // How each operand is stored (which one is transposed) reaches the kernel
 // as strides, so one body serves every layout: A(i, p) lives at
@@ -45,7 +45,7 @@
 // latency of each k step, not to arithmetic.
 //
 // TX, TY, GM, GN, BK and KS are constants the host puts in front of this
-// source, one module per tile variant (Tile in src/gpu/kernels.rs):
+// source, one module per tile variant (Tile in src/gpu/tile.rs):
 // 128 x 128 tiles (8 x 8 per thread) for large products, 64 x 64 for
 // medium ones, 32 x 32 for small ones, and 16 x 16 in 16 k-slices (4-deep
 // steps) for small outputs with a long k.
@@ -87,9 +87,8 @@ const EPI_SGD: u32 = 3u;
 
 const FLAG_RELU: u32 = 1u;
 const FLAG_BIAS: u32 = 2u;
-const FLAG_MASK: u32 = 4u;
 
-// Static shape and layout of one dispatch (GemmParams in src/gpu/kernels.rs).
+// Static shape and layout of one dispatch (GemmParams in src/gpu/uniforms.rs).
 struct Gemm {
     m: u32,
     n: u32,
@@ -127,7 +126,7 @@ struct Step {
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
-// Bias (EPI_BIAS) or the mask source laid out like C (EPI_MASK).
+// Bias (EPI_BIAS) or the ReLU mask source laid out like C (EPI_MASK).
 @group(0) @binding(4) var<storage, read> aux: array<f32>;
 @group(0) @binding(5) var<storage, read> data: array<u32>;
 @group(0) @binding(6) var<storage, read> index: array<u32>;
@@ -328,11 +327,7 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
                             if j == params.n {
                                 bias_out[i] = bias_out[i] - step.lr * v;
                             } else {
-                                var w = c[at] - step.lr * v;
-                                if (params.flags & FLAG_MASK) != 0u {
-                                    w *= aux[at];
-                                }
-                                c[at] = w;
+                                c[at] = c[at] - step.lr * v;
                             }
                         }
                         default: {

@@ -21,7 +21,7 @@ const QMAX: f32 = 127.0;
 // The largest finite f32.
 const F32_MAX: f32 = 3.40282347e38;
 
-// QuantParams in src/gpu/int8.rs.
+// QuantParams in src/gpu/uniforms.rs.
 struct Quant {
     rows: u32,
     inputs: u32,

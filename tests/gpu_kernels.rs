@@ -105,13 +105,21 @@ fn every_tile_variant_matches_the_reference() {
     for (s, &(m, n, k)) in SHAPES[..7].iter().enumerate() {
         let a = common::random(m * k, 30 + s as u64);
         let b = common::random(k * n, 40 + s as u64);
-        for (variant, ta, tb) in [("nn", false, false), ("nt", false, true), ("tn", true, false)] {
+        type Cpu = fn(&[f32], &[f32], &mut [f32], usize, usize, usize);
+        let variants: [(&str, Cpu, bool, bool); 3] = [
+            ("nn", cpu::matmul_nn, false, false),
+            ("nt", cpu::matmul_nt, false, true),
+            ("tn", cpu::matmul_tn, true, false),
+        ];
+        for (variant, cpu_fn, ta, tb) in variants {
             let (r, abs) = reference_matmul(&a, &b, m, n, k, ta, tb);
             let bound: Vec<f64> = abs.iter().map(|s| (k as f64 + 1.0) * U * s).collect();
+            let mut twin = vec![f32::NAN; m * n];
+            cpu_fn(&a, &b, &mut twin, m, n, k);
             for tile in wgtrain::gpu::Tile::ALL {
                 let got = ops::matmul_with_tile(&ctx, variant, &a, &b, m, n, k, tile).unwrap();
                 let what = format!("matmul_{variant} {m}x{n}x{k} with {} tiles", tile.name());
-                assert_close(&what, &got, &got, &r, &bound);
+                assert_close(&what, &got, &twin, &r, &bound);
             }
         }
     }
@@ -319,7 +327,8 @@ fn weight_update_matches_cpu_twin() {
             ),
         ];
         for (name, input, x32, x64, c) in cases {
-            let got = ops::weight_update(&ctx, &w, &dy, input, rows, inputs, outputs, lr).unwrap();
+            let (got, no_bias) = ops::weight_update(&ctx, &w, None, &dy, input, rows, inputs, outputs, lr).unwrap();
+            assert!(no_bias.is_none());
             let mut twin = w.clone();
             cpu::weight_update(&mut twin, None, &dy, x32, rows, inputs, outputs, lr);
             let mut r = vec![0.0; outputs * inputs];
@@ -348,10 +357,11 @@ fn weight_update_matches_cpu_twin() {
     }
 }
 
-/// The trainer's fused update (weight_update with bias_update and
-/// apply_mask folded in) against the three CPU twins run in turn.
+/// A layer's update as the trainer runs it (weight_update with bias_update
+/// fused in, then apply_mask when pruning) against the CPU twins
+/// (weight_update with the bias, then apply_mask) run in turn.
 #[test]
-fn fused_sgd_update_matches_cpu_twins() {
+fn sgd_update_matches_cpu_twins() {
     let Some(ctx) = common::gpu() else { return };
     let lr = 0.37f32;
     // 63 inputs: the bias column lands in the last tile; 64: it needs a tile of its own.
@@ -398,7 +408,7 @@ fn fused_sgd_update_matches_cpu_twins() {
                     bw[i * inputs + j] = (rows as f64 + 5.0) * U * (w0.abs() + lr as f64 * abs) * keep;
                 }
             }
-            let what = format!("fused weight_update mask={} {outputs}x{inputs}x{rows}", m.is_some());
+            let what = format!("sgd weight_update mask={} {outputs}x{inputs}x{rows}", m.is_some());
             assert_close(&what, &gw, &tw, &rw, &bw);
             // Pruned weights are exactly zero, not merely small.
             if let Some(m) = m {
@@ -408,7 +418,7 @@ fn fused_sgd_update_matches_cpu_twins() {
                 );
             }
             let (rb, bb) = reference_bias_update(&b, &dy, rows, outputs, lr);
-            assert_close(&format!("fused bias_update {outputs}x{rows}"), &gb, &tb, &rb, &bb);
+            assert_close(&format!("sgd bias_update {outputs}x{rows}"), &gb, &tb, &rb, &bb);
         }
     }
 }

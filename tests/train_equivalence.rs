@@ -273,6 +273,44 @@ fn masked_training_matches_cpu() {
     );
 }
 
+/// The fast path stays the fast path: a step of 784-500-10 is six
+/// dispatches, the bias update fused into the weight updates; pruning adds
+/// one apply_mask after each layer's update, and clearing the masks takes
+/// them out again.
+#[test]
+fn step_dispatches_with_and_without_masks() {
+    let Some(ctx) = common::gpu() else { return };
+    let data = synthetic(40, 8, 784, 10);
+    let m = model(&data, &[500], Normalize::Scale);
+    let masks: Vec<Vec<f32>> = m.layers.iter().map(|l| vec![1.0; l.weight.len()]).collect();
+    let mut gpu = GpuBackend::new(ctx, m, data, TrainSpec::sgd(32)).unwrap();
+    let plain = [
+        "linear_forward",
+        "linear_forward",
+        "softmax_xent",
+        "backprop_input",
+        "weight_update",
+        "weight_update",
+    ];
+    assert_eq!(gpu.step_kernels(), plain);
+    gpu.set_constraint(Some(&Constraint::Mask(masks))).unwrap();
+    assert_eq!(
+        gpu.step_kernels(),
+        [
+            "linear_forward",
+            "linear_forward",
+            "softmax_xent",
+            "backprop_input",
+            "weight_update",
+            "apply_mask",
+            "weight_update",
+            "apply_mask"
+        ]
+    );
+    gpu.set_constraint(None).unwrap();
+    assert_eq!(gpu.step_kernels(), plain);
+}
+
 #[test]
 fn misuse_is_an_error() {
     let Some(ctx) = common::gpu() else { return };

@@ -7,16 +7,22 @@
 //! `u32::MAX` for classes), so an element the kernel fails to write shows up
 //! in the comparison instead of passing as a stale zero.
 //!
-//! These build their dispatch from the same [`Gemm`] constructors the trainer
+//! These build their dispatch from the same `Gemm` constructors the trainer
 //! uses, so a passing test here covers the trainer's kernel calls.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::context::GpuContext;
-use super::int8::{GpuI8Layer, I8Dispatch, Int8Path};
-use super::kernels::{DataSource, Dispatch, Entry, Gemm, Operand, StepParams, Tile};
-use super::trainer::upload_features;
+use super::dispatch::Dispatch;
+use super::gemm::{DataSource, Gemm, Operand};
+use super::int8::{self, GpuI8Layer};
+use super::registry::{GemmKernel, Int8Path};
+use super::resident::upload_features;
+use super::softmax;
+use super::tile::Tile;
+use super::uniforms::{Stat, StepParams, STAT_BYTES};
+use super::vector;
 use crate::error::GpuError;
 use crate::infer::int8::PackedI8Linear;
 
@@ -55,15 +61,24 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<(), GpuError> {
 }
 
 fn poisoned(ctx: &GpuContext, label: &str, len: usize) -> Result<wgpu::Buffer, GpuError> {
-    ctx.storage_init(label, bytemuck::cast_slice(&vec![f32::NAN; len]))
+    ctx.dev.storage_init(label, bytemuck::cast_slice(&vec![f32::NAN; len]))
 }
 
 fn upload_f32(ctx: &GpuContext, label: &str, v: &[f32]) -> Result<wgpu::Buffer, GpuError> {
-    ctx.storage_init(label, bytemuck::cast_slice(v))
+    ctx.dev.storage_init(label, bytemuck::cast_slice(v))
 }
 
 fn upload_u32(ctx: &GpuContext, label: &str, v: &[u32]) -> Result<wgpu::Buffer, GpuError> {
-    ctx.storage_init(label, bytemuck::cast_slice(v))
+    ctx.dev.storage_init(label, bytemuck::cast_slice(v))
+}
+
+/// A stats slot poisoned with a NaN loss and an impossible count.
+fn poisoned_stat(ctx: &GpuContext) -> Result<wgpu::Buffer, GpuError> {
+    let poison = Stat {
+        loss: f32::NAN,
+        correct: u32::MAX,
+    };
+    ctx.dev.storage_init("stats", bytemuck::bytes_of(&poison))
 }
 
 /// A step buffer holding one [`StepParams`] with learning rate `lr`.
@@ -74,24 +89,27 @@ fn step_buffer(ctx: &GpuContext, lr: f32) -> Result<wgpu::Buffer, GpuError> {
         lr,
         pad: 0,
     };
-    ctx.uniform_init("single-step params", bytemuck::bytes_of(&p))
+    ctx.dev.uniform_init("single-step params", bytemuck::bytes_of(&p))
 }
 
-/// Record one dispatch, submit it (reads come after it in queue order).
-fn run(ctx: &GpuContext, d: &Dispatch) -> Result<(), GpuError> {
-    let kernels = ctx.kernels()?;
-    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-        label: Some(d.entry().name()),
-    });
+/// Record dispatches in one pass, in order, and submit them (reads come
+/// after them in queue order).
+fn run(ctx: &GpuContext, ds: &[&Dispatch]) {
+    let label = ds.first().map_or("no kernel", |d| d.kernel().name());
+    let mut enc = ctx
+        .dev
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
     {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(d.entry().name()),
+            label: Some(label),
             timestamp_writes: None,
         });
-        d.record(kernels, &mut pass, 0);
+        for d in ds {
+            d.record(&mut pass, 0);
+        }
     }
-    ctx.queue.submit([enc.finish()]);
-    Ok(())
+    ctx.dev.queue.submit([enc.finish()]);
 }
 
 /// Keeps the buffers of an [`Input`] alive while its operand is in use.
@@ -166,7 +184,7 @@ impl InputBuffers {
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     ctx: &GpuContext,
-    entry: Entry,
+    kernel: GemmKernel,
     a: &[f32],
     b: &[f32],
     m: usize,
@@ -176,29 +194,28 @@ fn matmul(
 ) -> Result<Vec<f32>, GpuError> {
     check_len("a", a.len(), m * k)?;
     check_len("b", b.len(), k * n)?;
-    let kernels = ctx.kernels()?;
     let (ab, bb) = (upload_f32(ctx, "a", a)?, upload_f32(ctx, "b", b)?);
     let c = poisoned(ctx, "c", m * n)?;
-    let g = Gemm::plain(entry, &ab, &bb, &c, m, n, k);
+    let g = Gemm::plain(kernel, &ab, &bb, &c, m, n, k);
     let step = step_buffer(ctx, 0.0)?;
     let tile = tile.unwrap_or_else(|| Tile::for_shape(m as u64, n as u64, k as u64));
-    run(ctx, &kernels.gemm_tiled(ctx, entry.name(), &g, &step, tile)?)?;
-    ctx.read_f32(&c, m * n)
+    run(ctx, &[&g.dispatch_with_tile(ctx, kernel.name(), &step, tile)?]);
+    ctx.dev.read_f32(&c, m * n)
 }
 
 /// `c[m,n] = a[m,k] * b[k,n]`.
 pub fn matmul_nn(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, Entry::MatmulNn, a, b, m, n, k, None)
+    matmul(ctx, GemmKernel::MatmulNn, a, b, m, n, k, None)
 }
 
 /// `c[m,n] = a[m,k] * b[n,k]^T`.
 pub fn matmul_nt(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, Entry::MatmulNt, a, b, m, n, k, None)
+    matmul(ctx, GemmKernel::MatmulNt, a, b, m, n, k, None)
 }
 
 /// `c[m,n] = a[k,m]^T * b[k,n]`.
 pub fn matmul_tn(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, Entry::MatmulTn, a, b, m, n, k, None)
+    matmul(ctx, GemmKernel::MatmulTn, a, b, m, n, k, None)
 }
 
 /// `matmul_nn`, `matmul_nt` or `matmul_tn` (by `variant`) with the tile
@@ -219,11 +236,11 @@ pub fn matmul_with_tile(
 }
 
 /// The entry point of a plain product by its variant: `nn`, `nt` or `tn`.
-fn matmul_entry(variant: &str) -> Result<Entry, GpuError> {
+fn matmul_entry(variant: &str) -> Result<GemmKernel, GpuError> {
     match variant {
-        "nn" => Ok(Entry::MatmulNn),
-        "nt" => Ok(Entry::MatmulNt),
-        "tn" => Ok(Entry::MatmulTn),
+        "nn" => Ok(GemmKernel::MatmulNn),
+        "nt" => Ok(GemmKernel::MatmulNt),
+        "tn" => Ok(GemmKernel::MatmulTn),
         _ => Err(GpuError::Other(format!("no matmul variant {variant:?} (nn, nt or tn)"))),
     }
 }
@@ -243,14 +260,13 @@ pub fn linear_forward(
 ) -> Result<Vec<f32>, GpuError> {
     check_len("w", w.len(), outputs * inputs)?;
     check_len("bias", bias.len(), outputs)?;
-    let kernels = ctx.kernels()?;
     let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
     let (wb, bb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "bias", bias)?);
     let y = poisoned(ctx, "y", rows * outputs)?;
     let g = Gemm::linear_forward(xb.operand(inputs), &wb, &bb, &y, rows, inputs, outputs, relu);
     let step = step_buffer(ctx, 0.0)?;
-    run(ctx, &kernels.gemm(ctx, "linear_forward", &g, &step)?)?;
-    ctx.read_f32(&y, rows * outputs)
+    run(ctx, &[&g.dispatch(ctx, "linear_forward", &step)?]);
+    ctx.dev.read_f32(&y, rows * outputs)
 }
 
 /// `dx[rows, inputs] = (dy[rows, outputs] * w[outputs, inputs]) * (x > 0)`.
@@ -267,7 +283,6 @@ pub fn backprop_input(
     check_len("dy", dy.len(), rows * outputs)?;
     check_len("w", w.len(), outputs * inputs)?;
     check_len("x", x.len(), rows * inputs)?;
-    let kernels = ctx.kernels()?;
     let (dyb, wb, xb) = (
         upload_f32(ctx, "dy", dy)?,
         upload_f32(ctx, "w", w)?,
@@ -276,37 +291,33 @@ pub fn backprop_input(
     let dx = poisoned(ctx, "dx", rows * inputs)?;
     let g = Gemm::backprop_input(&dyb, &wb, &xb, &dx, rows, inputs, outputs);
     let step = step_buffer(ctx, 0.0)?;
-    run(ctx, &kernels.gemm(ctx, "backprop_input", &g, &step)?)?;
-    ctx.read_f32(&dx, rows * inputs)
+    run(ctx, &[&g.dispatch(ctx, "backprop_input", &step)?]);
+    ctx.dev.read_f32(&dx, rows * inputs)
 }
 
-/// `w[outputs, inputs] - lr * dy[rows, outputs]^T * x[rows, inputs]`.
+/// `w[outputs, inputs] - lr * dy[rows, outputs]^T * x[rows, inputs]`, and
+/// with a bias also `bias[outputs] - lr * colsum(dy)` (bias_update fused in
+/// as an extra column of ones), in one weight_update dispatch. Returns the
+/// new weights and bias.
 #[allow(clippy::too_many_arguments)]
 pub fn weight_update(
     ctx: &GpuContext,
     w: &[f32],
+    bias: Option<&[f32]>,
     dy: &[f32],
     x: Input,
     rows: usize,
     inputs: usize,
     outputs: usize,
     lr: f32,
-) -> Result<Vec<f32>, GpuError> {
-    check_len("w", w.len(), outputs * inputs)?;
-    check_len("dy", dy.len(), rows * outputs)?;
-    let kernels = ctx.kernels()?;
-    let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
-    let (wb, dyb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "dy", dy)?);
-    let g = Gemm::weight_update(&wb, None, None, &dyb, xb.operand(inputs), rows, inputs, outputs);
-    let step = step_buffer(ctx, lr)?;
-    run(ctx, &kernels.gemm(ctx, "weight_update", &g, &step)?)?;
-    ctx.read_f32(&wb, outputs * inputs)
+) -> Result<(Vec<f32>, Option<Vec<f32>>), GpuError> {
+    update(ctx, w, bias, None, dy, x, rows, inputs, outputs, lr)
 }
 
-/// The whole SGD update of a layer as a training step runs it, in one
-/// weight_update dispatch: `w -= lr * dy^T x` and `b -= lr * colsum(dy)`
-/// (bias_update fused in as an extra column of ones), then `w *= mask` when
-/// there is one (apply_mask fused in). Returns the new `(w, b)`.
+/// The whole SGD update of a layer as a training step runs it: the
+/// weight_update dispatch with the bias (`w -= lr * dy^T x`,
+/// `b -= lr * colsum(dy)`), then, when there is a mask, an apply_mask
+/// dispatch (`w *= mask`), in one submission. Returns the new `(w, b)`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgd_update(
     ctx: &GpuContext,
@@ -320,50 +331,64 @@ pub fn sgd_update(
     outputs: usize,
     lr: f32,
 ) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
+    let (w, b) = update(ctx, w, Some(b), mask, dy, x, rows, inputs, outputs, lr)?;
+    Ok((w, b.unwrap_or_default()))
+}
+
+/// weight_update (with `bias` when given), then apply_mask (with `mask`).
+#[allow(clippy::too_many_arguments)]
+fn update(
+    ctx: &GpuContext,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    mask: Option<&[f32]>,
+    dy: &[f32],
+    x: Input,
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    lr: f32,
+) -> Result<(Vec<f32>, Option<Vec<f32>>), GpuError> {
     check_len("w", w.len(), outputs * inputs)?;
-    check_len("b", b.len(), outputs)?;
     check_len("dy", dy.len(), rows * outputs)?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), outputs)?;
+    }
     if let Some(m) = mask {
         check_len("mask", m.len(), outputs * inputs)?;
     }
-    let kernels = ctx.kernels()?;
     let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
-    let (wb, bb, dyb) = (
-        upload_f32(ctx, "w", w)?,
-        upload_f32(ctx, "b", b)?,
-        upload_f32(ctx, "dy", dy)?,
-    );
+    let (wb, dyb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "dy", dy)?);
+    let bb = bias.map(|b| upload_f32(ctx, "bias", b)).transpose()?;
     let mb = mask.map(|m| upload_f32(ctx, "mask", m)).transpose()?;
-    let g = Gemm::weight_update(
-        &wb,
-        Some(&bb),
-        mb.as_ref(),
-        &dyb,
-        xb.operand(inputs),
-        rows,
-        inputs,
-        outputs,
-    );
+    let g = Gemm::weight_update(&wb, bb.as_ref(), &dyb, xb.operand(inputs), rows, inputs, outputs);
     let step = step_buffer(ctx, lr)?;
-    run(ctx, &kernels.gemm(ctx, "weight_update (fused)", &g, &step)?)?;
-    let bytes = ctx.read_back(
-        None,
-        &[(&wb, 0, 4 * (outputs * inputs) as u64), (&bb, 0, 4 * outputs as u64)],
-    )?;
+    let mut plan = vec![g.dispatch(ctx, "weight_update", &step)?];
+    if let Some(mb) = &mb {
+        plan.push(vector::apply_mask(ctx, "apply_mask", outputs * inputs, mb, &wb, &step)?);
+    }
+    run(ctx, &plan.iter().collect::<Vec<_>>());
+    let mut ranges = vec![(&wb, 0, 4 * (outputs * inputs) as u64)];
+    if let Some(bb) = &bb {
+        ranges.push((bb, 0, 4 * outputs as u64));
+    }
+    let bytes = ctx.dev.read_back(None, &ranges)?;
     Ok((
         bytemuck::pod_collect_to_vec(&bytes[0]),
-        bytemuck::pod_collect_to_vec(&bytes[1]),
+        bytes.get(1).map(|b| bytemuck::pod_collect_to_vec(b)),
     ))
 }
 
 /// `w * mask`, element by element.
 pub fn apply_mask(ctx: &GpuContext, w: &[f32], mask: &[f32]) -> Result<Vec<f32>, GpuError> {
     check_len("mask", mask.len(), w.len())?;
-    let kernels = ctx.kernels()?;
     let (wb, mb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "mask", mask)?);
     let step = step_buffer(ctx, 0.0)?;
-    run(ctx, &kernels.apply_mask(ctx, "apply_mask", w.len(), &mb, &wb, &step)?)?;
-    ctx.read_f32(&wb, w.len())
+    run(
+        ctx,
+        &[&vector::apply_mask(ctx, "apply_mask", w.len(), &mb, &wb, &step)?],
+    );
+    ctx.dev.read_f32(&wb, w.len())
 }
 
 /// `b[outputs] - lr * (sum over rows of dy[rows, outputs])`.
@@ -377,14 +402,21 @@ pub fn bias_update(
 ) -> Result<Vec<f32>, GpuError> {
     check_len("b", b.len(), outputs)?;
     check_len("dy", dy.len(), rows * outputs)?;
-    let kernels = ctx.kernels()?;
     let (bb, dyb) = (upload_f32(ctx, "b", b)?, upload_f32(ctx, "dy", dy)?);
     let step = step_buffer(ctx, lr)?;
     run(
         ctx,
-        &kernels.bias_update(ctx, "bias_update", rows, outputs, &dyb, &bb, &step)?,
-    )?;
-    ctx.read_f32(&bb, outputs)
+        &[&vector::bias_update(
+            ctx,
+            "bias_update",
+            rows,
+            outputs,
+            &dyb,
+            &bb,
+            &step,
+        )?],
+    );
+    ctx.dev.read_f32(&bb, outputs)
 }
 
 fn check_labels(labels: &[u32], rows: usize, classes: usize) -> Result<(), GpuError> {
@@ -409,36 +441,21 @@ pub fn softmax_xent(
 ) -> Result<(Vec<f32>, f64, u32), GpuError> {
     check_len("logits", logits.len(), rows * classes)?;
     check_labels(labels, rows, classes)?;
-    let kernels = ctx.kernels()?;
     let zb = upload_f32(ctx, "logits", logits)?;
     let lb = upload_u32(ctx, "labels", labels)?;
     // Gather through the identity, as a training step gathers through the permutation.
     let identity: Vec<u32> = (0..rows as u32).collect();
     let ib = upload_u32(ctx, "index", &identity)?;
     let d = poisoned(ctx, "dlogits", rows * classes)?;
-    let stats = upload_u32(ctx, "stats", &[f32::NAN.to_bits(), u32::MAX])?;
+    let stats = poisoned_stat(ctx)?;
     let step = step_buffer(ctx, 0.0)?;
-    let disp = kernels.softmax(
-        ctx,
-        "softmax_xent",
-        Entry::SoftmaxXent,
-        rows,
-        classes,
-        &zb,
-        &lb,
-        Some(&ib),
-        &d,
-        &stats,
-        &step,
-    )?;
-    run(ctx, &disp)?;
-    let bytes = ctx.read_back(None, &[(&d, 0, 4 * (rows * classes) as u64), (&stats, 0, 8)])?;
-    let s: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[1]);
-    Ok((
-        bytemuck::pod_collect_to_vec(&bytes[0]),
-        f32::from_bits(s[0]) as f64,
-        s[1],
-    ))
+    let disp = softmax::softmax_xent(ctx, "softmax_xent", rows, classes, &zb, &lb, &ib, &d, &stats, &step)?;
+    run(ctx, &[&disp]);
+    let bytes = ctx
+        .dev
+        .read_back(None, &[(&d, 0, 4 * (rows * classes) as u64), (&stats, 0, STAT_BYTES)])?;
+    let s: Stat = bytemuck::pod_read_unaligned(&bytes[1]);
+    Ok((bytemuck::pod_collect_to_vec(&bytes[0]), s.loss as f64, s.correct))
 }
 
 /// Per-row arg-max and the summed softmax cross-entropy loss (evaluation).
@@ -451,29 +468,18 @@ pub fn softmax_xent_eval(
 ) -> Result<(Vec<u32>, f64), GpuError> {
     check_len("logits", logits.len(), rows * classes)?;
     check_labels(labels, rows, classes)?;
-    let kernels = ctx.kernels()?;
     let zb = upload_f32(ctx, "logits", logits)?;
     let lb = upload_u32(ctx, "labels", labels)?;
     let pred = upload_u32(ctx, "predictions", &vec![u32::MAX; rows])?;
-    let stats = upload_u32(ctx, "stats", &[f32::NAN.to_bits(), u32::MAX])?;
+    let stats = poisoned_stat(ctx)?;
     let step = step_buffer(ctx, 0.0)?;
-    let disp = kernels.softmax(
-        ctx,
-        "softmax_xent_eval",
-        Entry::SoftmaxXentEval,
-        rows,
-        classes,
-        &zb,
-        &lb,
-        None,
-        &pred,
-        &stats,
-        &step,
-    )?;
-    run(ctx, &disp)?;
-    let bytes = ctx.read_back(None, &[(&pred, 0, 4 * rows as u64), (&stats, 0, 8)])?;
-    let s: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[1]);
-    Ok((bytemuck::pod_collect_to_vec(&bytes[0]), f32::from_bits(s[0]) as f64))
+    let disp = softmax::softmax_xent_eval(ctx, "softmax_xent_eval", rows, classes, &zb, &lb, &pred, &stats, &step)?;
+    run(ctx, &[&disp]);
+    let bytes = ctx
+        .dev
+        .read_back(None, &[(&pred, 0, 4 * rows as u64), (&stats, 0, STAT_BYTES)])?;
+    let s: Stat = bytemuck::pod_read_unaligned(&bytes[1]);
+    Ok((bytemuck::pod_collect_to_vec(&bytes[0]), s.loss as f64))
 }
 
 /// Seconds per call of one product `C = op(A) op(B)` (`variant` is `nn`,
@@ -489,18 +495,17 @@ pub fn bench_matmul(
     reps: usize,
     tile: Option<Tile>,
 ) -> Result<(f64, Tile), GpuError> {
-    let kernels = ctx.kernels()?;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
     let a = upload_f32(ctx, "bench a", &random(m * k))?;
     let b = upload_f32(ctx, "bench b", &random(k * n))?;
-    let c = ctx.storage("bench c", 4 * (m * n) as u64)?;
+    let c = ctx.dev.storage("bench c", 4 * (m * n) as u64)?;
     let g = Gemm::plain(matmul_entry(variant)?, &a, &b, &c, m, n, k);
     let step = step_buffer(ctx, 0.0)?;
     let tile = tile.unwrap_or_else(|| Tile::for_shape(m as u64, n as u64, k as u64));
-    let d = kernels.gemm_tiled(ctx, "bench matmul", &g, &step, tile)?;
+    let d = g.dispatch_with_tile(ctx, "bench matmul", &step, tile)?;
     let record = |count: usize| {
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        let mut enc = ctx.dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("bench matmul"),
         });
         {
@@ -509,35 +514,18 @@ pub fn bench_matmul(
                 timestamp_writes: None,
             });
             for _ in 0..count {
-                d.record(kernels, &mut pass, 0);
+                d.record(&mut pass, 0);
             }
         }
         enc
     };
     // Warm-up: first-use costs (driver compilation, memory residency).
-    ctx.read_back(Some(record(1)), &[(&c, 0, 4)])?;
+    ctx.dev.read_back(Some(record(1)), &[(&c, 0, 4)])?;
     let reps = reps.max(1);
     let enc = record(reps);
     let t = std::time::Instant::now();
-    ctx.read_back(Some(enc), &[(&c, 0, 4)])?;
+    ctx.dev.read_back(Some(enc), &[(&c, 0, 4)])?;
     Ok((t.elapsed().as_secs_f64() / reps as f64, tile))
-}
-
-/// Record int8 dispatches in one pass and submit them.
-fn run_i8(ctx: &GpuContext, label: &str, ds: &[&I8Dispatch]) {
-    let mut enc = ctx
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-    {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(label),
-            timestamp_writes: None,
-        });
-        for d in ds {
-            d.record(&mut pass);
-        }
-    }
-    ctx.queue.submit([enc.finish()]);
 }
 
 /// A byte value `quantize_rows_i8` never writes (it clamps to -127..=127),
@@ -561,12 +549,11 @@ pub fn quantize_rows_i8(
             "stride {stride} is not a multiple of 4 at least {inputs}"
         )));
     }
-    let kernels = ctx.int8_kernels(ctx.int8_path())?;
     let words = stride / 4;
     let xb = upload_f32(ctx, "x", x)?;
     let xq = upload_u32(ctx, "xq", &vec![I8_POISON; rows * words])?;
     let xs = poisoned(ctx, "x_scale", rows)?;
-    let d = kernels.quantize(
+    let d = int8::quantize_rows_i8(
         ctx,
         "quantize_rows_i8",
         rows,
@@ -578,8 +565,10 @@ pub fn quantize_rows_i8(
         &xq,
         &xs,
     )?;
-    run_i8(ctx, "quantize_rows_i8", &[&d]);
-    let bytes = ctx.read_back(None, &[(&xq, 0, 4 * (rows * words) as u64), (&xs, 0, 4 * rows as u64)])?;
+    run(ctx, &[&d]);
+    let bytes = ctx
+        .dev
+        .read_back(None, &[(&xq, 0, 4 * (rows * words) as u64), (&xs, 0, 4 * rows as u64)])?;
     Ok((
         bytes[0].iter().map(|&b| b as i8).collect(),
         bytemuck::pod_collect_to_vec(&bytes[1]),
@@ -600,7 +589,6 @@ pub fn linear_forward_i8(
 ) -> Result<Vec<f32>, GpuError> {
     check_len("xq", xq.len(), rows * layer.stride)?;
     check_len("x_scale", x_scale.len(), rows)?;
-    let kernels = ctx.int8_kernels(path)?;
     let w = GpuI8Layer::upload(ctx, "layer", layer)?;
     let words: Vec<u32> = xq[..rows * layer.stride]
         .chunks_exact(4)
@@ -609,7 +597,18 @@ pub fn linear_forward_i8(
     let xb = upload_u32(ctx, "xq", &words)?;
     let sb = upload_f32(ctx, "x_scale", x_scale)?;
     let y = poisoned(ctx, "y", rows * layer.outputs)?;
-    let d = kernels.linear(ctx, "linear_forward_i8", &w, rows, &xb, &sb, &y, layer.outputs, relu)?;
-    run_i8(ctx, "linear_forward_i8", &[&d]);
-    ctx.read_f32(&y, rows * layer.outputs)
+    let d = int8::linear_forward_i8(
+        ctx,
+        path,
+        "linear_forward_i8",
+        &w,
+        rows,
+        &xb,
+        &sb,
+        &y,
+        layer.outputs,
+        relu,
+    )?;
+    run(ctx, &[&d]);
+    ctx.dev.read_f32(&y, rows * layer.outputs)
 }

@@ -19,19 +19,16 @@
 use std::sync::{mpsc, Arc};
 
 use super::context::GpuContext;
-use super::int8::{GpuI8Layer, I8Dispatch, Int8Path};
-use super::kernels::{DataSource, Dispatch, Gemm, Operand, StepParams};
+use super::dispatch::Dispatch;
+use super::gemm::{DataSource, Gemm, Operand};
+use super::int8::{linear_forward_i8, quantize_rows_i8, GpuI8Layer};
+use super::registry::{Int8Path, Kernel};
+use super::uniforms::StepParams;
 use crate::data::Preprocess;
 use crate::error::{GpuError, InferError};
 use crate::infer::int8::Int8Mlp;
 use crate::infer::Predictor;
 use crate::model::{Activations, AnyModel, CompressedMlp, Mlp};
-
-/// One recorded kernel call of a forward pass.
-enum Call {
-    F32(Dispatch),
-    I8(I8Dispatch),
-}
 
 /// What the model's layers are on the GPU.
 enum Layers {
@@ -69,7 +66,7 @@ pub struct GpuPredictor {
     /// `[max_batch, classes]` f32, mapped after each call.
     staging: wgpu::Buffer,
     /// `plans[n - 1]`: the dispatches of a batch of `n` rows, once built.
-    plans: Vec<Option<Vec<Call>>>,
+    plans: Vec<Option<Vec<Dispatch>>>,
 }
 
 impl std::fmt::Debug for GpuPredictor {
@@ -100,11 +97,11 @@ impl GpuPredictor {
                     .enumerate()
                     .map(|(l, layer)| {
                         Ok((
-                            ctx.storage_init(
+                            ctx.dev.storage_init(
                                 &format!("predictor fc{} weight", l + 1),
                                 bytemuck::cast_slice(&layer.weight),
                             )?,
-                            ctx.storage_init(
+                            ctx.dev.storage_init(
                                 &format!("predictor fc{} bias", l + 1),
                                 bytemuck::cast_slice(&layer.bias),
                             )?,
@@ -144,7 +141,8 @@ impl GpuPredictor {
         let mut sizes = vec![model.inputs()];
         sizes.extend(model.layers.iter().map(|l| l.outputs));
         // Compile (or fail) before uploading anything.
-        ctx.int8_kernels(path)?;
+        ctx.registry.get(&ctx.dev, Kernel::QuantizeRowsI8)?;
+        ctx.registry.get(&ctx.dev, Kernel::LinearForwardI8(path))?;
         let rows = max_batch.max(1) as u64;
         Self::build(ctx, sizes, model.preprocess, input_shape, max_batch, |ctx| {
             let mut layers = Vec::new();
@@ -152,8 +150,11 @@ impl GpuPredictor {
             for (l, p) in model.layers.iter().enumerate() {
                 let name = format!("predictor fc{}", l + 1);
                 let layer = GpuI8Layer::upload(ctx, &name, p)?;
-                xq.push(ctx.storage(&format!("{name} int8 input"), 4 * rows * layer.words as u64)?);
-                x_scale.push(ctx.storage(&format!("{name} input scales"), 4 * rows)?);
+                xq.push(
+                    ctx.dev
+                        .storage(&format!("{name} int8 input"), 4 * rows * layer.words as u64)?,
+                );
+                x_scale.push(ctx.dev.storage(&format!("{name} input scales"), 4 * rows)?);
                 layers.push(layer);
             }
             Ok(Layers::Int8 {
@@ -205,7 +206,7 @@ impl GpuPredictor {
             )));
         }
         let max_batch = max_batch.max(1);
-        let device = &ctx.device;
+        let device = &ctx.dev.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let built = Self::allocate(&ctx, &sizes, max_batch, upload);
@@ -261,16 +262,21 @@ impl GpuPredictor {
     > {
         let rows = max_batch as u64;
         let layers = upload(ctx)?;
-        let raw = ctx.storage("predictor raw input", 4 * rows * sizes[0] as u64)?;
+        let raw = ctx.dev.storage("predictor raw input", 4 * rows * sizes[0] as u64)?;
         let acts = sizes[1..]
             .iter()
             .enumerate()
-            .map(|(l, &n)| ctx.storage(&format!("predictor fc{} output", l + 1), 4 * rows * n as u64))
+            .map(|(l, &n)| {
+                ctx.dev
+                    .storage(&format!("predictor fc{} output", l + 1), 4 * rows * n as u64)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let step = ctx.uniform_init("predictor step params", bytemuck::bytes_of(&StepParams::default()))?;
-        let no_index = ctx.storage("predictor gather index (unused)", 4)?;
+        let step = ctx
+            .dev
+            .uniform_init("predictor step params", bytemuck::bytes_of(&StepParams::default()))?;
+        let no_index = ctx.dev.storage("predictor gather index (unused)", 4)?;
         let classes = *sizes.last().unwrap_or(&0) as u64;
-        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = ctx.dev.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("predictor logits staging"),
             size: (4 * rows * classes).max(4),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -280,7 +286,7 @@ impl GpuPredictor {
     }
 
     /// The dispatches of a forward pass over `rows` rows.
-    fn plan(&self, rows: usize) -> Result<Vec<Call>, GpuError> {
+    fn plan(&self, rows: usize) -> Result<Vec<Dispatch>, GpuError> {
         let ctx = &*self.ctx;
         let nl = self.sizes.len() - 1;
         let s = &self.sizes;
@@ -288,7 +294,6 @@ impl GpuPredictor {
         let mut calls = Vec::new();
         match &self.layers {
             Layers::F32(params) => {
-                let kernels = ctx.kernels()?;
                 for (l, (w, b)) in params.iter().enumerate() {
                     let x = if l == 0 {
                         Operand::Data(DataSource {
@@ -305,7 +310,7 @@ impl GpuPredictor {
                     };
                     let g = Gemm::linear_forward(x, w, b, &self.acts[l], rows, s[l], s[l + 1], l + 1 < nl);
                     let label = format!("{tag} fc{} linear_forward", l + 1);
-                    calls.push(Call::F32(kernels.gemm(ctx, &label, &g, &self.step)?));
+                    calls.push(g.dispatch(ctx, &label, &self.step)?);
                 }
             }
             Layers::Int8 {
@@ -314,7 +319,6 @@ impl GpuPredictor {
                 x_scale,
                 path,
             } => {
-                let kernels = ctx.int8_kernels(*path)?;
                 for (l, layer) in layers.iter().enumerate() {
                     let name = |k: &str| format!("{tag} fc{} {k}", l + 1);
                     let (x, pre) = if l == 0 {
@@ -322,7 +326,7 @@ impl GpuPredictor {
                     } else {
                         (&self.acts[l - 1], (1.0, 0.0))
                     };
-                    calls.push(Call::I8(kernels.quantize(
+                    calls.push(quantize_rows_i8(
                         ctx,
                         &name("quantize_rows_i8"),
                         rows,
@@ -333,9 +337,10 @@ impl GpuPredictor {
                         x,
                         &xq[l],
                         &x_scale[l],
-                    )?));
-                    calls.push(Call::I8(kernels.linear(
+                    )?);
+                    calls.push(linear_forward_i8(
                         ctx,
+                        *path,
                         &name("linear_forward_i8"),
                         layer,
                         rows,
@@ -344,7 +349,7 @@ impl GpuPredictor {
                         &self.acts[l],
                         s[l + 1],
                         l + 1 < nl,
-                    )?));
+                    )?);
                 }
             }
         }
@@ -359,8 +364,9 @@ impl GpuPredictor {
         }
         let ctx = &*self.ctx;
         let plan = self.plans[rows - 1].as_deref().unwrap_or_default();
-        ctx.queue.write_buffer(&self.raw, 0, bytemuck::cast_slice(raw));
+        ctx.dev.queue.write_buffer(&self.raw, 0, bytemuck::cast_slice(raw));
         let mut enc = ctx
+            .dev
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("predict") });
         {
@@ -368,23 +374,21 @@ impl GpuPredictor {
                 label: Some("predict"),
                 timestamp_writes: None,
             });
-            for call in plan {
-                match call {
-                    Call::F32(d) => d.record(ctx.kernels()?, &mut pass, 0),
-                    Call::I8(d) => d.record(&mut pass),
-                }
+            for d in plan {
+                d.record(&mut pass, 0);
             }
         }
         let bytes = 4 * out.len() as u64;
         let logits = self.acts.last().unwrap_or(&self.raw);
         enc.copy_buffer_to_buffer(logits, 0, &self.staging, 0, bytes);
-        let index = ctx.queue.submit([enc.finish()]);
+        let index = ctx.dev.queue.submit([enc.finish()]);
         let (tx, rx) = mpsc::channel();
         self.staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
             // The receiver is gone only if this function already returned.
             let _ = tx.send(r);
         });
-        ctx.device
+        ctx.dev
+            .device
             .poll(wgpu::PollType::Wait {
                 submission_index: Some(index),
                 timeout: None,
@@ -395,7 +399,7 @@ impl GpuPredictor {
             .map_err(|_| GpuError::Readback("the map callback never ran".into()))
             .and_then(|r| r.map_err(|e| GpuError::Readback(format!("mapping the logits: {e}"))));
         // A device error surfaces here, before a possibly garbage result.
-        ctx.check_fault()?;
+        ctx.dev.check_fault()?;
         mapped?;
         {
             let view = self

@@ -108,26 +108,26 @@ pub fn kernel_times(
     backend.take_stats().map_err(gpu_error)?;
 
     let queries = 2 * dispatches * steps;
-    let query_set = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+    let query_set = ctx.dev.device.create_query_set(&wgpu::QuerySetDescriptor {
         label: Some("kernel timestamps"),
         ty: wgpu::QueryType::Timestamp,
         count: queries as u32,
     });
-    let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+    let resolved = ctx.dev.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("kernel timestamps resolved"),
         size: 8 * queries as u64,
         usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
-    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+    let mut enc = ctx.dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
         label: Some("timed training steps"),
     });
     let names = backend.record_timed_steps(&mut enc, steps, 0.01, &query_set)?;
     let used = 2 * names.len();
     enc.resolve_query_set(&query_set, 0..used as u32, &resolved, 0);
-    let bytes = ctx.read_back(Some(enc), &[(&resolved, 0, 8 * used as u64)])?;
+    let bytes = ctx.dev.read_back(Some(enc), &[(&resolved, 0, 8 * used as u64)])?;
     let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes[0]);
-    let ns_per_tick = f64::from(ctx.queue.get_timestamp_period());
+    let ns_per_tick = f64::from(ctx.dev.queue.get_timestamp_period());
 
     let mut out: Vec<KernelTime> = Vec::new();
     for (i, name) in names.into_iter().enumerate() {

@@ -1,23 +1,14 @@
 //! The GPU training backend: parameters, data and every intermediate live
-//! on the device; a training step is a fixed list of dispatches recorded
-//! many times into one command buffer.
+//! on the device; a training step is a fixed list of dispatches
+//! (`plan`) recorded many times into one command buffer.
 //!
 //! Everything is built once, in [`GpuBackend::new`]: the buffers, and for
 //! each step variant (a full batch and, when the epoch does not divide
 //! evenly, the last partial batch) the list of dispatches with their bind
 //! groups. What differs between steps (where the batch starts in the
 //! permutation, the learning rate, which stats slot to write) lives in a
-//! ring of [`StepParams`] bound at a dynamic offset, so recording a step
+//! ring of `StepParams` bound at a dynamic offset, so recording a step
 //! costs a few `set_bind_group`/`dispatch` calls and no allocation.
-//!
-//! A step of an `L`-layer network is `3L` dispatches (6 for 784-500-10):
-//!
-//! ```text
-//! linear_forward   x L      (the first reads the resident dataset through the permutation)
-//! softmax_xent              (dlogits, and the batch's loss and correct count into a stats slot)
-//! backprop_input   x L-1    (each before its layer's weights change)
-//! weight_update    x L      (with bias_update fused in, and apply_mask when pruning)
-//! ```
 //!
 //! Nothing is read back inside a step: each step writes its loss and correct
 //! count to its own slot of a stats buffer, and [`Backend::take_stats`]
@@ -26,11 +17,15 @@
 use std::sync::Arc;
 
 use super::context::GpuContext;
-use super::kernels::{DataSource, Dispatch, Entry, Gemm, Kernels, Operand, StepParams, STEP_BYTES};
+use super::dispatch::Dispatch;
+use super::plan::{train_step, Buffers, EvalPlan};
+use super::resident::ResidentSplit;
+use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
+use super::vector::apply_mask;
 use crate::backend::{
     check_order, check_steps, steps_per_epoch, Backend, Predictions, SplitKind, StepStats, TrainSpec,
 };
-use crate::data::{Dataset, Preprocess, Split};
+use crate::data::{Dataset, Preprocess};
 use crate::error::{Error, GpuError, Result};
 use crate::model::{Linear, Mlp};
 use crate::optim::{Constraint, Optimizer, StepHyper};
@@ -44,85 +39,18 @@ const MAX_STAT_SLOTS: usize = 8192;
 /// Rows per forward pass when evaluating a split.
 const EVAL_ROWS: usize = 4096;
 
-/// Upload raw features, as bytes packed four to a u32 word (little-endian,
-/// so byte `i` of the flat array is byte `i % 4` of word `i / 4`) when
-/// `as_u8`, else as f32.
-pub(crate) fn upload_features(
-    ctx: &GpuContext,
-    label: &str,
-    features: &[f32],
-    as_u8: bool,
-) -> Result<wgpu::Buffer, GpuError> {
-    if !as_u8 {
-        return ctx.storage_init(label, bytemuck::cast_slice(features));
-    }
-    if let Some(v) = features
-        .iter()
-        .find(|v| !(0.0..=255.0).contains(*v) || v.fract() != 0.0)
-    {
-        return Err(GpuError::InvalidArgument(format!(
-            "{label}: value {v} cannot be stored as a byte"
-        )));
-    }
-    let words: Vec<u32> = features
-        .chunks(4)
-        .map(|c| c.iter().enumerate().fold(0u32, |w, (i, &v)| w | (v as u32) << (8 * i)))
-        .collect();
-    ctx.storage_init(label, bytemuck::cast_slice(&words))
-}
-
-/// A split resident on the GPU.
-struct ResidentSplit {
-    data: wgpu::Buffer,
-    is_u8: bool,
-    dim: usize,
-    labels: wgpu::Buffer,
-    len: usize,
-}
-
-impl ResidentSplit {
-    fn upload(ctx: &GpuContext, name: &str, s: &Split, dim: usize, as_u8: bool) -> Result<Self, GpuError> {
-        // The shaders address values as u32 (example * dim + feature).
-        let values = (s.len() as u64) * (dim as u64);
-        if values > u64::from(u32::MAX) {
-            return Err(GpuError::Limit {
-                what: format!("the {name} split ({} examples of {dim} values)", s.len()),
-                needed: values,
-                limit: u32::MAX.into(),
-                limit_name: "u32 indexing in the shaders, values",
-            });
-        }
-        Ok(ResidentSplit {
-            data: upload_features(ctx, &format!("{name} features"), &s.features, as_u8)?,
-            is_u8: as_u8,
-            dim,
-            labels: ctx.storage_init(&format!("{name} labels"), bytemuck::cast_slice(&s.labels))?,
-            len: s.len(),
-        })
-    }
-
-    /// The split as the first layer's input: through `index` when
-    /// `gather` (training), else in order (evaluation).
-    fn source<'a>(&'a self, index: &'a wgpu::Buffer, gather: bool, p: Preprocess) -> DataSource<'a> {
-        DataSource {
-            data: &self.data,
-            is_u8: self.is_u8,
-            index,
-            gather,
-            dim: self.dim as u32,
-            scale: p.scale,
-            offset: p.offset,
-        }
+/// `params` written into a step ring: entry `i` at `i * stride` bytes.
+fn step_ring(out: &mut Vec<u8>, stride: usize, params: impl ExactSizeIterator<Item = StepParams>) {
+    out.clear();
+    out.resize(params.len() * stride, 0);
+    for (i, p) in params.enumerate() {
+        out[i * stride..i * stride + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
     }
 }
 
-/// The dispatches of one pass over a split: one list for full chunks and,
-/// when the split does not divide evenly, one for the last chunk.
-struct EvalPlan {
-    len: usize,
-    chunks: usize,
-    full: Vec<Dispatch>,
-    last: Option<Vec<Dispatch>>,
+/// The stats slots read back as `bytes`.
+fn stats_of(bytes: &[u8]) -> Vec<Stat> {
+    bytemuck::pod_collect_to_vec(bytes)
 }
 
 /// The GPU implementation of [`Backend`].
@@ -166,17 +94,6 @@ pub struct GpuBackend {
     step_bytes: Vec<u8>,
 }
 
-/// The buffers a forward/backward schedule reads and writes.
-struct Buffers<'a> {
-    params: &'a [(wgpu::Buffer, wgpu::Buffer)],
-    /// `acts[l]` is the output of layer `l` (`[rows, sizes[l + 1]]`).
-    acts: &'a [wgpu::Buffer],
-    /// `grads[l]` is the gradient with respect to `acts[l]`.
-    grads: &'a [wgpu::Buffer],
-    /// Pruning masks applied after each weight update.
-    masks: Option<&'a [wgpu::Buffer]>,
-}
-
 impl GpuBackend {
     /// Upload the model and both splits, and build every dispatch.
     pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
@@ -184,7 +101,10 @@ impl GpuBackend {
         spec.check()?;
         let Optimizer::Sgd = spec.optimizer;
         let batch = spec.batch;
-        let device = &ctx.device;
+        if data.train.is_empty() {
+            return Err(Error::Config("the training split is empty".into()));
+        }
+        let device = &ctx.dev.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let built = Self::build(ctx.clone(), model, &data, batch);
@@ -200,7 +120,7 @@ impl GpuBackend {
     }
 
     fn build(ctx: Arc<GpuContext>, model: Mlp, data: &Dataset, batch: usize) -> Result<Self> {
-        let kernels = ctx.kernels()?;
+        let dev = &ctx.dev;
         let sizes = model.sizes();
         let nl = model.layers.len();
         let dim = model.inputs();
@@ -216,20 +136,20 @@ impl GpuBackend {
             .enumerate()
             .map(|(l, layer)| {
                 Ok((
-                    ctx.storage_init(&format!("fc{} weight", l + 1), bytemuck::cast_slice(&layer.weight))?,
-                    ctx.storage_init(&format!("fc{} bias", l + 1), bytemuck::cast_slice(&layer.bias))?,
+                    dev.storage_init(&format!("fc{} weight", l + 1), bytemuck::cast_slice(&layer.weight))?,
+                    dev.storage_init(&format!("fc{} bias", l + 1), bytemuck::cast_slice(&layer.bias))?,
                 ))
             })
             .collect::<Result<Vec<_>, GpuError>>()?;
 
         // Evaluation runs in chunks as large as fit the activation buffers'
         // binding limit, but never smaller than a training batch needs.
-        let max_rows = (ctx.limits().max_storage_buffer_binding_size / (4 * widest as u64)) as usize;
+        let max_rows = (dev.limits.max_storage_buffer_binding_size / (4 * widest as u64)) as usize;
         if max_rows < batch {
             return Err(GpuError::Limit {
                 what: format!("a batch of {batch} rows of {widest} activations"),
                 needed: 4 * (batch * widest) as u64,
-                limit: ctx.limits().max_storage_buffer_binding_size,
+                limit: dev.limits.max_storage_buffer_binding_size,
                 limit_name: "max_storage_buffer_binding_size, bytes",
             }
             .into());
@@ -237,69 +157,54 @@ impl GpuBackend {
         let eval_rows = EVAL_ROWS.max(batch).min(max_rows);
         let act_rows = eval_rows.max(batch);
         let acts = (1..=nl)
-            .map(|l| ctx.storage(&format!("activations {l}"), 4 * (act_rows * sizes[l]) as u64))
+            .map(|l| dev.storage(&format!("activations {l}"), 4 * (act_rows * sizes[l]) as u64))
             .collect::<Result<Vec<_>, _>>()?;
         let grads = (1..=nl)
-            .map(|l| ctx.storage(&format!("gradients {l}"), 4 * (batch * sizes[l]) as u64))
+            .map(|l| dev.storage(&format!("gradients {l}"), 4 * (batch * sizes[l]) as u64))
             .collect::<Result<Vec<_>, _>>()?;
-        let perm = ctx.storage("epoch permutation", 4 * n_train as u64)?;
+        let perm = dev.storage("epoch permutation", 4 * n_train as u64)?;
 
         let spe = steps_per_epoch(n_train, batch);
         let slots = spe.clamp(1, MAX_STAT_SLOTS);
-        let stride = kernels.step_stride;
-        let steps = ctx.uniform_init("step ring", &vec![0u8; (slots as u64 * stride) as usize])?;
-        let stats = ctx.storage("step stats", 8 * slots as u64)?;
-
-        let bufs = Buffers {
-            params: &params,
-            acts: &acts,
-            grads: &grads,
-            masks: None,
-        };
-        let pre = model.preprocess;
+        let stride = ctx.registry.step_stride;
+        let steps = dev.uniform_init("step ring", &vec![0u8; (slots as u64 * stride) as usize])?;
+        let stats = dev.storage("step stats", STAT_BYTES * slots as u64)?;
         let last_rows = n_train - (spe - 1) * batch;
 
         let longest = train.len.max(test.len);
         let chunks = longest.div_ceil(eval_rows);
-        let mut eval_bytes = vec![0u8; (chunks as u64 * stride) as usize];
-        for c in 0..chunks {
-            let p = StepParams {
-                index_off: (c * eval_rows) as u32,
-                slot: c as u32,
-                lr: 0.0,
-                pad: 0,
-            };
-            let at = c * stride as usize;
-            eval_bytes[at..at + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
-        }
-        let eval_steps = ctx.uniform_init("evaluation chunk params", &eval_bytes)?;
-        let eval_stats = ctx.storage("evaluation stats", 8 * chunks as u64)?;
-        let predictions = ctx.storage("predictions", 4 * longest as u64)?;
-        let eval_plan = |split: &ResidentSplit, name: &str| -> Result<EvalPlan, GpuError> {
-            let src = split.source(&perm, false, pre);
-            let plan = |rows| {
-                Self::eval_plan(
-                    &ctx,
-                    kernels,
-                    &sizes,
-                    &bufs,
-                    src,
-                    split,
-                    &predictions,
-                    &eval_stats,
-                    &eval_steps,
-                    rows,
-                    name,
-                )
-            };
-            let chunks = split.len.div_ceil(eval_rows);
-            let last = split.len - (chunks - 1) * eval_rows;
-            Ok(EvalPlan {
-                len: split.len,
-                chunks,
-                full: plan(eval_rows)?,
-                last: if last != eval_rows { Some(plan(last)?) } else { None },
-            })
+        let mut eval_bytes = Vec::new();
+        let chunk_params = (0..chunks).map(|c| StepParams {
+            index_off: (c * eval_rows) as u32,
+            slot: c as u32,
+            lr: 0.0,
+            pad: 0,
+        });
+        step_ring(&mut eval_bytes, stride as usize, chunk_params);
+        let eval_steps = dev.uniform_init("evaluation chunk params", &eval_bytes)?;
+        let eval_stats = dev.storage("evaluation stats", STAT_BYTES * chunks as u64)?;
+        let predictions = dev.storage("predictions", 4 * longest as u64)?;
+        let eval_bufs = Buffers {
+            sizes: &sizes,
+            params: &params,
+            acts: &acts,
+            grads: &grads,
+            masks: None,
+            step: &eval_steps,
+        };
+        let pre = model.preprocess;
+        let eval_plan = |split: &ResidentSplit, name: &str| {
+            EvalPlan::new(
+                &ctx,
+                &eval_bufs,
+                split,
+                &perm,
+                pre,
+                &predictions,
+                &eval_stats,
+                eval_rows,
+                name,
+            )
         };
         let eval_train = eval_plan(&train, "train")?;
         let eval_test = eval_plan(&test, "test")?;
@@ -338,31 +243,20 @@ impl GpuBackend {
     }
 
     /// (Re)build the dispatches of a training step, for a full batch and
-    /// for the last partial one; again whenever the masks change, since
-    /// they are bound into the weight updates.
+    /// for the last partial one; again whenever masks are set or cleared,
+    /// since each mask adds an `apply_mask` after its layer's update.
     fn build_train_plans(&mut self) -> Result<(), GpuError> {
         let ctx = &*self.ctx;
-        let kernels = ctx.kernels()?;
         let bufs = Buffers {
+            sizes: &self.sizes,
             params: &self.params,
             acts: &self.acts,
             grads: &self.grads,
             masks: self.masks.as_deref(),
+            step: &self.steps,
         };
         let input = self.train.source(&self.perm, true, self.preprocess);
-        let plan = |rows| {
-            Self::step_plan(
-                ctx,
-                kernels,
-                &self.sizes,
-                &bufs,
-                input,
-                &self.train,
-                &self.stats,
-                &self.steps,
-                rows,
-            )
-        };
+        let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows);
         self.full_step = plan(self.batch)?;
         self.last_step = if self.last_rows != self.batch {
             Some(plan(self.last_rows)?)
@@ -372,130 +266,19 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// The forward dispatches of `rows` rows whose input is `input`.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_plan(
-        ctx: &GpuContext,
-        kernels: &Kernels,
-        sizes: &[usize],
-        bufs: &Buffers,
-        input: DataSource,
-        step: &wgpu::Buffer,
-        rows: usize,
-        tag: &str,
-    ) -> Result<Vec<Dispatch>, GpuError> {
-        let nl = sizes.len() - 1;
-        (0..nl)
-            .map(|l| {
-                let x = if l == 0 {
-                    Operand::Data(input)
-                } else {
-                    Operand::rows(&bufs.acts[l - 1], sizes[l])
-                };
-                let (w, b) = &bufs.params[l];
-                let g = Gemm::linear_forward(x, w, b, &bufs.acts[l], rows, sizes[l], sizes[l + 1], l + 1 < nl);
-                kernels.gemm(ctx, &format!("{tag} fc{} linear_forward", l + 1), &g, step)
-            })
-            .collect()
-    }
-
-    /// Every dispatch of a training step of `rows` rows, in order.
-    #[allow(clippy::too_many_arguments)]
-    fn step_plan(
-        ctx: &GpuContext,
-        kernels: &Kernels,
-        sizes: &[usize],
-        bufs: &Buffers,
-        input: DataSource,
-        train: &ResidentSplit,
-        stats: &wgpu::Buffer,
-        step: &wgpu::Buffer,
-        rows: usize,
-    ) -> Result<Vec<Dispatch>, GpuError> {
-        let nl = sizes.len() - 1;
-        let tag = format!("train step ({rows} rows)");
-        let mut plan = Self::forward_plan(ctx, kernels, sizes, bufs, input, step, rows, &tag)?;
-        plan.push(kernels.softmax(
-            ctx,
-            &format!("{tag} softmax_xent"),
-            Entry::SoftmaxXent,
-            rows,
-            sizes[nl],
-            &bufs.acts[nl - 1],
-            &train.labels,
-            Some(input.index),
-            &bufs.grads[nl - 1],
-            stats,
-            step,
-        )?);
-        for l in (0..nl).rev() {
-            let (w, b) = &bufs.params[l];
-            let (inputs, outputs) = (sizes[l], sizes[l + 1]);
-            let dy = &bufs.grads[l];
-            let name = |k: &str| format!("{tag} fc{} {k}", l + 1);
-            if l > 0 {
-                // Before this layer's update: the gradient needs the old weights.
-                let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs);
-                plan.push(kernels.gemm(ctx, &name("backprop_input"), &g, step)?);
-            }
-            let x = if l == 0 {
-                Operand::Data(input)
-            } else {
-                Operand::rows(&bufs.acts[l - 1], inputs)
-            };
-            // bias_update, and apply_mask when pruning, fused into the update.
-            let mask = bufs.masks.map(|m| &m[l]);
-            let g = Gemm::weight_update(w, Some(b), mask, dy, x, rows, inputs, outputs);
-            plan.push(kernels.gemm(ctx, &name("weight_update"), &g, step)?);
-        }
-        Ok(plan)
-    }
-
-    /// The dispatches of one evaluation chunk of `rows` rows.
-    #[allow(clippy::too_many_arguments)]
-    fn eval_plan(
-        ctx: &GpuContext,
-        kernels: &Kernels,
-        sizes: &[usize],
-        bufs: &Buffers,
-        input: DataSource,
-        split: &ResidentSplit,
-        predictions: &wgpu::Buffer,
-        stats: &wgpu::Buffer,
-        step: &wgpu::Buffer,
-        rows: usize,
-        name: &str,
-    ) -> Result<Vec<Dispatch>, GpuError> {
-        let nl = sizes.len() - 1;
-        let tag = format!("eval {name} ({rows} rows)");
-        let mut plan = Self::forward_plan(ctx, kernels, sizes, bufs, input, step, rows, &tag)?;
-        plan.push(kernels.softmax(
-            ctx,
-            &format!("{tag} softmax_xent_eval"),
-            Entry::SoftmaxXentEval,
-            rows,
-            sizes[nl],
-            &bufs.acts[nl - 1],
-            &split.labels,
-            None,
-            predictions,
-            stats,
-            step,
-        )?);
-        Ok(plan)
-    }
-
     /// Copy the stats slots in use to the host and fold them into
     /// `host_stats`; waits for every step submitted so far.
     fn drain_stats(&mut self) -> Result<(), GpuError> {
         if self.pending == 0 {
             return Ok(());
         }
-        let bytes = self.ctx.read_back(None, &[(&self.stats, 0, 8 * self.pending as u64)])?;
-        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[0]);
-        for s in words.chunks_exact(2) {
-            self.host_stats.loss_sum += f64::from(f32::from_bits(s[0]));
-            self.host_stats.correct += u64::from(s[1]);
+        let bytes = self
+            .ctx
+            .dev
+            .read_back(None, &[(&self.stats, 0, STAT_BYTES * self.pending as u64)])?;
+        for s in stats_of(&bytes[0]) {
+            self.host_stats.loss_sum += f64::from(s.loss);
+            self.host_stats.correct += u64::from(s.correct);
         }
         self.pending = 0;
         Ok(())
@@ -505,26 +288,21 @@ impl GpuBackend {
     /// stats slots `pending..pending + count`.
     fn submit_steps(&mut self, first: usize, hyper: &[StepHyper]) -> Result<(), GpuError> {
         let count = hyper.len();
-        let kernels = self.ctx.kernels()?;
-        let stride = kernels.step_stride as usize;
+        let dev = &self.ctx.dev;
+        let stride = self.ctx.registry.step_stride as usize;
         let total = steps_per_epoch(self.n_train, self.batch);
-        self.step_bytes.clear();
-        self.step_bytes.resize(count * stride, 0);
-        for (s, h) in hyper.iter().enumerate() {
-            let p = StepParams {
-                index_off: ((first + s) * self.batch) as u32,
-                slot: (self.pending + s) as u32,
-                lr: h.lr,
-                pad: 0,
-            };
-            self.step_bytes[s * stride..s * stride + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
-        }
+        let params = hyper.iter().enumerate().map(|(s, h)| StepParams {
+            index_off: ((first + s) * self.batch) as u32,
+            slot: (self.pending + s) as u32,
+            lr: h.lr,
+            pad: 0,
+        });
+        step_ring(&mut self.step_bytes, stride, params);
         // Queue writes land before the next submission's commands and after
         // the previous ones', so reusing ring entries is safe.
-        self.ctx
-            .queue
+        dev.queue
             .write_buffer(&self.steps, (self.pending * stride) as u64, &self.step_bytes);
-        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        let mut enc = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("training steps"),
         });
         {
@@ -540,13 +318,13 @@ impl GpuBackend {
                 };
                 let offset = ((self.pending + s) * stride) as u32;
                 for d in plan {
-                    d.record(kernels, &mut pass, offset);
+                    d.record(&mut pass, offset);
                 }
                 self.host_stats.examples += rows as u64;
                 self.host_stats.steps += 1;
             }
         }
-        self.ctx.queue.submit([enc.finish()]);
+        dev.queue.submit([enc.finish()]);
         self.pending += count;
         Ok(())
     }
@@ -566,6 +344,11 @@ impl GpuBackend {
         self.full_step.len()
     }
 
+    /// The entry point of each dispatch of a full training step, in order.
+    pub fn step_kernels(&self) -> Vec<&'static str> {
+        self.full_step.iter().map(|d| d.kernel().name()).collect()
+    }
+
     /// Record `steps` full training steps from the start of the epoch at
     /// learning rate `lr` into `enc`, each dispatch in its own compute pass
     /// whose beginning and end write timestamps `2i` and `2i + 1` of
@@ -582,19 +365,16 @@ impl GpuBackend {
     ) -> Result<Vec<String>, GpuError> {
         let total = steps_per_epoch(self.n_train, self.batch);
         let steps = steps.min(total).min(self.slots);
-        let kernels = self.ctx.kernels()?;
-        let stride = kernels.step_stride as usize;
-        let mut ring = vec![0u8; steps * stride];
-        for s in 0..steps {
-            let p = StepParams {
-                index_off: (s * self.batch) as u32,
-                slot: s as u32,
-                lr,
-                pad: 0,
-            };
-            ring[s * stride..s * stride + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
-        }
-        self.ctx.queue.write_buffer(&self.steps, 0, &ring);
+        let stride = self.ctx.registry.step_stride as usize;
+        let mut ring = Vec::new();
+        let params = (0..steps).map(|s| StepParams {
+            index_off: (s * self.batch) as u32,
+            slot: s as u32,
+            lr,
+            pad: 0,
+        });
+        step_ring(&mut ring, stride, params);
+        self.ctx.dev.queue.write_buffer(&self.steps, 0, &ring);
         let tag = format!("train step ({} rows) ", self.batch);
         let mut names = Vec::new();
         for s in 0..steps {
@@ -608,7 +388,7 @@ impl GpuBackend {
                         end_of_pass_write_index: Some(q + 1),
                     }),
                 });
-                d.record(kernels, &mut pass, (s * stride) as u32);
+                d.record(&mut pass, (s * stride) as u32);
                 names.push(d.label().strip_prefix(&tag).unwrap_or(d.label()).to_string());
             }
         }
@@ -633,7 +413,10 @@ impl Backend for GpuBackend {
         check_order(order, self.n_train)?;
         // Ordered after the steps already submitted, which still read the
         // previous permutation.
-        self.ctx.queue.write_buffer(&self.perm, 0, bytemuck::cast_slice(order));
+        self.ctx
+            .dev
+            .queue
+            .write_buffer(&self.perm, 0, bytemuck::cast_slice(order));
         self.epoch_started = true;
         Ok(())
     }
@@ -662,30 +445,33 @@ impl Backend for GpuBackend {
         Ok(std::mem::take(&mut self.host_stats))
     }
 
+    /// With masks, every step applies them after each layer's update (an
+    /// `apply_mask` per layer), and they are applied once now; without,
+    /// the steps go back to the plain update.
     fn set_constraint(&mut self, constraint: Option<&Constraint>) -> Result<()> {
         let shapes: Vec<usize> = self.sizes.windows(2).map(|s| s[0] * s[1]).collect();
         if let Some(c) = constraint {
             c.check(&shapes)?;
         }
         let Some(Constraint::Mask(masks)) = constraint else {
-            self.masks = None;
-            self.build_train_plans()?;
+            if self.masks.take().is_some() {
+                self.build_train_plans()?;
+            }
             return Ok(());
         };
         let ctx = self.ctx.clone();
-        let kernels = ctx.kernels()?;
         // Reuse the mask buffers when there are some: only their contents change.
         if self.masks.is_none() {
             let bufs = shapes
                 .iter()
                 .enumerate()
-                .map(|(l, &n)| ctx.storage(&format!("fc{} mask", l + 1), 4 * n as u64))
+                .map(|(l, &n)| ctx.dev.storage(&format!("fc{} mask", l + 1), 4 * n as u64))
                 .collect::<Result<Vec<_>, _>>()?;
             self.masks = Some(bufs);
             self.build_train_plans()?;
         }
         let bufs = self.masks.as_deref().unwrap_or_default();
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        let mut enc = ctx.dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("apply masks"),
         });
         let dispatches = bufs
@@ -695,8 +481,8 @@ impl Backend for GpuBackend {
             .enumerate()
             .map(|(l, ((buf, mask), (w, _)))| {
                 // Ordered after the steps already submitted, which still use the old mask.
-                ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(mask));
-                kernels.apply_mask(
+                ctx.dev.queue.write_buffer(buf, 0, bytemuck::cast_slice(mask));
+                apply_mask(
                     &ctx,
                     &format!("fc{} apply_mask", l + 1),
                     mask.len(),
@@ -705,28 +491,28 @@ impl Backend for GpuBackend {
                     &self.steps,
                 )
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<Dispatch>, _>>()?;
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("apply masks"),
                 timestamp_writes: None,
             });
             for d in &dispatches {
-                d.record(kernels, &mut pass, 0);
+                d.record(&mut pass, 0);
             }
         }
-        ctx.queue.submit([enc.finish()]);
+        ctx.dev.queue.submit([enc.finish()]);
         Ok(())
     }
 
     fn predict_split(&mut self, split: SplitKind) -> Result<Predictions> {
-        let kernels = self.ctx.kernels()?;
-        let stride = kernels.step_stride as usize;
+        let dev = &self.ctx.dev;
+        let stride = self.ctx.registry.step_stride as usize;
         let plan = match split {
             SplitKind::Train => &self.eval_train,
             SplitKind::Test => &self.eval_test,
         };
-        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        let mut enc = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("evaluation"),
         });
         {
@@ -740,20 +526,19 @@ impl Backend for GpuBackend {
                     _ => &plan.full,
                 };
                 for d in dispatches {
-                    d.record(kernels, &mut pass, (c * stride) as u32);
+                    d.record(&mut pass, (c * stride) as u32);
                 }
             }
         }
-        let bytes = self.ctx.read_back(
+        let bytes = dev.read_back(
             Some(enc),
             &[
                 (&self.predictions, 0, 4 * plan.len as u64),
-                (&self.eval_stats, 0, 8 * plan.chunks as u64),
+                (&self.eval_stats, 0, STAT_BYTES * plan.chunks as u64),
             ],
         )?;
-        let stats: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[1]);
         Ok(Predictions {
-            loss_sum: stats.chunks_exact(2).map(|s| f64::from(f32::from_bits(s[0]))).sum(),
+            loss_sum: stats_of(&bytes[1]).iter().map(|s| f64::from(s.loss)).sum(),
             classes: bytemuck::pod_collect_to_vec(&bytes[0]),
         })
     }
@@ -765,7 +550,7 @@ impl Backend for GpuBackend {
             .zip(self.sizes.windows(2))
             .flat_map(|((w, b), s)| [(w, 0, 4 * (s[0] * s[1]) as u64), (b, 0, 4 * s[1] as u64)])
             .collect();
-        let bytes = self.ctx.read_back(None, &ranges)?;
+        let bytes = self.ctx.dev.read_back(None, &ranges)?;
         let layers = self
             .sizes
             .windows(2)

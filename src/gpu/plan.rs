@@ -1,0 +1,178 @@
+//! The dispatch lists the trainer records: a training step and a pass of
+//! evaluation over a split, each built once per row count and recorded any
+//! number of times.
+//!
+//! A step of an `L`-layer network is `3L` dispatches (6 for 784-500-10),
+//! plus one `apply_mask` per layer when pruning:
+//!
+//! ```text
+//! linear_forward   x L      (the first reads the resident dataset through the permutation)
+//! softmax_xent              (dlogits, and the batch's loss and correct count into a stats slot)
+//! backprop_input   x L-1    (each before its layer's weights change)
+//! weight_update    x L      (with bias_update fused in; apply_mask after each when pruning)
+//! ```
+
+use super::context::GpuContext;
+use super::dispatch::Dispatch;
+use super::gemm::{DataSource, Gemm, Operand};
+use super::resident::ResidentSplit;
+use super::softmax::{softmax_xent, softmax_xent_eval};
+use super::vector::apply_mask;
+use crate::data::Preprocess;
+use crate::error::GpuError;
+
+/// The buffers a forward/backward schedule reads and writes.
+pub(crate) struct Buffers<'a> {
+    /// Layer widths, inputs first.
+    pub sizes: &'a [usize],
+    /// `(weight, bias)` per layer.
+    pub params: &'a [(wgpu::Buffer, wgpu::Buffer)],
+    /// `acts[l]` is the output of layer `l` (`[rows, sizes[l + 1]]`).
+    pub acts: &'a [wgpu::Buffer],
+    /// `grads[l]` is the gradient with respect to `acts[l]`.
+    pub grads: &'a [wgpu::Buffer],
+    /// Pruning masks, applied after each weight update when set.
+    pub masks: Option<&'a [wgpu::Buffer]>,
+    /// The per-step parameters the dispatches read at a dynamic offset.
+    pub step: &'a wgpu::Buffer,
+}
+
+/// The forward dispatches of `rows` rows whose input is `input`.
+fn forward(
+    ctx: &GpuContext,
+    bufs: &Buffers,
+    input: DataSource,
+    rows: usize,
+    tag: &str,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let sizes = bufs.sizes;
+    let nl = sizes.len() - 1;
+    (0..nl)
+        .map(|l| {
+            let x = if l == 0 {
+                Operand::Data(input)
+            } else {
+                Operand::rows(&bufs.acts[l - 1], sizes[l])
+            };
+            let (w, b) = &bufs.params[l];
+            let g = Gemm::linear_forward(x, w, b, &bufs.acts[l], rows, sizes[l], sizes[l + 1], l + 1 < nl);
+            g.dispatch(ctx, &format!("{tag} fc{} linear_forward", l + 1), bufs.step)
+        })
+        .collect()
+}
+
+/// Every dispatch of a training step of `rows` rows of `train` (read
+/// through `input`), in order; its loss and correct count go to `stats`.
+pub(crate) fn train_step(
+    ctx: &GpuContext,
+    bufs: &Buffers,
+    input: DataSource,
+    train: &ResidentSplit,
+    stats: &wgpu::Buffer,
+    rows: usize,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let sizes = bufs.sizes;
+    let nl = sizes.len() - 1;
+    let tag = format!("train step ({rows} rows)");
+    let mut plan = forward(ctx, bufs, input, rows, &tag)?;
+    plan.push(softmax_xent(
+        ctx,
+        &format!("{tag} softmax_xent"),
+        rows,
+        sizes[nl],
+        &bufs.acts[nl - 1],
+        &train.labels,
+        input.index,
+        &bufs.grads[nl - 1],
+        stats,
+        bufs.step,
+    )?);
+    for l in (0..nl).rev() {
+        let (w, b) = &bufs.params[l];
+        let (inputs, outputs) = (sizes[l], sizes[l + 1]);
+        let dy = &bufs.grads[l];
+        let name = |k: &str| format!("{tag} fc{} {k}", l + 1);
+        if l > 0 {
+            // Before this layer's update: the gradient needs the old weights.
+            let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs);
+            plan.push(g.dispatch(ctx, &name("backprop_input"), bufs.step)?);
+        }
+        let x = if l == 0 {
+            Operand::Data(input)
+        } else {
+            Operand::rows(&bufs.acts[l - 1], inputs)
+        };
+        // bias_update fused into the update.
+        let g = Gemm::weight_update(w, Some(b), dy, x, rows, inputs, outputs);
+        plan.push(g.dispatch(ctx, &name("weight_update"), bufs.step)?);
+        // The pruning constraint, once the layer's update is done.
+        if let Some(masks) = bufs.masks {
+            plan.push(apply_mask(
+                ctx,
+                &name("apply_mask"),
+                inputs * outputs,
+                &masks[l],
+                w,
+                bufs.step,
+            )?);
+        }
+    }
+    Ok(plan)
+}
+
+/// The dispatches of one pass over a split: one list for full chunks and,
+/// when the split does not divide evenly, one for the last chunk.
+pub(crate) struct EvalPlan {
+    pub len: usize,
+    pub chunks: usize,
+    pub full: Vec<Dispatch>,
+    pub last: Option<Vec<Dispatch>>,
+}
+
+impl EvalPlan {
+    /// The plan of `split` in chunks of `chunk_rows`, with the classes into
+    /// `predictions` and each chunk's loss into `stats`; `bufs.step` holds
+    /// one entry per chunk. `index` is bound but unused (the split is read
+    /// in order).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        ctx: &GpuContext,
+        bufs: &Buffers,
+        split: &ResidentSplit,
+        index: &wgpu::Buffer,
+        preprocess: Preprocess,
+        predictions: &wgpu::Buffer,
+        stats: &wgpu::Buffer,
+        chunk_rows: usize,
+        name: &str,
+    ) -> Result<Self, GpuError> {
+        let input = split.source(index, false, preprocess);
+        let sizes = bufs.sizes;
+        let nl = sizes.len() - 1;
+        let plan = |rows: usize| -> Result<Vec<Dispatch>, GpuError> {
+            let tag = format!("eval {name} ({rows} rows)");
+            let mut plan = forward(ctx, bufs, input, rows, &tag)?;
+            plan.push(softmax_xent_eval(
+                ctx,
+                &format!("{tag} softmax_xent_eval"),
+                rows,
+                sizes[nl],
+                &bufs.acts[nl - 1],
+                &split.labels,
+                predictions,
+                stats,
+                bufs.step,
+            )?);
+            Ok(plan)
+        };
+        let chunks = split.len.div_ceil(chunk_rows);
+        // The rows of the last chunk (none for an empty split).
+        let last = split.len - chunks.saturating_sub(1) * chunk_rows;
+        Ok(EvalPlan {
+            len: split.len,
+            chunks,
+            full: plan(chunk_rows)?,
+            last: if last != chunk_rows { Some(plan(last)?) } else { None },
+        })
+    }
+}

@@ -1,0 +1,34 @@
+//! The WGSL sources as the pipelines compile them: the files of `shaders/`,
+//! and the two that are assembled per variant (matmul.wgsl behind a tile's
+//! constants, linear_forward_i8.wgsl behind a dot-product prelude).
+
+use super::tile::Tile;
+
+pub(crate) const SOFTMAX_XENT: &str = include_str!("../../shaders/softmax_xent.wgsl");
+pub(crate) const BIAS_UPDATE: &str = include_str!("../../shaders/bias_update.wgsl");
+pub(crate) const APPLY_MASK: &str = include_str!("../../shaders/apply_mask.wgsl");
+pub(crate) const QUANTIZE_ROWS_I8: &str = include_str!("../../shaders/quantize_rows_i8.wgsl");
+
+const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+const LINEAR_FORWARD_I8: &str = include_str!("../../shaders/linear_forward_i8.wgsl");
+const DOT4_PACKED: &str = include_str!("../../shaders/dot4_i8_packed.wgsl");
+const DOT4_UNPACKED: &str = include_str!("../../shaders/dot4_i8_unpacked.wgsl");
+
+/// matmul.wgsl with the constants of `tile` in front.
+pub(crate) fn matmul(tile: Tile) -> String {
+    format!(
+        "const TX: u32 = {t}u;\nconst TY: u32 = {t}u;\nconst GM: u32 = {g}u;\nconst GN: u32 = {g}u;\n\
+         const BK: u32 = {d}u;\nconst KS: u32 = {s}u;\n\n{MATMUL}",
+        t = tile.threads(),
+        g = tile.group(),
+        d = tile.depth(),
+        s = tile.slices()
+    )
+}
+
+/// linear_forward_i8.wgsl behind its `dot4_i8`: WGSL's `dot4I8Packed` when
+/// `packed`, else the hand-written unpack.
+pub(crate) fn linear_forward_i8(packed: bool) -> String {
+    let prelude = if packed { DOT4_PACKED } else { DOT4_UNPACKED };
+    format!("{prelude}\n{LINEAR_FORWARD_I8}")
+}

@@ -1,0 +1,123 @@
+//! The host side of every struct the shaders read from a uniform buffer,
+//! and of the one record they write for the host (`Stat`). Each mirrors a
+//! WGSL struct field for field (names, order, offsets, size); the
+//! `layout_tests` module checks them against the parsed shaders, so a field
+//! added on one side only fails the tests.
+
+/// `flags` bits of [`GemmParams`] (`FLAG_*` in matmul.wgsl).
+pub(crate) const FLAG_RELU: u32 = 1;
+pub(crate) const FLAG_BIAS: u32 = 2;
+
+/// Bytes of [`StepParams`] as the shaders see them.
+pub(crate) const STEP_BYTES: u64 = std::mem::size_of::<StepParams>() as u64;
+
+/// Per-step values, at a dynamic offset in a uniform buffer (`Step` in
+/// matmul.wgsl, softmax_xent.wgsl, bias_update.wgsl and apply_mask.wgsl).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct StepParams {
+    /// First position of the step's examples in the index (permutation);
+    /// for evaluation, the first example of the chunk.
+    pub index_off: u32,
+    /// Where the step's loss and correct count go in the stats buffer.
+    pub slot: u32,
+    pub lr: f32,
+    pub pad: u32,
+}
+
+/// `Gemm` in matmul.wgsl: the shape and operand layout of one GEMM-family
+/// dispatch.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct GemmParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub tiles_n: u32,
+    pub a_rs: u32,
+    pub a_cs: u32,
+    pub b_rs: u32,
+    pub b_cs: u32,
+    pub a_src: u32,
+    pub b_src: u32,
+    pub ldc: u32,
+    pub flags: u32,
+    pub dim: u32,
+    pub gather: u32,
+    pub scale: f32,
+    pub offset: f32,
+    pub n_ext: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
+}
+
+/// `Softmax` in softmax_xent.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SoftmaxParams {
+    pub rows: u32,
+    pub classes: u32,
+    pub gather: u32,
+    pub inv_rows: f32,
+}
+
+/// `Stat` in softmax_xent.wgsl: what a step or an evaluation chunk writes
+/// to its slot of a stats buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Stat {
+    pub loss: f32,
+    pub correct: u32,
+}
+
+/// Bytes of one [`Stat`].
+pub(crate) const STAT_BYTES: u64 = std::mem::size_of::<Stat>() as u64;
+
+/// `Bias` in bias_update.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct BiasParams {
+    pub rows: u32,
+    pub outputs: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+}
+
+/// `Mask` in apply_mask.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct MaskParams {
+    pub len: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
+}
+
+/// `Quant` in quantize_rows_i8.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct QuantParams {
+    pub rows: u32,
+    pub inputs: u32,
+    pub x_stride: u32,
+    pub words: u32,
+    pub scale: f32,
+    pub offset: f32,
+    pub pad0: u32,
+    pub pad1: u32,
+}
+
+/// `LinearI8` in linear_forward_i8.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct LinearI8Params {
+    pub rows: u32,
+    pub outputs: u32,
+    pub words: u32,
+    pub ldy: u32,
+    pub relu: u32,
+    pub tiles_n: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+}
