@@ -83,7 +83,7 @@ pub enum GpuError {
     NoAdapter(String),
     #[error("cannot open device on adapter {adapter}: {message}")]
     Device { adapter: String, message: String },
-    #[error("{what} needs {needed} but the adapter allows at most {limit} ({limit_name}); try a smaller --batch or --hidden, or --device cpu")]
+    #[error("{what} needs {needed} but the adapter allows at most {limit} ({limit_name}); try a smaller batch or narrower layers, or the CPU")]
     Limit {
         what: String,
         needed: u64,
@@ -181,10 +181,6 @@ pub enum CompressError {
         "sparsity {found} is out of range: expected a fraction from 0 to {max} (e.g. 0.9 prunes 90% of the weights)"
     )]
     SparsityOutOfRange { found: f64, max: f64 },
-    #[error("gradual pruning spreads the sparsity over the fine-tuning steps: give --finetune-epochs 1 or more")]
-    GradualWithoutFinetune,
-    #[error("nothing to do: give --prune S and/or --quantize int8")]
-    NothingToDo,
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
 }

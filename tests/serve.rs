@@ -492,7 +492,7 @@ async fn invalid_config_is_refused() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("--queue (0)"), "{e}");
+    assert!(e.contains("the queue length (0)"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use wgtrain::data::{CsvOptions, DataSource, Dataset};
+use wgtrain::data::{CsvOptions, DataSource, Dataset, Normalize};
 use wgtrain::device::DeviceChoice;
 
 /// Where the data comes from and how CSV files are read.
@@ -41,6 +41,9 @@ pub(crate) struct DeviceArgs {
 }
 
 pub(crate) fn load_data(args: &DataArgs, seed: u64) -> Result<Dataset> {
+    if !(0.0..1.0).contains(&args.test_split) {
+        bail!("--test-split {}: expected a fraction in [0, 1)", args.test_split);
+    }
     let (source, why) = DataSource::resolve(args.data.as_deref())?;
     log::info!("data: {source} ({why})");
     let opts = CsvOptions {
@@ -91,4 +94,22 @@ pub(crate) fn check_writable(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The values of `--normalize` (the library's `Normalize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum NormalizeArg {
+    /// Divide by the largest value the format allows, giving [0, 1].
+    Scale,
+    /// Subtract the training set's mean and divide by its standard deviation.
+    Standardize,
+}
+
+impl From<NormalizeArg> for Normalize {
+    fn from(a: NormalizeArg) -> Self {
+        match a {
+            NormalizeArg::Scale => Normalize::Scale,
+            NormalizeArg::Standardize => Normalize::Standardize,
+        }
+    }
 }

@@ -16,7 +16,6 @@ use wgtrain::compress::prune::{apply_masks, check_sparsity};
 use wgtrain::compress::{self, LayerReport, PruneConfig};
 use wgtrain::cpu::team::{Team, TRAIN_SPIN};
 use wgtrain::device::{open_backend, DeviceChoice};
-use wgtrain::error::CompressError;
 use wgtrain::infer::compressed::{cpu_path_name, evaluate};
 use wgtrain::metrics::Evaluation;
 use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Scope};
@@ -27,6 +26,43 @@ use wgtrain::train::{Event, TrainConfig};
 pub(crate) enum Quantize {
     /// Symmetric int8, one scale per output channel.
     Int8,
+}
+
+/// The values of `--prune-scope` (the library's `Scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ScopeArg {
+    /// One magnitude threshold across all weight matrices: layers with many
+    /// small weights (the first) lose more.
+    Global,
+    /// Every weight matrix pruned to the same sparsity.
+    Layer,
+}
+
+impl From<ScopeArg> for Scope {
+    fn from(a: ScopeArg) -> Self {
+        match a {
+            ScopeArg::Global => Scope::Global,
+            ScopeArg::Layer => Scope::Layer,
+        }
+    }
+}
+
+/// The values of `--activations` (the library's `Activations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ActivationsArg {
+    /// Quantized to int8 per row at run time; integer dot products.
+    Int8,
+    /// Kept in f32; only the weights are int8.
+    F32,
+}
+
+impl From<ActivationsArg> for Activations {
+    fn from(a: ActivationsArg) -> Self {
+        match a {
+            ActivationsArg::Int8 => Activations::Int8,
+            ActivationsArg::F32 => Activations::F32,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -43,8 +79,8 @@ pub(crate) struct CompressArgs {
     prune: Option<f64>,
     /// global: one magnitude threshold across all layers; layer: every layer
     /// pruned to the same sparsity.
-    #[arg(long, value_enum, default_value_t = Scope::Global)]
-    prune_scope: Scope,
+    #[arg(long, value_enum, default_value_t = ScopeArg::Global)]
+    prune_scope: ScopeArg,
     /// Raise the sparsity gradually over the fine-tuning steps along the
     /// cubic schedule of Zhu and Gupta (2017), recomputing the masks every
     /// 100 steps over the first 75% of the steps; the rest fine-tunes at the
@@ -60,8 +96,8 @@ pub(crate) struct CompressArgs {
     quantize: Option<Quantize>,
     /// How the int8 model treats activations: int8 (quantized per row at run
     /// time, integer dot products; faster) or f32 (weights-only int8).
-    #[arg(long, value_enum, default_value_t = Activations::Int8)]
-    activations: Activations,
+    #[arg(long, value_enum, default_value_t = ActivationsArg::Int8)]
+    activations: ActivationsArg,
     /// The data: its test split gives the accuracies, its train split the
     /// fine-tuning.
     #[command(flatten)]
@@ -156,10 +192,10 @@ pub(crate) fn run(a: CompressArgs) -> Result<()> {
     // Validate everything cheap before loading anything.
     let sparsity = a.prune.map(check_sparsity).transpose()?;
     if a.prune.is_none() && a.quantize.is_none() {
-        return Err(CompressError::NothingToDo.into());
+        bail!("nothing to do: give --prune S and/or --quantize int8");
     }
     if a.gradual && a.finetune_epochs == 0 {
-        return Err(CompressError::GradualWithoutFinetune.into());
+        bail!("--gradual spreads the sparsity over the fine-tuning steps: give --finetune-epochs 1 or more");
     }
     if a.finetune_epochs > 0 && a.prune.is_none() {
         bail!("--finetune-epochs fine-tunes a pruned model: give --prune S as well");
@@ -200,9 +236,9 @@ fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainCo
     let mut finetune = Vec::new();
     let mut finetune_device = None;
     if let Some(s) = sparsity {
-        let cfg = PruneConfig::new(s, a.prune_scope, a.gradual)?;
+        let cfg = PruneConfig::new(s, a.prune_scope.into(), a.gradual)?;
         if a.finetune_epochs == 0 {
-            let masks = compress::magnitude_masks(&model, s, a.prune_scope)?;
+            let masks = compress::magnitude_masks(&model, s, a.prune_scope.into())?;
             apply_masks(&mut model, &masks)?;
         } else {
             let mut backend = open_backend(&a.device, a.threads, model, data.clone(), spec)?;
@@ -210,7 +246,7 @@ fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainCo
             log::info!(
                 "pruning to {:.1}% ({}{}) and fine-tuning {} epochs on {}, lr {}, batch {}",
                 s * 100.0,
-                a.prune_scope.as_str(),
+                Scope::from(a.prune_scope).as_str(),
                 if a.gradual { ", gradual" } else { "" },
                 a.finetune_epochs,
                 backend.name(),
@@ -244,7 +280,7 @@ fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainCo
 
     let info = CompressionInfo {
         target_sparsity: sparsity.unwrap_or(0.0),
-        scope: sparsity.map(|_| a.prune_scope),
+        scope: sparsity.map(|_| a.prune_scope.into()),
         schedule: match (sparsity, a.gradual) {
             (None, _) => "none",
             (Some(_), false) => "one-shot",
@@ -253,7 +289,7 @@ fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainCo
         .into(),
         finetune_epochs: a.finetune_epochs,
         quantization: if a.quantize.is_some() { "int8" } else { "none" }.into(),
-        activations: a.activations,
+        activations: a.activations.into(),
         base_model: a
             .model
             .file_name()

@@ -8,11 +8,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs};
+use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
 use super::flagged;
 use wgtrain::backend::{steps_per_epoch, TrainSpec};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
-use wgtrain::data::{Normalize, Preprocess};
+use wgtrain::data::Preprocess;
 use wgtrain::device::open_backend;
 use wgtrain::model::Mlp;
 use wgtrain::train::{Event, TrainConfig};
@@ -42,8 +42,8 @@ pub(crate) struct TrainArgs {
     seed: u64,
     /// Input preprocessing, recorded in the model file so that eval and
     /// predict apply the same.
-    #[arg(long, value_enum, default_value_t = Normalize::Scale)]
-    normalize: Normalize,
+    #[arg(long, value_enum, default_value_t = NormalizeArg::Scale)]
+    normalize: NormalizeArg,
     /// Log training loss and accuracy every N steps (0: only per epoch).
     #[arg(long, default_value_t = 100, value_name = "N")]
     log_every: usize,
@@ -69,7 +69,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
     cfg.epochs = epochs;
-    let preprocess = Preprocess::fit(a.normalize, &data);
+    let preprocess = Preprocess::fit(a.normalize.into(), &data);
     let mut sizes = vec![data.dim()];
     sizes.extend(&hidden);
     sizes.push(data.classes);

@@ -30,7 +30,7 @@ fn csv_err(path: &Path, line: usize, message: impl Into<String>) -> DataError {
 pub fn parse_str(text: &str, path: &Path, opts: CsvOptions) -> Result<Dataset, DataError> {
     if !(0.0..1.0).contains(&opts.test_split) {
         return Err(DataError::Invalid(format!(
-            "--test-split must be in [0, 1), got {}",
+            "the test split must be a fraction in [0, 1), got {}",
             opts.test_split
         )));
     }
@@ -69,7 +69,7 @@ pub fn parse_str(text: &str, path: &Path, opts: CsvOptions) -> Result<Dataset, D
             };
             if li < 0 || li >= ncols as i64 {
                 return Err(DataError::Invalid(format!(
-                    "{}: --label-col {} is outside the {ncols} columns",
+                    "{}: label column {} is outside the {ncols} columns",
                     path.display(),
                     opts.label_col
                 )));

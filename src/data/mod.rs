@@ -114,7 +114,7 @@ pub struct Preprocess {
 }
 
 /// The preprocessing a user can choose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Normalize {
     /// Divide by the largest value the format allows, giving [0, 1].

@@ -157,7 +157,7 @@ pub(crate) fn find(sel: &AdapterSelector) -> Result<(wgpu::Instance, wgpu::Adapt
     let chosen = match sel {
         AdapterSelector::Hardware => found.iter().find(|a| is_hardware(a)).ok_or_else(|| {
             GpuError::NoAdapter(format!(
-                " (hardware only: software adapters are skipped; use --device gpu to allow them){}",
+                " (hardware only: software adapters are skipped unless any adapter is asked for){}",
                 seen()
             ))
         })?,

@@ -169,7 +169,7 @@ pub fn parse_csv(
             Some(c) => {
                 let i = if c < 0 { ncols as i64 + c } else { c };
                 if i < 0 || i >= ncols as i64 {
-                    return Err(at(line, format!("--label-col {c} is outside the {ncols} columns")));
+                    return Err(at(line, format!("label column {c} is outside the {ncols} columns")));
                 }
                 Some(i as usize)
             }

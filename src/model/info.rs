@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 /// Which weights compete for the kept slots when pruning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// One magnitude threshold across all weight matrices: layers with many
@@ -32,7 +32,7 @@ impl Scope {
 }
 
 /// How activations are represented in the int8 forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Activations {
     /// Quantized to int8 per row at run time; integer dot products.

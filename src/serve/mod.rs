@@ -302,7 +302,7 @@ where
 {
     if config.max_batch == 0 || config.queue == 0 || config.top_k == 0 {
         return Err(ServeError::Config(format!(
-            "--max-batch ({}), --queue ({}) and --top-k ({}) must be at least 1",
+            "the largest batch ({}), the queue length ({}) and top-k ({}) must each be at least 1",
             config.max_batch, config.queue, config.top_k
         )));
     }
