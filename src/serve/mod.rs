@@ -22,10 +22,11 @@
 //! Routes: `POST /v1/predict` (JSON `{"inputs": [[...], ...]}`, or an
 //! `image/png` / `image/jpeg` body), `GET /healthz`, `GET /metrics`.
 
+mod batch;
 pub mod metrics;
+mod request;
 
 use std::future::Future;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::infer::{input, predictions, Prediction, Predictor};
+use batch::{batch_loop, batch_task, BatchLimits, Job, JobQueue, QueueRefusal};
 pub use metrics::Metrics;
+use request::FlatRequest;
 
 /// How the server batches and bounds its work.
 #[derive(Debug, Clone)]
@@ -95,43 +98,6 @@ pub enum ServeError {
     WorkerPanicked,
 }
 
-/// One request's rows on their way to the inference thread.
-struct Job {
-    features: Vec<f32>,
-    rows: usize,
-    enqueued: Instant,
-    reply: oneshot::Sender<Result<Vec<f32>, String>>,
-}
-
-/// The sending end of the job queue: to the inference thread, or to the
-/// inline batch task.
-#[derive(Clone)]
-enum JobQueue {
-    Thread(SyncSender<Job>),
-    Inline(tokio::sync::mpsc::Sender<Job>),
-}
-
-/// Why a job was not queued.
-enum QueueRefusal {
-    Full,
-    Closed,
-}
-
-impl JobQueue {
-    fn try_send(&self, job: Job) -> Result<(), QueueRefusal> {
-        match self {
-            JobQueue::Thread(q) => q.try_send(job).map_err(|e| match e {
-                TrySendError::Full(_) => QueueRefusal::Full,
-                TrySendError::Disconnected(_) => QueueRefusal::Closed,
-            }),
-            JobQueue::Inline(q) => q.try_send(job).map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => QueueRefusal::Full,
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => QueueRefusal::Closed,
-            }),
-        }
-    }
-}
-
 #[derive(Clone)]
 struct AppState {
     queue: JobQueue,
@@ -142,134 +108,6 @@ struct AppState {
     predictor: Arc<str>,
     top_k: usize,
     queue_bound: usize,
-}
-
-/// The JSON request body, `{"inputs": [[...], ...]}`, parsed straight into
-/// one flat buffer of features with room for a row reserved before each
-/// row: a `Vec<Vec<f32>>` grows one allocation per row from nothing, and
-/// parsing was a quarter of the server's time per request.
-struct FlatRequest {
-    features: Vec<f32>,
-    rows: usize,
-    /// The first row whose length is not `inputs`: (row, length).
-    first_bad: Option<(usize, usize)>,
-}
-
-impl FlatRequest {
-    fn parse(body: &[u8], inputs: usize) -> serde_json::Result<Self> {
-        use serde::de::Deserializer as _;
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let req = de.deserialize_map(flat::Request { inputs })?;
-        de.end()?;
-        Ok(req)
-    }
-}
-
-/// The serde visitors of [`FlatRequest`].
-mod flat {
-    use std::fmt;
-
-    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-    use serde::Deserialize;
-
-    use super::FlatRequest;
-
-    #[derive(Deserialize)]
-    #[serde(field_identifier, rename_all = "lowercase")]
-    enum Field {
-        Inputs,
-    }
-
-    /// The top-level object: `inputs` and nothing else.
-    pub(super) struct Request {
-        pub(super) inputs: usize,
-    }
-
-    impl<'de> Visitor<'de> for Request {
-        type Value = FlatRequest;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an object with `inputs`")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FlatRequest, A::Error> {
-            let mut req = None;
-            while let Some(Field::Inputs) = map.next_key()? {
-                if req.is_some() {
-                    return Err(de::Error::duplicate_field("inputs"));
-                }
-                req = Some(map.next_value_seed(Rows { inputs: self.inputs })?);
-            }
-            req.ok_or_else(|| de::Error::missing_field("inputs"))
-        }
-    }
-
-    /// `inputs`: rows of numbers, appended to one buffer.
-    struct Rows {
-        inputs: usize,
-    }
-
-    impl<'de> DeserializeSeed<'de> for Rows {
-        type Value = FlatRequest;
-
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<FlatRequest, D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Rows {
-        type Value = FlatRequest;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an array of rows")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FlatRequest, A::Error> {
-            let mut req = FlatRequest {
-                features: Vec::new(),
-                rows: 0,
-                first_bad: None,
-            };
-            loop {
-                req.features.reserve(self.inputs);
-                let Some(len) = seq.next_element_seed(Row(&mut req.features))? else {
-                    break;
-                };
-                if len != self.inputs && req.first_bad.is_none() {
-                    req.first_bad = Some((req.rows, len));
-                }
-                req.rows += 1;
-            }
-            Ok(req)
-        }
-    }
-
-    /// One row: its numbers appended to the buffer; the value is how many.
-    struct Row<'a>(&'a mut Vec<f32>);
-
-    impl<'de> DeserializeSeed<'de> for Row<'_> {
-        type Value = usize;
-
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Row<'_> {
-        type Value = usize;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an array of numbers")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-            let start = self.0.len();
-            while let Some(v) = seq.next_element::<f32>()? {
-                self.0.push(v);
-            }
-            Ok(self.0.len() - start)
-        }
-    }
 }
 
 /// The JSON answer.
@@ -485,181 +323,4 @@ async fn predict_inner(
     Ok(PredictResponse {
         predictions: predictions(&probs, st.classes, st.top_k),
     })
-}
-
-/// How [`batch_loop`] gathers batches (see [`ServeConfig`]).
-#[derive(Clone, Copy)]
-struct BatchLimits {
-    max_batch: usize,
-    max_wait: Duration,
-    idle_spin: Duration,
-}
-
-/// The next job: polled for up to `spin`, then waited for. `None` when the
-/// queue has closed.
-fn next_job(rx: &Receiver<Job>, spin: Duration) -> Option<Job> {
-    if !spin.is_zero() {
-        let t0 = Instant::now();
-        let mut polls = 0u32;
-        loop {
-            match rx.try_recv() {
-                Ok(j) => return Some(j),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => {}
-            }
-            polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(32) && t0.elapsed() >= spin {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-    }
-    rx.recv().ok()
-}
-
-/// The inference thread: gather jobs into batches and run them until the
-/// queue closes.
-fn batch_loop(predictor: Box<dyn Predictor>, rx: Receiver<Job>, limits: BatchLimits, metrics: &Metrics) {
-    let BatchLimits {
-        max_batch,
-        max_wait,
-        idle_spin,
-    } = limits;
-    let mut batch = Batch::new(predictor, max_batch);
-    let mut held: Option<Job> = None;
-    let take = |j: Job| {
-        metrics.queue_add(-1);
-        j
-    };
-    // Rows of the previous batch: a nearly full one means requests arrive
-    // faster than batches run, and waiting for more pays off.
-    let mut last_rows = 0;
-    loop {
-        let first = match held.take() {
-            Some(j) => j,
-            None => match next_job(&rx, idle_spin) {
-                Some(j) => take(j),
-                None => return,
-            },
-        };
-        let deadline = first.enqueued + max_wait;
-        let saturated = 2 * last_rows >= max_batch;
-        let mut rows = first.rows;
-        batch.jobs.push(first);
-        while rows < max_batch {
-            let next = match rx.try_recv() {
-                Ok(j) => take(j),
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    // Nothing queued: run now unless the server is
-                    // saturated, and then wait only while requests keep
-                    // coming (each at most a quarter of `max_wait` apart).
-                    let now = Instant::now();
-                    if !saturated || now >= deadline {
-                        break;
-                    }
-                    match rx.recv_timeout((deadline - now).min(max_wait / 4)) {
-                        Ok(j) => take(j),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            };
-            if rows + next.rows > max_batch {
-                held = Some(next);
-                break;
-            }
-            rows += next.rows;
-            batch.jobs.push(next);
-        }
-        last_rows = rows;
-        batch.run(metrics);
-    }
-}
-
-/// The predictor and the jobs of the batch being gathered, with scratch
-/// space for their rows, shared by both batchers.
-struct Batch {
-    predictor: Box<dyn Predictor>,
-    jobs: Vec<Job>,
-    features: Vec<f32>,
-    out: Vec<f32>,
-}
-
-impl Batch {
-    fn new(predictor: Box<dyn Predictor>, max_batch: usize) -> Self {
-        Batch {
-            features: Vec::with_capacity(max_batch * predictor.inputs()),
-            out: Vec::with_capacity(max_batch * predictor.classes()),
-            jobs: Vec::with_capacity(max_batch),
-            predictor,
-        }
-    }
-
-    /// Run the gathered jobs in one forward pass and answer each with its
-    /// rows; leaves no jobs.
-    fn run(&mut self, metrics: &Metrics) {
-        let classes = self.predictor.classes();
-        // Clients that went away need no answer.
-        self.jobs.retain(|j| !j.reply.is_closed());
-        let rows: usize = self.jobs.iter().map(|j| j.rows).sum();
-        if rows == 0 {
-            return;
-        }
-        self.features.clear();
-        for j in &self.jobs {
-            self.features.extend_from_slice(&j.features);
-        }
-        self.out.resize(rows * classes, 0.0);
-        let result = self.predictor.probabilities_into(&self.features, &mut self.out);
-        metrics.batch(rows);
-        let mut at = 0;
-        for j in self.jobs.drain(..) {
-            let answer = match &result {
-                Ok(()) => Ok(self.out[at * classes..(at + j.rows) * classes].to_vec()),
-                Err(e) => Err(e.to_string()),
-            };
-            at += j.rows;
-            // A client that left meanwhile drops its receiver; nothing to do.
-            let _ = j.reply.send(answer);
-        }
-    }
-}
-
-/// The inline batcher (see [`ServeConfig::inline`]): a task that takes the
-/// oldest job, adds whatever else is queued up to `max_batch` rows, runs
-/// the batch on the runtime's thread and answers, until the queue closes.
-async fn batch_task(
-    predictor: Box<dyn Predictor>,
-    mut rx: tokio::sync::mpsc::Receiver<Job>,
-    max_batch: usize,
-    metrics: Arc<Metrics>,
-) {
-    let mut batch = Batch::new(predictor, max_batch);
-    let mut held: Option<Job> = None;
-    loop {
-        let first = match held.take() {
-            Some(j) => j,
-            None => match rx.recv().await {
-                Some(j) => j,
-                None => return,
-            },
-        };
-        metrics.queue_add(-1);
-        let mut rows = first.rows;
-        batch.jobs.push(first);
-        while rows < max_batch {
-            let Ok(next) = rx.try_recv() else { break };
-            if rows + next.rows > max_batch {
-                held = Some(next);
-                break;
-            }
-            metrics.queue_add(-1);
-            rows += next.rows;
-            batch.jobs.push(next);
-        }
-        batch.run(&metrics);
-        // Let the connections answer and read more requests before the
-        // next batch.
-        tokio::task::yield_now().await;
-    }
 }
