@@ -13,6 +13,7 @@ use wgtrain::cpu::team::{Team, TRAIN_SPIN};
 use wgtrain::data::Dataset;
 use wgtrain::device::open_backend;
 use wgtrain::infer::compressed::{cpu_path_name, evaluate};
+use wgtrain::metrics::Evaluation;
 use wgtrain::model::CompressedMlp;
 
 #[derive(Debug, Args)]
@@ -63,35 +64,27 @@ fn eval(a: EvalArgs) -> Result<()> {
     for row in eval.confusion.iter_mut() {
         row.resize(classes.max(row.len()), 0);
     }
-    if a.json {
-        println!("{}", serde_json::to_string(&eval)?);
-    } else {
-        println!(
-            "test accuracy {:.2}% ({} examples), test loss {:.4} on {}",
-            eval.accuracy * 100.0,
-            eval.examples,
-            eval.loss,
-            backend.name()
-        );
-        print!("{}", eval.confusion_table());
-    }
-    Ok(())
+    report(&eval, &backend.name(), a.json)
 }
 
 /// `wgtrain eval` of a compressed model: the same output as for an f32
 /// model, computed on the CPU by the compressed model's own kernels.
-pub fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: bool) -> Result<()> {
+fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: bool) -> Result<()> {
     let eval = evaluate(model, data, SplitKind::Test)
         .with_context(|| format!("model {} does not fit the data", path.display()))?;
+    report(&eval, &cpu_path_name(model), json)
+}
+
+/// Print an evaluation: one JSON object, or a line and the confusion table.
+fn report(eval: &Evaluation, ran_on: &str, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(&eval)?);
+        println!("{}", serde_json::to_string(eval)?);
     } else {
         println!(
-            "test accuracy {:.2}% ({} examples), test loss {:.4} on {}",
+            "test accuracy {:.2}% ({} examples), test loss {:.4} on {ran_on}",
             eval.accuracy * 100.0,
             eval.examples,
             eval.loss,
-            cpu_path_name(model)
         );
         print!("{}", eval.confusion_table());
     }
