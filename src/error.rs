@@ -129,6 +129,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Setting {
     LearningRate,
     BatchSize,
+    LrStepEpochs,
+    LrGamma,
+    LrMin,
+    WarmupEpochs,
+    WarmupSteps,
 }
 
 impl Setting {
@@ -137,6 +142,11 @@ impl Setting {
         match self {
             Setting::LearningRate => "learning rate",
             Setting::BatchSize => "batch size",
+            Setting::LrStepEpochs => "epochs between learning-rate steps",
+            Setting::LrGamma => "learning-rate step factor",
+            Setting::LrMin => "final learning rate",
+            Setting::WarmupEpochs => "warm-up epochs",
+            Setting::WarmupSteps => "warm-up steps",
         }
     }
 }

@@ -30,7 +30,7 @@ impl TrainConfig {
     pub fn constant(epochs: usize, lr: f64, seed: u64, log_every: usize) -> Self {
         TrainConfig {
             epochs,
-            schedule: LrSchedule::Constant { lr },
+            schedule: LrSchedule::constant(lr),
             seed,
             log_every,
         }

@@ -159,3 +159,111 @@ fn bad_arguments_are_explained() {
     let t = text(&wgtrain(&["serve", "--model", "m.safetensors", "--batcher", "fast"]));
     assert!(t.contains("invalid value 'fast'") && t.contains("inline"), "{t}");
 }
+
+/// The epoch lines of a `--json` run, without their timings.
+fn epochs_json(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("each stdout line is JSON");
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn learning_rate_schedules_run_and_bad_ones_are_refused_by_flag() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train", "--data", "builtin", "--device", "cpu", "--epochs", "2", "--hidden", "16", "--json",
+        ];
+        args.extend(extra);
+        let o = wgtrain(&args);
+        assert!(o.status.success(), "{extra:?}: {}", text(&o));
+        o
+    };
+    let o = run(&["--schedule", "cosine", "--warmup-steps", "5"]);
+    assert_eq!(epochs_json(&o).len(), 2);
+    assert!(
+        text(&o).contains("learning rate: linear warm-up over 5 steps, then cosine from 0.1 to 0"),
+        "{}",
+        text(&o)
+    );
+    // The default is the constant rate, which a step schedule that never
+    // steps within the run reproduces bit for bit; a cosine one differs.
+    let constant = epochs_json(&run(&[]));
+    assert_eq!(constant, epochs_json(&run(&["--schedule", "constant"])));
+    assert_eq!(
+        constant,
+        epochs_json(&run(&[
+            "--schedule",
+            "step",
+            "--lr-step-epochs",
+            "2",
+            "--lr-gamma",
+            "0.5"
+        ]))
+    );
+    assert_ne!(constant, epochs_json(&run(&["--schedule", "one-cycle"])));
+
+    let refused = |extra: &[&str], wants: &[&str]| {
+        let mut args = vec!["train", "--data", "builtin", "--device", "cpu", "--epochs", "2"];
+        args.extend(extra);
+        let o = wgtrain(&args);
+        let t = text(&o);
+        assert!(!o.status.success(), "{extra:?}: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+        for w in wants {
+            assert!(t.contains(w), "{extra:?}: no {w:?} in {t}");
+        }
+    };
+    refused(
+        &["--schedule", "step", "--lr-step-epochs", "1", "--lr-gamma", "0"],
+        &["--lr-gamma: learning-rate step factor 0 is out of range"],
+    );
+    refused(
+        &["--schedule", "step", "--lr-step-epochs", "0"],
+        &["--lr-step-epochs: "],
+    );
+    refused(&["--schedule", "step"], &["--lr-step-epochs"]);
+    refused(
+        &["--warmup-steps", "5", "--warmup-epochs", "1"],
+        &["--warmup-steps", "--warmup-epochs"],
+    );
+    refused(
+        &["--schedule", "cosine", "--lr-min", "0.5"],
+        &["--lr-min: final learning rate 0.5"],
+    );
+    refused(&["--lr-min", "0.01"], &["--lr-min applies only to --schedule cosine"]);
+    refused(
+        &["--schedule", "cosine", "--lr-gamma", "0.5"],
+        &["--lr-gamma applies only to --schedule step"],
+    );
+    // Known only once the data gives the run's length: 2 epochs of 23 steps.
+    refused(
+        &["--warmup-epochs", "2"],
+        &["--warmup-epochs: warm-up epochs 2 (of a run of 2)"],
+    );
+    refused(
+        &["--warmup-steps", "46"],
+        &["--warmup-steps: warm-up steps 46 (of a run of 46)"],
+    );
+    // The other values are checked before the data is read.
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        "/nonexistent",
+        "--schedule",
+        "step",
+        "--lr-step-epochs",
+        "1",
+        "--lr-gamma",
+        "2",
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("--lr-gamma") && !t.contains("nonexistent"),
+        "{t}"
+    );
+}

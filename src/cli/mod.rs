@@ -89,6 +89,11 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
     match setting {
         Setting::LearningRate => "--lr",
         Setting::BatchSize => "--batch",
+        Setting::LrStepEpochs => "--lr-step-epochs",
+        Setting::LrGamma => "--lr-gamma",
+        Setting::LrMin => "--lr-min",
+        Setting::WarmupEpochs => "--warmup-epochs",
+        Setting::WarmupSteps => "--warmup-steps",
     }
 }
 

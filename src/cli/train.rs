@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
@@ -15,6 +15,7 @@ use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::Preprocess;
 use wgtrain::device::open_backend;
 use wgtrain::model::Mlp;
+use wgtrain::optim::{Decay, LrSchedule, ScheduleSpec, Warmup};
 use wgtrain::train::{Event, TrainConfig};
 
 #[derive(Debug, Args)]
@@ -37,6 +38,8 @@ pub(crate) struct TrainArgs {
     /// digits, whose 1,437 training images make only 23 steps an epoch].
     #[arg(long, value_name = "N")]
     epochs: Option<usize>,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
     /// Seed of the initial weights, the shuffles and the CSV split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -62,6 +65,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     spec.check().map_err(flagged)?;
     let mut cfg = TrainConfig::constant(a.epochs.unwrap_or(0), f64::from(a.lr), a.seed, a.log_every);
     cfg.check().map_err(flagged)?;
+    let schedule = a.schedule.spec(f64::from(a.lr))?;
     if let Some(p) = &a.save {
         check_writable(p)?;
     }
@@ -69,6 +73,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
     cfg.epochs = epochs;
+    cfg.schedule = LrSchedule::new(&schedule, steps_per_epoch(data.train.len(), a.batch), epochs).map_err(flagged)?;
     let preprocess = Preprocess::fit(a.normalize.into(), &data);
     let mut sizes = vec![data.dim()];
     sizes.extend(&hidden);
@@ -84,6 +89,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
         a.lr,
         epochs
     );
+    log::info!("learning rate: {}", cfg.schedule);
     let steps = steps_per_epoch(data.train.len(), a.batch);
     let bar = if std::io::stderr().is_terminal() && !a.json {
         let b = ProgressBar::new(steps as u64);
@@ -168,4 +174,90 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
         log::info!("saved model to {}", p.display());
     }
     Ok(())
+}
+
+/// The `--schedule` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScheduleKind {
+    /// `--lr` at every step.
+    Constant,
+    /// `--lr` times `--lr-gamma` every `--lr-step-epochs` epochs (torch's
+    /// StepLR).
+    Step,
+    /// Half a cosine from `--lr` down to `--lr-min` over the run (torch's
+    /// CosineAnnealingLR, T_max = the run's steps).
+    Cosine,
+    /// From `--lr`/25 up to `--lr` over the first 30% of the steps, then
+    /// down to `--lr`/25/1e4 (torch's OneCycleLR with its defaults).
+    OneCycle,
+}
+
+/// The learning-rate schedule flags of `wgtrain train`.
+#[derive(Debug, Args)]
+struct ScheduleArgs {
+    /// How the learning rate moves over the run, stepped at every training
+    /// step. After a warm-up, the schedule runs over the remaining steps.
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Constant)]
+    schedule: ScheduleKind,
+    /// With `--schedule step`: epochs between two multiplications by
+    /// `--lr-gamma` (required).
+    #[arg(long, value_name = "N", required_if_eq("schedule", "step"))]
+    lr_step_epochs: Option<usize>,
+    /// With `--schedule step`: the factor applied every `--lr-step-epochs`
+    /// epochs, above 0 and at most 1 [default: 0.1].
+    #[arg(long, value_name = "G")]
+    lr_gamma: Option<f64>,
+    /// With `--schedule cosine`: the rate the cosine falls to, from 0 up to
+    /// `--lr` [default: 0].
+    #[arg(long, value_name = "LR")]
+    lr_min: Option<f64>,
+    /// Linear warm-up over the first E epochs: step s (from 0) of W warm-up
+    /// steps runs at r * (s + 1) / (W + 1), where r is the rate the schedule
+    /// starts from (`--lr`, or `--lr`/25 for one-cycle); 0: none.
+    #[arg(long, value_name = "E", conflicts_with = "warmup_steps")]
+    warmup_epochs: Option<usize>,
+    /// Linear warm-up over the first S steps, as `--warmup-epochs` (torch's
+    /// LinearLR with start_factor 1/(S+1) over S steps); 0: none.
+    #[arg(long, value_name = "S")]
+    warmup_steps: Option<usize>,
+}
+
+impl ScheduleArgs {
+    /// The schedule these flags give with base rate `lr`, checked as far as
+    /// it can be before the run's length is known.
+    fn spec(&self, lr: f64) -> Result<ScheduleSpec> {
+        let only = |given: bool, flag: &str, kind: ScheduleKind, name: &str| {
+            if given && self.schedule != kind {
+                anyhow::bail!("{flag} applies only to --schedule {name}");
+            }
+            Ok(())
+        };
+        only(
+            self.lr_step_epochs.is_some(),
+            "--lr-step-epochs",
+            ScheduleKind::Step,
+            "step",
+        )?;
+        only(self.lr_gamma.is_some(), "--lr-gamma", ScheduleKind::Step, "step")?;
+        only(self.lr_min.is_some(), "--lr-min", ScheduleKind::Cosine, "cosine")?;
+        let decay = match self.schedule {
+            ScheduleKind::Constant => Decay::Constant,
+            ScheduleKind::Step => Decay::Step {
+                every_epochs: self.lr_step_epochs.unwrap_or(0),
+                gamma: self.lr_gamma.unwrap_or(0.1),
+            },
+            ScheduleKind::Cosine => Decay::Cosine {
+                lr_min: self.lr_min.unwrap_or(0.0),
+            },
+            ScheduleKind::OneCycle => Decay::OneCycle,
+        };
+        let warmup = match (self.warmup_epochs, self.warmup_steps) {
+            (Some(e), _) => Warmup::Epochs(e),
+            (None, Some(s)) => Warmup::Steps(s),
+            (None, None) => Warmup::None,
+        };
+        let spec = ScheduleSpec { lr, decay, warmup };
+        spec.check().map_err(flagged)?;
+        Ok(spec)
+    }
 }

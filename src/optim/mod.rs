@@ -13,7 +13,7 @@ mod constraint;
 mod schedule;
 
 pub use constraint::Constraint;
-pub use schedule::LrSchedule;
+pub use schedule::{Decay, LrSchedule, ScheduleSpec, Warmup};
 
 /// The update rule. The semantics are torch.optim's.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
