@@ -35,7 +35,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Passes over the training set [default: 10, or 30 for the built-in
-    /// digits, whose 1,437 training images make only 23 steps an epoch].
+    /// digits, whose 1,438 training images make only 23 steps an epoch].
     #[arg(long, value_name = "N")]
     epochs: Option<usize>,
     #[command(flatten)]
