@@ -129,6 +129,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Setting {
     LearningRate,
     BatchSize,
+    Momentum,
+    Nesterov,
+    WeightDecay,
+    Betas,
+    Eps,
 }
 
 impl Setting {
@@ -137,6 +142,11 @@ impl Setting {
         match self {
             Setting::LearningRate => "learning rate",
             Setting::BatchSize => "batch size",
+            Setting::Momentum => "momentum",
+            Setting::Nesterov => "Nesterov momentum",
+            Setting::WeightDecay => "weight decay",
+            Setting::Betas => "Adam betas",
+            Setting::Eps => "Adam epsilon",
         }
     }
 }

@@ -89,6 +89,11 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
     match setting {
         Setting::LearningRate => "--lr",
         Setting::BatchSize => "--batch",
+        Setting::Momentum => "--momentum",
+        Setting::Nesterov => "--nesterov",
+        Setting::WeightDecay => "--weight-decay",
+        Setting::Betas => "--betas",
+        Setting::Eps => "--eps",
     }
 }
 

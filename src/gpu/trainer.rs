@@ -28,7 +28,7 @@ use crate::backend::{
 use crate::data::{Dataset, Preprocess};
 use crate::error::{Error, GpuError, Result};
 use crate::model::{Linear, Mlp};
-use crate::optim::{Constraint, Optimizer, StepHyper};
+use crate::optim::{Constraint, StepHyper};
 
 /// Steps recorded per command buffer: enough that submission overhead
 /// vanishes, few enough that the GPU starts while later steps are encoded.
@@ -99,7 +99,12 @@ impl GpuBackend {
     pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
         crate::cpu::check_fit(&model, &data)?;
         spec.check()?;
-        let Optimizer::Sgd = spec.optimizer;
+        if !spec.optimizer.is_fused() {
+            return Err(Error::Config(format!(
+                "the GPU backend does not run {} yet; use --device cpu",
+                spec.optimizer.name()
+            )));
+        }
         let batch = spec.batch;
         if data.train.is_empty() {
             return Err(Error::Config("the training split is empty".into()));

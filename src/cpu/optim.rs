@@ -1,0 +1,162 @@
+//! The elementwise update kernels of the stateful optimizers (see
+//! [`crate::optim::Optimizer`] for the formulas), each the CPU twin of the
+//! entry point of the same name in shaders/optim_update.wgsl, and the state
+//! the CPU backend keeps for them.
+//!
+//! Each kernel reads a gradient computed beforehand into a buffer (plain
+//! SGD never gets here: it stays fused into the gradient product) and
+//! updates one tensor and its state in place, in the order of operations
+//! torch.optim's single-tensor implementations use.
+
+use crate::optim::{Adam, Optimizer, Sgd};
+
+/// The scalars of one SGD update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdScalars {
+    pub lr: f32,
+    /// Momentum `mu` (0: the buffer is neither read nor written).
+    pub momentum: f32,
+    pub nesterov: bool,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+}
+
+/// The scalars of one Adam or AdamW update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamScalars {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// AdamW: `p *= 1 - lr * wd` before the step, instead of L2.
+    pub decoupled: bool,
+    /// `lr / (1 - b1^t)`, computed in f64 on the host.
+    pub step_size: f32,
+    /// `sqrt(1 - b2^t)`, computed in f64 on the host.
+    pub bc2_sqrt: f32,
+}
+
+impl AdamScalars {
+    /// The scalars of step `t` (from 1) at learning rate `lr`.
+    pub fn new(a: &Adam, decoupled: bool, lr: f32, t: u64) -> Self {
+        let (bc1, bc2) = a.bias_corrections(t);
+        AdamScalars {
+            lr,
+            beta1: a.betas.0,
+            beta2: a.betas.1,
+            eps: a.eps,
+            weight_decay: a.weight_decay,
+            decoupled,
+            step_size: (f64::from(lr) / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+        }
+    }
+}
+
+/// SGD with momentum, Nesterov momentum and L2 weight decay on one tensor:
+///
+/// ```text
+/// g = g + wd * p;  b = mu * b + g;  g = nesterov ? g + mu * b : b;  p -= lr * g
+/// ```
+///
+/// With `mu == 0`, `buf` is not used (it may be empty). A zeroed buffer
+/// makes the first step `b = g`, as torch's first step sets it.
+pub fn sgd_momentum_update(p: &mut [f32], g: &[f32], buf: &mut [f32], s: SgdScalars) {
+    assert_eq!(p.len(), g.len());
+    if s.momentum != 0.0 {
+        assert_eq!(buf.len(), p.len());
+    }
+    for i in 0..p.len() {
+        let mut d = g[i];
+        if s.weight_decay != 0.0 {
+            d += s.weight_decay * p[i];
+        }
+        if s.momentum != 0.0 {
+            let b = s.momentum * buf[i] + d;
+            buf[i] = b;
+            d = if s.nesterov { d + s.momentum * b } else { b };
+        }
+        p[i] -= s.lr * d;
+    }
+}
+
+/// Adam or AdamW on one tensor with moments `m` and `v`:
+///
+/// ```text
+/// AdamW: p = p * (1 - lr * wd);   Adam: g = g + wd * p
+/// m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g * g
+/// p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+/// ```
+pub fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
+    assert!(g.len() == p.len() && m.len() == p.len() && v.len() == p.len());
+    let decay = 1.0 - s.lr * s.weight_decay;
+    for i in 0..p.len() {
+        let mut d = g[i];
+        let mut w = p[i];
+        if s.weight_decay != 0.0 {
+            if s.decoupled {
+                w *= decay;
+            } else {
+                d += s.weight_decay * w;
+            }
+        }
+        let mi = s.beta1 * m[i] + (1.0 - s.beta1) * d;
+        let vi = s.beta2 * v[i] + (1.0 - s.beta2) * d * d;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = w - s.step_size * mi / (vi.sqrt() / s.bc2_sqrt + s.eps);
+    }
+}
+
+/// The gradient buffers and optimizer state of one layer.
+#[derive(Debug, Clone, Default)]
+pub struct LayerState {
+    /// Weight and bias gradients of the current step.
+    pub gw: Vec<f32>,
+    pub gb: Vec<f32>,
+    /// `state_slots` buffers per tensor, weight then bias.
+    pub w: Vec<Vec<f32>>,
+    pub b: Vec<Vec<f32>>,
+}
+
+impl LayerState {
+    /// Zeroed buffers for a layer of `weights` weights and `biases` biases.
+    pub fn new(optimizer: &Optimizer, weights: usize, biases: usize) -> Self {
+        let slots = optimizer.state_slots();
+        LayerState {
+            gw: vec![0.0; weights],
+            gb: vec![0.0; biases],
+            w: vec![vec![0.0; weights]; slots],
+            b: vec![vec![0.0; biases]; slots],
+        }
+    }
+}
+
+/// Apply `optimizer`'s update at step `t` (from 1) to a tensor `p` with
+/// gradient `g` and state `state`.
+pub fn update_tensor(optimizer: &Optimizer, lr: f32, t: u64, p: &mut [f32], g: &[f32], state: &mut [Vec<f32>]) {
+    match optimizer {
+        Optimizer::Sgd(s) => {
+            let Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } = *s;
+            let scalars = SgdScalars {
+                lr,
+                momentum,
+                nesterov,
+                weight_decay,
+            };
+            let buf = state.first_mut().map(Vec::as_mut_slice).unwrap_or_default();
+            sgd_momentum_update(p, g, buf, scalars);
+        }
+        Optimizer::Adam(a) | Optimizer::AdamW(a) => {
+            let s = AdamScalars::new(a, matches!(optimizer, Optimizer::AdamW(_)), lr, t);
+            if let [m, v] = state {
+                adam_update(p, g, m, v, s);
+            }
+        }
+    }
+}
