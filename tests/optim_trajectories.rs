@@ -227,6 +227,47 @@ fn cpu_follows_torch_optim() {
 }
 
 #[test]
+fn gpu_follows_torch_optim() {
+    let Some(ctx) = common::gpu() else { return };
+    check_backend("gpu", &|m, d, s| {
+        Box::new(wgtrain::gpu::GpuBackend::new(ctx.clone(), m, d, s).unwrap())
+    });
+}
+
+/// An unfused rule's step: each weight_update becomes the same kernel
+/// writing the gradient, then one update per tensor (5 dispatches a layer
+/// instead of 3); plain SGD keeps its 6 for two layers.
+#[test]
+fn gpu_step_dispatches_per_optimizer() {
+    let Some(ctx) = common::gpu() else { return };
+    let (model, data, cases) = fixture();
+    let n = data.train.len();
+    let kernels = |optimizer| {
+        let spec = TrainSpec { batch: n, optimizer };
+        wgtrain::gpu::GpuBackend::new(ctx.clone(), model.clone(), data.clone(), spec)
+            .unwrap()
+            .step_kernels()
+    };
+    let forward = ["linear_forward", "linear_forward", "softmax_xent", "backprop_input"];
+    assert_eq!(kernels(Optimizer::sgd())[4..], ["weight_update", "weight_update"]);
+    assert_eq!(kernels(Optimizer::sgd()).len(), 6);
+    for case in &cases {
+        let update = match case.optimizer {
+            Optimizer::Sgd(_) => "sgd_momentum_update",
+            _ => "adam_update",
+        };
+        let got = kernels(case.optimizer);
+        assert_eq!(got[..4], forward, "{}", case.name);
+        assert_eq!(
+            got[4..],
+            ["weight_update", update, update, "weight_update", update, update],
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[test]
 fn a_wrong_rule_is_far_outside_the_tolerance() {
     // Adam run as AdamW (same weight decay, decoupled instead of L2) and
     // momentum without Nesterov: each must miss its fixture by far more

@@ -27,6 +27,9 @@ pub struct AdamScalars {
     pub lr: f32,
     pub beta1: f32,
     pub beta2: f32,
+    /// `1 - beta1` and `1 - beta2`, from f64 ([`Adam::complements`]).
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
     /// AdamW: `p *= 1 - lr * wd` before the step, instead of L2.
@@ -41,7 +44,10 @@ impl AdamScalars {
     /// The scalars of step `t` (from 1) at learning rate `lr`.
     pub fn new(a: &Adam, decoupled: bool, lr: f32, t: u64) -> Self {
         let (bc1, bc2) = a.bias_corrections(t);
+        let (one_minus_beta1, one_minus_beta2) = a.complements();
         AdamScalars {
+            one_minus_beta1,
+            one_minus_beta2,
             lr,
             beta1: a.betas.0,
             beta2: a.betas.1,
@@ -85,7 +91,7 @@ pub fn sgd_momentum_update(p: &mut [f32], g: &[f32], buf: &mut [f32], s: SgdScal
 ///
 /// ```text
 /// AdamW: p = p * (1 - lr * wd);   Adam: g = g + wd * p
-/// m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g * g
+/// m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g * g   (1 - b from f64)
 /// p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 /// ```
 pub fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
@@ -101,8 +107,8 @@ pub fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: Ad
                 d += s.weight_decay * w;
             }
         }
-        let mi = s.beta1 * m[i] + (1.0 - s.beta1) * d;
-        let vi = s.beta2 * v[i] + (1.0 - s.beta2) * d * d;
+        let mi = s.beta1 * m[i] + s.one_minus_beta1 * d;
+        let vi = s.beta2 * v[i] + s.one_minus_beta2 * d * d;
         m[i] = mi;
         v[i] = vi;
         p[i] = w - s.step_size * mi / (vi.sqrt() / s.bc2_sqrt + s.eps);

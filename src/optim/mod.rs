@@ -31,7 +31,7 @@ use crate::error::{Error, Result, Setting};
 ///     p = p - lr * g
 /// Adam (betas b1, b2, eps, weight decay wd as L2):
 ///     g = g + wd * p                       (when wd != 0)
-///     m = b1 * m + (1 - b1) * g
+///     m = b1 * m + (1 - b1) * g           (1 - b1, 1 - b2 from f64, as torch)
 ///     v = b2 * v + (1 - b2) * g * g
 ///     m_hat = m / (1 - b1^t),  v_hat = v / (1 - b2^t)
 ///     p = p - lr * m_hat / (sqrt(v_hat) + eps)
@@ -178,6 +178,15 @@ fn check_decay(wd: f32) -> Result<()> {
 }
 
 impl Adam {
+    /// `(1 - b1, 1 - b2)` in f64 from the betas as written, rounded to f32:
+    /// the weights torch gives the new gradient in the moment updates (in
+    /// f32, `1 - 0.999` would be 1.3e-5 off, and would not cancel against
+    /// the bias correction).
+    pub fn complements(&self) -> (f32, f32) {
+        let c = |b: f32| (1.0 - decimal(b)) as f32;
+        (c(self.betas.0), c(self.betas.1))
+    }
+
     /// The bias corrections `(1 - b1^t, 1 - b2^t)` of step `t` (from 1),
     /// in f64. Each beta is taken as the decimal it was written as (the
     /// shortest one that rounds to the f32: 0.9, not 0.899999976), as
