@@ -62,12 +62,13 @@ pub(crate) struct TrainArgs {
 /// batch's mean loss, `t` the step count from 1).
 #[derive(Debug, Args)]
 pub(crate) struct OptimArgs {
-    /// The update rule. sgd: [g += wd*p]; with momentum b = mu*b + g (b = g
-    /// at the first step), then g = b, or g = g + mu*b with --nesterov;
-    /// p -= lr*g. adam: [g += wd*p]; m = b1*m + (1-b1)*g;
+    /// The update rule (g: gradient, p: parameter, t: step from 1).
+    /// sgd: g += wd*p (with --weight-decay); with --momentum, b = mu*b + g
+    /// (b = g at the first step) and g = b, or g = g + mu*b with
+    /// --nesterov; p -= lr*g. adam: g += wd*p; m = b1*m + (1-b1)*g;
     /// v = b2*v + (1-b2)*g^2; m_hat = m/(1-b1^t); v_hat = v/(1-b2^t);
     /// p -= lr*m_hat/(sqrt(v_hat) + eps). adamw: p -= lr*wd*p, then adam
-    /// without the L2 term.
+    /// without the g += wd*p term.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
     optimizer: OptimizerKind,
     /// SGD momentum factor mu (dampening 0); 0 is plain SGD.
