@@ -10,6 +10,33 @@
 
 use crate::optim::{Adam, Optimizer, Sgd};
 
+/// Run `f` with subnormal f32 inputs and results flushed to zero (the
+/// FTZ and DAZ bits of x86-64's MXCSR, restored afterwards), as GPUs
+/// run these kernels. State that decays geometrically (a momentum buffer
+/// or Adam's moments of a weight whose gradient is zero, `g * g` of a tiny
+/// gradient) reaches subnormal values, each of which costs the CPU about a
+/// hundred cycles per operation: a 784x500 Adam update went from 0.4 ms to
+/// 30 ms. Flushing changes only values below 1.2e-38. Elsewhere `f` runs
+/// as is.
+fn flushing_subnormals<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(deprecated)]
+    {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        const FTZ_DAZ: u32 = 0x8040;
+        // SAFETY: SSE is part of x86-64; setting FTZ and DAZ changes only
+        // how subnormal floats round, and the old mode is put back before
+        // returning (`f` is a loop over checked slices that cannot unwind).
+        let old = unsafe { _mm_getcsr() };
+        unsafe { _mm_setcsr(old | FTZ_DAZ) };
+        let r = f();
+        unsafe { _mm_setcsr(old) };
+        r
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    f()
+}
+
 /// The scalars of one SGD update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdScalars {
@@ -68,11 +95,17 @@ impl AdamScalars {
 ///
 /// With `mu == 0`, `buf` is not used (it may be empty). A zeroed buffer
 /// makes the first step `b = g`, as torch's first step sets it.
+/// Subnormal values are flushed to zero on x86-64 (see
+/// [`flushing_subnormals`]).
 pub fn sgd_momentum_update(p: &mut [f32], g: &[f32], buf: &mut [f32], s: SgdScalars) {
     assert_eq!(p.len(), g.len());
     if s.momentum != 0.0 {
         assert_eq!(buf.len(), p.len());
     }
+    flushing_subnormals(|| sgd_momentum_loop(p, g, buf, s));
+}
+
+fn sgd_momentum_loop(p: &mut [f32], g: &[f32], buf: &mut [f32], s: SgdScalars) {
     for i in 0..p.len() {
         let mut d = g[i];
         if s.weight_decay != 0.0 {
@@ -94,8 +127,15 @@ pub fn sgd_momentum_update(p: &mut [f32], g: &[f32], buf: &mut [f32], s: SgdScal
 /// m = b1 * m + (1 - b1) * g;  v = b2 * v + (1 - b2) * g * g   (1 - b from f64)
 /// p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 /// ```
+///
+/// Subnormal values are flushed to zero on x86-64 (see
+/// [`flushing_subnormals`]).
 pub fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
     assert!(g.len() == p.len() && m.len() == p.len() && v.len() == p.len());
+    flushing_subnormals(|| adam_loop(p, g, m, v, s));
+}
+
+fn adam_loop(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
     let decay = 1.0 - s.lr * s.weight_decay;
     for i in 0..p.len() {
         let mut d = g[i];
