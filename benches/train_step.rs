@@ -4,6 +4,12 @@
 //!
 //!     cargo bench --bench train_step
 //!
+//! `optimizer_step` times one CPU step at batch 64 with each optimizer
+//! (plain SGD, SGD with momentum 0.9, AdamW), one after the other; run it
+//! a few times and compare medians, as the machine's load drifts:
+//!
+//!     cargo bench --bench train_step -- optimizer_step
+//!
 //! A GPU step is timed including the wait for the GPU (`take_stats`), so the
 //! figure is the step's latency, not just its recording time; `wgtrain bench`
 //! gives the throughput with many steps per submit.
@@ -53,9 +59,58 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// CPU steps with each optimizer, at the seed shape.
+fn optimizer_step(c: &mut Criterion) {
+    use wgtrain::optim::{Adam, Optimizer, Sgd};
+    let data = Arc::new(wgtrain::bench::synthetic_mnist_like(0));
+    let order = epoch_permutation(data.train.len(), 0, 0);
+    let batch = 64;
+    let steps = steps_per_epoch(data.train.len(), batch);
+    let model = Mlp::new(
+        &[784, 500, 10],
+        0,
+        Preprocess::fit(Normalize::Scale, &data),
+        vec![28, 28],
+    )
+    .unwrap();
+    let optimizers = [
+        ("sgd", Optimizer::sgd()),
+        (
+            "momentum",
+            Optimizer::Sgd(Sgd {
+                momentum: 0.9,
+                ..Sgd::default()
+            }),
+        ),
+        (
+            "adamw",
+            Optimizer::AdamW(Adam {
+                weight_decay: 0.01,
+                ..Adam::default()
+            }),
+        ),
+    ];
+    let mut g = c.benchmark_group("optimizer_step");
+    g.throughput(Throughput::Elements(batch as u64));
+    for (name, optimizer) in optimizers {
+        let spec = TrainSpec { batch, optimizer };
+        let mut be = wgtrain::cpu::CpuBackend::new(model.clone(), data.clone(), spec).unwrap();
+        be.begin_epoch(&order).unwrap();
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new(name, batch), |b| {
+            b.iter(|| {
+                be.train_steps(i % (steps - 1), &StepHyper::constant(0.001, 1)).unwrap();
+                be.take_stats().unwrap();
+                i += 1;
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench
+    targets = bench, optimizer_step
 }
 criterion_main!(benches);

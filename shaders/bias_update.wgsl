@@ -20,7 +20,11 @@ struct Step {
     index_off: u32,
     slot: u32,
     lr: f32,
-    pad: u32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Bias;

@@ -9,6 +9,7 @@
 //     linear_forward                    C = A B + bias, ReLU if FLAG_RELU
 //     backprop_input                    C = (A B) * (aux > 0)     (ReLU mask)
 //     weight_update                     C -= lr * A B            (SGD in place)
+//                                       C = A B with FLAG_GRAD   (the gradient)
 //
 // weight_update can also update the bias in the same pass (FLAG_BIAS): the
 // bias gradient is the column sum of dY, which is dY^T times a column of
@@ -87,6 +88,9 @@ const EPI_SGD: u32 = 3u;
 
 const FLAG_RELU: u32 = 1u;
 const FLAG_BIAS: u32 = 2u;
+// weight_update: store the product (the gradient of an unfused optimizer),
+// and the bias column sum with FLAG_BIAS, instead of the SGD step.
+const FLAG_GRAD: u32 = 4u;
 
 // Static shape and layout of one dispatch (GemmParams in src/gpu/uniforms.rs).
 struct Gemm {
@@ -119,7 +123,11 @@ struct Step {
     index_off: u32,
     slot: u32,
     lr: f32,
-    pad: u32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Gemm;
@@ -324,7 +332,13 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
                             c[at] = select(v, 0.0, aux[at] <= 0.0);
                         }
                         case EPI_SGD: {
-                            if j == params.n {
+                            if (params.flags & FLAG_GRAD) != 0u {
+                                if j == params.n {
+                                    bias_out[i] = v;
+                                } else {
+                                    c[at] = v;
+                                }
+                            } else if j == params.n {
                                 bias_out[i] = bias_out[i] - step.lr * v;
                             } else {
                                 c[at] = c[at] - step.lr * v;

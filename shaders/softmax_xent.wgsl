@@ -27,7 +27,11 @@ struct Step {
     index_off: u32,
     slot: u32,
     lr: f32,
-    pad: u32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 struct Stat {

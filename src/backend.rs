@@ -24,7 +24,7 @@ impl TrainSpec {
     pub fn sgd(batch: usize) -> Self {
         TrainSpec {
             batch,
-            optimizer: Optimizer::Sgd,
+            optimizer: Optimizer::sgd(),
         }
     }
 
@@ -33,7 +33,7 @@ impl TrainSpec {
         if self.batch == 0 {
             return Err(Error::invalid(Setting::BatchSize, self.batch, "at least 1"));
         }
-        Ok(())
+        self.optimizer.check()
     }
 }
 

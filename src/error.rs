@@ -134,6 +134,11 @@ pub enum Setting {
     LrMin,
     WarmupEpochs,
     WarmupSteps,
+    Momentum,
+    Nesterov,
+    WeightDecay,
+    Betas,
+    Eps,
 }
 
 impl Setting {
@@ -147,6 +152,11 @@ impl Setting {
             Setting::LrMin => "final learning rate",
             Setting::WarmupEpochs => "warm-up epochs",
             Setting::WarmupSteps => "warm-up steps",
+            Setting::Momentum => "momentum",
+            Setting::Nesterov => "Nesterov momentum",
+            Setting::WeightDecay => "weight decay",
+            Setting::Betas => "Adam betas",
+            Setting::Eps => "Adam epsilon",
         }
     }
 }

@@ -267,3 +267,60 @@ fn learning_rate_schedules_run_and_bad_ones_are_refused_by_flag() {
         "{t}"
     );
 }
+
+#[test]
+fn bad_optimizer_settings_name_their_flag() {
+    let refused = |args: &[&str], want: &str| {
+        let mut all = vec!["train", "--data", "builtin", "--device", "cpu", "--epochs", "1"];
+        all.extend_from_slice(args);
+        let o = wgtrain(&all);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(want), "{args:?}: {t}");
+    };
+    refused(&["--nesterov"], "--nesterov: Nesterov momentum");
+    refused(&["--momentum=-0.5"], "--momentum: momentum -0.5 is out of range");
+    refused(
+        &["--optimizer", "adam", "--betas", "0.9,1"],
+        "--betas: Adam betas 0.9,1 is out of range",
+    );
+    refused(
+        &["--optimizer", "adam", "--betas", "0.9"],
+        "--betas: expected two numbers",
+    );
+    refused(
+        &["--optimizer", "adamw", "--eps=-1"],
+        "--eps: Adam epsilon -1 is out of range",
+    );
+    refused(
+        &["--weight-decay=-1"],
+        "--weight-decay: weight decay -1 is out of range",
+    );
+    refused(
+        &["--optimizer", "adam", "--momentum", "0.9"],
+        "apply to --optimizer sgd only",
+    );
+}
+
+#[test]
+fn adamw_trains_the_builtin_digits_on_the_cpu() {
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--hidden",
+        "32",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.003",
+        "--weight-decay",
+        "0.01",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("adamw lr 0.003"), "{t}");
+}

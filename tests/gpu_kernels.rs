@@ -649,3 +649,187 @@ fn kernel_times_cover_every_kernel_of_a_step() {
     }
     eprintln!("{times:#?}");
 }
+
+/// Ragged sizes for the elementwise optimizer updates: one element, less
+/// than a workgroup, a few workgroups with a partial last one.
+const OPTIM_SIZES: [usize; 3] = [1, 7, 1000];
+
+/// SGD with momentum in f64 on the same f32 inputs, and its bound: each of
+/// the four f32 operations (`wd p`, `mu b`, the adds, `lr d`) rounds once,
+/// relative to the magnitudes it combines, and the momentum buffer's
+/// rounding reaches the parameter through `lr`.
+fn reference_sgd(p: &[f32], g: &[f32], b: &[f32], s: wgtrain::cpu::optim::SgdScalars) -> [(Vec<f64>, Vec<f64>); 2] {
+    let (lr, mu, wd) = (s.lr as f64, s.momentum as f64, s.weight_decay as f64);
+    let (mut rp, mut bp, mut rb, mut bb) = (vec![], vec![], vec![], vec![]);
+    for i in 0..p.len() {
+        let (pi, gi) = (p[i] as f64, g[i] as f64);
+        let d = gi + wd * pi;
+        let dabs = gi.abs() + (wd * pi).abs();
+        let (d, dabs, bi, babs) = if mu != 0.0 {
+            let bi = mu * b[i] as f64 + d;
+            let babs = (mu * b[i] as f64).abs() + dabs;
+            if s.nesterov {
+                (d + mu * bi, dabs + mu * babs, bi, babs)
+            } else {
+                (bi, babs, bi, babs)
+            }
+        } else {
+            (d, dabs, 0.0, 0.0)
+        };
+        rp.push(pi - lr * d);
+        bp.push(8.0 * U * (pi.abs() + lr * dabs));
+        rb.push(bi);
+        bb.push(4.0 * U * babs);
+    }
+    [(rp, bp), (rb, bb)]
+}
+
+#[test]
+fn sgd_momentum_update_matches_cpu_twin() {
+    use wgtrain::cpu::optim::{self as copt, SgdScalars};
+    let Some(ctx) = common::gpu() else { return };
+    let cases = [
+        SgdScalars {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+        SgdScalars {
+            lr: 0.05,
+            momentum: 0.8,
+            nesterov: true,
+            weight_decay: 0.01,
+        },
+        SgdScalars {
+            lr: 0.3,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.1,
+        },
+    ];
+    for (c, &s) in cases.iter().enumerate() {
+        for (k, &n) in OPTIM_SIZES.iter().enumerate() {
+            let seed = 900 + 10 * (c * OPTIM_SIZES.len() + k) as u64;
+            let (p, g, b) = (
+                common::random(n, seed),
+                common::random(n, seed + 1),
+                common::random(n, seed + 2),
+            );
+            let b = if s.momentum != 0.0 { b } else { Vec::new() };
+            let (gp, gb) = ops::sgd_momentum_update(&ctx, &p, &g, &b, s).unwrap();
+            let (mut tp, mut tb) = (p.clone(), b.clone());
+            copt::sgd_momentum_update(&mut tp, &g, &mut tb, s);
+            let [(rp, bp), (rb, bb)] = reference_sgd(&p, &g, &b, s);
+            assert_close(&format!("sgd_momentum_update {c} p[{n}]"), &gp, &tp, &rp, &bp);
+            if s.momentum != 0.0 {
+                assert_close(&format!("sgd_momentum_update {c} buf[{n}]"), &gb, &tb, &rb, &bb);
+            }
+        }
+    }
+}
+
+/// Adam in f64 on the same f32 inputs: `(p, m, v)` with their bounds. The
+/// moments round a few times relative to their terms; the step
+/// `step_size m / (sqrt(v) / bc2_sqrt + eps)` takes about six roundings
+/// (sqrt, two divisions, the add, the product, the subtraction), relative
+/// to the step and to `p`.
+fn reference_adam(
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    s: wgtrain::cpu::optim::AdamScalars,
+) -> [(Vec<f64>, Vec<f64>); 3] {
+    let f = |x: f32| x as f64;
+    let (b1, b2, wd, lr) = (f(s.beta1), f(s.beta2), f(s.weight_decay), f(s.lr));
+    let mut out: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+    for i in 0..p.len() {
+        let (mut w, mut d) = (f(p[i]), f(g[i]));
+        if wd != 0.0 {
+            if s.decoupled {
+                w *= 1.0 - lr * wd;
+            } else {
+                d += wd * w;
+            }
+        }
+        let dabs = f(g[i]).abs() + (wd * f(p[i])).abs();
+        let (c1, c2) = (f(s.one_minus_beta1), f(s.one_minus_beta2));
+        let mi = b1 * f(m[i]) + c1 * d;
+        let mabs = (b1 * f(m[i])).abs() + c1 * dabs;
+        let vi = b2 * f(v[i]) + c2 * d * d;
+        let vabs = b2 * f(v[i]).abs() + c2 * dabs * dabs;
+        let step = f(s.step_size) * mi / (vi.sqrt() / f(s.bc2_sqrt) + f(s.eps));
+        // The step's relative error follows m's and half of v's, plus its
+        // own roundings.
+        let rel = 6.0 * U + 4.0 * U * mabs / mi.abs().max(1e-30) + 2.0 * U * vabs / vi.max(1e-30);
+        out[0].0.push(w - step);
+        out[0]
+            .1
+            .push(4.0 * U * f(p[i]).abs() + rel.min(1.0) * step.abs() + 1e-30);
+        out[1].0.push(mi);
+        out[1].1.push(4.0 * U * mabs);
+        out[2].0.push(vi);
+        out[2].1.push(5.0 * U * vabs);
+    }
+    out
+}
+
+#[test]
+fn adam_update_matches_cpu_twin() {
+    use wgtrain::cpu::optim::{self as copt, AdamScalars};
+    use wgtrain::optim::Adam;
+    let Some(ctx) = common::gpu() else { return };
+    let adam = Adam {
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let cases = [
+        AdamScalars::new(&adam, false, 0.01, 1),
+        AdamScalars::new(&adam, true, 0.003, 7),
+        AdamScalars::new(
+            &Adam {
+                weight_decay: 0.0,
+                ..adam
+            },
+            false,
+            0.02,
+            100,
+        ),
+    ];
+    for (c, &s) in cases.iter().enumerate() {
+        for (k, &n) in OPTIM_SIZES.iter().enumerate() {
+            let seed = 950 + 10 * (c * OPTIM_SIZES.len() + k) as u64;
+            let (p, g, m) = (
+                common::random(n, seed),
+                common::random(n, seed + 1),
+                common::random(n, seed + 2),
+            );
+            // v is a running mean of squares: never negative.
+            let v: Vec<f32> = common::random(n, seed + 3).iter().map(|x| x * x).collect();
+            let (gp, gm, gv) = ops::adam_update(&ctx, &p, &g, &m, &v, s).unwrap();
+            let (mut tp, mut tm, mut tv) = (p.clone(), m.clone(), v.clone());
+            copt::adam_update(&mut tp, &g, &mut tm, &mut tv, s);
+            let [(rp, bp), (rm, bm), (rv, bv)] = reference_adam(&p, &g, &m, &v, s);
+            assert_close(&format!("adam_update {c} p[{n}]"), &gp, &tp, &rp, &bp);
+            assert_close(&format!("adam_update {c} m[{n}]"), &gm, &tm, &rm, &bm);
+            assert_close(&format!("adam_update {c} v[{n}]"), &gv, &tv, &rv, &bv);
+        }
+    }
+}
+
+#[test]
+fn adam_update_folds_a_grid_larger_than_one_dimension() {
+    use wgtrain::cpu::optim::{self as copt, AdamScalars};
+    let Some(ctx) = common::gpu() else { return };
+    let n = beyond_one_dimension(&ctx);
+    let s = AdamScalars::new(&wgtrain::optim::Adam::default(), true, 0.01, 3);
+    let (p, g, m) = (common::random(n, 990), common::random(n, 991), common::random(n, 992));
+    let v: Vec<f32> = common::random(n, 993).iter().map(|x| x * x).collect();
+    let (gp, _, _) = ops::adam_update(&ctx, &p, &g, &m, &v, s).unwrap();
+    let (mut tp, mut tm, mut tv) = (p.clone(), m.clone(), v.clone());
+    copt::adam_update(&mut tp, &g, &mut tm, &mut tv, s);
+    let [(rp, bp), _, _] = reference_adam(&p, &g, &m, &v, s);
+    assert_close(&format!("adam_update p[{n}]"), &gp, &tp, &rp, &bp);
+}

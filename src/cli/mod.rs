@@ -94,6 +94,11 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::LrMin => "--lr-min",
         Setting::WarmupEpochs => "--warmup-epochs",
         Setting::WarmupSteps => "--warmup-steps",
+        Setting::Momentum => "--momentum",
+        Setting::Nesterov => "--nesterov",
+        Setting::WeightDecay => "--weight-decay",
+        Setting::Betas => "--betas",
+        Setting::Eps => "--eps",
     }
 }
 

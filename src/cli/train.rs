@@ -15,7 +15,7 @@ use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::Preprocess;
 use wgtrain::device::open_backend;
 use wgtrain::model::Mlp;
-use wgtrain::optim::{Decay, LrSchedule, ScheduleSpec, Warmup};
+use wgtrain::optim::{Adam, Decay, LrSchedule, Optimizer, ScheduleSpec, Sgd, Warmup};
 use wgtrain::train::{Event, TrainConfig};
 
 #[derive(Debug, Args)]
@@ -28,9 +28,11 @@ pub(crate) struct TrainArgs {
     /// hidden layers.
     #[arg(long, default_value = "500", value_name = "N[,N...]")]
     hidden: String,
-    /// Learning rate of plain SGD.
+    /// Learning rate of the optimizer.
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
+    #[command(flatten)]
+    optim: OptimArgs,
     /// Examples per step (the last, partial batch of an epoch is kept).
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -58,10 +60,95 @@ pub(crate) struct TrainArgs {
     json: bool,
 }
 
+/// The optimizer flags (torch.optim's semantics; `g` is the gradient of the
+/// batch's mean loss, `t` the step count from 1).
+#[derive(Debug, Args)]
+pub(crate) struct OptimArgs {
+    /// The update rule (g: gradient, p: parameter, t: step from 1).
+    /// sgd: g += wd*p (with --weight-decay); with --momentum, b = mu*b + g
+    /// (b = g at the first step) and g = b, or g = g + mu*b with
+    /// --nesterov; p -= lr*g. adam: g += wd*p; m = b1*m + (1-b1)*g;
+    /// v = b2*v + (1-b2)*g^2; m_hat = m/(1-b1^t); v_hat = v/(1-b2^t);
+    /// p -= lr*m_hat/(sqrt(v_hat) + eps). adamw: p -= lr*wd*p, then adam
+    /// without the g += wd*p term.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    optimizer: OptimizerKind,
+    /// SGD momentum factor mu (dampening 0); 0 is plain SGD.
+    #[arg(long, default_value_t = 0.0, value_name = "MU")]
+    momentum: f32,
+    /// Nesterov momentum for SGD (needs --momentum above 0).
+    #[arg(long)]
+    nesterov: bool,
+    /// Weight decay wd: an L2 term wd*p added to the gradient for sgd and
+    /// adam, decoupled (p -= lr*wd*p before the step) for adamw.
+    #[arg(long, default_value_t = 0.0, value_name = "WD")]
+    weight_decay: f32,
+    /// Adam/AdamW decay rates of the moment estimates, each in [0, 1).
+    #[arg(long, default_value = "0.9,0.999", value_name = "B1,B2")]
+    betas: String,
+    /// Adam/AdamW term added to the denominator, sqrt(v_hat) + eps.
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f32,
+}
+
+/// The values of `--optimizer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OptimizerKind {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+/// The optimizer the flags name, checked (flags that do not apply to it are
+/// refused rather than ignored).
+pub(crate) fn optimizer_of(o: &OptimArgs) -> Result<Optimizer> {
+    let sgd_only = o.momentum != 0.0 || o.nesterov;
+    let adam_only = o.betas != "0.9,0.999" || o.eps != 1e-8;
+    let opt = match o.optimizer {
+        OptimizerKind::Sgd => {
+            if adam_only {
+                anyhow::bail!("--betas and --eps apply to --optimizer adam or adamw, not sgd");
+            }
+            Optimizer::Sgd(Sgd {
+                momentum: o.momentum,
+                nesterov: o.nesterov,
+                weight_decay: o.weight_decay,
+            })
+        }
+        OptimizerKind::Adam | OptimizerKind::Adamw => {
+            if sgd_only {
+                anyhow::bail!("--momentum and --nesterov apply to --optimizer sgd only");
+            }
+            let betas = match o.betas.split(',').map(|b| b.trim().parse::<f32>()).collect::<Vec<_>>()[..] {
+                [Ok(b1), Ok(b2)] => (b1, b2),
+                _ => anyhow::bail!(
+                    "--betas: expected two numbers B1,B2 (e.g. 0.9,0.999), got {:?}",
+                    o.betas
+                ),
+            };
+            let a = Adam {
+                betas,
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+            };
+            if o.optimizer == OptimizerKind::Adam {
+                Optimizer::Adam(a)
+            } else {
+                Optimizer::AdamW(a)
+            }
+        }
+    };
+    opt.check().map_err(flagged)?;
+    Ok(opt)
+}
+
 /// Run `wgtrain train`.
 pub(crate) fn run(a: TrainArgs) -> Result<()> {
     // Every value is checked before the data is read.
-    let spec = TrainSpec::sgd(a.batch);
+    let spec = TrainSpec {
+        batch: a.batch,
+        optimizer: optimizer_of(&a.optim)?,
+    };
     spec.check().map_err(flagged)?;
     let mut cfg = TrainConfig::constant(a.epochs.unwrap_or(0), f64::from(a.lr), a.seed, a.log_every);
     cfg.check().map_err(flagged)?;
@@ -81,11 +168,12 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     let model = Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?;
     let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec)?;
     log::info!(
-        "model {} ({} parameters) on {}; batch {}, lr {}, {} epochs",
+        "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),
         sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>(),
         backend.name(),
         a.batch,
+        spec.optimizer.name(),
         a.lr,
         epochs
     );

@@ -382,6 +382,16 @@ pub fn bias_update(b: &mut [f32], dy: &[f32], rows: usize, outputs: usize, lr: f
     }
 }
 
+/// The bias gradient: `gb[out] = sum over rows of dy[rows, out]`.
+pub fn column_sums(dy: &[f32], gb: &mut [f32], rows: usize, outputs: usize) {
+    gb[..outputs].fill(0.0);
+    for row in dy[..rows * outputs].chunks_exact(outputs) {
+        for (b, &g) in gb.iter_mut().zip(row) {
+            *b += g;
+        }
+    }
+}
+
 /// Multiply weights by a 0/1 mask, so pruned weights stay exactly zero.
 pub fn apply_mask(w: &mut [f32], mask: &[f32]) {
     for (v, &m) in w.iter_mut().zip(mask) {

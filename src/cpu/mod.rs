@@ -2,6 +2,7 @@
 //! GPU kernel is tested against. It never touches wgpu.
 
 pub mod kernels;
+pub mod optim;
 pub mod team;
 
 use std::sync::Arc;
@@ -39,6 +40,11 @@ pub struct CpuBackend {
     /// The threads of the split products.
     team: Team,
     optimizer: Optimizer,
+    /// Per layer, the gradient buffers and optimizer state of an unfused
+    /// optimizer (empty for plain SGD).
+    opt_state: Vec<optim::LayerState>,
+    /// Updates applied so far (torch's `t` is this plus one at a step).
+    updates: u64,
     /// Enforced after every update.
     constraint: Option<Constraint>,
 }
@@ -57,6 +63,15 @@ impl CpuBackend {
         let sizes = model.sizes();
         let acts = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
         let grads = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
+        let opt_state = if spec.optimizer.is_fused() {
+            Vec::new()
+        } else {
+            model
+                .layers
+                .iter()
+                .map(|l| optim::LayerState::new(&spec.optimizer, l.weight.len(), l.bias.len()))
+                .collect()
+        };
         let train_u8 = data
             .is_u8()
             .then(|| data.train.features.iter().map(|&v| v as u8).collect());
@@ -71,6 +86,8 @@ impl CpuBackend {
             stats: StepStats::default(),
             team: Team::new(threads, team::TRAIN_SPIN),
             optimizer: spec.optimizer,
+            opt_state,
+            updates: 0,
             constraint: None,
             train_u8,
         })
@@ -146,11 +163,7 @@ impl CpuBackend {
             let mut gw = vec![0.0; layer.weight.len()];
             kernels::matmul_tn(dy, &self.acts[l], &mut gw, layer.outputs, layer.inputs, rows);
             let mut gb = vec![0.0; layer.outputs];
-            for row in dy[..rows * layer.outputs].chunks_exact(layer.outputs) {
-                for (b, &g) in gb.iter_mut().zip(row) {
-                    *b += g;
-                }
-            }
+            kernels::column_sums(dy, &mut gb, rows, layer.outputs);
             out.push((gw, gb));
         }
         out.reverse();
@@ -179,8 +192,8 @@ impl CpuBackend {
                     layer.outputs,
                 );
             }
-            match self.optimizer {
-                Optimizer::Sgd => kernels::weight_update(
+            if self.optimizer.is_fused() {
+                kernels::weight_update(
                     &mut layer.weight,
                     Some(&mut layer.bias),
                     dy,
@@ -189,7 +202,14 @@ impl CpuBackend {
                     layer.inputs,
                     layer.outputs,
                     hyper.lr,
-                ),
+                );
+            } else {
+                let st = &mut self.opt_state[l];
+                kernels::matmul_tn(dy, &self.acts[l], &mut st.gw, layer.outputs, layer.inputs, rows);
+                kernels::column_sums(dy, &mut st.gb, rows, layer.outputs);
+                let t = self.updates + 1;
+                optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.weight, &st.gw, &mut st.w);
+                optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.bias, &st.gb, &mut st.b);
             }
             if let Some(Constraint::Mask(masks)) = &self.constraint {
                 kernels::apply_mask(&mut layer.weight, &masks[l]);
@@ -199,6 +219,7 @@ impl CpuBackend {
         self.stats.correct += correct as u64;
         self.stats.examples += rows as u64;
         self.stats.steps += 1;
+        self.updates += 1;
     }
 }
 

@@ -12,7 +12,7 @@ use super::context::GpuContext;
 use super::dispatch::{fold, need_u32, Dispatch};
 use super::registry::{GemmKernel, Kernel};
 use super::tile::Tile;
-use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_RELU};
+use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_GRAD, FLAG_RELU};
 use crate::error::GpuError;
 
 /// Where a GEMM operand's values come from.
@@ -78,6 +78,9 @@ pub(crate) struct Gemm<'a> {
     pub relu: bool,
     /// weight_update: also update this bias with the column sums of `A`.
     pub bias: Option<&'a wgpu::Buffer>,
+    /// weight_update: store the gradient in `c` (and `bias`) instead of
+    /// subtracting `lr` times it (FLAG_GRAD).
+    pub grad: bool,
 }
 
 impl<'a> Gemm<'a> {
@@ -110,6 +113,7 @@ impl<'a> Gemm<'a> {
             aux: None,
             relu: false,
             bias: None,
+            grad: false,
         }
     }
 
@@ -136,6 +140,7 @@ impl<'a> Gemm<'a> {
             aux: Some(bias),
             relu,
             bias: None,
+            grad: false,
         }
     }
 
@@ -161,6 +166,7 @@ impl<'a> Gemm<'a> {
             aux: Some(x),
             relu: false,
             bias: None,
+            grad: false,
         }
     }
 
@@ -190,6 +196,27 @@ impl<'a> Gemm<'a> {
             aux: None,
             relu: false,
             bias,
+            grad: false,
+        }
+    }
+
+    /// The gradient of an unfused optimizer, in the weight_update kernel
+    /// with FLAG_GRAD: `gw[outputs, inputs] = dy[rows, outputs]^T x[rows, inputs]`
+    /// and `gb[outputs] = colsum(dy)`, the CPU backend's `matmul_tn` and
+    /// `column_sums`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn weight_gradient(
+        gw: &'a wgpu::Buffer,
+        gb: &'a wgpu::Buffer,
+        dy: &'a wgpu::Buffer,
+        x: Operand<'a>,
+        rows: usize,
+        inputs: usize,
+        outputs: usize,
+    ) -> Self {
+        Gemm {
+            grad: true,
+            ..Self::weight_update(gw, Some(gb), dy, x, rows, inputs, outputs)
         }
     }
 }
@@ -232,7 +259,9 @@ impl Gemm<'_> {
             tiles_n: tiles_n.max(1) as u32,
             n_ext: n_ext as u32,
             ldc: n as u32,
-            flags: if self.relu { FLAG_RELU } else { 0 } | if self.bias.is_some() { FLAG_BIAS } else { 0 },
+            flags: if self.relu { FLAG_RELU } else { 0 }
+                | if self.bias.is_some() { FLAG_BIAS } else { 0 }
+                | if self.grad { FLAG_GRAD } else { 0 },
             scale: 1.0,
             ..Default::default()
         };

@@ -9,7 +9,7 @@ use super::registry::Int8Path;
 use super::shaders;
 use super::tile::Tile;
 use super::uniforms::{
-    BiasParams, GemmParams, LinearI8Params, MaskParams, QuantParams, SoftmaxParams, Stat, StepParams,
+    BiasParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftmaxParams, Stat, StepParams,
 };
 
 /// A struct's layout: its size and `(name, offset, size)` per member.
@@ -83,7 +83,11 @@ fn step() -> Layout {
         index_off,
         slot,
         lr,
-        pad
+        step_size,
+        bc2_sqrt,
+        pad0,
+        pad1,
+        pad2
     })
 }
 
@@ -132,6 +136,7 @@ fn uniform_structs_match_the_shaders() {
     let bias = file("bias_update.wgsl", shaders::BIAS_UPDATE);
     let mask = file("apply_mask.wgsl", shaders::APPLY_MASK);
     let quant = file("quantize_rows_i8.wgsl", shaders::QUANTIZE_ROWS_I8);
+    let optim = file("optim_update.wgsl", shaders::OPTIM_UPDATE);
 
     let mut cases: Vec<(Layout, &(String, String), &str)> = Vec::new();
     for m in &matmul {
@@ -163,6 +168,21 @@ fn uniform_structs_match_the_shaders() {
     cases.push((step(), &bias, "Step"));
     cases.push((host_layout!(MaskParams { len, pad0, pad1, pad2 }), &mask, "Mask"));
     cases.push((step(), &mask, "Step"));
+    cases.push((
+        host_layout!(OptimParams {
+            len,
+            variant,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            one_minus_beta1,
+            one_minus_beta2
+        }),
+        &optim,
+        "Optim",
+    ));
+    cases.push((step(), &optim, "Step"));
     cases.push((
         host_layout!(QuantParams {
             rows,
@@ -205,13 +225,13 @@ fn uniform_structs_match_the_shaders() {
 #[test]
 fn a_field_on_one_side_only_is_caught() {
     let wgsl = |body: &str| format!("struct Step {{ {body} }}\n@group(0) @binding(0) var<uniform> step: Step;\n");
-    let ok = wgsl("index_off: u32, slot: u32, lr: f32, pad: u32");
+    let ok = wgsl("index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, pad0: u32, pad1: u32, pad2: u32");
     assert_eq!(compare(&step(), "ok", &ok, "Step"), Ok(()));
     for body in [
-        "index_off: u32, slot: u32, lr: f32, pad: u32, extra: u32",
-        "index_off: u32, slot: u32, lr: f32",
-        "index_off: u32, lr: f32, slot: u32, pad: u32",
-        "index_off: u32, slot: u32, lr: f32, pad: vec2<u32>",
+        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, pad0: u32, pad1: u32, pad2: u32, extra: u32",
+        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, pad0: u32, pad1: u32",
+        "index_off: u32, lr: f32, slot: u32, step_size: f32, bc2_sqrt: f32, pad0: u32, pad1: u32, pad2: u32",
+        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, pad0: u32, pad1: u32, pad2: vec2<u32>",
     ] {
         assert!(compare(&step(), "bad", &wgsl(body), "Step").is_err(), "{body}");
     }

@@ -46,6 +46,7 @@ pub mod int8;
 #[cfg(test)]
 mod layout_tests;
 pub mod ops;
+mod optim;
 mod plan;
 pub mod predict;
 mod registry;

@@ -17,14 +17,17 @@ use super::context::GpuContext;
 use super::dispatch::Dispatch;
 use super::gemm::{DataSource, Gemm, Operand};
 use super::int8::{self, GpuI8Layer};
+use super::optim;
 use super::registry::{GemmKernel, Int8Path};
 use super::resident::upload_features;
 use super::softmax;
 use super::tile::Tile;
 use super::uniforms::{Stat, StepParams, STAT_BYTES};
 use super::vector;
+use crate::cpu::optim::{AdamScalars, SgdScalars};
 use crate::error::GpuError;
 use crate::infer::int8::PackedI8Linear;
+use crate::optim::{Adam, Optimizer, Sgd};
 
 /// The input of a layer: a dense matrix, or raw rows of a dataset gathered
 /// by index and preprocessed inside the kernel (as the first layer reads
@@ -87,7 +90,7 @@ fn step_buffer(ctx: &GpuContext, lr: f32) -> Result<wgpu::Buffer, GpuError> {
         index_off: 0,
         slot: 0,
         lr,
-        pad: 0,
+        ..Default::default()
     };
     ctx.dev.uniform_init("single-step params", bytemuck::bytes_of(&p))
 }
@@ -417,6 +420,84 @@ pub fn bias_update(
         )?],
     );
     ctx.dev.read_f32(&bb, outputs)
+}
+
+/// [`crate::cpu::optim::sgd_momentum_update`] on the GPU: the updated
+/// parameters and momentum buffer (empty when `s.momentum == 0`).
+pub fn sgd_momentum_update(
+    ctx: &GpuContext,
+    p: &[f32],
+    g: &[f32],
+    buf: &[f32],
+    s: SgdScalars,
+) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
+    check_len("g", g.len(), p.len())?;
+    let with_buf = s.momentum != 0.0;
+    if with_buf {
+        check_len("buf", buf.len(), p.len())?;
+    }
+    let opt = Optimizer::Sgd(Sgd {
+        momentum: s.momentum,
+        nesterov: s.nesterov,
+        weight_decay: s.weight_decay,
+    });
+    let (pb, gb) = (upload_f32(ctx, "p", p)?, upload_f32(ctx, "g", g)?);
+    let [spare0, spare1] = optim::spares(ctx)?;
+    let bb = if with_buf { upload_f32(ctx, "buf", buf)? } else { spare0 };
+    let step = step_buffer(ctx, s.lr)?;
+    let d = optim::optim_update(ctx, "sgd_momentum_update", &opt, p.len(), &gb, &pb, &bb, &spare1, &step)?;
+    run(ctx, &[&d]);
+    let b = if with_buf {
+        ctx.dev.read_f32(&bb, p.len())?
+    } else {
+        Vec::new()
+    };
+    Ok((ctx.dev.read_f32(&pb, p.len())?, b))
+}
+
+/// The updated parameters, `m` and `v` of an Adam step.
+pub type AdamOut = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// [`crate::cpu::optim::adam_update`] on the GPU: the updated parameters,
+/// `m` and `v`.
+pub fn adam_update(
+    ctx: &GpuContext,
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    s: AdamScalars,
+) -> Result<AdamOut, GpuError> {
+    for (what, x) in [("g", g), ("m", m), ("v", v)] {
+        check_len(what, x.len(), p.len())?;
+    }
+    let a = Adam {
+        betas: (s.beta1, s.beta2),
+        eps: s.eps,
+        weight_decay: s.weight_decay,
+    };
+    let opt = if s.decoupled {
+        Optimizer::AdamW(a)
+    } else {
+        Optimizer::Adam(a)
+    };
+    let (pb, gb) = (upload_f32(ctx, "p", p)?, upload_f32(ctx, "g", g)?);
+    let (mb, vb) = (upload_f32(ctx, "m", m)?, upload_f32(ctx, "v", v)?);
+    let sp = StepParams {
+        lr: s.lr,
+        step_size: s.step_size,
+        bc2_sqrt: s.bc2_sqrt,
+        ..Default::default()
+    };
+    let step = ctx.dev.uniform_init("single-step params", bytemuck::bytes_of(&sp))?;
+    let d = optim::optim_update(ctx, "adam_update", &opt, p.len(), &gb, &pb, &mb, &vb, &step)?;
+    run(ctx, &[&d]);
+    let n = p.len();
+    Ok((
+        ctx.dev.read_f32(&pb, n)?,
+        ctx.dev.read_f32(&mb, n)?,
+        ctx.dev.read_f32(&vb, n)?,
+    ))
 }
 
 fn check_labels(labels: &[u32], rows: usize, classes: usize) -> Result<(), GpuError> {

@@ -11,15 +11,32 @@
 //! backprop_input   x L-1    (each before its layer's weights change)
 //! weight_update    x L      (with bias_update fused in; apply_mask after each when pruning)
 //! ```
+//!
+//! An unfused optimizer (momentum, weight decay, Adam, AdamW) replaces each
+//! weight_update by the same kernel writing the gradient into a buffer
+//! (FLAG_GRAD, the bias gradient as its extra column) and two elementwise
+//! updates, weight then bias: `5L` dispatches.
 
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
 use super::gemm::{DataSource, Gemm, Operand};
+use super::optim::{optim_update, LayerOptim};
 use super::resident::ResidentSplit;
 use super::softmax::{softmax_xent, softmax_xent_eval};
 use super::vector::apply_mask;
 use crate::data::Preprocess;
 use crate::error::GpuError;
+use crate::optim::Optimizer;
+
+/// What an unfused optimizer's dispatches bind.
+#[derive(Clone, Copy)]
+pub(crate) struct OptimBuffers<'a> {
+    pub optimizer: Optimizer,
+    /// Per layer.
+    pub layers: &'a [LayerOptim],
+    /// Bound in place of state an optimizer does not keep.
+    pub spares: &'a [wgpu::Buffer; 2],
+}
 
 /// The buffers a forward/backward schedule reads and writes.
 pub(crate) struct Buffers<'a> {
@@ -35,6 +52,8 @@ pub(crate) struct Buffers<'a> {
     pub masks: Option<&'a [wgpu::Buffer]>,
     /// The per-step parameters the dispatches read at a dynamic offset.
     pub step: &'a wgpu::Buffer,
+    /// The buffers of an unfused optimizer; `None` for plain SGD.
+    pub optim: Option<OptimBuffers<'a>>,
 }
 
 /// The forward dispatches of `rows` rows whose input is `input`.
@@ -102,9 +121,41 @@ pub(crate) fn train_step(
         } else {
             Operand::rows(&bufs.acts[l - 1], inputs)
         };
-        // bias_update fused into the update.
-        let g = Gemm::weight_update(w, Some(b), dy, x, rows, inputs, outputs);
-        plan.push(g.dispatch(ctx, &name("weight_update"), bufs.step)?);
+        match &bufs.optim {
+            None => {
+                // bias_update fused into the update.
+                let g = Gemm::weight_update(w, Some(b), dy, x, rows, inputs, outputs);
+                plan.push(g.dispatch(ctx, &name("weight_update"), bufs.step)?);
+            }
+            Some(o) => {
+                let st = &o.layers[l];
+                let g = Gemm::weight_gradient(&st.gw, &st.gb, dy, x, rows, inputs, outputs);
+                plan.push(g.dispatch(ctx, &name("weight_gradient"), bufs.step)?);
+                let kernel = match o.optimizer {
+                    Optimizer::Sgd(_) => "sgd_momentum_update",
+                    _ => "adam_update",
+                };
+                let tensors = [
+                    ("weight", inputs * outputs, &st.gw, w, &st.w_state),
+                    ("bias", outputs, &st.gb, b, &st.b_state),
+                ];
+                for (what, len, g, p, state) in tensors {
+                    let s0 = state.first().unwrap_or(&o.spares[0]);
+                    let s1 = state.get(1).unwrap_or(&o.spares[1]);
+                    plan.push(optim_update(
+                        ctx,
+                        &name(&format!("{what} {kernel}")),
+                        &o.optimizer,
+                        len,
+                        g,
+                        p,
+                        s0,
+                        s1,
+                        bufs.step,
+                    )?);
+                }
+            }
+        }
         // The pruning constraint, once the layer's update is done.
         if let Some(masks) = bufs.masks {
             plan.push(apply_mask(

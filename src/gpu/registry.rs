@@ -15,7 +15,7 @@ use super::device::{need, GpuDevice};
 use super::shaders;
 use super::tile::Tile;
 use super::uniforms::{
-    BiasParams, GemmParams, LinearI8Params, MaskParams, QuantParams, SoftmaxParams, STAT_BYTES, STEP_BYTES,
+    BiasParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftmaxParams, STAT_BYTES, STEP_BYTES,
 };
 use crate::error::GpuError;
 
@@ -82,6 +82,8 @@ pub(crate) enum Kernel {
     SoftmaxXentEval,
     BiasUpdate,
     ApplyMask,
+    SgdMomentumUpdate,
+    AdamUpdate,
     QuantizeRowsI8,
     LinearForwardI8(Int8Path),
 }
@@ -95,6 +97,8 @@ impl Kernel {
             Kernel::SoftmaxXentEval => "softmax_xent_eval",
             Kernel::BiasUpdate => "bias_update",
             Kernel::ApplyMask => "apply_mask",
+            Kernel::SgdMomentumUpdate => "sgd_momentum_update",
+            Kernel::AdamUpdate => "adam_update",
             Kernel::QuantizeRowsI8 => "quantize_rows_i8",
             Kernel::LinearForwardI8(_) => "linear_forward_i8",
         }
@@ -115,6 +119,7 @@ impl Kernel {
             Kernel::Gemm(..) => Family::Gemm,
             Kernel::SoftmaxXent | Kernel::SoftmaxXentEval => Family::Softmax,
             Kernel::BiasUpdate | Kernel::ApplyMask => Family::Vector,
+            Kernel::SgdMomentumUpdate | Kernel::AdamUpdate => Family::Optim,
             Kernel::QuantizeRowsI8 => Family::Quantize,
             Kernel::LinearForwardI8(_) => Family::LinearI8,
         }
@@ -127,7 +132,9 @@ impl Kernel {
             | Kernel::SoftmaxXent
             | Kernel::SoftmaxXentEval
             | Kernel::BiasUpdate
-            | Kernel::ApplyMask => Group::F32,
+            | Kernel::ApplyMask
+            | Kernel::SgdMomentumUpdate
+            | Kernel::AdamUpdate => Group::F32,
             Kernel::QuantizeRowsI8 => Group::Quantize,
             Kernel::LinearForwardI8(path) => Group::LinearI8(path),
         }
@@ -145,6 +152,9 @@ pub(crate) enum Family {
     /// bias_update.wgsl and apply_mask.wgsl: params, step, one read-only
     /// vector, one written in place.
     Vector,
+    /// optim_update.wgsl: params, step, the gradient (read-only), the
+    /// parameter and two state buffers, written in place.
+    Optim,
     /// quantize_rows_i8.wgsl: params, x, xq, x_scale.
     Quantize,
     /// linear_forward_i8.wgsl: params, xq, x_scale, w, w_scale, bias, y.
@@ -155,7 +165,7 @@ impl Family {
     /// Whether binding 1 is the per-step uniform ([`super::uniforms::StepParams`]),
     /// bound at a dynamic offset.
     pub(crate) fn has_step(self) -> bool {
-        matches!(self, Family::Gemm | Family::Softmax | Family::Vector)
+        matches!(self, Family::Gemm | Family::Softmax | Family::Vector | Family::Optim)
     }
 
     fn name(self) -> &'static str {
@@ -163,6 +173,7 @@ impl Family {
             Family::Gemm => "matmul",
             Family::Softmax => "softmax_xent",
             Family::Vector => "bias_update and apply_mask",
+            Family::Optim => "optim_update",
             Family::Quantize => "quantize_rows_i8",
             Family::LinearI8 => "linear_forward_i8",
         }
@@ -203,6 +214,14 @@ impl Family {
                 step,
                 ro(2),
                 rw(3),
+            ],
+            Family::Optim => vec![
+                params(std::mem::size_of::<OptimParams>()),
+                step,
+                ro(2),
+                rw(3),
+                rw(4),
+                rw(5),
             ],
             Family::Quantize => vec![params(std::mem::size_of::<QuantParams>()), ro(1), rw(2), rw(3)],
             Family::LinearI8 => vec![
@@ -391,6 +410,11 @@ impl Registry {
                 );
                 add("bias_update.wgsl", shaders::BIAS_UPDATE, &[Kernel::BiasUpdate]);
                 add("apply_mask.wgsl", shaders::APPLY_MASK, &[Kernel::ApplyMask]);
+                add(
+                    "optim_update.wgsl",
+                    shaders::OPTIM_UPDATE,
+                    &[Kernel::SgdMomentumUpdate, Kernel::AdamUpdate],
+                );
                 (modules, kernels)
             }
             Group::Quantize => (

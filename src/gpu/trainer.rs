@@ -18,13 +18,15 @@ use std::sync::Arc;
 
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
-use super::plan::{train_step, Buffers, EvalPlan};
+use super::optim::{self, LayerOptim};
+use super::plan::{train_step, Buffers, EvalPlan, OptimBuffers};
 use super::resident::ResidentSplit;
 use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
 use super::vector::apply_mask;
 use crate::backend::{
     check_order, check_steps, steps_per_epoch, Backend, Predictions, SplitKind, StepStats, TrainSpec,
 };
+use crate::cpu::optim::AdamScalars;
 use crate::data::{Dataset, Preprocess};
 use crate::error::{Error, GpuError, Result};
 use crate::model::{Linear, Mlp};
@@ -45,6 +47,19 @@ fn step_ring(out: &mut Vec<u8>, stride: usize, params: impl ExactSizeIterator<It
     out.resize(params.len() * stride, 0);
     for (i, p) in params.enumerate() {
         out[i * stride..i * stride + STEP_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&p));
+    }
+}
+
+/// Adam's per-step `(lr / (1 - b1^t), sqrt(1 - b2^t))` at step `t`, from
+/// f64; zeros for the other rules, which do not read them.
+fn adam_scalars(optimizer: &Optimizer, lr: f32, t: u64) -> (f32, f32) {
+    match optimizer {
+        Optimizer::Adam(a) | Optimizer::AdamW(a) => {
+            // The CPU backend's scalars, so both round them alike.
+            let s = AdamScalars::new(a, false, lr, t);
+            (s.step_size, s.bc2_sqrt)
+        }
+        Optimizer::Sgd(_) => (0.0, 0.0),
     }
 }
 
@@ -92,6 +107,13 @@ pub struct GpuBackend {
     predictions: wgpu::Buffer,
     /// Host staging for the step ring, reused between calls.
     step_bytes: Vec<u8>,
+    optimizer: Optimizer,
+    /// Per layer, the gradient buffers and state of an unfused optimizer
+    /// (empty for plain SGD).
+    optim_layers: Vec<LayerOptim>,
+    optim_spares: [wgpu::Buffer; 2],
+    /// Steps submitted so far: step `updates + 1` is torch's `t`.
+    updates: u64,
 }
 
 impl GpuBackend {
@@ -99,7 +121,6 @@ impl GpuBackend {
     pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
         crate::cpu::check_fit(&model, &data)?;
         spec.check()?;
-        let Optimizer::Sgd = spec.optimizer;
         let batch = spec.batch;
         if data.train.is_empty() {
             return Err(Error::Config("the training split is empty".into()));
@@ -107,7 +128,7 @@ impl GpuBackend {
         let device = &ctx.dev.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), model, &data, batch);
+        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer);
         let invalid = pollster::block_on(invalid.pop());
         let oom = pollster::block_on(oom.pop());
         if let Some(e) = oom {
@@ -119,7 +140,7 @@ impl GpuBackend {
         built
     }
 
-    fn build(ctx: Arc<GpuContext>, model: Mlp, data: &Dataset, batch: usize) -> Result<Self> {
+    fn build(ctx: Arc<GpuContext>, model: Mlp, data: &Dataset, batch: usize, optimizer: Optimizer) -> Result<Self> {
         let dev = &ctx.dev;
         let sizes = model.sizes();
         let nl = model.layers.len();
@@ -144,6 +165,18 @@ impl GpuBackend {
 
         // Evaluation runs in chunks as large as fit the activation buffers'
         // binding limit, but never smaller than a training batch needs.
+        let optim_layers = if optimizer.is_fused() {
+            Vec::new()
+        } else {
+            model
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(l, layer)| LayerOptim::new(&ctx, &optimizer, l, layer.weight.len(), layer.bias.len()))
+                .collect::<Result<Vec<_>, GpuError>>()?
+        };
+        let optim_spares = optim::spares(&ctx)?;
+
         let max_rows = (dev.limits.max_storage_buffer_binding_size / (4 * widest as u64)) as usize;
         if max_rows < batch {
             return Err(GpuError::Limit {
@@ -178,7 +211,7 @@ impl GpuBackend {
             index_off: (c * eval_rows) as u32,
             slot: c as u32,
             lr: 0.0,
-            pad: 0,
+            ..Default::default()
         });
         step_ring(&mut eval_bytes, stride as usize, chunk_params);
         let eval_steps = dev.uniform_init("evaluation chunk params", &eval_bytes)?;
@@ -191,6 +224,7 @@ impl GpuBackend {
             grads: &grads,
             masks: None,
             step: &eval_steps,
+            optim: None,
         };
         let pre = model.preprocess;
         let eval_plan = |split: &ResidentSplit, name: &str| {
@@ -236,6 +270,10 @@ impl GpuBackend {
             eval_stats,
             predictions,
             step_bytes: Vec::new(),
+            optimizer,
+            optim_layers,
+            optim_spares,
+            updates: 0,
             ctx,
         };
         backend.build_train_plans()?;
@@ -254,6 +292,11 @@ impl GpuBackend {
             grads: &self.grads,
             masks: self.masks.as_deref(),
             step: &self.steps,
+            optim: (!self.optimizer.is_fused()).then_some(OptimBuffers {
+                optimizer: self.optimizer,
+                layers: &self.optim_layers,
+                spares: &self.optim_spares,
+            }),
         };
         let input = self.train.source(&self.perm, true, self.preprocess);
         let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows);
@@ -291,11 +334,17 @@ impl GpuBackend {
         let dev = &self.ctx.dev;
         let stride = self.ctx.registry.step_stride as usize;
         let total = steps_per_epoch(self.n_train, self.batch);
-        let params = hyper.iter().enumerate().map(|(s, h)| StepParams {
-            index_off: ((first + s) * self.batch) as u32,
-            slot: (self.pending + s) as u32,
-            lr: h.lr,
-            pad: 0,
+        let (optimizer, updates) = (self.optimizer, self.updates);
+        let params = hyper.iter().enumerate().map(|(s, h)| {
+            let (step_size, bc2_sqrt) = adam_scalars(&optimizer, h.lr, updates + 1 + s as u64);
+            StepParams {
+                index_off: ((first + s) * self.batch) as u32,
+                slot: (self.pending + s) as u32,
+                lr: h.lr,
+                step_size,
+                bc2_sqrt,
+                ..Default::default()
+            }
         });
         step_ring(&mut self.step_bytes, stride, params);
         // Queue writes land before the next submission's commands and after
@@ -326,6 +375,7 @@ impl GpuBackend {
         }
         dev.queue.submit([enc.finish()]);
         self.pending += count;
+        self.updates += count as u64;
         Ok(())
     }
 
@@ -371,7 +421,7 @@ impl GpuBackend {
             index_off: (s * self.batch) as u32,
             slot: s as u32,
             lr,
-            pad: 0,
+            ..Default::default()
         });
         step_ring(&mut ring, stride, params);
         self.ctx.dev.queue.write_buffer(&self.steps, 0, &ring);

@@ -7,12 +7,16 @@
 /// `flags` bits of [`GemmParams`] (`FLAG_*` in matmul.wgsl).
 pub(crate) const FLAG_RELU: u32 = 1;
 pub(crate) const FLAG_BIAS: u32 = 2;
+/// weight_update stores the gradient (and the bias gradient with
+/// FLAG_BIAS) instead of applying SGD, for the unfused optimizers.
+pub(crate) const FLAG_GRAD: u32 = 4;
 
 /// Bytes of [`StepParams`] as the shaders see them.
 pub(crate) const STEP_BYTES: u64 = std::mem::size_of::<StepParams>() as u64;
 
 /// Per-step values, at a dynamic offset in a uniform buffer (`Step` in
-/// matmul.wgsl, softmax_xent.wgsl, bias_update.wgsl and apply_mask.wgsl).
+/// matmul.wgsl, softmax_xent.wgsl, bias_update.wgsl, apply_mask.wgsl and
+/// optim_update.wgsl).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct StepParams {
@@ -22,7 +26,13 @@ pub(crate) struct StepParams {
     /// Where the step's loss and correct count go in the stats buffer.
     pub slot: u32,
     pub lr: f32,
-    pub pad: u32,
+    /// Adam's `lr / (1 - b1^t)` for this step, from f64 on the host.
+    pub step_size: f32,
+    /// Adam's `sqrt(1 - b2^t)` for this step, from f64 on the host.
+    pub bc2_sqrt: f32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
 }
 
 /// `Gemm` in matmul.wgsl: the shape and operand layout of one GEMM-family
@@ -92,6 +102,24 @@ pub(crate) struct MaskParams {
     pub pad0: u32,
     pub pad1: u32,
     pub pad2: u32,
+}
+
+/// `Optim` in optim_update.wgsl: what an optimizer update keeps for the
+/// whole run (the per-step scalars are in [`StepParams`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct OptimParams {
+    pub len: u32,
+    /// SGD: 1 with Nesterov momentum. Adam: 1 for decoupled weight decay (AdamW).
+    pub variant: u32,
+    /// SGD: the momentum. Adam: beta1.
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Adam: `1 - beta1` and `1 - beta2`, from f64 on the host.
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
 }
 
 /// `Quant` in quantize_rows_i8.wgsl.
