@@ -89,6 +89,8 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
     match setting {
         Setting::LearningRate => "--lr",
         Setting::BatchSize => "--batch",
+        Setting::ValSplit => "--val-split",
+        Setting::EarlyStop => "--early-stop",
     }
 }
 
@@ -98,6 +100,13 @@ pub(crate) fn flagged(e: wgtrain::Error) -> anyhow::Error {
         wgtrain::Error::Invalid { setting, .. } => {
             let f = flag(*setting);
             anyhow::Error::new(e).context(f)
+        }
+        wgtrain::Error::Requires { setting, needs } => {
+            let (f, n) = (flag(*setting), flag(*needs));
+            anyhow::Error::new(e).context(format!("{f} needs {n}"))
+        }
+        wgtrain::Error::Diverged { .. } => {
+            anyhow::Error::new(e).context("training stopped, no model written (give a lower --lr)")
         }
         _ => e.into(),
     }
