@@ -120,7 +120,7 @@ pub enum Error {
     #[error(transparent)]
     Compress(#[from] CompressError),
     /// A setting that only means something together with another.
-    #[error("{} needs {}", setting.describe(), needs.describe())]
+    #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
     Requires { setting: Setting, needs: Setting },
     /// The training loss stopped being a finite number.
     #[error(

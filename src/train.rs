@@ -254,7 +254,7 @@ pub fn train_with(
     let chunk = if cfg.log_every == 0 { steps } else { cfg.log_every };
     let mut global = 0;
     let mut next_stop = 0;
-    let lr_of = |s: usize| f64::from(cfg.schedule.lr_at(s) as f32);
+    let lr_of = |s: usize| cfg.schedule.lr_at(s);
     let mut tracker = BestEpoch::new(cfg.best_by);
     let mut best: Option<(Mlp, Evaluation)> = None;
     let mut epochs_run = 0;
@@ -393,4 +393,67 @@ pub fn evaluate(backend: &mut dyn Backend, data: &Dataset, split: SplitKind) -> 
         SplitKind::Test => &data.test.labels,
     };
     Ok(Evaluation::new(&pred, labels, classes_of(data, &pred)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epoch at which a run with `patience` stops, by hand: the first
+    /// epoch that is `patience` epochs after the best one so far.
+    fn stop_epoch(losses: &[f64], patience: usize) -> Option<usize> {
+        let mut best = f64::INFINITY;
+        let mut best_at = 0;
+        for (i, &l) in losses.iter().enumerate() {
+            if l < best {
+                best = l;
+                best_at = i;
+            }
+            if i - best_at >= patience {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn best_epoch_rule_stops_after_patience_epochs_without_improvement() {
+        let losses = [1.0, 0.8, 0.7, 0.75, 0.7, 0.72, 0.65, 0.66, 0.9, 1.0, 1.1];
+        for patience in 1..5 {
+            let mut t = BestEpoch::new(StopMetric::Loss);
+            let mut stopped = None;
+            for (i, &l) in losses.iter().enumerate() {
+                t.update(i + 1, l, 0.0);
+                if t.should_stop(patience) {
+                    stopped = Some(i + 1);
+                    break;
+                }
+            }
+            assert_eq!(stopped, stop_epoch(&losses, patience), "patience {patience}");
+        }
+        // A tie is no improvement; accuracy counts upwards.
+        let mut t = BestEpoch::new(StopMetric::Accuracy);
+        assert!(t.update(1, 9.0, 0.5));
+        assert!(!t.update(2, 0.1, 0.5));
+        assert!(t.update(3, 9.0, 0.6));
+        assert_eq!(t.best, Some((3, 0.6)));
+        assert!(!t.should_stop(1));
+    }
+
+    #[test]
+    fn early_stopping_needs_a_validation_split() {
+        let mut cfg = TrainConfig::constant(3, 0.1, 0, 0);
+        cfg.early_stop = Some(2);
+        assert!(matches!(
+            cfg.check(),
+            Err(Error::Requires {
+                setting: Setting::EarlyStop,
+                needs: Setting::ValSplit
+            })
+        ));
+        cfg.val_split = 0.1;
+        cfg.check().unwrap();
+        cfg.early_stop = Some(0);
+        assert!(cfg.check().is_err());
+    }
 }

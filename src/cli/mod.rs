@@ -105,9 +105,10 @@ pub(crate) fn flagged(e: wgtrain::Error) -> anyhow::Error {
             let (f, n) = (flag(*setting), flag(*needs));
             anyhow::Error::new(e).context(format!("{f} needs {n}"))
         }
-        wgtrain::Error::Diverged { .. } => {
-            anyhow::Error::new(e).context("training stopped, no model written (give a lower --lr)")
-        }
+        wgtrain::Error::Diverged { epoch, step, loss } => anyhow::anyhow!(
+            "training diverged: the training loss is {loss} at step {step} (epoch {epoch}); \
+             try a lower --lr; no model was written"
+        ),
         _ => e.into(),
     }
 }

@@ -445,4 +445,85 @@ mod tests {
         assert!(mean.abs() < 1e-6, "{mean}");
         assert!((var - 1.0).abs() < 1e-5, "{var}");
     }
+
+    fn labelled(labels: &[u32]) -> Dataset {
+        Dataset {
+            source: "t".into(),
+            shape: vec![1],
+            classes: labels.iter().copied().max().map_or(0, |m| m as usize + 1),
+            value_max: 255.0,
+            // Each row's value is its index, so rows can be traced.
+            train: Split {
+                features: (0..labels.len()).map(|i| i as f32).collect(),
+                labels: labels.to_vec(),
+            },
+            validation: Split::default(),
+            test: Split::default(),
+        }
+    }
+
+    #[test]
+    fn validation_split_is_stratified_seeded_and_disjoint() {
+        // Class sizes 100, 37, 2, 1, 10.
+        let mut labels = Vec::new();
+        for (c, n) in [(0u32, 100), (1, 37), (2, 2), (3, 1), (4, 10)] {
+            labels.extend(std::iter::repeat_n(c, n));
+        }
+        // Interleave the classes so that rows of a class are not adjacent.
+        let order = epoch_permutation(labels.len(), 1, 0);
+        let labels: Vec<u32> = order.iter().map(|&i| labels[i as usize]).collect();
+        let mut d = labelled(&labels);
+        d.hold_out_validation(0.1, 5).unwrap();
+        let count = |s: &Split, c: u32| s.labels.iter().filter(|&&l| l == c).count();
+        // round(0.1 n), at least 1 when n >= 2, at most n - 1.
+        for (c, want) in [(0u32, 10), (1, 4), (2, 1), (3, 0), (4, 1)] {
+            assert_eq!(count(&d.validation, c), want, "class {c}");
+        }
+        assert_eq!(d.train.len() + d.validation.len(), labels.len());
+        // Disjoint, and every row keeps its label.
+        let mut seen = vec![0; labels.len()];
+        for s in [&d.train, &d.validation] {
+            for (&v, &l) in s.features.iter().zip(&s.labels) {
+                seen[v as usize] += 1;
+                assert_eq!(labels[v as usize], l);
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+        // Seeded: the same seed gives the same rows, another seed others.
+        let mut again = labelled(&labels);
+        again.hold_out_validation(0.1, 5).unwrap();
+        assert_eq!(again.validation.features, d.validation.features);
+        let mut other = labelled(&labels);
+        other.hold_out_validation(0.1, 6).unwrap();
+        assert_ne!(other.validation.features, d.validation.features);
+        // A second hold-out is refused.
+        assert!(d.hold_out_validation(0.1, 5).is_err());
+    }
+
+    #[test]
+    fn validation_fractions_out_of_range_are_refused() {
+        for f in [-0.1, 1.0, 1.5, f64::NAN, f64::INFINITY] {
+            let mut d = labelled(&[0, 0, 1, 1]);
+            let e = d.hold_out_validation(f, 0).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Invalid {
+                        setting: Setting::ValSplit,
+                        ..
+                    }
+                ),
+                "{f}: {e}"
+            );
+        }
+        // 0 holds nothing out; a large fraction still leaves one row a class.
+        let mut d = labelled(&[0, 0, 1, 1]);
+        d.hold_out_validation(0.0, 0).unwrap();
+        assert!(d.validation.is_empty());
+        d.hold_out_validation(0.99, 0).unwrap();
+        assert_eq!((d.train.len(), d.validation.len()), (2, 2));
+        // No class with two rows: nothing can be held out.
+        let mut d = labelled(&[0, 1]);
+        assert!(d.hold_out_validation(0.5, 0).is_err());
+    }
 }
