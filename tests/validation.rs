@@ -9,7 +9,7 @@ use std::sync::Arc;
 use wgtrain::backend::TrainSpec;
 use wgtrain::cpu::{predict_rows, CpuBackend};
 use wgtrain::data::{CsvOptions, DataSource, Dataset, Normalize, Preprocess};
-use wgtrain::metrics::{read_metrics, Evaluation, MetricsRow};
+use wgtrain::metrics::{read_metrics, Evaluation, MetricsFormat, MetricsRow, MetricsWriter};
 use wgtrain::train::{train, Event, TrainConfig};
 use wgtrain::Mlp;
 
@@ -283,4 +283,54 @@ fn the_returned_model_is_the_best_validation_epoch() {
     let t = &data.test;
     let te = Evaluation::new(&predict_rows(&trained, &t.features, &t.labels), &t.labels, 10);
     assert!((te.loss - test_loss).abs() < 1e-6 * te.loss);
+}
+
+#[test]
+fn plot_writes_png_and_svg_from_a_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("run.csv");
+    let mut w = MetricsWriter::create(&metrics, MetricsFormat::Csv).unwrap();
+    for epoch in 1..=4 {
+        let e = epoch as f64;
+        w.write(&MetricsRow {
+            kind: "epoch".into(),
+            epoch,
+            global_step: 10 * epoch,
+            lr: 0.1,
+            train_loss: 1.0 / e,
+            train_accuracy: 0.5 + 0.1 * e,
+            validation_loss: Some(1.1 / e),
+            validation_accuracy: Some(0.45 + 0.1 * e),
+            test_loss: None,
+            test_accuracy: None,
+            examples_per_second: 1000.0,
+            seconds: e,
+        })
+        .unwrap();
+    }
+    drop(w);
+    assert_eq!(read_metrics(&metrics).unwrap().len(), 4);
+    let png = dir.path().join("curves.png");
+    let o = wgtrain(&["plot", metrics.to_str().unwrap(), "-o", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let img = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((img.width(), img.height()), (1000, 400));
+    // Not a blank picture: curves and labels leave non-white pixels.
+    let rgb = img.to_rgb8();
+    assert!(rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000);
+
+    let svg = dir.path().join("curves.svg");
+    let o = wgtrain(&["plot", metrics.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        s.contains("<svg") && s.contains("</svg>") && s.contains("validation"),
+        "{s}"
+    );
+
+    let o = wgtrain(&["plot", metrics.to_str().unwrap(), "-o", "curves.gif"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains(".png or .svg"), "{}", text(&o));
 }
