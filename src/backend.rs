@@ -72,6 +72,8 @@ impl StepStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitKind {
     Train,
+    /// The rows held out of training ([`crate::data::Dataset::validation`]).
+    Validation,
     Test,
 }
 

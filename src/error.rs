@@ -119,6 +119,19 @@ pub enum Error {
     },
     #[error(transparent)]
     Compress(#[from] CompressError),
+    /// A setting that only means something together with another.
+    #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
+    Requires { setting: Setting, needs: Setting },
+    /// The training loss stopped being a finite number.
+    #[error(
+        "training diverged: the training loss is {loss} at step {step} (epoch {epoch}); try a lower learning rate"
+    )]
+    Diverged {
+        epoch: usize,
+        /// The global step count at the point the loss was seen.
+        step: usize,
+        loss: f64,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -139,6 +152,8 @@ pub enum Setting {
     WeightDecay,
     Betas,
     Eps,
+    ValSplit,
+    EarlyStop,
 }
 
 impl Setting {
@@ -157,6 +172,8 @@ impl Setting {
             Setting::WeightDecay => "weight decay",
             Setting::Betas => "Adam betas",
             Setting::Eps => "Adam epsilon",
+            Setting::ValSplit => "validation fraction",
+            Setting::EarlyStop => "early-stopping patience",
         }
     }
 }

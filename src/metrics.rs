@@ -1,7 +1,10 @@
 //! Accuracy, loss and the confusion matrix, computed from predictions the
 //! same way for every backend.
 
-use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
 
 /// Per-example results of a forward pass over a whole split.
 #[derive(Debug, Clone, Default)]
@@ -67,6 +70,182 @@ impl Evaluation {
         }
         s
     }
+}
+
+/// One line of a metrics file: a log point (`kind` "step") or an epoch end
+/// (`kind` "epoch"). Figures not measured at that point are `None` (null in
+/// JSON lines, an empty field in CSV).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub kind: String,
+    pub epoch: usize,
+    pub global_step: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub validation_loss: Option<f64>,
+    pub validation_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub examples_per_second: f64,
+    /// Seconds since the run started.
+    pub seconds: f64,
+}
+
+/// The columns of a CSV metrics file, in order.
+pub const METRICS_COLUMNS: [&str; 12] = [
+    "kind",
+    "epoch",
+    "global_step",
+    "lr",
+    "train_loss",
+    "train_accuracy",
+    "validation_loss",
+    "validation_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "examples_per_second",
+    "seconds",
+];
+
+/// The format of a metrics file, from its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsFormat {
+    /// One JSON object a line (`.jsonl`, `.json`, `.ndjson`).
+    JsonLines,
+    /// A header line then one row a line (`.csv`).
+    Csv,
+}
+
+impl MetricsFormat {
+    /// The format a file name asks for; `None` for an unknown extension.
+    pub fn of(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "jsonl" | "json" | "ndjson" => Some(MetricsFormat::JsonLines),
+            "csv" => Some(MetricsFormat::Csv),
+            _ => None,
+        }
+    }
+}
+
+/// Writes [`MetricsRow`]s as they come, flushing each line, so a run that
+/// stops half-way leaves every line written so far.
+pub struct MetricsWriter {
+    out: std::io::BufWriter<std::fs::File>,
+    format: MetricsFormat,
+}
+
+impl MetricsWriter {
+    /// Create (truncate) `path`; writes the CSV header at once.
+    pub fn create(path: &Path, format: MetricsFormat) -> std::io::Result<Self> {
+        let mut w = MetricsWriter {
+            out: std::io::BufWriter::new(std::fs::File::create(path)?),
+            format,
+        };
+        if format == MetricsFormat::Csv {
+            writeln!(w.out, "{}", METRICS_COLUMNS.join(","))?;
+            w.out.flush()?;
+        }
+        Ok(w)
+    }
+
+    /// Append one row and flush it.
+    pub fn write(&mut self, r: &MetricsRow) -> std::io::Result<()> {
+        match self.format {
+            MetricsFormat::JsonLines => {
+                serde_json::to_writer(&mut self.out, r)?;
+                writeln!(self.out)?;
+            }
+            MetricsFormat::Csv => {
+                let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+                writeln!(
+                    self.out,
+                    "{},{},{},{},{},{},{},{},{},{},{},{}",
+                    r.kind,
+                    r.epoch,
+                    r.global_step,
+                    r.lr,
+                    r.train_loss,
+                    r.train_accuracy,
+                    opt(r.validation_loss),
+                    opt(r.validation_accuracy),
+                    opt(r.test_loss),
+                    opt(r.test_accuracy),
+                    r.examples_per_second,
+                    r.seconds
+                )?;
+            }
+        }
+        self.out.flush()
+    }
+}
+
+/// Read a metrics file [`MetricsWriter`] wrote (format from the extension;
+/// unknown extensions are tried as JSON lines).
+pub fn read_metrics(path: &Path) -> std::io::Result<Vec<MetricsRow>> {
+    let text = std::fs::read_to_string(path)?;
+    let bad = |line: usize, m: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}:{line}: {m}", path.display()),
+        )
+    };
+    let mut rows = Vec::new();
+    match MetricsFormat::of(path).unwrap_or(MetricsFormat::JsonLines) {
+        MetricsFormat::JsonLines => {
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                rows.push(serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?);
+            }
+        }
+        MetricsFormat::Csv => {
+            let mut lines = text.lines().enumerate();
+            let header: Vec<&str> = lines.next().map(|(_, h)| h.split(',').collect()).unwrap_or_default();
+            if header != METRICS_COLUMNS {
+                return Err(bad(1, format!("expected the header {}", METRICS_COLUMNS.join(","))));
+            }
+            for (i, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
+                let f: Vec<&str> = line.split(',').collect();
+                if f.len() != METRICS_COLUMNS.len() {
+                    return Err(bad(
+                        i + 1,
+                        format!("{} fields, expected {}", f.len(), METRICS_COLUMNS.len()),
+                    ));
+                }
+                let num = |j: usize| -> std::io::Result<f64> {
+                    f[j].trim()
+                        .parse::<f64>()
+                        .map_err(|_| bad(i + 1, format!("{}: `{}` is not a number", METRICS_COLUMNS[j], f[j])))
+                };
+                let opt = |j: usize| -> std::io::Result<Option<f64>> {
+                    if f[j].trim().is_empty() {
+                        Ok(None)
+                    } else {
+                        num(j).map(Some)
+                    }
+                };
+                let int = |j: usize| -> std::io::Result<usize> {
+                    f[j].trim()
+                        .parse::<usize>()
+                        .map_err(|_| bad(i + 1, format!("{}: `{}` is not a count", METRICS_COLUMNS[j], f[j])))
+                };
+                rows.push(MetricsRow {
+                    kind: f[0].to_string(),
+                    epoch: int(1)?,
+                    global_step: int(2)?,
+                    lr: num(3)?,
+                    train_loss: num(4)?,
+                    train_accuracy: num(5)?,
+                    validation_loss: opt(6)?,
+                    validation_accuracy: opt(7)?,
+                    test_loss: opt(8)?,
+                    test_accuracy: opt(9)?,
+                    examples_per_second: num(10)?,
+                    seconds: num(11)?,
+                });
+            }
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! The training loop, the same for every backend: epochs, seeded shuffles,
-//! the learning rate of each step, log points, and evaluation after each
-//! epoch.
+//! the learning rate of each step, log points, evaluation after each epoch
+//! (on the validation split when there is one, which then picks the model
+//! returned and may stop the run early), and the divergence check.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::backend::{steps_per_epoch, Backend, SplitKind};
-use crate::data::{epoch_permutation, Dataset};
+use crate::data::{check_val_split, epoch_permutation, Dataset};
 use crate::error::{Error, Result, Setting};
 use crate::metrics::Evaluation;
 use crate::model::Mlp;
@@ -23,6 +24,29 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Steps between training log lines (0: never).
     pub log_every: usize,
+    /// The fraction of the training set the caller holds out as a
+    /// validation split ([`Dataset::hold_out_validation`]); 0: none.
+    pub val_split: f64,
+    /// Stop after this many epochs without a better validation figure
+    /// (needs a validation split).
+    pub early_stop: Option<usize>,
+    /// The validation figure that picks the best epoch.
+    pub best_by: StopMetric,
+    /// Evaluate the test set after every epoch, not only on the chosen
+    /// model at the end. Without a validation split the test set is
+    /// evaluated every epoch regardless.
+    pub eval_test_each_epoch: bool,
+}
+
+/// The validation figure that picks the best epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMetric {
+    /// Lower validation loss is better.
+    #[default]
+    Loss,
+    /// Higher validation accuracy is better.
+    Accuracy,
 }
 
 impl TrainConfig {
@@ -33,6 +57,10 @@ impl TrainConfig {
             schedule: LrSchedule::constant(lr),
             seed,
             log_every,
+            val_split: 0.0,
+            early_stop: None,
+            best_by: StopMetric::Loss,
+            eval_test_each_epoch: false,
         }
     }
 
@@ -42,8 +70,71 @@ impl TrainConfig {
         if !(lr.is_finite() && lr > 0.0 && lr as f32 > 0.0) {
             return Err(Error::invalid(Setting::LearningRate, lr, "a positive number"));
         }
+        check_val_split(self.val_split)?;
+        if let Some(patience) = self.early_stop {
+            if patience == 0 {
+                return Err(Error::invalid(Setting::EarlyStop, patience, "at least 1 epoch"));
+            }
+            if self.val_split == 0.0 {
+                return Err(Error::Requires {
+                    setting: Setting::EarlyStop,
+                    needs: Setting::ValSplit,
+                });
+            }
+        }
         Ok(())
     }
+}
+
+/// The best epoch so far by one validation figure, and the epochs since.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BestEpoch {
+    pub metric: StopMetric,
+    /// `(epoch, figure)` of the best epoch; `None` before the first.
+    pub best: Option<(usize, f64)>,
+    /// Epochs since the best one.
+    pub since: usize,
+}
+
+impl BestEpoch {
+    pub fn new(metric: StopMetric) -> Self {
+        BestEpoch {
+            metric,
+            best: None,
+            since: 0,
+        }
+    }
+
+    /// Record an epoch's validation figures; true when it is the new best
+    /// (strictly better: a tie keeps the earlier epoch).
+    pub fn update(&mut self, epoch: usize, loss: f64, accuracy: f64) -> bool {
+        let (value, better) = match self.metric {
+            StopMetric::Loss => (loss, self.best.is_none_or(|(_, b)| loss < b)),
+            StopMetric::Accuracy => (accuracy, self.best.is_none_or(|(_, b)| accuracy > b)),
+        };
+        if better {
+            self.best = Some((epoch, value));
+            self.since = 0;
+        } else {
+            self.since += 1;
+        }
+        better
+    }
+
+    /// Whether a run with this patience stops now.
+    pub fn should_stop(&self, patience: usize) -> bool {
+        self.since >= patience
+    }
+}
+
+/// Which model a run returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Chosen {
+    /// The epoch with the best validation figure.
+    BestValidation,
+    /// The last epoch (there is no validation split).
+    Last,
 }
 
 /// What the loop reports as it goes.
@@ -55,17 +146,54 @@ pub enum Event {
         epoch: usize,
         step: usize,
         global_step: usize,
+        /// The learning rate of the period's last step.
+        lr: f64,
         loss: f64,
         accuracy: f64,
+        examples_per_second: f64,
+        /// Since the run started.
+        elapsed: f64,
     },
-    /// The end of an epoch: training figures over the epoch and test figures.
+    /// The end of an epoch: training figures over the epoch, validation
+    /// figures when there is a validation split, and test figures when the
+    /// test set is evaluated every epoch.
     Epoch {
         epoch: usize,
+        global_step: usize,
+        /// The learning rate of the epoch's last step.
+        lr: f64,
         train_loss: f64,
         train_accuracy: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        validation_loss: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        validation_accuracy: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        test_loss: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        test_accuracy: Option<f64>,
+        examples_per_second: f64,
+        /// Seconds the epoch's training took.
+        seconds: f64,
+        /// Since the run started.
+        elapsed: f64,
+    },
+    /// The end of the run: the model returned and its test figures.
+    End {
+        /// The epoch whose parameters are returned.
+        epoch: usize,
+        chosen: Chosen,
+        /// Epochs run (fewer than asked when early stopping stopped it).
+        epochs_run: usize,
+        stopped_early: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        validation_loss: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        validation_accuracy: Option<f64>,
         test_loss: f64,
         test_accuracy: f64,
-        seconds: f64,
+        test_examples: usize,
+        elapsed: f64,
     },
 }
 
@@ -98,6 +226,11 @@ pub fn train(
 }
 
 /// [`train`], with extra work at the steps `hooks` names.
+///
+/// With a validation split in `data`, each epoch is evaluated on it and the
+/// best epoch's parameters (kept as a host copy) are returned; otherwise
+/// the last epoch's. A non-finite training loss stops the run with
+/// [`Error::Diverged`] at the next log point or epoch end.
 pub fn train_with(
     backend: &mut dyn Backend,
     data: &Dataset,
@@ -106,14 +239,29 @@ pub fn train_with(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Mlp> {
     cfg.check()?;
+    let has_val = !data.validation.is_empty();
+    if cfg.early_stop.is_some() && !has_val {
+        return Err(Error::Requires {
+            setting: Setting::EarlyStop,
+            needs: Setting::ValSplit,
+        });
+    }
+    let test_each_epoch = cfg.eval_test_each_epoch || !has_val;
+    let start = Instant::now();
     let mut hyper: Vec<StepHyper> = Vec::new();
     let n = data.train.len();
     let steps = steps_per_epoch(n, backend.batch_size());
     let chunk = if cfg.log_every == 0 { steps } else { cfg.log_every };
     let mut global = 0;
     let mut next_stop = 0;
+    let lr_of = |s: usize| cfg.schedule.lr_at(s);
+    let mut tracker = BestEpoch::new(cfg.best_by);
+    let mut best: Option<(Mlp, Evaluation)> = None;
+    let mut epochs_run = 0;
+    let mut stopped_early = false;
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
+        let mut since_log = Instant::now();
         backend.begin_epoch(&epoch_permutation(n, cfg.seed, hooks.epoch_offset + epoch))?;
         let mut epoch_stats = crate::backend::StepStats::default();
         let mut done = 0;
@@ -138,28 +286,102 @@ pub fn train_with(
             if cfg.log_every > 0 && global % cfg.log_every == 0 {
                 let s = backend.take_stats()?;
                 epoch_stats.add(&s);
+                check_finite(epoch, global, s.mean_loss())?;
+                let secs = since_log.elapsed().as_secs_f64();
+                since_log = Instant::now();
                 on_event(&Event::Step {
                     epoch,
                     step: done,
                     global_step: global,
+                    lr: lr_of(global - 1),
                     loss: s.mean_loss(),
                     accuracy: s.accuracy(),
+                    examples_per_second: s.examples as f64 / secs.max(1e-9),
+                    elapsed: start.elapsed().as_secs_f64(),
                 });
             }
         }
-        epoch_stats.add(&backend.take_stats()?);
+        let tail = backend.take_stats()?;
+        check_finite(epoch, global, tail.mean_loss())?;
+        epoch_stats.add(&tail);
+        check_finite(epoch, global, epoch_stats.mean_loss())?;
         let seconds = t0.elapsed().as_secs_f64();
-        let eval = evaluate(backend, data, SplitKind::Test)?;
+        epochs_run = epoch;
+        let val = if has_val {
+            Some(evaluate(backend, data, SplitKind::Validation)?)
+        } else {
+            None
+        };
+        let test = if test_each_epoch {
+            Some(evaluate(backend, data, SplitKind::Test)?)
+        } else {
+            None
+        };
+        if let Some(v) = &val {
+            if tracker.update(epoch, v.loss, v.accuracy) {
+                best = Some((backend.model()?, v.clone()));
+            }
+        }
         on_event(&Event::Epoch {
             epoch,
+            global_step: global,
+            lr: lr_of(global.saturating_sub(1)),
             train_loss: epoch_stats.mean_loss(),
             train_accuracy: epoch_stats.accuracy(),
-            test_loss: eval.loss,
-            test_accuracy: eval.accuracy,
+            validation_loss: val.as_ref().map(|v| v.loss),
+            validation_accuracy: val.as_ref().map(|v| v.accuracy),
+            test_loss: test.as_ref().map(|t| t.loss),
+            test_accuracy: test.as_ref().map(|t| t.accuracy),
+            examples_per_second: epoch_stats.examples as f64 / seconds.max(1e-9),
             seconds,
+            elapsed: start.elapsed().as_secs_f64(),
         });
+        if let Some(patience) = cfg.early_stop {
+            if tracker.should_stop(patience) {
+                stopped_early = epoch < cfg.epochs;
+                break;
+            }
+        }
     }
-    backend.model()
+    // The chosen model: the best validation epoch's, or the last. When the
+    // best is the last epoch, the backend still holds it.
+    let (model, epoch, chosen, val) = match (best, tracker.best) {
+        (Some((m, v)), Some((e, _))) => (m, e, Chosen::BestValidation, Some(v)),
+        _ => (backend.model()?, epochs_run, Chosen::Last, None),
+    };
+    let test = if epoch == epochs_run {
+        evaluate(backend, data, SplitKind::Test)?
+    } else {
+        let pred = crate::cpu::predict_rows(&model, &data.test.features, &data.test.labels);
+        Evaluation::new(&pred, &data.test.labels, classes_of(data, &pred))
+    };
+    on_event(&Event::End {
+        epoch,
+        chosen,
+        epochs_run,
+        stopped_early,
+        validation_loss: val.as_ref().map(|v| v.loss),
+        validation_accuracy: val.as_ref().map(|v| v.accuracy),
+        test_loss: test.loss,
+        test_accuracy: test.accuracy,
+        test_examples: test.examples,
+        elapsed: start.elapsed().as_secs_f64(),
+    });
+    Ok(model)
+}
+
+/// [`Error::Diverged`] when the training loss is not a finite number.
+fn check_finite(epoch: usize, step: usize, loss: f64) -> Result<()> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Diverged { epoch, step, loss })
+    }
+}
+
+fn classes_of(data: &Dataset, pred: &crate::metrics::Predictions) -> usize {
+    data.classes
+        .max(pred.classes.iter().copied().max().unwrap_or(0) as usize + 1)
 }
 
 /// Evaluate the backend's current parameters on a split.
@@ -167,10 +389,71 @@ pub fn evaluate(backend: &mut dyn Backend, data: &Dataset, split: SplitKind) -> 
     let pred = backend.predict_split(split)?;
     let labels = match split {
         SplitKind::Train => &data.train.labels,
+        SplitKind::Validation => &data.validation.labels,
         SplitKind::Test => &data.test.labels,
     };
-    let classes = data
-        .classes
-        .max(pred.classes.iter().copied().max().unwrap_or(0) as usize + 1);
-    Ok(Evaluation::new(&pred, labels, classes))
+    Ok(Evaluation::new(&pred, labels, classes_of(data, &pred)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epoch at which a run with `patience` stops, by hand: the first
+    /// epoch that is `patience` epochs after the best one so far.
+    fn stop_epoch(losses: &[f64], patience: usize) -> Option<usize> {
+        let mut best = f64::INFINITY;
+        let mut best_at = 0;
+        for (i, &l) in losses.iter().enumerate() {
+            if l < best {
+                best = l;
+                best_at = i;
+            }
+            if i - best_at >= patience {
+                return Some(i + 1);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn best_epoch_rule_stops_after_patience_epochs_without_improvement() {
+        let losses = [1.0, 0.8, 0.7, 0.75, 0.7, 0.72, 0.65, 0.66, 0.9, 1.0, 1.1];
+        for patience in 1..5 {
+            let mut t = BestEpoch::new(StopMetric::Loss);
+            let mut stopped = None;
+            for (i, &l) in losses.iter().enumerate() {
+                t.update(i + 1, l, 0.0);
+                if t.should_stop(patience) {
+                    stopped = Some(i + 1);
+                    break;
+                }
+            }
+            assert_eq!(stopped, stop_epoch(&losses, patience), "patience {patience}");
+        }
+        // A tie is no improvement; accuracy counts upwards.
+        let mut t = BestEpoch::new(StopMetric::Accuracy);
+        assert!(t.update(1, 9.0, 0.5));
+        assert!(!t.update(2, 0.1, 0.5));
+        assert!(t.update(3, 9.0, 0.6));
+        assert_eq!(t.best, Some((3, 0.6)));
+        assert!(!t.should_stop(1));
+    }
+
+    #[test]
+    fn early_stopping_needs_a_validation_split() {
+        let mut cfg = TrainConfig::constant(3, 0.1, 0, 0);
+        cfg.early_stop = Some(2);
+        assert!(matches!(
+            cfg.check(),
+            Err(Error::Requires {
+                setting: Setting::EarlyStop,
+                needs: Setting::ValSplit
+            })
+        ));
+        cfg.val_split = 0.1;
+        cfg.check().unwrap();
+        cfg.early_stop = Some(0);
+        assert!(cfg.check().is_err());
+    }
 }

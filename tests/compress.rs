@@ -13,7 +13,7 @@ use wgtrain::cpu::CpuBackend;
 use wgtrain::data::{builtin, Dataset, Normalize, Preprocess};
 use wgtrain::model::{AnyModel, CompressedMlp, CompressionInfo, LayerWeights, Mlp, Scope, FORMAT_COMPRESSED};
 use wgtrain::optim::StepHyper;
-use wgtrain::train::{train, TrainConfig};
+use wgtrain::train::{train, Event, TrainConfig};
 
 fn digits() -> Arc<Dataset> {
     Arc::new(builtin::load(0.2, 0).unwrap())
@@ -70,7 +70,10 @@ fn pruned_weights_stay_exactly_zero_through_fine_tuning() {
         cfg.update_every = 7; // several mask updates in 3 short epochs
         let tc = TrainConfig::constant(3, 0.1, 1, 0);
         let mut epochs = 0;
-        let (tuned, masks) = prune_and_finetune(&mut b, &data, &cfg, &tc, &mut |_| epochs += 1).unwrap();
+        let (tuned, masks) = prune_and_finetune(&mut b, &data, &cfg, &tc, &mut |e| {
+            epochs += matches!(e, Event::Epoch { .. }) as usize
+        })
+        .unwrap();
         assert_eq!(epochs, 3);
         let n: usize = tuned.layers.iter().map(|l| l.weight.len()).sum();
         assert_eq!(

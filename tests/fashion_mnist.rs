@@ -43,7 +43,9 @@ fn cpu_recipe_reaches_87_percent() {
     let mut last = 0.0;
     train(&mut cpu, &data, &cfg, &mut |e| {
         if let wgtrain::train::Event::Epoch {
-            test_accuracy, epoch, ..
+            test_accuracy: Some(test_accuracy),
+            epoch,
+            ..
         } = e
         {
             eprintln!("epoch {epoch}: test accuracy {test_accuracy:.4}");

@@ -22,6 +22,7 @@ fn tiny_data(n: usize, dim: usize, classes: usize) -> Dataset {
         classes,
         value_max: 1.0,
         train: split.clone(),
+        validation: Split::default(),
         test: split,
     }
 }

@@ -118,6 +118,7 @@ fn fixture() -> (Mlp, Arc<Dataset>, Vec<Case>) {
         classes: sizes[2],
         value_max: 1.0,
         train: split.clone(),
+        validation: Split::default(),
         test: split,
     };
     let cases = f["cases"]

@@ -49,6 +49,7 @@ fn synthetic(train: usize, test: usize, dim: usize, classes: usize) -> Arc<Datas
         classes,
         value_max: 1.0,
         train: split(train, 91),
+        validation: Split::default(),
         test: split(test, 92),
     })
 }

@@ -22,6 +22,7 @@ pub fn synthetic_mnist_like(seed: u64) -> Dataset {
         classes: 10,
         value_max: 255.0,
         train,
+        validation: Split::default(),
         test,
     }
 }

@@ -256,7 +256,7 @@ fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainCo
             let mut on_event = |e: &Event| {
                 if let Event::Epoch {
                     epoch,
-                    test_accuracy,
+                    test_accuracy: Some(test_accuracy),
                     seconds,
                     ..
                 } = e
@@ -266,7 +266,9 @@ fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainCo
                         test_accuracy * 100.0
                     );
                 }
-                finetune.push(e.clone());
+                if matches!(e, Event::Epoch { .. }) {
+                    finetune.push(e.clone());
+                }
             };
             let (tuned, _) = compress::prune_and_finetune(backend.as_mut(), &data, &cfg, &tc, &mut on_event)
                 .with_context(|| format!("cannot fine-tune the pruned model on {}", backend.name()))?;

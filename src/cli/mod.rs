@@ -10,6 +10,7 @@ mod bench;
 mod compress;
 mod devices;
 mod eval;
+mod plot;
 mod predict;
 mod serve;
 mod train;
@@ -54,6 +55,9 @@ enum Command {
     /// Prune and/or quantize a trained model to int8; prints per-layer kept
     /// weights, sparsity and bytes, and test accuracy before and after.
     Compress(compress::CompressArgs),
+    /// Draw loss and accuracy against the epoch (training, validation and
+    /// test) from a `train --metrics-file` file, as PNG or SVG.
+    Plot(plot::PlotArgs),
 }
 
 /// Parse the command line and run it.
@@ -68,6 +72,7 @@ pub fn run() -> Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Compress(a) => compress::run(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 
@@ -99,6 +104,8 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::WeightDecay => "--weight-decay",
         Setting::Betas => "--betas",
         Setting::Eps => "--eps",
+        Setting::ValSplit => "--val-split",
+        Setting::EarlyStop => "--early-stop",
     }
 }
 
@@ -109,6 +116,14 @@ pub(crate) fn flagged(e: wgtrain::Error) -> anyhow::Error {
             let f = flag(*setting);
             anyhow::Error::new(e).context(f)
         }
+        wgtrain::Error::Requires { setting, needs } => {
+            let (f, n) = (flag(*setting), flag(*needs));
+            anyhow::Error::new(e).context(format!("{f} needs {n}"))
+        }
+        wgtrain::Error::Diverged { epoch, step, loss } => anyhow::anyhow!(
+            "training diverged: the training loss is {loss} at step {step} (epoch {epoch}); \
+             try a lower --lr; no model was written"
+        ),
         _ => e.into(),
     }
 }

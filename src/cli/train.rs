@@ -1,7 +1,7 @@
 //! `wgtrain train`: train a model, report test accuracy, optionally save it.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -12,11 +12,12 @@ use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, N
 use super::flagged;
 use wgtrain::backend::{steps_per_epoch, TrainSpec};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
-use wgtrain::data::Preprocess;
+use wgtrain::data::{Dataset, Preprocess};
 use wgtrain::device::open_backend;
+use wgtrain::metrics::{MetricsFormat, MetricsRow, MetricsWriter};
 use wgtrain::model::Mlp;
 use wgtrain::optim::{Adam, Decay, LrSchedule, Optimizer, ScheduleSpec, Sgd, Warmup};
-use wgtrain::train::{Event, TrainConfig};
+use wgtrain::train::{Chosen, Event, StopMetric, TrainConfig};
 
 #[derive(Debug, Args)]
 pub(crate) struct TrainArgs {
@@ -58,6 +59,30 @@ pub(crate) struct TrainArgs {
     /// Print one JSON object per epoch on stdout (logs stay on stderr).
     #[arg(long)]
     json: bool,
+    // Validation, model choice, divergence and the metrics file.
+    /// Hold out this fraction of the training set as a validation split
+    /// (seeded by --seed, stratified: each class gives round(F x its count)
+    /// rows, at least 1 and leaving at least 1). With it, every epoch is
+    /// evaluated on the validation split, the test set only once at the end
+    /// on the chosen model, and --save writes the best epoch. 0: none, and
+    /// the test set is evaluated after every epoch.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    val_split: f64,
+    /// Stop after N epochs without a better validation figure (see
+    /// --early-stop-metric); needs --val-split.
+    #[arg(long, value_name = "N")]
+    early_stop: Option<usize>,
+    /// The validation figure that picks the best epoch, for --save and
+    /// --early-stop: loss (lower is better) or accuracy (higher is better).
+    #[arg(long, value_enum, default_value_t = StopMetric::Loss)]
+    early_stop_metric: StopMetric,
+    /// With --val-split, still evaluate the test set after every epoch.
+    #[arg(long)]
+    eval_test_each_epoch: bool,
+    /// Write every log point and epoch to this file as it goes: JSON lines
+    /// (.jsonl) or CSV (.csv), by extension; `wgtrain plot` draws it.
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
 }
 
 /// The optimizer flags (torch.optim's semantics; `g` is the gradient of the
@@ -151,13 +176,15 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     };
     spec.check().map_err(flagged)?;
     let mut cfg = TrainConfig::constant(a.epochs.unwrap_or(0), f64::from(a.lr), a.seed, a.log_every);
+    set_validation(&a, &mut cfg);
     cfg.check().map_err(flagged)?;
     let schedule = a.schedule.spec(f64::from(a.lr))?;
+    let mut metrics = open_metrics(a.metrics_file.as_deref())?;
     if let Some(p) = &a.save {
         check_writable(p)?;
     }
     let hidden = parse_list("--hidden", &a.hidden, "layer width")?;
-    let data = Arc::new(load_data(&a.data, a.seed)?);
+    let data = Arc::new(hold_out(load_data(&a.data, a.seed)?, &a)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
     cfg.epochs = epochs;
     cfg.schedule = LrSchedule::new(&schedule, steps_per_epoch(data.train.len(), a.batch), epochs).map_err(flagged)?;
@@ -192,32 +219,25 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     };
     let mut stdout = std::io::stdout();
     let mut json_err = None;
+    let mut metrics_err = None;
+    let mut end = None;
     let mut on_event = |e: &Event| {
+        if let Some(w) = metrics.as_mut() {
+            if let Some(row) = metrics_row(e) {
+                if let Err(err) = w.write(&row) {
+                    metrics_err.get_or_insert(err);
+                }
+            }
+        }
         let line = match e {
-            Event::Step {
-                epoch,
-                step,
-                global_step,
-                loss,
-                accuracy,
-            } => {
+            Event::Step { epoch, step, .. } => {
                 if let Some(b) = &bar {
                     b.set_prefix(epoch.to_string());
                     b.set_position(*step as u64);
                 }
-                format!(
-                    "epoch {epoch} step {step:>5}/{steps} (global {global_step:>6}) | loss {loss:.4} | acc {:.2}%",
-                    accuracy * 100.0
-                )
+                log_line(e, steps)
             }
-            Event::Epoch {
-                epoch,
-                train_loss,
-                train_accuracy,
-                test_loss,
-                test_accuracy,
-                seconds,
-            } => {
+            Event::Epoch { .. } => {
                 if let Some(b) = &bar {
                     b.set_position(0);
                 }
@@ -229,11 +249,11 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
                         json_err = Some(err);
                     }
                 }
-                format!(
-                    "epoch {epoch} done in {seconds:.2}s | train loss {train_loss:.4} acc {:.2}% | test loss {test_loss:.4} acc {:.2}%",
-                    train_accuracy * 100.0,
-                    test_accuracy * 100.0
-                )
+                log_line(e, steps)
+            }
+            Event::End { .. } => {
+                end = Some(e.clone());
+                log_line(e, steps)
             }
         };
         match &bar {
@@ -241,25 +261,22 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
             None => log::info!("{line}"),
         }
     };
-    let trained = wgtrain::train::train(backend.as_mut(), &data, &cfg, &mut on_event).map_err(flagged)?;
+    let result = wgtrain::train::train(backend.as_mut(), &data, &cfg, &mut on_event);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let trained = result.map_err(flagged)?;
     if let Some(e) = json_err {
         return Err(e).context("cannot write JSON to stdout");
     }
-    let eval = wgtrain::train::evaluate(backend.as_mut(), &data, wgtrain::backend::SplitKind::Test)?;
-    log::info!(
-        "test accuracy {:.2}% ({} examples), test loss {:.4}",
-        eval.accuracy * 100.0,
-        eval.examples,
-        eval.loss
-    );
+    if let (Some(e), Some(p)) = (metrics_err, &a.metrics_file) {
+        return Err(e).with_context(|| format!("cannot write the metrics file {}", p.display()));
+    }
     if let Some(p) = &a.save {
         trained
             .save(p)
             .with_context(|| format!("cannot save the model to {}", p.display()))?;
-        log::info!("saved model to {}", p.display());
+        log::info!("saved model to {} ({})", p.display(), saved_why(end.as_ref()));
     }
     Ok(())
 }
@@ -347,5 +364,169 @@ impl ScheduleArgs {
         let spec = ScheduleSpec { lr, decay, warmup };
         spec.check().map_err(flagged)?;
         Ok(spec)
+    }
+}
+
+/// The validation settings of `a` into `cfg`.
+fn set_validation(a: &TrainArgs, cfg: &mut TrainConfig) {
+    cfg.val_split = a.val_split;
+    cfg.early_stop = a.early_stop;
+    cfg.best_by = a.early_stop_metric;
+    cfg.eval_test_each_epoch = a.eval_test_each_epoch;
+}
+
+/// The dataset with its validation split held out, as --val-split asks.
+fn hold_out(mut data: Dataset, a: &TrainArgs) -> Result<Dataset> {
+    if a.val_split > 0.0 {
+        data.hold_out_validation(a.val_split, a.seed).map_err(flagged)?;
+        log::info!(
+            "validation: {} examples held out of the training set ({} left to train on)",
+            data.validation.len(),
+            data.train.len()
+        );
+    }
+    Ok(data)
+}
+
+/// The metrics file, created before any data is read.
+fn open_metrics(path: Option<&Path>) -> Result<Option<MetricsWriter>> {
+    let Some(p) = path else { return Ok(None) };
+    let format = MetricsFormat::of(p)
+        .with_context(|| format!("--metrics-file {}: give a name ending in .jsonl or .csv", p.display()))?;
+    let w = MetricsWriter::create(p, format)
+        .with_context(|| format!("--metrics-file {}: cannot create it", p.display()))?;
+    Ok(Some(w))
+}
+
+/// The metrics-file row of a log point or epoch end.
+fn metrics_row(e: &Event) -> Option<MetricsRow> {
+    match *e {
+        Event::Step {
+            epoch,
+            global_step,
+            lr,
+            loss,
+            accuracy,
+            examples_per_second,
+            elapsed,
+            ..
+        } => Some(MetricsRow {
+            kind: "step".into(),
+            epoch,
+            global_step,
+            lr,
+            train_loss: loss,
+            train_accuracy: accuracy,
+            examples_per_second,
+            seconds: elapsed,
+            ..MetricsRow::default()
+        }),
+        Event::Epoch {
+            epoch,
+            global_step,
+            lr,
+            train_loss,
+            train_accuracy,
+            validation_loss,
+            validation_accuracy,
+            test_loss,
+            test_accuracy,
+            examples_per_second,
+            elapsed,
+            ..
+        } => Some(MetricsRow {
+            kind: "epoch".into(),
+            epoch,
+            global_step,
+            lr,
+            train_loss,
+            train_accuracy,
+            validation_loss,
+            validation_accuracy,
+            test_loss,
+            test_accuracy,
+            examples_per_second,
+            seconds: elapsed,
+        }),
+        Event::End { .. } => None,
+    }
+}
+
+/// The log line of an event.
+fn log_line(e: &Event, steps: usize) -> String {
+    let pct = |x: f64| x * 100.0;
+    match e {
+        Event::Step {
+            epoch,
+            step,
+            global_step,
+            lr,
+            loss,
+            accuracy,
+            ..
+        } => format!(
+            "epoch {epoch} step {step:>5}/{steps} (global {global_step:>6}) | lr {lr:.4e} | loss {loss:.4} | acc {:.2}%",
+            pct(*accuracy)
+        ),
+        Event::Epoch {
+            epoch,
+            lr,
+            train_loss,
+            train_accuracy,
+            validation_loss,
+            validation_accuracy,
+            test_loss,
+            test_accuracy,
+            seconds,
+            ..
+        } => {
+            let mut s = format!(
+                "epoch {epoch} done in {seconds:.2}s | lr {lr:.4e} | train loss {train_loss:.4} acc {:.2}%",
+                pct(*train_accuracy)
+            );
+            if let (Some(l), Some(acc)) = (validation_loss, validation_accuracy) {
+                s += &format!(" | val loss {l:.4} acc {:.2}%", pct(*acc));
+            }
+            if let (Some(l), Some(acc)) = (test_loss, test_accuracy) {
+                s += &format!(" | test loss {l:.4} acc {:.2}%", pct(*acc));
+            }
+            s
+        }
+        Event::End {
+            test_loss,
+            test_accuracy,
+            test_examples,
+            ..
+        } => format!(
+            "test accuracy {:.2}% ({test_examples} examples), test loss {test_loss:.4}; model of {}",
+            pct(*test_accuracy),
+            saved_why(Some(e))
+        ),
+    }
+}
+
+/// Which epoch the run's model is and why, in words.
+fn saved_why(end: Option<&Event>) -> String {
+    match end {
+        Some(Event::End {
+            epoch,
+            chosen: Chosen::BestValidation,
+            validation_loss,
+            validation_accuracy,
+            stopped_early,
+            epochs_run,
+            ..
+        }) => format!(
+            "epoch {epoch}: the best validation figures (loss {:.4}, accuracy {:.2}%){}",
+            validation_loss.unwrap_or(f64::NAN),
+            validation_accuracy.unwrap_or(f64::NAN) * 100.0,
+            if *stopped_early {
+                format!("; stopped early after epoch {epochs_run}")
+            } else {
+                String::new()
+            }
+        ),
+        Some(Event::End { epoch, .. }) => format!("epoch {epoch}: the last, no validation split"),
+        _ => "the last epoch".into(),
     }
 }

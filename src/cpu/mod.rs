@@ -255,6 +255,7 @@ pub fn check_fit(model: &Mlp, data: &Dataset) -> Result<()> {
         .train
         .labels
         .iter()
+        .chain(&data.validation.labels)
         .chain(&data.test.labels)
         .copied()
         .max()
@@ -303,6 +304,7 @@ impl Backend for CpuBackend {
         Ok(self.on_team(|b| {
             let s = match split {
                 SplitKind::Train => &b.data.train,
+                SplitKind::Validation => &b.data.validation,
                 SplitKind::Test => &b.data.test,
             };
             predict_rows(&b.model, &s.features, &s.labels)

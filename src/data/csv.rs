@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{split_rows, CsvOptions, Dataset};
+use super::{split_rows, CsvOptions, Dataset, Split};
 use crate::error::DataError;
 
 /// Load a CSV file (plain, or gzipped when the name ends in `.gz`).
@@ -132,6 +132,7 @@ pub fn parse_str(text: &str, path: &Path, opts: CsvOptions) -> Result<Dataset, D
         classes,
         value_max,
         train,
+        validation: Split::default(),
         test,
     })
 }

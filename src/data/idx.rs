@@ -181,6 +181,7 @@ pub fn load_dir(dir: &Path) -> Result<Dataset, DataError> {
         classes,
         value_max: 255.0,
         train,
+        validation: Split::default(),
         test,
     })
 }

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::DataError;
+use crate::error::{DataError, Error, Setting};
 
 /// One part of a dataset (train or test): `len` examples of `dim` raw values
 /// each, stored row-major, and one label per example.
@@ -36,7 +36,10 @@ impl Split {
     }
 }
 
-/// A labelled dataset with a train and a test split.
+/// A labelled dataset with a train and a test split, and a validation split
+/// held out of the training set when [`Dataset::hold_out_validation`] made
+/// one (empty otherwise). Training never reads the validation rows: they
+/// are no longer in `train`.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     /// Where it came from, for logs.
@@ -49,6 +52,8 @@ pub struct Dataset {
     /// the default `[0, 1]` scaling.
     pub value_max: f32,
     pub train: Split,
+    /// Rows taken out of the training set to choose a model by (empty: none).
+    pub validation: Split,
     pub test: Split,
 }
 
@@ -66,7 +71,47 @@ impl Dataset {
                 .iter()
                 .all(|&v| (0.0..=255.0).contains(&v) && v.fract() == 0.0)
         };
-        ok(&self.train) && ok(&self.test)
+        ok(&self.train) && ok(&self.validation) && ok(&self.test)
+    }
+
+    /// Move a seeded, class-stratified `fraction` of the training rows into
+    /// [`Dataset::validation`].
+    ///
+    /// The rule: a class with `n` training examples gives `round(fraction *
+    /// n)` of them, at least 1 when `fraction > 0` and `n >= 2`, and at most
+    /// `n - 1`, so every class keeps a training example. Which rows go is a
+    /// shuffle seeded by `seed`; both splits keep the rows' original order.
+    /// `fraction` 0 does nothing. Refused: a fraction outside `[0, 1)`, a
+    /// dataset that already has a validation split, and a split that leaves
+    /// no validation rows.
+    pub fn hold_out_validation(&mut self, fraction: f64, seed: u64) -> Result<(), Error> {
+        check_val_split(fraction)?;
+        if fraction == 0.0 {
+            return Ok(());
+        }
+        if !self.validation.is_empty() {
+            return Err(Error::Config("the dataset already has a validation split".into()));
+        }
+        let held = stratified_indices(&self.train.labels, fraction, seed);
+        if held.is_empty() {
+            return Err(Error::invalid(
+                Setting::ValSplit,
+                fraction,
+                "a fraction that leaves at least one validation example (no class has 2 training examples)",
+            ));
+        }
+        let dim = self.dim();
+        let mut keep = vec![true; self.train.len()];
+        for &i in &held {
+            keep[i] = false;
+        }
+        let old = std::mem::take(&mut self.train);
+        for (i, &label) in old.labels.iter().enumerate() {
+            let to = if keep[i] { &mut self.train } else { &mut self.validation };
+            to.features.extend_from_slice(old.example(i, dim));
+            to.labels.push(label);
+        }
+        Ok(())
     }
 
     /// Check the invariants every loader must establish.
@@ -299,6 +344,41 @@ pub fn epoch_permutation(n: usize, seed: u64, epoch: usize) -> Vec<u32> {
     perm
 }
 
+/// Check a validation fraction: a number in `[0, 1)`.
+pub fn check_val_split(fraction: f64) -> Result<(), Error> {
+    if !(fraction.is_finite() && (0.0..1.0).contains(&fraction)) {
+        return Err(Error::invalid(
+            Setting::ValSplit,
+            fraction,
+            "a fraction from 0 (none) to below 1, e.g. 0.1",
+        ));
+    }
+    Ok(())
+}
+
+/// The indices (ascending) of the rows a stratified hold-out of `fraction`
+/// takes from `labels`; the rule is [`Dataset::hold_out_validation`]'s.
+pub fn stratified_indices(labels: &[u32], fraction: f64, seed: u64) -> Vec<usize> {
+    let classes = labels.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a11_da7e_0000_0000);
+    let mut held = Vec::new();
+    for rows in &mut by_class {
+        let n = rows.len();
+        if n < 2 || fraction <= 0.0 {
+            continue;
+        }
+        let k = ((fraction * n as f64).round() as usize).clamp(1, n - 1);
+        rows.shuffle(&mut rng);
+        held.extend_from_slice(&rows[..k]);
+    }
+    held.sort_unstable();
+    held
+}
+
 /// Split labelled rows into train and test with a seeded shuffle.
 pub(crate) fn split_rows(
     features: Vec<f32>,
@@ -355,6 +435,7 @@ mod tests {
                 features: vec![0.0, 10.0, 20.0, 30.0],
                 labels: vec![0, 1],
             },
+            validation: Split::default(),
             test: Split::default(),
         };
         let p = Preprocess::fit(Normalize::Standardize, &ds);
@@ -363,5 +444,86 @@ mod tests {
         let var: f32 = ys.iter().map(|y| (y - mean).powi(2)).sum::<f32>() / 4.0;
         assert!(mean.abs() < 1e-6, "{mean}");
         assert!((var - 1.0).abs() < 1e-5, "{var}");
+    }
+
+    fn labelled(labels: &[u32]) -> Dataset {
+        Dataset {
+            source: "t".into(),
+            shape: vec![1],
+            classes: labels.iter().copied().max().map_or(0, |m| m as usize + 1),
+            value_max: 255.0,
+            // Each row's value is its index, so rows can be traced.
+            train: Split {
+                features: (0..labels.len()).map(|i| i as f32).collect(),
+                labels: labels.to_vec(),
+            },
+            validation: Split::default(),
+            test: Split::default(),
+        }
+    }
+
+    #[test]
+    fn validation_split_is_stratified_seeded_and_disjoint() {
+        // Class sizes 100, 37, 2, 1, 10.
+        let mut labels = Vec::new();
+        for (c, n) in [(0u32, 100), (1, 37), (2, 2), (3, 1), (4, 10)] {
+            labels.extend(std::iter::repeat_n(c, n));
+        }
+        // Interleave the classes so that rows of a class are not adjacent.
+        let order = epoch_permutation(labels.len(), 1, 0);
+        let labels: Vec<u32> = order.iter().map(|&i| labels[i as usize]).collect();
+        let mut d = labelled(&labels);
+        d.hold_out_validation(0.1, 5).unwrap();
+        let count = |s: &Split, c: u32| s.labels.iter().filter(|&&l| l == c).count();
+        // round(0.1 n), at least 1 when n >= 2, at most n - 1.
+        for (c, want) in [(0u32, 10), (1, 4), (2, 1), (3, 0), (4, 1)] {
+            assert_eq!(count(&d.validation, c), want, "class {c}");
+        }
+        assert_eq!(d.train.len() + d.validation.len(), labels.len());
+        // Disjoint, and every row keeps its label.
+        let mut seen = vec![0; labels.len()];
+        for s in [&d.train, &d.validation] {
+            for (&v, &l) in s.features.iter().zip(&s.labels) {
+                seen[v as usize] += 1;
+                assert_eq!(labels[v as usize], l);
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+        // Seeded: the same seed gives the same rows, another seed others.
+        let mut again = labelled(&labels);
+        again.hold_out_validation(0.1, 5).unwrap();
+        assert_eq!(again.validation.features, d.validation.features);
+        let mut other = labelled(&labels);
+        other.hold_out_validation(0.1, 6).unwrap();
+        assert_ne!(other.validation.features, d.validation.features);
+        // A second hold-out is refused.
+        assert!(d.hold_out_validation(0.1, 5).is_err());
+    }
+
+    #[test]
+    fn validation_fractions_out_of_range_are_refused() {
+        for f in [-0.1, 1.0, 1.5, f64::NAN, f64::INFINITY] {
+            let mut d = labelled(&[0, 0, 1, 1]);
+            let e = d.hold_out_validation(f, 0).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Invalid {
+                        setting: Setting::ValSplit,
+                        ..
+                    }
+                ),
+                "{f}: {e}"
+            );
+        }
+        // 0 holds nothing out; a large fraction still leaves one row a class.
+        let mut d = labelled(&[0, 0, 1, 1]);
+        d.hold_out_validation(0.0, 0).unwrap();
+        assert!(d.validation.is_empty());
+        d.hold_out_validation(0.99, 0).unwrap();
+        assert_eq!((d.train.len(), d.validation.len()), (2, 2));
+        // No class with two rows: nothing can be held out.
+        let mut d = labelled(&[0, 1]);
+        assert!(d.hold_out_validation(0.5, 0).is_err());
     }
 }

@@ -93,6 +93,7 @@ pub fn kernel_times(
         classes,
         value_max: 255.0,
         train: split.clone(),
+        validation: Split::default(),
         test: Split {
             features: split.features[..dim].to_vec(),
             labels: split.labels[..1].to_vec(),

@@ -102,6 +102,8 @@ pub struct GpuBackend {
     last_rows: usize,
     eval_train: EvalPlan,
     eval_test: EvalPlan,
+    /// The validation split and its plan, when the dataset has one.
+    eval_validation: Option<(ResidentSplit, EvalPlan)>,
     eval_rows: usize,
     eval_stats: wgpu::Buffer,
     predictions: wgpu::Buffer,
@@ -149,6 +151,9 @@ impl GpuBackend {
         let as_u8 = data.is_u8();
         let train = ResidentSplit::upload(&ctx, "train", &data.train, dim, as_u8)?;
         let test = ResidentSplit::upload(&ctx, "test", &data.test, dim, as_u8)?;
+        let validation = (!data.validation.is_empty())
+            .then(|| ResidentSplit::upload(&ctx, "validation", &data.validation, dim, as_u8))
+            .transpose()?;
         let n_train = train.len;
 
         let params = model
@@ -204,7 +209,7 @@ impl GpuBackend {
         let stats = dev.storage("step stats", STAT_BYTES * slots as u64)?;
         let last_rows = n_train - (spe - 1) * batch;
 
-        let longest = train.len.max(test.len);
+        let longest = train.len.max(test.len).max(validation.as_ref().map_or(0, |v| v.len));
         let chunks = longest.div_ceil(eval_rows);
         let mut eval_bytes = Vec::new();
         let chunk_params = (0..chunks).map(|c| StepParams {
@@ -242,6 +247,13 @@ impl GpuBackend {
         };
         let eval_train = eval_plan(&train, "train")?;
         let eval_test = eval_plan(&test, "test")?;
+        let eval_validation = match validation {
+            Some(v) => {
+                let plan = eval_plan(&v, "validation")?;
+                Some((v, plan))
+            }
+            None => None,
+        };
 
         let mut backend = GpuBackend {
             sizes,
@@ -266,6 +278,7 @@ impl GpuBackend {
             train,
             eval_train,
             eval_test,
+            eval_validation,
             eval_rows,
             eval_stats,
             predictions,
@@ -561,6 +574,10 @@ impl Backend for GpuBackend {
         let plan = match split {
             SplitKind::Train => &self.eval_train,
             SplitKind::Test => &self.eval_test,
+            SplitKind::Validation => match &self.eval_validation {
+                Some((_, plan)) => plan,
+                None => return Err(Error::Config("the dataset has no validation split".into())),
+            },
         };
         let mut enc = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("evaluation"),

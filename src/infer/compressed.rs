@@ -34,6 +34,7 @@ pub fn evaluate(model: &CompressedMlp, data: &Dataset, split: SplitKind) -> Resu
     }
     let s = match split {
         SplitKind::Train => &data.train,
+        SplitKind::Validation => &data.validation,
         SplitKind::Test => &data.test,
     };
     let max_label = s.labels.iter().copied().max().unwrap_or(0) as usize;
