@@ -166,7 +166,10 @@ fn epochs_json(o: &Output) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).expect("each stdout line is JSON");
-            v.as_object_mut().unwrap().remove("seconds");
+            let o = v.as_object_mut().unwrap();
+            for timing in ["seconds", "elapsed", "examples_per_second"] {
+                o.remove(timing);
+            }
             v
         })
         .collect()
