@@ -29,8 +29,9 @@ pub(crate) struct TrainArgs {
     /// hidden layers.
     #[arg(long, default_value = "500", value_name = "N[,N...]")]
     hidden: String,
-    /// Learning rate of the optimizer: the constant rate, or with --schedule
-    /// the rate it starts from (the peak of one-cycle).
+    /// Learning rate of the optimizer: the constant rate, or the base rate
+    /// of --schedule (where step and cosine start after any warm-up, the
+    /// peak of one-cycle).
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
     #[command(flatten)]
