@@ -93,7 +93,7 @@ fn optimizer_step(c: &mut Criterion) {
     let mut g = c.benchmark_group("optimizer_step");
     g.throughput(Throughput::Elements(batch as u64));
     for (name, optimizer) in optimizers {
-        let spec = TrainSpec { batch, optimizer };
+        let spec = TrainSpec::new(batch, optimizer);
         let mut be = wgtrain::cpu::CpuBackend::new(model.clone(), data.clone(), spec).unwrap();
         be.begin_epoch(&order).unwrap();
         let mut i = 0;

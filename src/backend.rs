@@ -17,14 +17,78 @@ pub struct TrainSpec {
     /// Examples per training step (at least 1).
     pub batch: usize,
     pub optimizer: Optimizer,
+    /// Dropout, label smoothing, augmentation and clipping; all off by
+    /// default.
+    pub regular: Regularization,
+    /// Keys the random draws of a step (dropout masks, shifts) together
+    /// with the step count, so that every backend draws the same.
+    pub seed: u64,
+}
+
+/// What a training step does beyond the plain loss and optimizer: each is
+/// off at its default.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Regularization {
+    /// Probability of zeroing each hidden unit's output during training
+    /// (inverted dropout: kept outputs are scaled by `1 / (1 - p)`), in
+    /// `[0, 1)`; never applied at evaluation.
+    pub dropout: f32,
+    /// Label smoothing `s` in `[0, 1)`: the target is `(1 - s)` on the label
+    /// plus `s / classes` on every class, as torch's
+    /// `CrossEntropyLoss(label_smoothing=s)`.
+    pub label_smoothing: f32,
+    /// Random translation of each training image by up to this many pixels
+    /// in each direction (0: none); needs image-shaped data.
+    pub shift: u32,
+    /// Scale the step's gradients so that their global L2 norm is at most
+    /// this, as torch's `clip_grad_norm_`; `None`: no clipping.
+    pub clip_grad_norm: Option<f32>,
+}
+
+impl Regularization {
+    /// Whether every part is off.
+    pub fn is_off(&self) -> bool {
+        *self == Regularization::default()
+    }
+
+    /// Check the values a backend relies on.
+    pub fn check(&self) -> Result<()> {
+        if !(self.dropout >= 0.0 && self.dropout < 1.0) {
+            return Err(Error::invalid(
+                Setting::Dropout,
+                self.dropout,
+                "a probability in [0, 1)",
+            ));
+        }
+        if !(self.label_smoothing >= 0.0 && self.label_smoothing < 1.0) {
+            return Err(Error::invalid(
+                Setting::LabelSmoothing,
+                self.label_smoothing,
+                "a fraction in [0, 1)",
+            ));
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::invalid(Setting::ClipGradNorm, c, "a positive number"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TrainSpec {
     /// Plain SGD at `batch` examples a step.
     pub fn sgd(batch: usize) -> Self {
+        Self::new(batch, Optimizer::sgd())
+    }
+
+    /// `optimizer` at `batch` examples a step, without regularization.
+    pub fn new(batch: usize, optimizer: Optimizer) -> Self {
         TrainSpec {
             batch,
-            optimizer: Optimizer::sgd(),
+            optimizer,
+            regular: Regularization::default(),
+            seed: 0,
         }
     }
 
@@ -33,7 +97,8 @@ impl TrainSpec {
         if self.batch == 0 {
             return Err(Error::invalid(Setting::BatchSize, self.batch, "at least 1"));
         }
-        self.optimizer.check()
+        self.optimizer.check()?;
+        self.regular.check()
     }
 }
 

@@ -154,6 +154,12 @@ pub enum Setting {
     Eps,
     ValSplit,
     EarlyStop,
+    Dropout,
+    LabelSmoothing,
+    Shift,
+    ClipGradNorm,
+    /// Where a checkpoint (or resume) goes.
+    Checkpoint,
 }
 
 impl Setting {
@@ -174,6 +180,11 @@ impl Setting {
             Setting::Eps => "Adam epsilon",
             Setting::ValSplit => "validation fraction",
             Setting::EarlyStop => "early-stopping patience",
+            Setting::Dropout => "dropout probability",
+            Setting::LabelSmoothing => "label smoothing",
+            Setting::Shift => "image shift",
+            Setting::ClipGradNorm => "gradient-norm clip",
+            Setting::Checkpoint => "checkpoint",
         }
     }
 }

@@ -192,10 +192,7 @@ fn check_backend(what: &str, make: &dyn Fn(Mlp, Arc<Dataset>, TrainSpec) -> Box<
     let n = data.train.len();
     assert!(cases.len() >= 6, "fixture cases");
     for case in &cases {
-        let spec = TrainSpec {
-            batch: n,
-            optimizer: case.optimizer,
-        };
+        let spec = TrainSpec::new(n, case.optimizer);
         let mut b = make(model.clone(), data.clone(), spec);
         let (losses, snaps) = replay(b.as_mut(), case, n);
         for (i, (got, want)) in losses.iter().zip(&case.losses).enumerate() {
@@ -244,7 +241,7 @@ fn gpu_step_dispatches_per_optimizer() {
     let (model, data, cases) = fixture();
     let n = data.train.len();
     let kernels = |optimizer| {
-        let spec = TrainSpec { batch: n, optimizer };
+        let spec = TrainSpec::new(n, optimizer);
         wgtrain::gpu::GpuBackend::new(ctx.clone(), model.clone(), data.clone(), spec)
             .unwrap()
             .step_kernels()
@@ -282,10 +279,7 @@ fn a_wrong_rule_is_far_outside_the_tolerance() {
             Optimizer::AdamW(a) => Optimizer::AdamW(Adam { weight_decay: 0.0, ..a }),
             _ => continue,
         };
-        let spec = TrainSpec {
-            batch: n,
-            optimizer: wrong,
-        };
+        let spec = TrainSpec::new(n, wrong);
         let mut b = CpuBackend::with_threads(model.clone(), data.clone(), spec, 1).unwrap();
         let (_, snaps) = replay(&mut b, case, n);
         let worst = worst_difference(case, &snaps);

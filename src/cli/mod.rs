@@ -106,6 +106,11 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::Eps => "--eps",
         Setting::ValSplit => "--val-split",
         Setting::EarlyStop => "--early-stop",
+        Setting::Dropout => "--dropout",
+        Setting::LabelSmoothing => "--label-smoothing",
+        Setting::Shift => "--shift",
+        Setting::ClipGradNorm => "--clip-grad-norm",
+        Setting::Checkpoint => "--checkpoint-dir",
     }
 }
 

@@ -10,12 +10,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
 use super::flagged;
-use wgtrain::backend::{steps_per_epoch, TrainSpec};
+use wgtrain::backend::{steps_per_epoch, Regularization, TrainSpec};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
 use wgtrain::device::open_backend;
 use wgtrain::metrics::{MetricsFormat, MetricsRow, MetricsWriter};
-use wgtrain::model::Mlp;
+use wgtrain::model::{AnyModel, Mlp};
 use wgtrain::optim::{Adam, Decay, LrSchedule, Optimizer, ScheduleSpec, Sgd, Warmup};
 use wgtrain::train::{Chosen, Event, StopMetric, TrainConfig};
 
@@ -26,9 +26,9 @@ pub(crate) struct TrainArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// Hidden layer widths, comma-separated: `500`, or `512,256` for two
-    /// hidden layers.
-    #[arg(long, default_value = "500", value_name = "N[,N...]")]
-    hidden: String,
+    /// hidden layers [default: 500].
+    #[arg(long, value_name = "N[,N...]")]
+    hidden: Option<String>,
     /// Learning rate of the optimizer: the constant rate, or the base rate
     /// of --schedule (where step and cosine start after any warm-up, the
     /// peak of one-cycle).
@@ -36,6 +36,13 @@ pub(crate) struct TrainArgs {
     lr: f32,
     #[command(flatten)]
     optim: OptimArgs,
+    #[command(flatten)]
+    regular: RegularArgs,
+    /// Start from this saved model's weights and preprocessing instead of
+    /// a fresh initialisation (fine-tuning); the architecture comes from the
+    /// file, so --hidden and --normalize cannot be given with it.
+    #[arg(long, value_name = "MODEL")]
+    init: Option<PathBuf>,
     /// Examples per step (the last, partial batch of an epoch is kept).
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -50,8 +57,8 @@ pub(crate) struct TrainArgs {
     seed: u64,
     /// Input preprocessing, recorded in the model file so that eval and
     /// predict apply the same.
-    #[arg(long, value_enum, default_value_t = NormalizeArg::Scale)]
-    normalize: NormalizeArg,
+    #[arg(long, value_enum, value_name = "HOW")]
+    normalize: Option<NormalizeArg>,
     /// Log training loss and accuracy every N steps (0: only per epoch).
     #[arg(long, default_value_t = 100, value_name = "N")]
     log_every: usize,
@@ -118,6 +125,42 @@ pub(crate) struct OptimArgs {
     eps: f32,
 }
 
+/// Regularization and augmentation of the training steps (all off by
+/// default; never applied at evaluation).
+#[derive(Debug, Args)]
+pub(crate) struct RegularArgs {
+    /// Dropout after each hidden layer: each unit's output is zeroed with
+    /// probability P and the rest scaled by 1/(1-P) (inverted dropout),
+    /// drawn afresh every step from --seed; off at evaluation.
+    #[arg(long, default_value_t = 0.0, value_name = "P")]
+    dropout: f32,
+    /// Label smoothing S: the target puts 1-S on the label and S/classes on
+    /// every class (torch's CrossEntropyLoss(label_smoothing=S)); the
+    /// training loss reported is the smoothed one.
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    label_smoothing: f32,
+    /// Translate each training image by a random offset of up to N pixels
+    /// in each direction (vacated pixels are background), drawn every step
+    /// from --seed; needs image data (IDX or the built-in digits).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    shift: u32,
+    /// Scale each step's gradients so their global L2 norm is at most C
+    /// (torch's clip_grad_norm_), before weight decay and the optimizer.
+    #[arg(long, value_name = "C")]
+    clip_grad_norm: Option<f32>,
+}
+
+impl RegularArgs {
+    fn spec(&self) -> Regularization {
+        Regularization {
+            dropout: self.dropout,
+            label_smoothing: self.label_smoothing,
+            shift: self.shift,
+            clip_grad_norm: self.clip_grad_norm,
+        }
+    }
+}
+
 /// The values of `--optimizer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum OptimizerKind {
@@ -175,6 +218,8 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     let spec = TrainSpec {
         batch: a.batch,
         optimizer: optimizer_of(&a.optim)?,
+        regular: a.regular.spec(),
+        seed: a.seed,
     };
     spec.check().map_err(flagged)?;
     let mut cfg = TrainConfig::constant(a.epochs.unwrap_or(0), f64::from(a.lr), a.seed, a.log_every);
@@ -185,16 +230,35 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     if let Some(p) = &a.save {
         check_writable(p)?;
     }
-    let hidden = parse_list("--hidden", &a.hidden, "layer width")?;
+    let hidden = match (&a.init, &a.hidden) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("--hidden cannot be given with --init: the architecture comes from the model file")
+        }
+        (_, Some(h)) => parse_list("--hidden", h, "layer width")?,
+        (_, None) => vec![500],
+    };
+    if a.init.is_some() && a.normalize.is_some() {
+        anyhow::bail!("--normalize cannot be given with --init: the preprocessing comes from the model file");
+    }
+    let init = match &a.init {
+        Some(p) => Some(load_init(p)?),
+        None => None,
+    };
     let data = Arc::new(hold_out(load_data(&a.data, a.seed)?, &a)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
     cfg.epochs = epochs;
     cfg.schedule = LrSchedule::new(&schedule, steps_per_epoch(data.train.len(), a.batch), epochs).map_err(flagged)?;
-    let preprocess = Preprocess::fit(a.normalize.into(), &data);
-    let mut sizes = vec![data.dim()];
-    sizes.extend(&hidden);
-    sizes.push(data.classes);
-    let model = Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?;
+    let model = match init {
+        Some(m) => fit_init(m, &data, a.init.as_deref().unwrap_or(Path::new("")))?,
+        None => {
+            let preprocess = Preprocess::fit(a.normalize.unwrap_or(NormalizeArg::Scale).into(), &data);
+            let mut sizes = vec![data.dim()];
+            sizes.extend(&hidden);
+            sizes.push(data.classes);
+            Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?
+        }
+    };
+    let sizes = model.sizes();
     let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec)?;
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
@@ -281,6 +345,41 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
         log::info!("saved model to {} ({})", p.display(), saved_why(end.as_ref()));
     }
     Ok(())
+}
+
+/// The model `--init` names, as f32 weights (a pruned or int8 file is
+/// expanded to dense f32).
+fn load_init(path: &Path) -> Result<Mlp> {
+    let any = AnyModel::load(path).with_context(|| format!("--init: cannot load the model {}", path.display()))?;
+    if !matches!(any, AnyModel::F32(_)) {
+        log::info!(
+            "--init: {} is compressed; training starts from its dense f32 expansion",
+            path.display()
+        );
+    }
+    Ok(any.to_mlp())
+}
+
+/// Check that an `--init` model fits the data it is to be trained on.
+fn fit_init(model: Mlp, data: &Dataset, path: &Path) -> Result<Mlp> {
+    if model.inputs() != data.dim() {
+        anyhow::bail!(
+            "--init: {} takes {} inputs, but the data has {} values per example",
+            path.display(),
+            model.inputs(),
+            data.dim()
+        );
+    }
+    if model.classes() < data.classes {
+        anyhow::bail!(
+            "--init: {} has {} classes, but the data has {}",
+            path.display(),
+            model.classes(),
+            data.classes
+        );
+    }
+    log::info!("starting from the weights of {}", path.display());
+    Ok(model)
 }
 
 /// The `--schedule` choices.

@@ -59,6 +59,11 @@ impl CpuBackend {
     pub fn with_threads(model: Mlp, data: Arc<Dataset>, spec: TrainSpec, threads: usize) -> Result<Self> {
         check_fit(&model, &data)?;
         spec.check()?;
+        if !spec.regular.is_off() {
+            return Err(crate::error::Error::Config(
+                "dropout, label smoothing, shift and gradient clipping are not available yet".into(),
+            ));
+        }
         let batch = spec.batch;
         let sizes = model.sizes();
         let acts = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();

@@ -123,6 +123,11 @@ impl GpuBackend {
     pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
         crate::cpu::check_fit(&model, &data)?;
         spec.check()?;
+        if !spec.regular.is_off() {
+            return Err(crate::error::Error::Config(
+                "dropout, label smoothing, shift and gradient clipping are not available yet".into(),
+            ));
+        }
         let batch = spec.batch;
         if data.train.is_empty() {
             return Err(Error::Config("the training split is empty".into()));
