@@ -95,13 +95,15 @@ pub fn parse_str(text: &str, path: &Path, opts: CsvOptions) -> Result<Dataset, D
                 return Err(csv_err(path, line, format!("column {}: `{cell}` is not finite", j + 1)));
             }
             if j == label_idx {
-                if v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
-                    return Err(DataError::LabelOutOfRange {
-                        path: path.to_path_buf(),
-                        index: labels.len(),
-                        label: v as i64,
-                        max: 65536,
-                    });
+                if v < 0.0 || v.fract() != 0.0 {
+                    return Err(csv_err(
+                        path,
+                        line,
+                        format!(
+                            "column {}: label `{cell}` is not a class index; labels are whole numbers 0, 1, 2, ...",
+                            j + 1
+                        ),
+                    ));
                 }
                 if v >= 65536.0 {
                     return Err(csv_err(
