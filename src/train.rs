@@ -252,7 +252,7 @@ pub struct Checkpointing<'a> {
 }
 
 /// With a stop flag, the loop looks at it at least this often (in steps).
-pub const STOP_CHECK_STEPS: usize = 32;
+pub const STOP_CHECK_STEPS: usize = 128;
 
 /// The fingerprint of a run: the data, the model's sizes and
 /// preprocessing, and every setting of `spec` and `cfg` (all of which the
@@ -277,7 +277,7 @@ pub fn fingerprint(data: &Dataset, model: &Mlp, spec: &TrainSpec, cfg: &TrainCon
     f.set("regularization", format!("{:?}", spec.regular));
     f.set("seed", format!("{} (steps {})", cfg.seed, spec.seed));
     f.set("epochs", cfg.epochs);
-    f.set("schedule", &cfg.schedule);
+    f.set("schedule", cfg.schedule.to_string());
     f.set("val_split", cfg.val_split);
     f.set("early_stop", format!("{:?}", cfg.early_stop));
     f.set("best_by", format!("{:?}", cfg.best_by));

@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a model and report test accuracy; optionally save it.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a saved model: test loss, accuracy and confusion matrix.
     Eval(eval::EvalArgs),
     /// List the GPU adapters wgpu can see, with the limits that matter here.
@@ -72,7 +72,7 @@ pub fn run() -> Result<()> {
                 .subcommand_matches("train")
                 .map(|m| given_args(m, &train_command()))
                 .unwrap_or_default();
-            train::run(a, given)
+            train::run(*a, given)
         }
         Command::Eval(a) => eval::run(a),
         Command::Devices(a) => devices::run(a),
@@ -93,9 +93,12 @@ fn train_command() -> clap::Command {
         .unwrap_or_else(|| clap::Command::new("train"))
 }
 
+/// Arguments by id, with their raw values.
+pub(crate) type GivenArgs = Vec<(String, Vec<String>)>;
+
 /// The arguments given on the command line, by id, with their raw values
 /// (the global ones and help aside).
-pub(crate) fn given_args(m: &ArgMatches, cmd: &clap::Command) -> Vec<(String, Vec<String>)> {
+pub(crate) fn given_args(m: &ArgMatches, cmd: &clap::Command) -> GivenArgs {
     cmd.get_arguments()
         .map(|a| a.get_id().as_str())
         .filter(|id| !matches!(*id, "help" | "version" | "verbose" | "quiet"))

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
-use super::flagged;
+use super::{flagged, GivenArgs};
 use wgtrain::backend::{steps_per_epoch, Regularization, TrainSpec};
 use wgtrain::checkpoint::{self, Checkpoint};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
@@ -145,16 +145,13 @@ const DEFAULT_CHECKPOINT_DIR: &str = "wgtrain-checkpoints";
 /// The arguments stored in a checkpoint, to resume with.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredArgs {
-    args: Vec<(String, Vec<String>)>,
+    args: GivenArgs,
 }
 
 /// The arguments of a `--resume` run: the stored ones, with the flags that
 /// may change taken from this command line (others must agree), and the
 /// checkpoint read.
-fn resume_args(
-    path: &Path,
-    given: &[(String, Vec<String>)],
-) -> Result<(TrainArgs, Vec<(String, Vec<String>)>, Checkpoint)> {
+fn resume_args(path: &Path, given: &[(String, Vec<String>)]) -> Result<(TrainArgs, GivenArgs, Checkpoint)> {
     let file = checkpoint::latest(path).map_err(flagged)?;
     let ck = checkpoint::read(&file).map_err(flagged)?;
     let stored: StoredArgs = serde_json::from_str(&ck.extra)
@@ -179,7 +176,7 @@ fn resume_args(
             );
         }
     }
-    let mut merged: Vec<(String, Vec<String>)> = stored
+    let mut merged: GivenArgs = stored
         .args
         .into_iter()
         .filter(|(id, _)| {
@@ -317,7 +314,7 @@ pub(crate) fn optimizer_of(o: &OptimArgs) -> Result<Optimizer> {
 }
 
 /// Run `wgtrain train`.
-pub(crate) fn run(a: TrainArgs, given: Vec<(String, Vec<String>)>) -> Result<()> {
+pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
     let (a, stored, resume) = match &a.resume {
         Some(path) => {
             let (args, stored, ck) = resume_args(path, &given)?;
@@ -380,7 +377,12 @@ pub(crate) fn run(a: TrainArgs, given: Vec<(String, Vec<String>)>) -> Result<()>
         }
     };
     let sizes = model.sizes();
+    let t0 = std::time::Instant::now();
     let fingerprint = wgtrain::train::fingerprint(&data, &model, &spec, &cfg);
+    log::debug!(
+        "fingerprint of the data and settings in {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec)?;
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
