@@ -463,6 +463,14 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         true => ck.path.parent().map(Path::to_path_buf).unwrap_or_default(),
         false => p.clone(),
     });
+    if let (Some(dir), None) = (&a.checkpoint_dir, &resume) {
+        if checkpoint::list(dir).is_ok_and(|f| !f.is_empty()) {
+            log::warn!(
+                "{} already holds checkpoints; --resume picks the newest by epoch and step, of whichever run",
+                dir.display()
+            );
+        }
+    }
     let ck = Checkpointing {
         dir: a
             .checkpoint_dir
