@@ -359,8 +359,17 @@ fn run(
     if let Some(c) = ck.and_then(|c| c.resume.map(|r| (c, r))) {
         let (ck, r) = c;
         ck.fingerprint.check(&r.fingerprint, &r.path)?;
-        backend.restore(&r.state)?;
         let ls = &r.loop_state;
+        if ls.epoch == 0 || ls.epoch > cfg.epochs || ls.step > steps || ls.epochs_run > ls.epoch {
+            return Err(Error::Checkpoint {
+                path: r.path.clone(),
+                message: format!(
+                    "its position (epoch {}, step {}) is outside this run of {} epochs of {steps} steps",
+                    ls.epoch, ls.step, cfg.epochs
+                ),
+            });
+        }
+        backend.restore(&r.state)?;
         global = ls.global_step;
         epochs_run = ls.epochs_run;
         stopped_early = ls.stopped_early;
