@@ -176,6 +176,76 @@ pub trait Backend {
     /// Enforce `constraint` on the parameters at once and after every
     /// update from now on; `None` lifts it.
     fn set_constraint(&mut self, constraint: Option<&Constraint>) -> Result<()>;
+
+    /// Everything a later step depends on: the parameters, every optimizer
+    /// state tensor and the update count (waits for the steps submitted).
+    fn state(&mut self) -> Result<BackendState>;
+
+    /// Put back a [`Backend::state`] taken from a backend built with the
+    /// same layer sizes and optimizer; a mismatch is refused and changes
+    /// nothing.
+    fn restore(&mut self, state: &BackendState) -> Result<()>;
+}
+
+/// The state a backend carries from one step to the next
+/// ([`Backend::state`]), the same on every backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendState {
+    pub model: Mlp,
+    /// Per layer, [`Optimizer::state_slots`] buffers of the weight and as
+    /// many of the bias (none for plain SGD).
+    pub slots: Vec<LayerSlots>,
+    /// Updates applied so far (Adam's `t` of the next step is this plus
+    /// one; also the step key of random draws).
+    pub updates: u64,
+}
+
+/// The optimizer state of one layer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LayerSlots {
+    pub weight: Vec<Vec<f32>>,
+    pub bias: Vec<Vec<f32>>,
+}
+
+impl BackendState {
+    /// Check that this state fits a backend of `model`'s layer sizes
+    /// running `optimizer`.
+    pub fn check_fits(&self, model: &Mlp, optimizer: &Optimizer) -> Result<()> {
+        if self.model.sizes() != model.sizes() {
+            return Err(Error::Config(format!(
+                "the saved state is of a {} model, this backend trains a {} one",
+                join_sizes(&self.model.sizes()),
+                join_sizes(&model.sizes())
+            )));
+        }
+        if self.model.preprocess != model.preprocess {
+            return Err(Error::Config(format!(
+                "the saved state preprocesses inputs as {:?}, this backend as {:?}",
+                self.model.preprocess, model.preprocess
+            )));
+        }
+        let slots = optimizer.state_slots();
+        let fits = self.slots.len() == model.layers.len()
+            && self.slots.iter().zip(&model.layers).all(|(s, l)| {
+                s.weight.len() == slots
+                    && s.bias.len() == slots
+                    && s.weight.iter().all(|w| w.len() == l.weight.len())
+                    && s.bias.iter().all(|b| b.len() == l.bias.len())
+            });
+        if !fits {
+            return Err(Error::Config(format!(
+                "the saved optimizer state does not fit {} ({} buffers per tensor)",
+                optimizer.name(),
+                slots
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Layer widths joined by dashes: `784-500-10`.
+pub fn join_sizes(sizes: &[usize]) -> String {
+    sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-")
 }
 
 /// Number of training steps in an epoch of `n` examples at batch `batch`.

@@ -122,6 +122,16 @@ pub enum Error {
     /// A setting that only means something together with another.
     #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
     Requires { setting: Setting, needs: Setting },
+    /// A checkpoint that cannot be read, or that belongs to another run.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    /// A stop was requested (a signal); the run wrote `checkpoint` first.
+    #[error("interrupted at epoch {epoch} step {step}; checkpoint written to {}", checkpoint.display())]
+    Interrupted {
+        epoch: usize,
+        step: usize,
+        checkpoint: PathBuf,
+    },
     /// The training loss stopped being a finite number.
     #[error(
         "training diverged: the training loss is {loss} at step {step} (epoch {epoch}); try a lower learning rate"

@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
 pub mod compress;
 pub mod cpu;
 pub mod data;

@@ -149,6 +149,22 @@ impl MetricsWriter {
         Ok(w)
     }
 
+    /// Append to `path` (a resumed run), creating it with the CSV header
+    /// when it is missing or empty.
+    pub fn append(path: &Path, format: MetricsFormat) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+        let empty = file.metadata()?.len() == 0;
+        let mut w = MetricsWriter {
+            out: std::io::BufWriter::new(file),
+            format,
+        };
+        if format == MetricsFormat::Csv && empty {
+            writeln!(w.out, "{}", METRICS_COLUMNS.join(","))?;
+            w.out.flush()?;
+        }
+        Ok(w)
+    }
+
     /// Append one row and flush it.
     pub fn write(&mut self, r: &MetricsRow) -> std::io::Result<()> {
         match self.format {

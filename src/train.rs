@@ -3,11 +3,14 @@
 //! (on the validation split when there is one, which then picks the model
 //! returned and may stop the run early), and the divergence check.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::{steps_per_epoch, Backend, SplitKind};
+use crate::backend::{join_sizes, steps_per_epoch, Backend, SplitKind, StepStats, TrainSpec};
+use crate::checkpoint::{self, Checkpoint, Contents, Fingerprint, LoopState};
 use crate::data::{check_val_split, epoch_permutation, Dataset};
 use crate::error::{Error, Result, Setting};
 use crate::metrics::Evaluation;
@@ -225,6 +228,83 @@ pub fn train(
     train_with(backend, data, cfg, hooks, on_event)
 }
 
+/// Where and when a run writes checkpoints, and how it is stopped.
+pub struct Checkpointing<'a> {
+    /// The folder of the checkpoint files.
+    pub dir: PathBuf,
+    /// Write one at the end of every epoch.
+    pub each_epoch: bool,
+    /// Also write one every this many global steps (mid-epoch too).
+    pub every_steps: Option<usize>,
+    /// Checkpoint files kept in `dir` (the newest; at least 1).
+    pub keep: usize,
+    /// The data and settings of this run ([`fingerprint`]); a resumed
+    /// checkpoint must carry the same.
+    pub fingerprint: Fingerprint,
+    /// Stored verbatim in every checkpoint (the caller's own settings).
+    pub extra: String,
+    /// Once set (by a signal handler, say), the run finishes the current
+    /// steps (at most [`STOP_CHECK_STEPS`]), writes a checkpoint and returns
+    /// [`Error::Interrupted`].
+    pub stop: Option<&'a AtomicBool>,
+    /// Continue from this checkpoint instead of from the start.
+    pub resume: Option<&'a Checkpoint>,
+}
+
+/// With a stop flag, the loop looks at it at least this often (in steps).
+pub const STOP_CHECK_STEPS: usize = 128;
+
+/// The fingerprint of a run: the data, the model's sizes and
+/// preprocessing, and every setting of `spec` and `cfg` (all of which the
+/// exact continuation of a run depends on).
+pub fn fingerprint(data: &Dataset, model: &Mlp, spec: &TrainSpec, cfg: &TrainConfig) -> Fingerprint {
+    let mut f = Fingerprint::default();
+    f.set(
+        "data",
+        format!(
+            "{} ({} train, {} validation, {} test examples; hash {})",
+            data.source,
+            data.train.len(),
+            data.validation.len(),
+            data.test.len(),
+            checkpoint::data_hash(data)
+        ),
+    );
+    f.set("architecture", join_sizes(&model.sizes()));
+    f.set("preprocess", format!("{:?}", model.preprocess));
+    f.set("optimizer", format!("{:?}", spec.optimizer));
+    f.set("batch", spec.batch);
+    f.set("regularization", format!("{:?}", spec.regular));
+    f.set("seed", format!("{} (steps {})", cfg.seed, spec.seed));
+    f.set("epochs", cfg.epochs);
+    f.set("schedule", cfg.schedule.to_string());
+    f.set("val_split", cfg.val_split);
+    f.set("early_stop", format!("{:?}", cfg.early_stop));
+    f.set("best_by", format!("{:?}", cfg.best_by));
+    f.set("eval_test_each_epoch", cfg.eval_test_each_epoch);
+    f
+}
+
+/// [`train`], writing checkpoints as `ck` asks and, with `ck.resume`,
+/// continuing the run that wrote it: restored into `backend`, the run ends
+/// with the same model, bit for bit on the CPU, as one never interrupted.
+/// A checkpoint of another fingerprint is refused ([`Error::Checkpoint`]).
+pub fn train_resumable(
+    backend: &mut dyn Backend,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    ck: &Checkpointing<'_>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Mlp> {
+    let mut none = |_: &mut dyn Backend, _: usize| Ok(());
+    let hooks = Hooks {
+        epoch_offset: 0,
+        stops: &[],
+        at_stop: &mut none,
+    };
+    run(backend, data, cfg, hooks, Some(ck), on_event)
+}
+
 /// [`train`], with extra work at the steps `hooks` names.
 ///
 /// With a validation split in `data`, each epoch is evaluated on it and the
@@ -236,6 +316,17 @@ pub fn train_with(
     data: &Dataset,
     cfg: &TrainConfig,
     hooks: Hooks<'_>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Mlp> {
+    run(backend, data, cfg, hooks, None, on_event)
+}
+
+fn run(
+    backend: &mut dyn Backend,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    hooks: Hooks<'_>,
+    ck: Option<&Checkpointing<'_>>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Mlp> {
     cfg.check()?;
@@ -256,15 +347,93 @@ pub fn train_with(
     let mut next_stop = 0;
     let lr_of = |s: usize| cfg.schedule.lr_at(s);
     let mut tracker = BestEpoch::new(cfg.best_by);
-    let mut best: Option<(Mlp, Evaluation)> = None;
+    // The best model and its validation loss and accuracy.
+    let mut best: Option<(Mlp, f64, f64)> = None;
     let mut epochs_run = 0;
     let mut stopped_early = false;
-    for epoch in 1..=cfg.epochs {
+    let stop_flag = ck.and_then(|c| c.stop);
+    let stop_requested = || stop_flag.is_some_and(|f| f.load(Ordering::SeqCst));
+    // Where a resumed run starts: (epoch, steps done in it, its stats).
+    let mut first_epoch = 1;
+    let mut resumed: Option<(usize, StepStats, StepStats)> = None;
+    if let Some(c) = ck.and_then(|c| c.resume.map(|r| (c, r))) {
+        let (ck, r) = c;
+        ck.fingerprint.check(&r.fingerprint, &r.path)?;
+        let ls = &r.loop_state;
+        if ls.epoch == 0 || ls.epoch > cfg.epochs || ls.step > steps || ls.epochs_run > ls.epoch {
+            return Err(Error::Checkpoint {
+                path: r.path.clone(),
+                message: format!(
+                    "its position (epoch {}, step {}) is outside this run of {} epochs of {steps} steps",
+                    ls.epoch, ls.step, cfg.epochs
+                ),
+            });
+        }
+        backend.restore(&r.state)?;
+        global = ls.global_step;
+        epochs_run = ls.epochs_run;
+        stopped_early = ls.stopped_early;
+        tracker.best = ls.best.map(|(e, bits)| (e, f64::from_bits(bits)));
+        tracker.since = ls.since;
+        best = match (&r.best, ls.best_figures) {
+            (Some(m), Some((l, a))) => Some((m.clone(), f64::from_bits(l), f64::from_bits(a))),
+            _ => None,
+        };
+        if ls.epoch_complete {
+            first_epoch = ls.epoch + 1;
+        } else {
+            first_epoch = ls.epoch;
+            resumed = Some((ls.step, ls.epoch_stats.into(), ls.pending_stats.into()));
+        }
+    }
+    // The loop's state for a checkpoint after `step` steps of `epoch`.
+    let loop_state = |epoch: usize,
+                      step: usize,
+                      complete: bool,
+                      global: usize,
+                      epochs_run: usize,
+                      stopped_early: bool,
+                      tracker: &BestEpoch,
+                      best: &Option<(Mlp, f64, f64)>,
+                      epoch_stats: StepStats,
+                      pending: StepStats| LoopState {
+        epoch,
+        step,
+        epoch_complete: complete,
+        global_step: global,
+        epochs_run,
+        stopped_early,
+        best: tracker.best.map(|(e, v)| (e, v.to_bits())),
+        since: tracker.since,
+        best_figures: best.as_ref().map(|(_, l, a)| (l.to_bits(), a.to_bits())),
+        epoch_stats: epoch_stats.into(),
+        pending_stats: pending.into(),
+    };
+    let save = |backend: &mut dyn Backend, ck: &Checkpointing<'_>, ls: &LoopState, best: &Option<(Mlp, f64, f64)>| {
+        let state = backend.state()?;
+        checkpoint::write(
+            &ck.dir,
+            &Contents {
+                state: &state,
+                loop_state: ls,
+                best: best.as_ref().map(|b| &b.0),
+                fingerprint: &ck.fingerprint,
+                extra: &ck.extra,
+            },
+            ck.keep,
+        )
+    };
+    let finished = stopped_early;
+    for epoch in first_epoch..=cfg.epochs {
+        if finished {
+            break;
+        }
         let t0 = Instant::now();
         let mut since_log = Instant::now();
         backend.begin_epoch(&epoch_permutation(n, cfg.seed, hooks.epoch_offset + epoch))?;
-        let mut epoch_stats = crate::backend::StepStats::default();
-        let mut done = 0;
+        // Figures of the epoch so far, and those since the last log point
+        // that a checkpoint took from the backend.
+        let (mut done, mut epoch_stats, mut pending) = resumed.take().unwrap_or_default();
         while done < steps {
             while hooks.stops.get(next_stop).is_some_and(|&s| s <= global) {
                 (hooks.at_stop)(backend, next_stop)?;
@@ -276,6 +445,12 @@ pub fn train_with(
             if let Some(&s) = hooks.stops.get(next_stop) {
                 now = now.min(s - global);
             }
+            if let Some(every) = ck.and_then(|c| c.every_steps).filter(|&e| e > 0) {
+                now = now.min(every - global % every);
+            }
+            if stop_flag.is_some() {
+                now = now.min(STOP_CHECK_STEPS);
+            }
             hyper.clear();
             hyper.extend((global..global + now).map(|s| StepHyper {
                 lr: cfg.schedule.lr_at(s) as f32,
@@ -284,7 +459,8 @@ pub fn train_with(
             done += now;
             global += now;
             if cfg.log_every > 0 && global % cfg.log_every == 0 {
-                let s = backend.take_stats()?;
+                let mut s = std::mem::take(&mut pending);
+                s.add(&backend.take_stats()?);
                 epoch_stats.add(&s);
                 check_finite(epoch, global, s.mean_loss())?;
                 let secs = since_log.elapsed().as_secs_f64();
@@ -300,8 +476,36 @@ pub fn train_with(
                     elapsed: start.elapsed().as_secs_f64(),
                 });
             }
+            if let Some(c) = ck {
+                let due = c.every_steps.is_some_and(|e| e > 0 && global % e == 0);
+                let stop = stop_requested();
+                if done < steps && (due || stop) {
+                    pending.add(&backend.take_stats()?);
+                    let ls = loop_state(
+                        epoch,
+                        done,
+                        false,
+                        global,
+                        epochs_run,
+                        stopped_early,
+                        &tracker,
+                        &best,
+                        epoch_stats,
+                        pending,
+                    );
+                    let path = save(backend, c, &ls, &best)?;
+                    if stop {
+                        return Err(Error::Interrupted {
+                            epoch,
+                            step: done,
+                            checkpoint: path,
+                        });
+                    }
+                }
+            }
         }
-        let tail = backend.take_stats()?;
+        let mut tail = std::mem::take(&mut pending);
+        tail.add(&backend.take_stats()?);
         check_finite(epoch, global, tail.mean_loss())?;
         epoch_stats.add(&tail);
         check_finite(epoch, global, epoch_stats.mean_loss())?;
@@ -319,7 +523,7 @@ pub fn train_with(
         };
         if let Some(v) = &val {
             if tracker.update(epoch, v.loss, v.accuracy) {
-                best = Some((backend.model()?, v.clone()));
+                best = Some((backend.model()?, v.loss, v.accuracy));
             }
         }
         on_event(&Event::Epoch {
@@ -336,17 +540,46 @@ pub fn train_with(
             seconds,
             elapsed: start.elapsed().as_secs_f64(),
         });
+        let mut stop_now = false;
         if let Some(patience) = cfg.early_stop {
             if tracker.should_stop(patience) {
                 stopped_early = epoch < cfg.epochs;
-                break;
+                stop_now = true;
             }
+        }
+        if let Some(c) = ck {
+            let stop = stop_requested() && !stop_now && epoch < cfg.epochs;
+            if c.each_epoch || stop {
+                let ls = loop_state(
+                    epoch,
+                    steps,
+                    true,
+                    global,
+                    epochs_run,
+                    stopped_early,
+                    &tracker,
+                    &best,
+                    StepStats::default(),
+                    StepStats::default(),
+                );
+                let path = save(backend, c, &ls, &best)?;
+                if stop {
+                    return Err(Error::Interrupted {
+                        epoch,
+                        step: steps,
+                        checkpoint: path,
+                    });
+                }
+            }
+        }
+        if stop_now {
+            break;
         }
     }
     // The chosen model: the best validation epoch's, or the last. When the
     // best is the last epoch, the backend still holds it.
     let (model, epoch, chosen, val) = match (best, tracker.best) {
-        (Some((m, v)), Some((e, _))) => (m, e, Chosen::BestValidation, Some(v)),
+        (Some((m, l, a)), Some((e, _))) => (m, e, Chosen::BestValidation, Some((l, a))),
         _ => (backend.model()?, epochs_run, Chosen::Last, None),
     };
     let test = if epoch == epochs_run {
@@ -360,8 +593,8 @@ pub fn train_with(
         chosen,
         epochs_run,
         stopped_early,
-        validation_loss: val.as_ref().map(|v| v.loss),
-        validation_accuracy: val.as_ref().map(|v| v.accuracy),
+        validation_loss: val.map(|v| v.0),
+        validation_accuracy: val.map(|v| v.1),
         test_loss: test.loss,
         test_accuracy: test.accuracy,
         test_examples: test.examples,

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["optim"],
     &["backend"],
-    &["cpu"],
+    &["cpu", "checkpoint"],
     &["infer"],
     &["gpu", "train"],
     &["compress"],

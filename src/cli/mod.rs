@@ -16,7 +16,8 @@ mod serve;
 mod train;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use wgtrain::error::Setting;
 
@@ -38,7 +39,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a model and report test accuracy; optionally save it.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a saved model: test loss, accuracy and confusion matrix.
     Eval(eval::EvalArgs),
     /// List the GPU adapters wgpu can see, with the limits that matter here.
@@ -62,10 +63,17 @@ enum Command {
 
 /// Parse the command line and run it.
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(cli.verbose, cli.quiet);
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => {
+            let given = matches
+                .subcommand_matches("train")
+                .map(|m| given_args(m, &train_command()))
+                .unwrap_or_default();
+            train::run(*a, given)
+        }
         Command::Eval(a) => eval::run(a),
         Command::Devices(a) => devices::run(a),
         Command::Bench(a) => bench::run(a),
@@ -74,6 +82,56 @@ pub fn run() -> Result<()> {
         Command::Compress(a) => compress::run(a),
         Command::Plot(a) => plot::run(a),
     }
+}
+
+/// The `train` subcommand's definition.
+fn train_command() -> clap::Command {
+    let mut cli = Cli::command();
+    cli.build();
+    cli.find_subcommand("train")
+        .cloned()
+        .unwrap_or_else(|| clap::Command::new("train"))
+}
+
+/// Arguments by id, with their raw values.
+pub(crate) type GivenArgs = Vec<(String, Vec<String>)>;
+
+/// The arguments given on the command line, by id, with their raw values
+/// (the global ones and help aside).
+pub(crate) fn given_args(m: &ArgMatches, cmd: &clap::Command) -> GivenArgs {
+    cmd.get_arguments()
+        .map(|a| a.get_id().as_str())
+        .filter(|id| !matches!(*id, "help" | "version" | "verbose" | "quiet"))
+        .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|id| {
+            let vals = m
+                .get_raw(id)
+                .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            (id.to_string(), vals)
+        })
+        .collect()
+}
+
+/// Parse `train` arguments given by id and raw values (as
+/// [`given_args`] returns them): the arguments and their matches.
+pub(crate) fn parse_train(args: &[(String, Vec<String>)]) -> Result<(train::TrainArgs, ArgMatches)> {
+    let cmd = train_command();
+    let mut argv = vec!["train".to_string()];
+    for (id, vals) in args {
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_id().as_str() == id) else {
+            anyhow::bail!("unknown argument `{id}`");
+        };
+        let long = arg.get_long().unwrap_or(id);
+        if arg.get_action().takes_values() {
+            argv.extend(vals.iter().map(|v| format!("--{long}={v}")));
+        } else if vals.iter().any(|v| v == "true") {
+            argv.push(format!("--{long}"));
+        }
+    }
+    let m = cmd.try_get_matches_from(argv)?;
+    let a = train::TrainArgs::from_arg_matches(&m)?;
+    Ok((a, m))
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -125,6 +183,15 @@ pub(crate) fn flagged(e: wgtrain::Error) -> anyhow::Error {
             let (f, n) = (flag(*setting), flag(*needs));
             anyhow::Error::new(e).context(format!("{f} needs {n}"))
         }
+        wgtrain::Error::Interrupted {
+            epoch,
+            step,
+            checkpoint,
+        } => anyhow::anyhow!(
+            "interrupted at epoch {epoch} step {step}; checkpoint written to {}; resume with: wgtrain train --resume {}",
+            checkpoint.display(),
+            checkpoint.parent().unwrap_or(std::path::Path::new(".")).display()
+        ),
         wgtrain::Error::Diverged { epoch, step, loss } => anyhow::anyhow!(
             "training diverged: the training loss is {loss} at step {step} (epoch {epoch}); \
              try a lower --lr; no model was written"

@@ -2,22 +2,25 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
-use super::flagged;
+use super::{flagged, GivenArgs};
 use wgtrain::backend::{steps_per_epoch, Regularization, TrainSpec};
+use wgtrain::checkpoint::{self, Checkpoint};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
 use wgtrain::device::open_backend;
 use wgtrain::metrics::{MetricsFormat, MetricsRow, MetricsWriter};
 use wgtrain::model::{AnyModel, Mlp};
 use wgtrain::optim::{Adam, Decay, LrSchedule, Optimizer, ScheduleSpec, Sgd, Warmup};
-use wgtrain::train::{Chosen, Event, StopMetric, TrainConfig};
+use wgtrain::train::{Checkpointing, Chosen, Event, StopMetric, TrainConfig};
 
 #[derive(Debug, Args)]
 pub(crate) struct TrainArgs {
@@ -92,6 +95,104 @@ pub(crate) struct TrainArgs {
     /// (.jsonl) or CSV (.csv), by extension; `wgtrain plot` draws it.
     #[arg(long, value_name = "FILE")]
     metrics_file: Option<PathBuf>,
+    // Checkpoints and resume.
+    /// Write a checkpoint into DIR at the end of every epoch (and every
+    /// --checkpoint-every steps): the parameters, the optimizer state, the
+    /// position in the run, the best model so far, and a fingerprint of the
+    /// data and the settings. Written atomically; the newest
+    /// --keep-checkpoints are kept. Without it, SIGINT or SIGTERM still
+    /// writes one, into ./wgtrain-checkpoints.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Also write a checkpoint every N steps, counted across epochs (needs
+    /// --checkpoint-dir).
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    /// Checkpoint files kept in --checkpoint-dir (the newest; older
+    /// ckpt-e*-s*.safetensors files there are deleted).
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    keep_checkpoints: usize,
+    /// Continue the run whose newest checkpoint is in DIR (or the
+    /// checkpoint FILE) with the settings it was started with, ending with
+    /// the same model, bit for bit on the CPU, as a run never interrupted.
+    /// Only --device, --threads, --log-every, --json, --save,
+    /// --metrics-file (appended to) and the checkpoint flags may be given
+    /// with it; any other flag must repeat the stored value (--epochs
+    /// included: a longer run changes the schedule), else it is refused.
+    /// New checkpoints go to the same folder unless --checkpoint-dir says
+    /// otherwise.
+    #[arg(long, value_name = "DIR|FILE", conflicts_with = "init")]
+    resume: Option<PathBuf>,
+}
+
+/// The flags a resumed run may change: none of them alters the model.
+const RESUME_MAY_CHANGE: &[&str] = &[
+    "device",
+    "threads",
+    "log_every",
+    "json",
+    "save",
+    "metrics_file",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "keep_checkpoints",
+];
+
+/// The folder SIGINT or SIGTERM writes a checkpoint into without
+/// --checkpoint-dir.
+const DEFAULT_CHECKPOINT_DIR: &str = "wgtrain-checkpoints";
+
+/// The arguments stored in a checkpoint, to resume with.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredArgs {
+    args: GivenArgs,
+}
+
+/// The arguments of a `--resume` run: the stored ones, with the flags that
+/// may change taken from this command line (others must agree), and the
+/// checkpoint read.
+fn resume_args(path: &Path, given: &[(String, Vec<String>)]) -> Result<(TrainArgs, GivenArgs, Checkpoint)> {
+    let file = checkpoint::latest(path).map_err(flagged)?;
+    let ck = checkpoint::read(&file).map_err(flagged)?;
+    let stored: StoredArgs = serde_json::from_str(&ck.extra)
+        .with_context(|| format!("--resume: {}: no training arguments stored", file.display()))?;
+    let (_, stored_m) = super::parse_train(&stored.args)
+        .with_context(|| format!("--resume: {}: the stored arguments do not parse", file.display()))?;
+    for (id, vals) in given {
+        if id == "resume" || RESUME_MAY_CHANGE.contains(&id.as_str()) {
+            continue;
+        }
+        let was: Vec<String> = stored_m
+            .get_raw(id)
+            .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        if &was != vals {
+            anyhow::bail!(
+                "--{}: the checkpoint {} was written with {}, this run asks for {}; a resumed run keeps the settings it started with",
+                id.replace('_', "-"),
+                file.display(),
+                if was.is_empty() { "none".into() } else { was.join(",") },
+                vals.join(",")
+            );
+        }
+    }
+    let mut merged: GivenArgs = stored
+        .args
+        .into_iter()
+        .filter(|(id, _)| {
+            !given
+                .iter()
+                .any(|(g, _)| g == id && RESUME_MAY_CHANGE.contains(&g.as_str()))
+        })
+        .collect();
+    merged.extend(
+        given
+            .iter()
+            .filter(|(id, _)| RESUME_MAY_CHANGE.contains(&id.as_str()))
+            .cloned(),
+    );
+    let (args, _) = super::parse_train(&merged)?;
+    Ok((args, merged, ck))
 }
 
 /// The optimizer flags (torch.optim's semantics; `g` is the gradient of the
@@ -213,7 +314,24 @@ pub(crate) fn optimizer_of(o: &OptimArgs) -> Result<Optimizer> {
 }
 
 /// Run `wgtrain train`.
-pub(crate) fn run(a: TrainArgs) -> Result<()> {
+pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
+    let (a, stored, resume) = match &a.resume {
+        Some(path) => {
+            let (args, stored, ck) = resume_args(path, &given)?;
+            log::info!("resuming from {}", ck.path.display());
+            (args, stored, Some((path.clone(), ck)))
+        }
+        None => (a, given.into_iter().filter(|(id, _)| id != "resume").collect(), None),
+    };
+    if a.checkpoint_every.is_some() && a.checkpoint_dir.is_none() && resume.is_none() {
+        anyhow::bail!("--checkpoint-every needs --checkpoint-dir");
+    }
+    if a.checkpoint_every == Some(0) {
+        anyhow::bail!("--checkpoint-every 0: expected at least 1 step");
+    }
+    if a.keep_checkpoints == 0 {
+        anyhow::bail!("--keep-checkpoints 0: expected at least 1");
+    }
     // Every value is checked before the data is read.
     let spec = TrainSpec {
         batch: a.batch,
@@ -226,7 +344,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
     set_validation(&a, &mut cfg);
     cfg.check().map_err(flagged)?;
     let schedule = a.schedule.spec(f64::from(a.lr))?;
-    let mut metrics = open_metrics(a.metrics_file.as_deref())?;
+    let mut metrics = open_metrics(a.metrics_file.as_deref(), resume.is_some())?;
     if let Some(p) = &a.save {
         check_writable(p)?;
     }
@@ -259,6 +377,12 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
         }
     };
     let sizes = model.sizes();
+    let t0 = std::time::Instant::now();
+    let fingerprint = wgtrain::train::fingerprint(&data, &model, &spec, &cfg);
+    log::debug!(
+        "fingerprint of the data and settings in {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec)?;
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
@@ -327,7 +451,41 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
             None => log::info!("{line}"),
         }
     };
-    let result = wgtrain::train::train(backend.as_mut(), &data, &cfg, &mut on_event);
+    // The first SIGINT or SIGTERM asks the loop to stop after its current
+    // steps; a second one ends the process at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
+            .context("cannot install the signal handlers")?;
+    }
+    let resume_dir = resume.as_ref().map(|(p, ck)| match p.is_file() {
+        true => ck.path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        false => p.clone(),
+    });
+    if let (Some(dir), None) = (&a.checkpoint_dir, &resume) {
+        if checkpoint::list(dir).is_ok_and(|f| !f.is_empty()) {
+            log::warn!(
+                "{} already holds checkpoints; --resume picks the newest by epoch and step, of whichever run",
+                dir.display()
+            );
+        }
+    }
+    let ck = Checkpointing {
+        dir: a
+            .checkpoint_dir
+            .clone()
+            .or(resume_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CHECKPOINT_DIR)),
+        each_epoch: a.checkpoint_dir.is_some() || resume.is_some(),
+        every_steps: a.checkpoint_every,
+        keep: a.keep_checkpoints,
+        fingerprint,
+        extra: serde_json::to_string(&StoredArgs { args: stored })?,
+        stop: Some(&stop),
+        resume: resume.as_ref().map(|(_, ck)| ck),
+    };
+    let result = wgtrain::train::train_resumable(backend.as_mut(), &data, &cfg, &ck, &mut on_event);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -490,12 +648,16 @@ fn hold_out(mut data: Dataset, a: &TrainArgs) -> Result<Dataset> {
 }
 
 /// The metrics file, created before any data is read.
-fn open_metrics(path: Option<&Path>) -> Result<Option<MetricsWriter>> {
+fn open_metrics(path: Option<&Path>, append: bool) -> Result<Option<MetricsWriter>> {
     let Some(p) = path else { return Ok(None) };
     let format = MetricsFormat::of(p)
         .with_context(|| format!("--metrics-file {}: give a name ending in .jsonl or .csv", p.display()))?;
-    let w = MetricsWriter::create(p, format)
-        .with_context(|| format!("--metrics-file {}: cannot create it", p.display()))?;
+    let w = if append {
+        MetricsWriter::append(p, format)
+    } else {
+        MetricsWriter::create(p, format)
+    }
+    .with_context(|| format!("--metrics-file {}: cannot create it", p.display()))?;
     Ok(Some(w))
 }
 

@@ -8,7 +8,8 @@ pub mod team;
 use std::sync::Arc;
 
 use crate::backend::{
-    check_order, check_steps, steps_per_epoch, Backend, Predictions, SplitKind, StepStats, TrainSpec,
+    check_order, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, SplitKind, StepStats,
+    TrainSpec,
 };
 use crate::data::Dataset;
 use crate::error::Result;
@@ -332,6 +333,39 @@ impl Backend for CpuBackend {
             }
         }
         self.constraint = constraint.cloned();
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<BackendState> {
+        let slots = match self.opt_state.is_empty() {
+            true => vec![LayerSlots::default(); self.model.layers.len()],
+            false => self
+                .opt_state
+                .iter()
+                .map(|s| LayerSlots {
+                    weight: s.w.clone(),
+                    bias: s.b.clone(),
+                })
+                .collect(),
+        };
+        Ok(BackendState {
+            model: self.model.clone(),
+            slots,
+            updates: self.updates,
+        })
+    }
+
+    fn restore(&mut self, state: &BackendState) -> Result<()> {
+        state.check_fits(&self.model, &self.optimizer)?;
+        for (layer, saved) in self.model.layers.iter_mut().zip(&state.model.layers) {
+            layer.weight.copy_from_slice(&saved.weight);
+            layer.bias.copy_from_slice(&saved.bias);
+        }
+        for (st, saved) in self.opt_state.iter_mut().zip(&state.slots) {
+            st.w.clone_from(&saved.weight);
+            st.b.clone_from(&saved.bias);
+        }
+        self.updates = state.updates;
         Ok(())
     }
 }

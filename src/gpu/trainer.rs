@@ -24,7 +24,8 @@ use super::resident::ResidentSplit;
 use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
 use super::vector::apply_mask;
 use crate::backend::{
-    check_order, check_steps, steps_per_epoch, Backend, Predictions, SplitKind, StepStats, TrainSpec,
+    check_order, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, SplitKind, StepStats,
+    TrainSpec,
 };
 use crate::cpu::optim::AdamScalars;
 use crate::data::{Dataset, Preprocess};
@@ -613,6 +614,62 @@ impl Backend for GpuBackend {
             loss_sum: stats_of(&bytes[1]).iter().map(|s| f64::from(s.loss)).sum(),
             classes: bytemuck::pod_collect_to_vec(&bytes[0]),
         })
+    }
+
+    fn state(&mut self) -> Result<BackendState> {
+        let model = self.model()?;
+        let mut slots = vec![LayerSlots::default(); model.layers.len()];
+        if !self.optim_layers.is_empty() {
+            let ranges: Vec<(&wgpu::Buffer, u64, u64)> = self
+                .optim_layers
+                .iter()
+                .zip(self.sizes.windows(2))
+                .flat_map(|(o, s)| {
+                    let w = o.w_state.iter().map(move |b| (b, 0, 4 * (s[0] * s[1]) as u64));
+                    let bias = o.b_state.iter().map(move |b| (b, 0, 4 * s[1] as u64));
+                    w.chain(bias)
+                })
+                .collect();
+            let mut bytes = self.ctx.dev.read_back(None, &ranges)?.into_iter();
+            for (o, s) in self.optim_layers.iter().zip(&mut slots) {
+                s.weight = (&mut bytes)
+                    .take(o.w_state.len())
+                    .map(|b| bytemuck::pod_collect_to_vec(&b))
+                    .collect();
+                s.bias = (&mut bytes)
+                    .take(o.b_state.len())
+                    .map(|b| bytemuck::pod_collect_to_vec(&b))
+                    .collect();
+            }
+        }
+        Ok(BackendState {
+            model,
+            slots,
+            updates: self.updates,
+        })
+    }
+
+    fn restore(&mut self, state: &BackendState) -> Result<()> {
+        let current = self.model()?;
+        state.check_fits(&current, &self.optimizer)?;
+        self.drain_stats()?;
+        let queue = &self.ctx.dev.queue;
+        for ((w, b), saved) in self.params.iter().zip(&state.model.layers) {
+            queue.write_buffer(w, 0, bytemuck::cast_slice(&saved.weight));
+            queue.write_buffer(b, 0, bytemuck::cast_slice(&saved.bias));
+        }
+        for (o, saved) in self.optim_layers.iter().zip(&state.slots) {
+            for (buf, v) in o
+                .w_state
+                .iter()
+                .zip(&saved.weight)
+                .chain(o.b_state.iter().zip(&saved.bias))
+            {
+                queue.write_buffer(buf, 0, bytemuck::cast_slice(v));
+            }
+        }
+        self.updates = state.updates;
+        Ok(())
     }
 
     fn model(&mut self) -> Result<Mlp> {

@@ -307,7 +307,8 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
 }
 
 /// Write `bytes` to `path` through a temporary file in the same folder,
-/// then renamed, so a failure never leaves a partial file behind.
+/// synced to disk, then renamed (and the folder synced), so neither a
+/// failure nor a crash leaves a partial file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let io = |e| ModelError::Io {
         path: path.to_path_buf(),
@@ -322,11 +323,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
+    let written = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io(e)
-    })
+    })?;
+    // The rename itself is durable once the folder is synced (where the
+    // platform can open a folder for that).
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 impl Mlp {
