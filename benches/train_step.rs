@@ -5,7 +5,8 @@
 //!     cargo bench --bench train_step
 //!
 //! `optimizer_step` times one CPU step at batch 64 with each optimizer
-//! (plain SGD, SGD with momentum 0.9, AdamW), one after the other; run it
+//! (plain SGD, SGD with momentum 0.9, AdamW, and plain SGD with gradient
+//! clipping, which takes the unfused path), one after the other; run it
 //! a few times and compare medians, as the machine's load drifts:
 //!
 //!     cargo bench --bench train_step -- optimizer_step
@@ -61,6 +62,7 @@ fn bench(c: &mut Criterion) {
 
 /// CPU steps with each optimizer, at the seed shape.
 fn optimizer_step(c: &mut Criterion) {
+    use wgtrain::backend::Regularization;
     use wgtrain::optim::{Adam, Optimizer, Sgd};
     let data = Arc::new(wgtrain::bench::synthetic_mnist_like(0));
     let order = epoch_permutation(data.train.len(), 0, 0);
@@ -73,14 +75,19 @@ fn optimizer_step(c: &mut Criterion) {
         vec![28, 28],
     )
     .unwrap();
+    let clip = Regularization {
+        clip_grad_norm: Some(1.0),
+        ..Regularization::default()
+    };
     let optimizers = [
-        ("sgd", Optimizer::sgd()),
+        ("sgd", Optimizer::sgd(), Regularization::default()),
         (
             "momentum",
             Optimizer::Sgd(Sgd {
                 momentum: 0.9,
                 ..Sgd::default()
             }),
+            Regularization::default(),
         ),
         (
             "adamw",
@@ -88,12 +95,17 @@ fn optimizer_step(c: &mut Criterion) {
                 weight_decay: 0.01,
                 ..Adam::default()
             }),
+            Regularization::default(),
         ),
+        ("sgd+clip", Optimizer::sgd(), clip),
     ];
     let mut g = c.benchmark_group("optimizer_step");
     g.throughput(Throughput::Elements(batch as u64));
-    for (name, optimizer) in optimizers {
-        let spec = TrainSpec::new(batch, optimizer);
+    for (name, optimizer, regular) in optimizers {
+        let spec = TrainSpec {
+            regular,
+            ..TrainSpec::new(batch, optimizer)
+        };
         let mut be = wgtrain::cpu::CpuBackend::new(model.clone(), data.clone(), spec).unwrap();
         be.begin_epoch(&order).unwrap();
         let mut i = 0;

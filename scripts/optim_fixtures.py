@@ -3,7 +3,8 @@
 trajectories of a small fixed MLP, which tests/optim_trajectories.rs replays
 on wgtrain's CPU and GPU backends.
 
-The network is 6-5-3 (Linear, ReLU, Linear) with CrossEntropyLoss (mean),
+The network is 6-5-3 (Linear, ReLU, Linear) with CrossEntropyLoss (mean;
+label smoothing in some cases, gradient clipping in others),
 trained full-batch on 8 fixed examples for 100 steps. The initial weights
 and the data come from closed-form expressions (no RNG), and are written
 into the fixture, so the test needs nothing else.
@@ -27,14 +28,24 @@ STEPS = 100
 SNAPSHOTS = [1, 10, 100]
 N, DIM, HIDDEN, CLASSES = 8, 6, 5, 3
 
-# name, constructor, kwargs; lr is part of kwargs.
+# name, constructor, kwargs (lr is part of them), and regularization:
+# label_smoothing (CrossEntropyLoss's) and clip_grad_norm
+# (torch.nn.utils.clip_grad_norm_ between backward and step).
 CASES = [
-    ("sgd_momentum", "SGD", {"lr": 0.1, "momentum": 0.9}),
-    ("sgd_nesterov_wd", "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
-    ("sgd_wd", "SGD", {"lr": 0.2, "weight_decay": 0.05}),
-    ("adam", "Adam", {"lr": 0.01}),
-    ("adam_wd", "Adam", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.01}),
-    ("adamw", "AdamW", {"lr": 0.01, "weight_decay": 0.1}),
+    ("sgd_momentum", "SGD", {"lr": 0.1, "momentum": 0.9}, {}),
+    ("sgd_nesterov_wd", "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, {}),
+    ("sgd_wd", "SGD", {"lr": 0.2, "weight_decay": 0.05}, {}),
+    ("adam", "Adam", {"lr": 0.01}, {}),
+    ("adam_wd", "Adam", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.01}, {}),
+    ("adamw", "AdamW", {"lr": 0.01, "weight_decay": 0.1}, {}),
+    ("sgd_clip", "SGD", {"lr": 0.5}, {"clip_grad_norm": 0.1}),
+    ("sgd_momentum_smoothing", "SGD", {"lr": 0.1, "momentum": 0.9}, {"label_smoothing": 0.2}),
+    (
+        "adam_wd_clip_smoothing",
+        "Adam",
+        {"lr": 0.01, "weight_decay": 0.05},
+        {"clip_grad_norm": 0.05, "label_smoothing": 0.1},
+    ),
 ]
 
 
@@ -49,7 +60,7 @@ def fixed_problem():
     return (w1, b1, w2, b2), x, y
 
 
-def run(kind, kwargs, dtype):
+def run(kind, kwargs, regular, dtype):
     (w1, b1, w2, b2), x, y = fixed_problem()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(DIM, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, CLASSES))
@@ -64,16 +75,23 @@ def run(kind, kwargs, dtype):
     # The single-tensor implementations, whose order of operations the
     # wgtrain kernels follow.
     opt = getattr(torch.optim, kind)(model.parameters(), foreach=False, **kwargs)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=regular.get("label_smoothing", 0.0))
+    clip = regular.get("clip_grad_norm")
     losses, snaps = [], {}
+    clipped = 0
     for step in range(1, STEPS + 1):
         opt.zero_grad()
         loss = loss_fn(model(xs), ys)
         loss.backward()
+        if clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=False)
+            clipped += int(norm.item() > clip)
         opt.step()
         losses.append(loss.item())
         if step in SNAPSHOTS:
             snaps[str(step)] = params(model)
+    if clip is not None:
+        print(f"  {kind} {kwargs}: {clipped} of {STEPS} steps clipped")
     return losses, snaps
 
 
@@ -90,16 +108,16 @@ def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/optim_trajectories.json"
     (w1, b1, w2, b2), x, y = fixed_problem()
     cases = []
-    for name, kind, kwargs in CASES:
-        losses, snaps = run(kind, kwargs, torch.float32)
-        _, snaps64 = run(kind, kwargs, torch.float64)
+    for name, kind, kwargs, regular in CASES:
+        losses, snaps = run(kind, kwargs, regular, torch.float32)
+        _, snaps64 = run(kind, kwargs, regular, torch.float64)
         spread = max(
             abs(a - b)
             for s in snaps
             for t in snaps[s]
             for a, b in zip(snaps[s][t], snaps64[s][t])
         )
-        opts = dict(kwargs)
+        opts = dict(kwargs, **regular)
         if "betas" in opts:
             opts["betas"] = list(opts["betas"])
         cases.append(

@@ -10,6 +10,9 @@
 //                           m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g g
 //                           p -= step_size m / (sqrt(v) / bc2_sqrt + eps)
 //
+// Each reads the gradient as g = grad[i] * clip[0]: clip_grad_norm.wgsl's
+// coefficient when the step clips, else a buffer holding 1 (exact).
+//
 // The per-step scalars (lr, and Adam's step_size = lr / (1 - b1^t) and
 // bc2_sqrt = sqrt(1 - b2^t), computed in f64 on the host) come from the
 // step ring; the rest is fixed for the run. The grid may be folded over x
@@ -50,6 +53,8 @@ struct Step {
 @group(0) @binding(4) var<storage, read_write> s0: array<f32>;
 // Adam: v.
 @group(0) @binding(5) var<storage, read_write> s1: array<f32>;
+// clip[0] scales the gradient.
+@group(0) @binding(6) var<storage, read> clip: array<f32>;
 
 fn element(wid: vec3<u32>, nwg: vec3<u32>, t: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * THREADS + t;
@@ -67,7 +72,7 @@ fn sgd_momentum_update(
     }
     let mu = params.beta1;
     let wd = params.weight_decay;
-    var d = grad[i];
+    var d = grad[i] * clip[0];
     if wd != 0.0 {
         d += wd * p[i];
     }
@@ -90,7 +95,7 @@ fn adam_update(
         return;
     }
     let wd = params.weight_decay;
-    var d = grad[i];
+    var d = grad[i] * clip[0];
     var w = p[i];
     if wd != 0.0 {
         if params.variant != 0u {

@@ -1,9 +1,12 @@
 // Softmax cross-entropy over a batch of logits, twins of softmax_xent and
 // softmax_xent_eval in src/cpu/kernels.rs.
 //
-// softmax_xent (training) writes dlogits = (softmax - onehot) / rows, the
+// softmax_xent (training) writes dlogits = (softmax - q) / rows, the
 // gradient of the batch's mean loss, and stores the batch's summed loss and
-// its count of correct arg-maxes in stats[step.slot]. softmax_xent_eval
+// its count of correct arg-maxes in stats[step.slot]. The target q is the
+// one-hot label, or with label smoothing s, (1 - s) onehot + s / classes
+// (torch's CrossEntropyLoss(label_smoothing=s)), whose loss per row is
+// (1 - s) nll + s lse - (s / classes) sum_k (z_k - max). softmax_xent_eval
 // writes each row's arg-max class to predictions[index_off + row] and the
 // summed loss to stats[step.slot].
 //
@@ -21,6 +24,16 @@ struct Softmax {
     // Nonzero: row r's label is labels[index[index_off + r]], else labels[index_off + r].
     gather: u32,
     inv_rows: f32,
+    // Label smoothing s (softmax_xent; 0: none), 1 - s, s / classes,
+    // (1 - s) / rows and s / classes / rows, computed on the host.
+    smoothing: f32,
+    keep: f32,
+    per_class: f32,
+    d_label: f32,
+    d_class: f32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 struct Step {
@@ -104,14 +117,31 @@ fn softmax_xent(@builtin(local_invocation_index) t: u32) {
         let best = bitcast<u32>(m.x);
         let sum = row_sum_exp(base, m.y);
         let label = label_of(r);
-        loss += log(sum) - (logits[base + label] - m.y);
         let s = params.inv_rows / sum;
-        for (var j = 0u; j < params.classes; j++) {
-            var d = exp(logits[base + j] - m.y) * s;
-            if j == label {
-                d -= params.inv_rows;
+        if params.smoothing == 0.0 {
+            loss += log(sum) - (logits[base + label] - m.y);
+            for (var j = 0u; j < params.classes; j++) {
+                var d = exp(logits[base + j] - m.y) * s;
+                if j == label {
+                    d -= params.inv_rows;
+                }
+                dlogits[base + j] = d;
             }
-            dlogits[base + j] = d;
+        } else {
+            let lse = log(sum);
+            var zsum = 0.0;
+            for (var j = 0u; j < params.classes; j++) {
+                zsum += logits[base + j] - m.y;
+            }
+            let nll = lse - (logits[base + label] - m.y);
+            loss += params.keep * nll + (params.smoothing * lse - params.per_class * zsum);
+            for (var j = 0u; j < params.classes; j++) {
+                var d = exp(logits[base + j] - m.y) * s - params.d_class;
+                if j == label {
+                    d -= params.d_label;
+                }
+                dlogits[base + j] = d;
+            }
         }
         correct += select(0u, 1u, best == label);
     }

@@ -327,3 +327,31 @@ fn adamw_trains_the_builtin_digits_on_the_cpu() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("adamw lr 0.003"), "{t}");
 }
+
+#[test]
+fn label_smoothing_and_clipping_train_and_bad_values_name_their_flag() {
+    let run = |extra: &[&str]| {
+        let mut all = vec![
+            "train", "--data", "builtin", "--device", "cpu", "--epochs", "3", "--hidden", "32", "--json",
+        ];
+        all.extend_from_slice(extra);
+        wgtrain(&all)
+    };
+    let plain = run(&[]);
+    let o = run(&["--label-smoothing", "0.1", "--clip-grad-norm", "0.5"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let (p, r) = (epochs_json(&plain), epochs_json(&o));
+    let acc = r[2]["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.7, "{acc}");
+    // The smoothed, clipped run is a different run.
+    assert_ne!(p[2]["train_loss"], r[2]["train_loss"]);
+    for (args, want) in [
+        (["--label-smoothing", "1"], "--label-smoothing"),
+        (["--clip-grad-norm", "0"], "--clip-grad-norm"),
+    ] {
+        let o = run(&args);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(want), "{args:?}: {t}");
+    }
+}

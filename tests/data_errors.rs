@@ -165,9 +165,15 @@ fn csv_non_numeric_cell_names_line_and_column() {
 #[test]
 fn csv_negative_or_fractional_label_is_named_with_its_line_and_text() {
     let e = load_csv("1,2,0\n3,4,-1\n");
-    assert!(e.contains("bad.csv:2") && e.contains("`-1`") && e.contains("class index"), "{e}");
+    assert!(
+        e.contains("bad.csv:2") && e.contains("`-1`") && e.contains("class index"),
+        "{e}"
+    );
     let e = load_csv("1,2,0\n3,4,1\n5,6,0.5\n");
-    assert!(e.contains("bad.csv:3") && e.contains("column 3") && e.contains("`0.5`"), "{e}");
+    assert!(
+        e.contains("bad.csv:3") && e.contains("column 3") && e.contains("`0.5`"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -505,9 +505,9 @@ fn softmax_xent_matches_cpu_twin() {
             .iter()
             .map(|v| (((v + 1.0) / 2.0 * classes as f32) as u32).min(classes as u32 - 1))
             .collect();
-        let (d, loss, correct) = ops::softmax_xent(&ctx, &z, &labels, rows, classes).unwrap();
+        let (d, loss, correct) = ops::softmax_xent(&ctx, &z, &labels, rows, classes, 0.0).unwrap();
         let mut twin = vec![f32::NAN; rows * classes];
-        let (twin_loss, twin_correct) = cpu::softmax_xent(&z, &labels, &mut twin, rows, classes);
+        let (twin_loss, twin_correct) = cpu::softmax_xent(&z, &labels, &mut twin, rows, classes, 0.0);
         let (rd, rloss, rcorrect, _) = reference_softmax(&z, &labels, rows, classes);
         // exp and log are accurate to a few ulp on every backend WGSL
         // targets (the spec allows 3 + 2|x| ulp for exp of |x| <= 8 here,
@@ -601,7 +601,7 @@ fn bad_arguments_are_errors_not_panics() {
     let Some(ctx) = common::gpu() else { return };
     let err = ops::matmul_nn(&ctx, &[1.0; 5], &[1.0; 6], 2, 2, 3).unwrap_err();
     assert!(err.to_string().contains("a holds 5 values"), "{err}");
-    let err = ops::softmax_xent(&ctx, &[0.0; 4], &[0, 2], 2, 2).unwrap_err();
+    let err = ops::softmax_xent(&ctx, &[0.0; 4], &[0, 2], 2, 2, 0.0).unwrap_err();
     assert!(err.to_string().contains("label 2"), "{err}");
 }
 
@@ -832,4 +832,108 @@ fn adam_update_folds_a_grid_larger_than_one_dimension() {
     copt::adam_update(&mut tp, &g, &mut tm, &mut tv, s);
     let [(rp, bp), _, _] = reference_adam(&p, &g, &m, &v, s);
     assert_close(&format!("adam_update p[{n}]"), &gp, &tp, &rp, &bp);
+}
+
+#[test]
+fn smoothed_softmax_xent_matches_cpu_twin() {
+    let Some(ctx) = common::gpu() else { return };
+    for (c, &(rows, classes)) in [(1, 3), (7, 10), (33, 37), (33, 3), (1, 10), (7, 37)]
+        .iter()
+        .enumerate()
+    {
+        let s = 0.15f32;
+        let seed = 1500 + 10 * c as u64;
+        let z: Vec<f32> = common::random(rows * classes, seed).iter().map(|v| 4.0 * v).collect();
+        let labels: Vec<u32> = common::random(rows, seed + 1)
+            .iter()
+            .map(|v| (((v + 1.0) / 2.0 * classes as f32) as u32).min(classes as u32 - 1))
+            .collect();
+        let (d, loss, correct) = ops::softmax_xent(&ctx, &z, &labels, rows, classes, s).unwrap();
+        let mut twin = vec![f32::NAN; rows * classes];
+        let (twin_loss, twin_correct) = cpu::softmax_xent(&z, &labels, &mut twin, rows, classes, s);
+        // The reference: torch's smoothed target q in f64.
+        let mut rd = vec![0.0; rows * classes];
+        let mut rloss = 0.0;
+        for r in 0..rows {
+            let row: Vec<f64> = z[r * classes..(r + 1) * classes].iter().map(|&v| v as f64).collect();
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = row.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
+            for k in 0..classes {
+                let q = (1.0 - s as f64) * ((k == labels[r] as usize) as u8 as f64) + s as f64 / classes as f64;
+                rloss -= q * (row[k] - lse);
+                rd[r * classes + k] = ((row[k] - lse).exp() - q) / rows as f64;
+            }
+        }
+        // As softmax_xent_matches_cpu_twin: exp and log to ~20 ulp, sums of
+        // `classes` terms.
+        let elem = (classes as f64 + 24.0) * U / rows as f64;
+        let bound: Vec<f64> = rd
+            .iter()
+            .map(|v| elem + (classes as f64 + 24.0) * U * v.abs())
+            .collect();
+        assert_close(
+            &format!("smoothed softmax_xent {rows}x{classes}"),
+            &d,
+            &twin,
+            &rd,
+            &bound,
+        );
+        let loss_bound = (2.0 * classes as f64 + 24.0 + rows as f64) * U * (rloss.abs() + rows as f64 * 8.0);
+        assert!((loss - rloss).abs() <= loss_bound, "loss {loss} vs {rloss}");
+        assert!(
+            (twin_loss - rloss).abs() <= loss_bound,
+            "CPU loss {twin_loss} vs {rloss}"
+        );
+        assert_eq!(correct, twin_correct, "smoothed softmax_xent {rows}x{classes} correct");
+    }
+}
+
+/// The gradient norm kernels against their CPU twin on ragged sizes: single
+/// elements, a partial workgroup chunk (2048 elements per workgroup), a
+/// chunk boundary inside the weight part and one between weight and bias.
+#[test]
+fn clip_coef_matches_cpu_twin() {
+    let Some(ctx) = common::gpu() else { return };
+    let layouts: [&[usize]; 5] = [
+        &[1, 1],
+        &[5, 31],
+        &[2047, 1, 130, 7],
+        &[33 * 130, 130, 2048, 5, 7, 1],
+        &[31 * 5000, 31],
+    ];
+    for (c, lens) in layouts.iter().enumerate() {
+        let tensors: Vec<Vec<f32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| common::random(n, 1700 + 10 * c as u64 + i as u64))
+            .collect();
+        let views: Vec<&[f32]> = tensors.iter().map(|t| t.as_slice()).collect();
+        let total: f64 = views
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|&v| (v as f64) * (v as f64))
+            .sum();
+        let norm = total.sqrt();
+        for max_norm in [norm as f32 / 3.0, norm as f32 * 2.0] {
+            let gpu = ops::clip_coef(&ctx, &views, max_norm).unwrap();
+            let twin = cpu::clip_coef(&views, max_norm);
+            let want = (max_norm as f64 / (norm + 1e-6)).min(1.0);
+            let what = format!("clip_coef {lens:?} C={max_norm}");
+            // f32 partial sums of up to 2048 squares then of the partials:
+            // a few hundred ulp at most of the sum, half that of the norm.
+            for (who, got) in [("GPU", gpu), ("CPU", twin)] {
+                assert!(
+                    (got.norm as f64 - norm).abs() <= 1e-5 * norm,
+                    "{what}: {who} norm {} vs {norm}",
+                    got.norm
+                );
+                assert!(
+                    (got.coef as f64 - want).abs() <= 1e-5 * want,
+                    "{what}: {who} coef {} vs {want}",
+                    got.coef
+                );
+            }
+            assert_eq!(gpu.coef == 1.0, want == 1.0, "{what}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The stateful optimizers against PyTorch: tests/fixtures/optim_trajectories.json
 //! (written by scripts/optim_fixtures.py with torch.optim) holds a fixed
-//! 6-5-3 MLP, 8 fixed examples, and for each optimizer the mean loss of
+//! 6-5-3 MLP, 8 fixed examples, and for each optimizer (some with label
+//! smoothing or `clip_grad_norm_`) the mean loss of
 //! each of 100 full-batch steps and the parameters after steps 1, 10 and
 //! 100. Each backend replays them from the same start.
 //!
@@ -26,7 +27,7 @@ const TOL_ABS: f64 = 1e-5;
 use std::sync::Arc;
 
 use serde_json::Value;
-use wgtrain::backend::{Backend, TrainSpec};
+use wgtrain::backend::{Backend, Regularization, TrainSpec};
 use wgtrain::cpu::CpuBackend;
 use wgtrain::data::{Dataset, Preprocess, Split};
 use wgtrain::model::Mlp;
@@ -40,6 +41,9 @@ const FIXTURE: &str = include_str!("fixtures/optim_trajectories.json");
 struct Case {
     name: String,
     optimizer: Optimizer,
+    /// Label smoothing and gradient clipping (torch's `label_smoothing`
+    /// and `clip_grad_norm_`), off in the plain cases.
+    regular: Regularization,
     lr: f32,
     losses: Vec<f64>,
     params: Vec<Snapshot>,
@@ -130,6 +134,11 @@ fn fixture() -> (Mlp, Arc<Dataset>, Vec<Case>) {
             Case {
                 name: c["name"].as_str().unwrap().to_string(),
                 optimizer: optimizer(c["optimizer"].as_str().unwrap(), o),
+                regular: Regularization {
+                    label_smoothing: o.get("label_smoothing").and_then(Value::as_f64).unwrap_or(0.0) as f32,
+                    clip_grad_norm: o.get("clip_grad_norm").and_then(Value::as_f64).map(|c| c as f32),
+                    ..Regularization::default()
+                },
                 lr: o["lr"].as_f64().unwrap() as f32,
                 losses: floats(&c["losses"]),
                 params: c["params"]
@@ -190,9 +199,15 @@ fn worst_difference(case: &Case, snaps: &[Snapshot]) -> f64 {
 fn check_backend(what: &str, make: &dyn Fn(Mlp, Arc<Dataset>, TrainSpec) -> Box<dyn Backend>) {
     let (model, data, cases) = fixture();
     let n = data.train.len();
-    assert!(cases.len() >= 6, "fixture cases");
+    assert!(cases.len() >= 9, "fixture cases");
+    assert!(cases
+        .iter()
+        .any(|c| c.regular.clip_grad_norm.is_some() && c.optimizer.is_fused()));
     for case in &cases {
-        let spec = TrainSpec::new(n, case.optimizer);
+        let spec = TrainSpec {
+            regular: case.regular,
+            ..TrainSpec::new(n, case.optimizer)
+        };
         let mut b = make(model.clone(), data.clone(), spec);
         let (losses, snaps) = replay(b.as_mut(), case, n);
         for (i, (got, want)) in losses.iter().zip(&case.losses).enumerate() {
@@ -249,7 +264,7 @@ fn gpu_step_dispatches_per_optimizer() {
     let forward = ["linear_forward", "linear_forward", "softmax_xent", "backprop_input"];
     assert_eq!(kernels(Optimizer::sgd())[4..], ["weight_update", "weight_update"]);
     assert_eq!(kernels(Optimizer::sgd()).len(), 6);
-    for case in &cases {
+    for case in cases.iter().filter(|c| !c.optimizer.is_fused()) {
         let update = match case.optimizer {
             Optimizer::Sgd(_) => "sgd_momentum_update",
             _ => "adam_update",
@@ -263,6 +278,40 @@ fn gpu_step_dispatches_per_optimizer() {
             case.name
         );
     }
+}
+
+/// The regularized cases without their regularization (or with the clip
+/// loosened tenfold) miss the fixture by far: the tolerance sees both.
+#[test]
+fn missing_regularization_is_far_outside_the_tolerance() {
+    let (model, data, cases) = fixture();
+    let n = data.train.len();
+    let mut checked = 0;
+    for case in cases.iter().filter(|c| c.regular != Regularization::default()) {
+        let variants = [
+            Regularization {
+                label_smoothing: 0.0,
+                ..case.regular
+            },
+            Regularization {
+                clip_grad_norm: case.regular.clip_grad_norm.map(|c| 10.0 * c),
+                ..case.regular
+            },
+        ];
+        for wrong in variants.into_iter().filter(|w| *w != case.regular) {
+            let spec = TrainSpec {
+                regular: wrong,
+                ..TrainSpec::new(n, case.optimizer)
+            };
+            let mut b = CpuBackend::with_threads(model.clone(), data.clone(), spec, 1).unwrap();
+            let (_, snaps) = replay(&mut b, case, n);
+            let worst = worst_difference(case, &snaps);
+            let tol = TOL_ABS + 10.0 * case.spread;
+            assert!(worst > 10.0 * tol, "{}: {wrong:?} is only {worst:e} away", case.name);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked} variants checked");
 }
 
 #[test]
@@ -279,7 +328,10 @@ fn a_wrong_rule_is_far_outside_the_tolerance() {
             Optimizer::AdamW(a) => Optimizer::AdamW(Adam { weight_decay: 0.0, ..a }),
             _ => continue,
         };
-        let spec = TrainSpec::new(n, wrong);
+        let spec = TrainSpec {
+            regular: case.regular,
+            ..TrainSpec::new(n, wrong)
+        };
         let mut b = CpuBackend::with_threads(model.clone(), data.clone(), spec, 1).unwrap();
         let (_, snaps) = replay(&mut b, case, n);
         let worst = worst_difference(case, &snaps);

@@ -330,3 +330,99 @@ fn misuse_is_an_error() {
     );
     assert!(GpuBackend::new(ctx, m, data, TrainSpec::sgd(0)).is_err(), "batch 0");
 }
+
+/// Gradient clipping (plain SGD on the unfused path, and Adam with L2 decay)
+/// and label smoothing: the GPU follows the CPU step for step. The bound on
+/// the clip is set below the gradient norm of most steps, so the scaled
+/// path is the one compared.
+#[test]
+fn clipped_and_smoothed_training_matches_cpu() {
+    use wgtrain::backend::Regularization;
+    use wgtrain::optim::{Adam, Optimizer};
+    let Some(ctx) = common::gpu() else { return };
+    let data = synthetic(300, 70, 20, 5);
+    let (batch, n) = (16, data.train.len());
+    let m = model(&data, &[33, 17], Normalize::Standardize);
+    let cases = [
+        ("sgd+clip", Optimizer::sgd(), 0.3, 0.0, 0.05),
+        ("sgd+smoothing", Optimizer::sgd(), 0.0, 0.2, 0.05),
+        (
+            "adam+clip+smoothing",
+            Optimizer::Adam(Adam {
+                weight_decay: 0.01,
+                ..Adam::default()
+            }),
+            0.3,
+            0.1,
+            0.005,
+        ),
+    ];
+    for (what, optimizer, clip, smoothing, lr) in cases {
+        let spec = TrainSpec {
+            regular: Regularization {
+                clip_grad_norm: (clip > 0.0).then_some(clip),
+                label_smoothing: smoothing,
+                ..Default::default()
+            },
+            ..TrainSpec::new(batch, optimizer)
+        };
+        let mut gpu = GpuBackend::new(ctx.clone(), m.clone(), data.clone(), spec).unwrap();
+        let mut cpu = CpuBackend::new(m.clone(), data.clone(), spec).unwrap();
+        if clip > 0.0 {
+            // 3 layers: forward 3, softmax, backprop_input 2, weight_gradient 3,
+            // grad_sq_partial 3, clip_coef, 2 updates per layer.
+            assert_eq!(gpu.dispatches_per_step(), 6 * 3 + 1, "{what}");
+        }
+        let g = per_step_losses(&mut gpu, n, 30, lr);
+        let c = per_step_losses(&mut cpu, n, 30, lr);
+        assert_same_losses(what, &g, &c);
+        // The regularization is in effect: without it the losses part ways.
+        let mut off = CpuBackend::new(m.clone(), data.clone(), TrainSpec::new(batch, optimizer)).unwrap();
+        let o = per_step_losses(&mut off, n, 30, lr);
+        let apart = o
+            .iter()
+            .zip(&c)
+            .map(|(a, b)| (a.mean_loss() - b.mean_loss()).abs() / b.mean_loss())
+            .fold(0.0, f64::max);
+        assert!(apart > 1e-2, "{what}: only {apart:e} from the unregularized run");
+        let diff = max_weight_difference(&gpu.model().unwrap(), &cpu.model().unwrap());
+        eprintln!("{what}: weights differ by {diff:.1e} of their scale");
+        assert!(diff < 1e-4, "{what}: weights differ by {diff:e} of their scale");
+    }
+}
+
+/// A clipped plain-SGD step of 784-500-10 runs the unfused path with the
+/// norm between the gradients and the updates.
+#[test]
+fn clipped_step_dispatches() {
+    use wgtrain::backend::Regularization;
+    let Some(ctx) = common::gpu() else { return };
+    let data = synthetic(40, 8, 784, 10);
+    let m = model(&data, &[500], Normalize::Scale);
+    let spec = TrainSpec {
+        regular: Regularization {
+            clip_grad_norm: Some(1.0),
+            ..Default::default()
+        },
+        ..TrainSpec::sgd(32)
+    };
+    let gpu = GpuBackend::new(ctx, m, data, spec).unwrap();
+    assert_eq!(
+        gpu.step_kernels(),
+        [
+            "linear_forward",
+            "linear_forward",
+            "softmax_xent",
+            "backprop_input",
+            "weight_update",
+            "weight_update",
+            "grad_sq_partial",
+            "grad_sq_partial",
+            "clip_coef",
+            "sgd_momentum_update",
+            "sgd_momentum_update",
+            "sgd_momentum_update",
+            "sgd_momentum_update",
+        ]
+    );
+}

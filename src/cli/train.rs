@@ -246,7 +246,11 @@ pub(crate) struct RegularArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     shift: u32,
     /// Scale each step's gradients so their global L2 norm is at most C
-    /// (torch's clip_grad_norm_), before weight decay and the optimizer.
+    /// (torch's clip_grad_norm_): the norm covers every weight and bias
+    /// gradient of the batch's mean loss, each is multiplied by
+    /// min(1, C/(norm+1e-6)), then weight decay and the optimizer apply.
+    /// Every gradient is stored before any update, so plain SGD leaves its
+    /// fused path and each step costs more; e.g. --clip-grad-norm 1.0.
     #[arg(long, value_name = "C")]
     clip_grad_norm: Option<f32>,
 }

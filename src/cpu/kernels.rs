@@ -268,12 +268,55 @@ pub fn bias_act(y: &mut [f32], bias: &[f32], rows: usize, outputs: usize, relu: 
     }
 }
 
+/// The scalars of label smoothing `s` over `classes` classes for a batch
+/// of `rows` rows, in f32 as both softmax_xent kernels use them (the GPU's
+/// host computes them with this function, so the two round alike).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Smoothing {
+    /// `s`.
+    pub s: f32,
+    /// `1 - s`: the weight of the label's negative log-likelihood.
+    pub keep: f32,
+    /// `s / classes`: the target of every class besides the label's share.
+    pub per_class: f32,
+    /// `(1 - s) / rows`: subtracted from the label's gradient.
+    pub d_label: f32,
+    /// `s / classes / rows`: subtracted from every class's gradient.
+    pub d_class: f32,
+}
+
+impl Smoothing {
+    pub fn new(s: f32, rows: usize, classes: usize) -> Self {
+        let inv = 1.0 / rows.max(1) as f32;
+        let keep = 1.0 - s;
+        let per_class = s / classes.max(1) as f32;
+        Smoothing {
+            s,
+            keep,
+            per_class,
+            d_label: keep * inv,
+            d_class: per_class * inv,
+        }
+    }
+}
+
 /// Softmax cross-entropy over `rows` rows of `classes` logits, forward and
-/// backward in one pass. Writes `dlogits = (softmax - onehot) / rows` (the
-/// gradient of the mean loss) and returns the summed loss and the number of
-/// rows whose arg-max equals the label.
-pub fn softmax_xent(logits: &[f32], labels: &[u32], dlogits: &mut [f32], rows: usize, classes: usize) -> (f64, u32) {
+/// backward in one pass, with label smoothing `smoothing` (`s`, 0: none):
+/// the target is `q = (1 - s) onehot(label) + s / classes`, as torch's
+/// `CrossEntropyLoss(label_smoothing=s)`. Writes `dlogits = (softmax - q) /
+/// rows` (the gradient of the mean loss) and returns the summed loss
+/// `-sum_k q_k log p_k` and the number of rows whose arg-max equals the
+/// label. With `s == 0` the smoothing terms are not computed at all.
+pub fn softmax_xent(
+    logits: &[f32],
+    labels: &[u32],
+    dlogits: &mut [f32],
+    rows: usize,
+    classes: usize,
+    smoothing: f32,
+) -> (f64, u32) {
     let inv = 1.0 / rows as f32;
+    let sm = Smoothing::new(smoothing, rows, classes);
     let mut loss = 0.0f64;
     let mut correct = 0;
     for r in 0..rows {
@@ -292,12 +335,27 @@ pub fn softmax_xent(logits: &[f32], labels: &[u32], dlogits: &mut [f32], rows: u
             *dj = (v - max).exp();
             sum += *dj;
         }
-        loss += (sum.ln() - (z[label] - max)) as f64;
         let s = inv / sum;
-        for dj in d.iter_mut() {
-            *dj *= s;
+        if smoothing == 0.0 {
+            loss += (sum.ln() - (z[label] - max)) as f64;
+            for dj in d.iter_mut() {
+                *dj *= s;
+            }
+            d[label] -= inv;
+        } else {
+            // -sum_k q_k (z_k - max - lse) = (1 - s) nll + s lse - (s / K) sum_k (z_k - max).
+            let lse = sum.ln();
+            let mut zsum = 0.0f32;
+            for &v in z {
+                zsum += v - max;
+            }
+            let nll = lse - (z[label] - max);
+            loss += (sm.keep * nll + (sm.s * lse - sm.per_class * zsum)) as f64;
+            for dj in d.iter_mut() {
+                *dj = *dj * s - sm.d_class;
+            }
+            d[label] -= sm.d_label;
         }
-        d[label] -= inv;
         correct += (best == label) as u32;
     }
     (loss, correct)
@@ -399,6 +457,60 @@ pub fn apply_mask(w: &mut [f32], mask: &[f32]) {
     }
 }
 
+/// Added to the global norm before dividing, as torch's `clip_grad_norm_`.
+pub const CLIP_EPS: f32 = 1e-6;
+
+/// A step's global gradient norm and the factor its gradients are scaled
+/// by: `coef = min(1, max_norm / (norm + 1e-6))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clip {
+    pub norm: f32,
+    pub coef: f32,
+}
+
+/// The sum of squares of every element of `tensors`, accumulated in f64,
+/// eight lanes per tensor, lanes and tensors summed in order (a fixed
+/// order, so the same on every run).
+pub fn grad_sq_sum(tensors: &[&[f32]]) -> f64 {
+    let mut total = 0.0f64;
+    for t in tensors {
+        let mut lanes = [0.0f64; 8];
+        let chunks = t.chunks_exact(8);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for (acc, &v) in lanes.iter_mut().zip(c) {
+                let v = f64::from(v);
+                *acc += v * v;
+            }
+        }
+        for (acc, &v) in lanes.iter_mut().zip(tail) {
+            let v = f64::from(v);
+            *acc += v * v;
+        }
+        total += lanes.iter().sum::<f64>();
+    }
+    total
+}
+
+/// Twin of clip_grad_norm.wgsl (`grad_sq_partial` over every tensor, then
+/// `clip_coef`): the global L2 norm of `tensors` and torch's
+/// `clip_grad_norm_` coefficient for `max_norm`.
+pub fn clip_coef(tensors: &[&[f32]], max_norm: f32) -> Clip {
+    let norm = grad_sq_sum(tensors).sqrt() as f32;
+    let coef = max_norm / (norm + CLIP_EPS);
+    Clip {
+        norm,
+        coef: if coef < 1.0 { coef } else { 1.0 },
+    }
+}
+
+/// `v *= c`, elementwise.
+pub fn scale(v: &mut [f32], c: f32) {
+    for x in v {
+        *x *= c;
+    }
+}
+
 /// Gather rows of raw features by index and preprocess them:
 /// `x[r, :] = features[index[r], :] * scale + offset`.
 pub fn gather_rows(features: &[f32], index: &[u32], dim: usize, scale: f32, offset: f32, x: &mut [f32]) {
@@ -472,11 +584,74 @@ mod tests {
         });
     }
 
+    /// softmax_xent as it was before label smoothing, kept to check that
+    /// `smoothing == 0` computes exactly what it did.
+    fn softmax_xent_unsmoothed(
+        logits: &[f32],
+        labels: &[u32],
+        dlogits: &mut [f32],
+        rows: usize,
+        classes: usize,
+    ) -> (f64, u32) {
+        let inv = 1.0 / rows as f32;
+        let mut loss = 0.0f64;
+        let mut correct = 0;
+        for r in 0..rows {
+            let z = &logits[r * classes..(r + 1) * classes];
+            let d = &mut dlogits[r * classes..(r + 1) * classes];
+            let label = labels[r] as usize;
+            let (mut best, mut max) = (0, f32::NEG_INFINITY);
+            for (j, &v) in z.iter().enumerate() {
+                if v > max {
+                    max = v;
+                    best = j;
+                }
+            }
+            let mut sum = 0.0f32;
+            for (dj, &v) in d.iter_mut().zip(z) {
+                *dj = (v - max).exp();
+                sum += *dj;
+            }
+            loss += (sum.ln() - (z[label] - max)) as f64;
+            let s = inv / sum;
+            for dj in d.iter_mut() {
+                *dj *= s;
+            }
+            d[label] -= inv;
+            correct += (best == label) as u32;
+        }
+        (loss, correct)
+    }
+
+    #[test]
+    fn softmax_xent_without_smoothing_is_unchanged_bit_for_bit() {
+        let mut seed = 1u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 * 8.0 - 4.0
+        };
+        for (rows, classes) in [(1, 3), (7, 10), (33, 37), (64, 10)] {
+            let z: Vec<f32> = (0..rows * classes).map(|_| next()).collect();
+            let labels: Vec<u32> = (0..rows).map(|r| ((r * 7 + 3) % classes) as u32).collect();
+            let (mut d, mut d0) = (vec![0.0; z.len()], vec![0.0; z.len()]);
+            let got = softmax_xent(&z, &labels, &mut d, rows, classes, 0.0);
+            let want = softmax_xent_unsmoothed(&z, &labels, &mut d0, rows, classes);
+            assert_eq!(got.0.to_bits(), want.0.to_bits(), "{rows}x{classes} loss");
+            assert_eq!(got.1, want.1);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d), bits(&d0), "{rows}x{classes} dlogits");
+            // And smoothing changes both.
+            let smoothed = softmax_xent(&z, &labels, &mut d, rows, classes, 0.1);
+            assert_ne!(smoothed.0, want.0);
+            assert_ne!(bits(&d), bits(&d0));
+        }
+    }
+
     #[test]
     fn softmax_xent_gradient_rows_sum_to_zero() {
         let z = [1.0, 2.0, 3.0, -1.0, 0.5, 0.0];
         let mut d = [0.0; 6];
-        let (loss, correct) = softmax_xent(&z, &[2, 0], &mut d, 2, 3);
+        let (loss, correct) = softmax_xent(&z, &[2, 0], &mut d, 2, 3, 0.0);
         // Row 0: log(e^1+e^2+e^3) - 3 = 0.407606; row 1: log(e^-1+e^.5+e^0) + 1 = 2.104131.
         assert!((loss - (0.407_605_96 + 2.104_130_6)).abs() < 1e-5, "{loss}");
         assert_eq!(correct, 1);

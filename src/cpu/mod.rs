@@ -48,6 +48,11 @@ pub struct CpuBackend {
     updates: u64,
     /// Enforced after every update.
     constraint: Option<Constraint>,
+    /// Label smoothing of the training loss (0: none).
+    smoothing: f32,
+    /// The largest global gradient norm of a step (`None`: no clipping);
+    /// a clipped step runs [`CpuBackend::step_clipped`].
+    clip: Option<f32>,
 }
 
 impl CpuBackend {
@@ -60,16 +65,19 @@ impl CpuBackend {
     pub fn with_threads(model: Mlp, data: Arc<Dataset>, spec: TrainSpec, threads: usize) -> Result<Self> {
         check_fit(&model, &data)?;
         spec.check()?;
-        if !spec.regular.is_off() {
+        if spec.regular.dropout != 0.0 || spec.regular.shift != 0 {
             return Err(crate::error::Error::Config(
-                "dropout, label smoothing, shift and gradient clipping are not available yet".into(),
+                "dropout and shift are not available yet".into(),
             ));
         }
         let batch = spec.batch;
+        let clip = spec.regular.clip_grad_norm;
         let sizes = model.sizes();
         let acts = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
         let grads = sizes.iter().map(|&s| vec![0.0; s * batch]).collect();
-        let opt_state = if spec.optimizer.is_fused() {
+        // Clipping needs every gradient before any update, so even plain SGD
+        // keeps gradient buffers then.
+        let opt_state = if spec.optimizer.is_fused() && clip.is_none() {
             Vec::new()
         } else {
             model
@@ -96,6 +104,8 @@ impl CpuBackend {
             updates: 0,
             constraint: None,
             train_u8,
+            smoothing: spec.regular.label_smoothing,
+            clip,
         })
     }
 
@@ -149,7 +159,14 @@ impl CpuBackend {
         forward(&self.model, &mut self.acts, rows);
         let nl = self.model.layers.len();
         let classes = self.model.classes();
-        kernels::softmax_xent(&self.acts[nl], &self.labels, &mut self.grads[nl], rows, classes);
+        kernels::softmax_xent(
+            &self.acts[nl],
+            &self.labels,
+            &mut self.grads[nl],
+            rows,
+            classes,
+            self.smoothing,
+        );
         let mut out = Vec::with_capacity(nl);
         for l in (0..nl).rev() {
             let layer = &self.model.layers[l];
@@ -177,11 +194,21 @@ impl CpuBackend {
     }
 
     fn step(&mut self, index: usize, hyper: StepHyper) {
+        if let Some(max_norm) = self.clip {
+            return self.step_clipped(index, hyper, max_norm);
+        }
         let rows = self.load_batch(index);
         forward(&self.model, &mut self.acts, rows);
         let nl = self.model.layers.len();
         let classes = self.model.classes();
-        let (loss, correct) = kernels::softmax_xent(&self.acts[nl], &self.labels, &mut self.grads[nl], rows, classes);
+        let (loss, correct) = kernels::softmax_xent(
+            &self.acts[nl],
+            &self.labels,
+            &mut self.grads[nl],
+            rows,
+            classes,
+            self.smoothing,
+        );
         for l in (0..nl).rev() {
             let layer = &mut self.model.layers[l];
             let (lo, hi) = self.grads.split_at_mut(l + 1);
@@ -217,6 +244,70 @@ impl CpuBackend {
                 optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.weight, &st.gw, &mut st.w);
                 optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.bias, &st.gb, &mut st.b);
             }
+            if let Some(Constraint::Mask(masks)) = &self.constraint {
+                kernels::apply_mask(&mut layer.weight, &masks[l]);
+            }
+        }
+        self.stats.loss_sum += loss;
+        self.stats.correct += correct as u64;
+        self.stats.examples += rows as u64;
+        self.stats.steps += 1;
+        self.updates += 1;
+    }
+
+    /// A step with gradient clipping, for every optimizer (plain SGD
+    /// included, unfused): every layer's gradient into its `opt_state`
+    /// buffers first (so backprop_input reads the weights before any
+    /// update), then their global norm, then each update with the
+    /// gradients scaled by `min(1, max_norm / (norm + 1e-6))`, as torch's
+    /// `clip_grad_norm_` before `optimizer.step()` (L2 weight decay is
+    /// added inside the update, after the scaling).
+    fn step_clipped(&mut self, index: usize, hyper: StepHyper, max_norm: f32) {
+        let rows = self.load_batch(index);
+        forward(&self.model, &mut self.acts, rows);
+        let nl = self.model.layers.len();
+        let classes = self.model.classes();
+        let (loss, correct) = kernels::softmax_xent(
+            &self.acts[nl],
+            &self.labels,
+            &mut self.grads[nl],
+            rows,
+            classes,
+            self.smoothing,
+        );
+        for l in (0..nl).rev() {
+            let layer = &self.model.layers[l];
+            let (lo, hi) = self.grads.split_at_mut(l + 1);
+            let dy = &hi[0];
+            if l > 0 {
+                kernels::backprop_input(
+                    dy,
+                    &layer.weight,
+                    &self.acts[l],
+                    &mut lo[l],
+                    rows,
+                    layer.inputs,
+                    layer.outputs,
+                );
+            }
+            let st = &mut self.opt_state[l];
+            kernels::matmul_tn(dy, &self.acts[l], &mut st.gw, layer.outputs, layer.inputs, rows);
+            kernels::column_sums(dy, &mut st.gb, rows, layer.outputs);
+        }
+        let tensors: Vec<&[f32]> = self
+            .opt_state
+            .iter()
+            .flat_map(|st| [st.gw.as_slice(), st.gb.as_slice()])
+            .collect();
+        let clip = kernels::clip_coef(&tensors, max_norm);
+        let t = self.updates + 1;
+        for (l, (layer, st)) in self.model.layers.iter_mut().zip(&mut self.opt_state).enumerate() {
+            if clip.coef < 1.0 {
+                kernels::scale(&mut st.gw, clip.coef);
+                kernels::scale(&mut st.gb, clip.coef);
+            }
+            optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.weight, &st.gw, &mut st.w);
+            optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.bias, &st.gb, &mut st.b);
             if let Some(Constraint::Mask(masks)) = &self.constraint {
                 kernels::apply_mask(&mut layer.weight, &masks[l]);
             }

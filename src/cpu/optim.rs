@@ -116,6 +116,9 @@ const PARALLEL_MIN: usize = 1 << 15;
 /// buffers (empty when unused) of one contiguous range.
 type Part<'a> = std::sync::Mutex<(&'a mut [f32], &'a [f32], [&'a mut [f32]; 2])>;
 
+/// An elementwise update of one part: parameters, gradient, state.
+type PartUpdate<'f> = dyn Fn(&mut [f32], &[f32], [&mut [f32]; 2]) + Sync + 'f;
+
 /// Split an update into one contiguous part per thread of the installed
 /// team (one part on a single thread or a small tensor). Empty state
 /// buffers stay empty in every part.
@@ -159,7 +162,7 @@ fn split<'a>(p: &'a mut [f32], g: &'a [f32], state: [&'a mut [f32]; 2]) -> Vec<P
 /// Run `f` on every part, over the installed team when there is more than
 /// one. Each part is an independent elementwise update, so the result does
 /// not depend on the split.
-fn on_team(parts: &[Part<'_>], f: &(dyn Fn(&mut [f32], &[f32], [&mut [f32]; 2]) + Sync)) {
+fn on_team(parts: &[Part<'_>], f: &PartUpdate<'_>) {
     let one = |i: usize| {
         // A part is locked exactly once, by the unit of its index.
         if let Ok(mut guard) = parts[i].lock() {

@@ -9,7 +9,8 @@ use super::registry::Int8Path;
 use super::shaders;
 use super::tile::Tile;
 use super::uniforms::{
-    BiasParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftmaxParams, Stat, StepParams,
+    BiasParams, ClipParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftmaxParams, Stat,
+    StepParams,
 };
 
 /// A struct's layout: its size and `(name, offset, size)` per member.
@@ -137,6 +138,7 @@ fn uniform_structs_match_the_shaders() {
     let mask = file("apply_mask.wgsl", shaders::APPLY_MASK);
     let quant = file("quantize_rows_i8.wgsl", shaders::QUANTIZE_ROWS_I8);
     let optim = file("optim_update.wgsl", shaders::OPTIM_UPDATE);
+    let clip = file("clip_grad_norm.wgsl", shaders::CLIP_GRAD_NORM);
 
     let mut cases: Vec<(Layout, &(String, String), &str)> = Vec::new();
     for m in &matmul {
@@ -148,7 +150,15 @@ fn uniform_structs_match_the_shaders() {
             rows,
             classes,
             gather,
-            inv_rows
+            inv_rows,
+            smoothing,
+            keep,
+            per_class,
+            d_label,
+            d_class,
+            pad0,
+            pad1,
+            pad2
         }),
         &softmax,
         "Softmax",
@@ -183,6 +193,20 @@ fn uniform_structs_match_the_shaders() {
         "Optim",
     ));
     cases.push((step(), &optim, "Step"));
+    cases.push((
+        host_layout!(ClipParams {
+            len_x,
+            len_y,
+            base,
+            count,
+            max_norm,
+            pad0,
+            pad1,
+            pad2
+        }),
+        &clip,
+        "Clip",
+    ));
     cases.push((
         host_layout!(QuantParams {
             rows,

@@ -21,8 +21,9 @@
 //! - The dispatch builders, one per kernel family, each named like its CPU
 //!   twin: `gemm` (matmul_nn/nt/tn, linear_forward, backprop_input,
 //!   weight_update), `softmax` (softmax_xent, softmax_xent_eval), `vector`
-//!   (bias_update, apply_mask) and [`int8`] (quantize_rows_i8,
-//!   linear_forward_i8).
+//!   (bias_update, apply_mask), `optim` (the stateful optimizers'
+//!   updates), `clip` (grad_sq_partial, clip_coef: gradient clipping's
+//!   norm) and [`int8`] (quantize_rows_i8, linear_forward_i8).
 //! - `resident`: datasets uploaded once and read by the first layer.
 //! - `plan`: the dispatch lists of a training step and of an evaluation.
 //! - [`trainer`]: [`GpuBackend`], which keeps parameters and data resident
@@ -38,6 +39,7 @@
 //! inside a training step.
 
 pub mod adapter;
+mod clip;
 pub mod context;
 mod device;
 mod dispatch;

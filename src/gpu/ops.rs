@@ -13,6 +13,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::clip;
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
 use super::gemm::{DataSource, Gemm, Operand};
@@ -445,7 +446,19 @@ pub fn sgd_momentum_update(
     let [spare0, spare1] = optim::spares(ctx)?;
     let bb = if with_buf { upload_f32(ctx, "buf", buf)? } else { spare0 };
     let step = step_buffer(ctx, s.lr)?;
-    let d = optim::optim_update(ctx, "sgd_momentum_update", &opt, p.len(), &gb, &pb, &bb, &spare1, &step)?;
+    let one = optim::unit_coef(ctx)?;
+    let d = optim::optim_update(
+        ctx,
+        "sgd_momentum_update",
+        &opt,
+        p.len(),
+        &gb,
+        &pb,
+        &bb,
+        &spare1,
+        &one,
+        &step,
+    )?;
     run(ctx, &[&d]);
     let b = if with_buf {
         ctx.dev.read_f32(&bb, p.len())?
@@ -490,7 +503,8 @@ pub fn adam_update(
         ..Default::default()
     };
     let step = ctx.dev.uniform_init("single-step params", bytemuck::bytes_of(&sp))?;
-    let d = optim::optim_update(ctx, "adam_update", &opt, p.len(), &gb, &pb, &mb, &vb, &step)?;
+    let one = optim::unit_coef(ctx)?;
+    let d = optim::optim_update(ctx, "adam_update", &opt, p.len(), &gb, &pb, &mb, &vb, &one, &step)?;
     run(ctx, &[&d]);
     let n = p.len();
     Ok((
@@ -510,15 +524,16 @@ fn check_labels(labels: &[u32], rows: usize, classes: usize) -> Result<(), GpuEr
     }
 }
 
-/// Softmax cross-entropy forward and backward: `dlogits = (softmax -
-/// onehot) / rows`, the summed loss, and the number of rows whose arg-max
-/// is the label.
+/// Softmax cross-entropy forward and backward with label smoothing
+/// `smoothing` (0: none): `dlogits = (softmax - q) / rows`, the summed
+/// loss, and the number of rows whose arg-max is the label.
 pub fn softmax_xent(
     ctx: &GpuContext,
     logits: &[f32],
     labels: &[u32],
     rows: usize,
     classes: usize,
+    smoothing: f32,
 ) -> Result<(Vec<f32>, f64, u32), GpuError> {
     check_len("logits", logits.len(), rows * classes)?;
     check_labels(labels, rows, classes)?;
@@ -530,13 +545,79 @@ pub fn softmax_xent(
     let d = poisoned(ctx, "dlogits", rows * classes)?;
     let stats = poisoned_stat(ctx)?;
     let step = step_buffer(ctx, 0.0)?;
-    let disp = softmax::softmax_xent(ctx, "softmax_xent", rows, classes, &zb, &lb, &ib, &d, &stats, &step)?;
+    let disp = softmax::softmax_xent(
+        ctx,
+        "softmax_xent",
+        rows,
+        classes,
+        smoothing,
+        &zb,
+        &lb,
+        &ib,
+        &d,
+        &stats,
+        &step,
+    )?;
     run(ctx, &[&disp]);
     let bytes = ctx
         .dev
         .read_back(None, &[(&d, 0, 4 * (rows * classes) as u64), (&stats, 0, STAT_BYTES)])?;
     let s: Stat = bytemuck::pod_read_unaligned(&bytes[1]);
     Ok((bytemuck::pod_collect_to_vec(&bytes[0]), s.loss as f64, s.correct))
+}
+
+/// Twin of [`crate::cpu::kernels::clip_coef`]: the global L2 norm of
+/// `tensors` and the clipping coefficient for `max_norm`, through
+/// grad_sq_partial (one dispatch per pair of tensors, as a step runs one
+/// per layer: weight and bias) and clip_coef.
+pub fn clip_coef(ctx: &GpuContext, tensors: &[&[f32]], max_norm: f32) -> Result<crate::cpu::kernels::Clip, GpuError> {
+    let pairs: Vec<(&[f32], &[f32])> = tensors
+        .chunks(2)
+        .map(|c| (c[0], c.get(1).copied().unwrap_or_default()))
+        .collect();
+    let lens: Vec<usize> = pairs.iter().map(|(x, y)| x.len() + y.len()).collect();
+    let bufs = clip::ClipBuffers::new(ctx, max_norm, &lens)?;
+    // Poisoned, so a partial sum the kernel fails to write shows up.
+    ctx.dev.queue.write_buffer(
+        &bufs.partials,
+        0,
+        bytemuck::cast_slice(&vec![f32::NAN; bufs.count.max(1)]),
+    );
+    ctx.dev
+        .queue
+        .write_buffer(&bufs.coef, 0, bytemuck::cast_slice(&[f32::NAN, f32::NAN]));
+    // A binding holds at least one element.
+    let upload = |label: &str, v: &[f32]| upload_f32(ctx, label, if v.is_empty() { &[0.0] } else { v });
+    let mut held = Vec::new();
+    let mut ds = Vec::new();
+    for (i, (x, y)) in pairs.iter().enumerate() {
+        let (xb, yb) = (upload("x", x)?, upload("y", y)?);
+        ds.push(clip::grad_sq_partial(
+            ctx,
+            "grad_sq_partial",
+            &xb,
+            x.len(),
+            &yb,
+            y.len(),
+            &bufs.partials,
+            bufs.bases[i],
+        )?);
+        held.push((xb, yb));
+    }
+    ds.push(clip::clip_coef(
+        ctx,
+        "clip_coef",
+        &bufs.partials,
+        bufs.count,
+        max_norm,
+        &bufs.coef,
+    )?);
+    run(ctx, &ds.iter().collect::<Vec<_>>());
+    let out = ctx.dev.read_f32(&bufs.coef, 2)?;
+    Ok(crate::cpu::kernels::Clip {
+        coef: out[0],
+        norm: out[1],
+    })
 }
 
 /// Per-row arg-max and the summed softmax cross-entropy loss (evaluation).

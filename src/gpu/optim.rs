@@ -1,7 +1,7 @@
 //! The optimizer updates of the unfused rules (optim_update.wgsl): the
 //! buffers a layer needs for them, and one dispatch per tensor, twins of
-//! [`crate::cpu::optim`]'s kernels. Plain SGD never gets here: it stays
-//! fused into weight_update.
+//! [`crate::cpu::optim`]'s kernels. Plain SGD gets here only when the
+//! step clips its gradients; otherwise it stays fused into weight_update.
 
 use super::context::GpuContext;
 use super::dispatch::{fold, need_u32, Dispatch};
@@ -47,6 +47,12 @@ impl LayerOptim {
     }
 }
 
+/// A clipping coefficient of 1, bound where a step does not clip.
+pub(crate) fn unit_coef(ctx: &GpuContext) -> Result<wgpu::Buffer, GpuError> {
+    ctx.dev
+        .storage_init("no clipping (coefficient 1)", bytemuck::cast_slice(&[1f32, 0.0]))
+}
+
 /// One element buffers bound where an optimizer keeps fewer than two
 /// state buffers (the kernels do not touch them then).
 pub(crate) fn spares(ctx: &GpuContext) -> Result<[wgpu::Buffer; 2], GpuError> {
@@ -60,7 +66,8 @@ pub(crate) fn spares(ctx: &GpuContext) -> Result<[wgpu::Buffer; 2], GpuError> {
 
 /// The update of one tensor `p` of `len` elements from its gradient `g`,
 /// with state `s0` (momentum buffer, or Adam's m) and `s1` (Adam's v);
-/// the per-step scalars are read from `step`.
+/// the gradient is scaled by `coef[0]` (the step's clipping coefficient,
+/// or [`unit_coef`]); the per-step scalars are read from `step`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn optim_update(
     ctx: &GpuContext,
@@ -71,6 +78,7 @@ pub(crate) fn optim_update(
     p: &wgpu::Buffer,
     s0: &wgpu::Buffer,
     s1: &wgpu::Buffer,
+    coef: &wgpu::Buffer,
     step: &wgpu::Buffer,
 ) -> Result<Dispatch, GpuError> {
     need_u32(&format!("{label}: elements"), len as u64)?;
@@ -106,7 +114,7 @@ pub(crate) fn optim_update(
         label,
         bytemuck::bytes_of(&params),
         Some(step),
-        &[(2, g), (3, p), (4, s0), (5, s1)],
+        &[(2, g), (3, p), (4, s0), (5, s1), (6, coef)],
         groups,
     )
 }

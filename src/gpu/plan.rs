@@ -16,7 +16,21 @@
 //! weight_update by the same kernel writing the gradient into a buffer
 //! (FLAG_GRAD, the bias gradient as its extra column) and two elementwise
 //! updates, weight then bias: `5L` dispatches.
+//!
+//! Gradient clipping needs every layer's gradient before any update, so a
+//! clipped step (any optimizer, plain SGD as momentum-free
+//! sgd_momentum_update) runs every weight_gradient first, then the norm,
+//! then the updates: `6L + 1` dispatches (13 for 784-500-10):
+//!
+//! ```text
+//! linear_forward x L, softmax_xent, then per layer from the last:
+//!   backprop_input (not for the first), weight_gradient
+//! grad_sq_partial x L       (each layer's squares into per-workgroup partial sums)
+//! clip_coef                 (one workgroup: min(1, C / (norm + 1e-6)) into a buffer)
+//! 2 updates x L             (each scales its gradient by that coefficient; apply_mask after each layer when pruning)
+//! ```
 
+use super::clip::{clip_coef, grad_sq_partial, ClipBuffers};
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
 use super::gemm::{DataSource, Gemm, Operand};
@@ -36,6 +50,9 @@ pub(crate) struct OptimBuffers<'a> {
     pub layers: &'a [LayerOptim],
     /// Bound in place of state an optimizer does not keep.
     pub spares: &'a [wgpu::Buffer; 2],
+    /// The clipping coefficient the updates scale the gradients by: the
+    /// clipped step's, or a buffer holding 1.
+    pub coef: &'a wgpu::Buffer,
 }
 
 /// The buffers a forward/backward schedule reads and writes.
@@ -52,8 +69,13 @@ pub(crate) struct Buffers<'a> {
     pub masks: Option<&'a [wgpu::Buffer]>,
     /// The per-step parameters the dispatches read at a dynamic offset.
     pub step: &'a wgpu::Buffer,
-    /// The buffers of an unfused optimizer; `None` for plain SGD.
+    /// The buffers of an unfused optimizer; `None` for plain SGD without
+    /// clipping.
     pub optim: Option<OptimBuffers<'a>>,
+    /// Label smoothing of the training loss (0: none).
+    pub smoothing: f32,
+    /// Gradient clipping's buffers (needs `optim`); `None`: no clipping.
+    pub clip: Option<&'a ClipBuffers>,
 }
 
 /// The forward dispatches of `rows` rows whose input is `input`.
@@ -99,6 +121,7 @@ pub(crate) fn train_step(
         &format!("{tag} softmax_xent"),
         rows,
         sizes[nl],
+        bufs.smoothing,
         &bufs.acts[nl - 1],
         &train.labels,
         input.index,
@@ -106,15 +129,20 @@ pub(crate) fn train_step(
         stats,
         bufs.step,
     )?);
+    if bufs.clip.is_some() && bufs.optim.is_none() {
+        return Err(GpuError::Other(
+            "a clipped step needs the gradient buffers of the unfused path".into(),
+        ));
+    }
+    let name = |l: usize, k: &str| format!("{tag} fc{} {k}", l + 1);
     for l in (0..nl).rev() {
         let (w, b) = &bufs.params[l];
         let (inputs, outputs) = (sizes[l], sizes[l + 1]);
         let dy = &bufs.grads[l];
-        let name = |k: &str| format!("{tag} fc{} {k}", l + 1);
         if l > 0 {
             // Before this layer's update: the gradient needs the old weights.
             let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs);
-            plan.push(g.dispatch(ctx, &name("backprop_input"), bufs.step)?);
+            plan.push(g.dispatch(ctx, &name(l, "backprop_input"), bufs.step)?);
         }
         let x = if l == 0 {
             Operand::Data(input)
@@ -125,50 +153,109 @@ pub(crate) fn train_step(
             None => {
                 // bias_update fused into the update.
                 let g = Gemm::weight_update(w, Some(b), dy, x, rows, inputs, outputs);
-                plan.push(g.dispatch(ctx, &name("weight_update"), bufs.step)?);
+                plan.push(g.dispatch(ctx, &name(l, "weight_update"), bufs.step)?);
+                push_mask(ctx, bufs, &mut plan, l, &name(l, "apply_mask"))?;
             }
             Some(o) => {
                 let st = &o.layers[l];
                 let g = Gemm::weight_gradient(&st.gw, &st.gb, dy, x, rows, inputs, outputs);
-                plan.push(g.dispatch(ctx, &name("weight_gradient"), bufs.step)?);
-                let kernel = match o.optimizer {
-                    Optimizer::Sgd(_) => "sgd_momentum_update",
-                    _ => "adam_update",
-                };
-                let tensors = [
-                    ("weight", inputs * outputs, &st.gw, w, &st.w_state),
-                    ("bias", outputs, &st.gb, b, &st.b_state),
-                ];
-                for (what, len, g, p, state) in tensors {
-                    let s0 = state.first().unwrap_or(&o.spares[0]);
-                    let s1 = state.get(1).unwrap_or(&o.spares[1]);
-                    plan.push(optim_update(
-                        ctx,
-                        &name(&format!("{what} {kernel}")),
-                        &o.optimizer,
-                        len,
-                        g,
-                        p,
-                        s0,
-                        s1,
-                        bufs.step,
-                    )?);
+                plan.push(g.dispatch(ctx, &name(l, "weight_gradient"), bufs.step)?);
+                if bufs.clip.is_none() {
+                    push_updates(ctx, bufs, o, &mut plan, l, &|k| name(l, k))?;
                 }
             }
         }
-        // The pruning constraint, once the layer's update is done.
-        if let Some(masks) = bufs.masks {
-            plan.push(apply_mask(
+    }
+    if let (Some(c), Some(o)) = (bufs.clip, &bufs.optim) {
+        for l in (0..nl).rev() {
+            let st = &o.layers[l];
+            let (inputs, outputs) = (sizes[l], sizes[l + 1]);
+            plan.push(grad_sq_partial(
                 ctx,
-                &name("apply_mask"),
+                &name(l, "grad_sq_partial"),
+                &st.gw,
                 inputs * outputs,
-                &masks[l],
-                w,
-                bufs.step,
+                &st.gb,
+                outputs,
+                &c.partials,
+                c.bases[l],
             )?);
+        }
+        plan.push(clip_coef(
+            ctx,
+            &format!("{tag} clip_coef"),
+            &c.partials,
+            c.count,
+            c.max_norm,
+            &c.coef,
+        )?);
+        for l in (0..nl).rev() {
+            push_updates(ctx, bufs, o, &mut plan, l, &|k| name(l, k))?;
         }
     }
     Ok(plan)
+}
+
+/// Layer `l`'s two elementwise updates (weight, then bias) from the
+/// gradients in its buffers, then its mask when pruning.
+fn push_updates(
+    ctx: &GpuContext,
+    bufs: &Buffers,
+    o: &OptimBuffers,
+    plan: &mut Vec<Dispatch>,
+    l: usize,
+    name: &dyn Fn(&str) -> String,
+) -> Result<(), GpuError> {
+    let (w, b) = &bufs.params[l];
+    let (inputs, outputs) = (bufs.sizes[l], bufs.sizes[l + 1]);
+    let st = &o.layers[l];
+    let kernel = match o.optimizer {
+        Optimizer::Sgd(_) => "sgd_momentum_update",
+        _ => "adam_update",
+    };
+    let tensors = [
+        ("weight", inputs * outputs, &st.gw, w, &st.w_state),
+        ("bias", outputs, &st.gb, b, &st.b_state),
+    ];
+    for (what, len, g, p, state) in tensors {
+        let s0 = state.first().unwrap_or(&o.spares[0]);
+        let s1 = state.get(1).unwrap_or(&o.spares[1]);
+        plan.push(optim_update(
+            ctx,
+            &name(&format!("{what} {kernel}")),
+            &o.optimizer,
+            len,
+            g,
+            p,
+            s0,
+            s1,
+            o.coef,
+            bufs.step,
+        )?);
+    }
+    push_mask(ctx, bufs, plan, l, &name("apply_mask"))
+}
+
+/// The pruning constraint on layer `l`, once its update is done.
+fn push_mask(
+    ctx: &GpuContext,
+    bufs: &Buffers,
+    plan: &mut Vec<Dispatch>,
+    l: usize,
+    label: &str,
+) -> Result<(), GpuError> {
+    if let Some(masks) = bufs.masks {
+        let (inputs, outputs) = (bufs.sizes[l], bufs.sizes[l + 1]);
+        plan.push(apply_mask(
+            ctx,
+            label,
+            inputs * outputs,
+            &masks[l],
+            &bufs.params[l].0,
+            bufs.step,
+        )?);
+    }
+    Ok(())
 }
 
 /// The dispatches of one pass over a split: one list for full chunks and,

@@ -15,7 +15,8 @@ use super::device::{need, GpuDevice};
 use super::shaders;
 use super::tile::Tile;
 use super::uniforms::{
-    BiasParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftmaxParams, STAT_BYTES, STEP_BYTES,
+    BiasParams, ClipParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftmaxParams,
+    STAT_BYTES, STEP_BYTES,
 };
 use crate::error::GpuError;
 
@@ -84,6 +85,8 @@ pub(crate) enum Kernel {
     ApplyMask,
     SgdMomentumUpdate,
     AdamUpdate,
+    GradSqPartial,
+    ClipCoef,
     QuantizeRowsI8,
     LinearForwardI8(Int8Path),
 }
@@ -99,6 +102,8 @@ impl Kernel {
             Kernel::ApplyMask => "apply_mask",
             Kernel::SgdMomentumUpdate => "sgd_momentum_update",
             Kernel::AdamUpdate => "adam_update",
+            Kernel::GradSqPartial => "grad_sq_partial",
+            Kernel::ClipCoef => "clip_coef",
             Kernel::QuantizeRowsI8 => "quantize_rows_i8",
             Kernel::LinearForwardI8(_) => "linear_forward_i8",
         }
@@ -120,6 +125,7 @@ impl Kernel {
             Kernel::SoftmaxXent | Kernel::SoftmaxXentEval => Family::Softmax,
             Kernel::BiasUpdate | Kernel::ApplyMask => Family::Vector,
             Kernel::SgdMomentumUpdate | Kernel::AdamUpdate => Family::Optim,
+            Kernel::GradSqPartial | Kernel::ClipCoef => Family::Clip,
             Kernel::QuantizeRowsI8 => Family::Quantize,
             Kernel::LinearForwardI8(_) => Family::LinearI8,
         }
@@ -134,7 +140,9 @@ impl Kernel {
             | Kernel::BiasUpdate
             | Kernel::ApplyMask
             | Kernel::SgdMomentumUpdate
-            | Kernel::AdamUpdate => Group::F32,
+            | Kernel::AdamUpdate
+            | Kernel::GradSqPartial
+            | Kernel::ClipCoef => Group::F32,
             Kernel::QuantizeRowsI8 => Group::Quantize,
             Kernel::LinearForwardI8(path) => Group::LinearI8(path),
         }
@@ -153,8 +161,11 @@ pub(crate) enum Family {
     /// vector, one written in place.
     Vector,
     /// optim_update.wgsl: params, step, the gradient (read-only), the
-    /// parameter and two state buffers, written in place.
+    /// parameter and two state buffers, written in place, and the clipping
+    /// coefficient (read-only).
     Optim,
+    /// clip_grad_norm.wgsl: params, two read-only vectors, one written.
+    Clip,
     /// quantize_rows_i8.wgsl: params, x, xq, x_scale.
     Quantize,
     /// linear_forward_i8.wgsl: params, xq, x_scale, w, w_scale, bias, y.
@@ -174,6 +185,7 @@ impl Family {
             Family::Softmax => "softmax_xent",
             Family::Vector => "bias_update and apply_mask",
             Family::Optim => "optim_update",
+            Family::Clip => "clip_grad_norm",
             Family::Quantize => "quantize_rows_i8",
             Family::LinearI8 => "linear_forward_i8",
         }
@@ -222,7 +234,9 @@ impl Family {
                 rw(3),
                 rw(4),
                 rw(5),
+                ro(6),
             ],
+            Family::Clip => vec![params(std::mem::size_of::<ClipParams>()), ro(1), ro(2), rw(3)],
             Family::Quantize => vec![params(std::mem::size_of::<QuantParams>()), ro(1), rw(2), rw(3)],
             Family::LinearI8 => vec![
                 params(std::mem::size_of::<LinearI8Params>()),
@@ -414,6 +428,11 @@ impl Registry {
                     "optim_update.wgsl",
                     shaders::OPTIM_UPDATE,
                     &[Kernel::SgdMomentumUpdate, Kernel::AdamUpdate],
+                );
+                add(
+                    "clip_grad_norm.wgsl",
+                    shaders::CLIP_GRAD_NORM,
+                    &[Kernel::GradSqPartial, Kernel::ClipCoef],
                 );
                 (modules, kernels)
             }

@@ -8,6 +8,7 @@ pub(crate) const SOFTMAX_XENT: &str = include_str!("../../shaders/softmax_xent.w
 pub(crate) const BIAS_UPDATE: &str = include_str!("../../shaders/bias_update.wgsl");
 pub(crate) const APPLY_MASK: &str = include_str!("../../shaders/apply_mask.wgsl");
 pub(crate) const OPTIM_UPDATE: &str = include_str!("../../shaders/optim_update.wgsl");
+pub(crate) const CLIP_GRAD_NORM: &str = include_str!("../../shaders/clip_grad_norm.wgsl");
 pub(crate) const QUANTIZE_ROWS_I8: &str = include_str!("../../shaders/quantize_rows_i8.wgsl");
 
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");

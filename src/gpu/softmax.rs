@@ -1,5 +1,5 @@
 //! The loss kernels' calls: `softmax_xent` (training: the gradient of the
-//! batch's mean loss, the batch's loss and correct count into a stats
+//! batch's mean loss, with optional label smoothing, the batch's loss and correct count into a stats
 //! slot) and `softmax_xent_eval` (evaluation: each row's arg-max and the
 //! summed loss), twins of the functions of the same names in
 //! [`crate::cpu::kernels`].
@@ -8,16 +8,19 @@ use super::context::GpuContext;
 use super::dispatch::{need_u32, Dispatch};
 use super::registry::Kernel;
 use super::uniforms::SoftmaxParams;
+use crate::cpu::kernels::Smoothing;
 use crate::error::GpuError;
 
 /// A softmax_xent dispatch: `dlogits` from `rows` rows of `classes` logits,
-/// labels read through `index` (the permutation, at the step's offset).
+/// labels read through `index` (the permutation, at the step's offset),
+/// with label smoothing `smoothing` (0: none).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn softmax_xent(
     ctx: &GpuContext,
     label: &str,
     rows: usize,
     classes: usize,
+    smoothing: f32,
     logits: &wgpu::Buffer,
     labels: &wgpu::Buffer,
     index: &wgpu::Buffer,
@@ -37,6 +40,7 @@ pub(crate) fn softmax_xent(
         label,
         rows,
         classes,
+        smoothing,
         logits,
         labels,
         Some(index),
@@ -71,6 +75,7 @@ pub(crate) fn softmax_xent_eval(
         label,
         rows,
         classes,
+        0.0,
         logits,
         labels,
         None,
@@ -93,6 +98,7 @@ fn build(
     label: &str,
     rows: usize,
     classes: usize,
+    smoothing: f32,
     logits: &wgpu::Buffer,
     labels: &wgpu::Buffer,
     index: Option<&wgpu::Buffer>,
@@ -103,11 +109,18 @@ fn build(
         &format!("{label}: rows*classes elements"),
         (rows as u64) * (classes as u64),
     )?;
+    let sm = Smoothing::new(smoothing, rows, classes);
     let p = SoftmaxParams {
         rows: rows as u32,
         classes: classes as u32,
         gather: index.is_some() as u32,
         inv_rows: 1.0 / rows.max(1) as f32,
+        smoothing: sm.s,
+        keep: sm.keep,
+        per_class: sm.per_class,
+        d_label: sm.d_label,
+        d_class: sm.d_class,
+        ..Default::default()
     };
     Dispatch::new(
         ctx,

@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use super::clip::ClipBuffers;
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
 use super::optim::{self, LayerOptim};
@@ -24,8 +25,8 @@ use super::resident::ResidentSplit;
 use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
 use super::vector::apply_mask;
 use crate::backend::{
-    check_order, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, SplitKind, StepStats,
-    TrainSpec,
+    check_order, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, Regularization,
+    SplitKind, StepStats, TrainSpec,
 };
 use crate::cpu::optim::AdamScalars;
 use crate::data::{Dataset, Preprocess};
@@ -115,6 +116,12 @@ pub struct GpuBackend {
     /// (empty for plain SGD).
     optim_layers: Vec<LayerOptim>,
     optim_spares: [wgpu::Buffer; 2],
+    /// The coefficient 1 the updates read when the step does not clip.
+    unit_coef: wgpu::Buffer,
+    /// Label smoothing of the training loss (0: none).
+    smoothing: f32,
+    /// Gradient clipping's partial sums and coefficient, when it clips.
+    clip: Option<ClipBuffers>,
     /// Steps submitted so far: step `updates + 1` is torch's `t`.
     updates: u64,
 }
@@ -124,9 +131,9 @@ impl GpuBackend {
     pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
         crate::cpu::check_fit(&model, &data)?;
         spec.check()?;
-        if !spec.regular.is_off() {
+        if spec.regular.dropout != 0.0 || spec.regular.shift != 0 {
             return Err(crate::error::Error::Config(
-                "dropout, label smoothing, shift and gradient clipping are not available yet".into(),
+                "dropout and shift are not available yet".into(),
             ));
         }
         let batch = spec.batch;
@@ -136,7 +143,7 @@ impl GpuBackend {
         let device = &ctx.dev.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer);
+        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer, spec.regular);
         let invalid = pollster::block_on(invalid.pop());
         let oom = pollster::block_on(oom.pop());
         if let Some(e) = oom {
@@ -148,7 +155,14 @@ impl GpuBackend {
         built
     }
 
-    fn build(ctx: Arc<GpuContext>, model: Mlp, data: &Dataset, batch: usize, optimizer: Optimizer) -> Result<Self> {
+    fn build(
+        ctx: Arc<GpuContext>,
+        model: Mlp,
+        data: &Dataset,
+        batch: usize,
+        optimizer: Optimizer,
+        regular: Regularization,
+    ) -> Result<Self> {
         let dev = &ctx.dev;
         let sizes = model.sizes();
         let nl = model.layers.len();
@@ -176,7 +190,9 @@ impl GpuBackend {
 
         // Evaluation runs in chunks as large as fit the activation buffers'
         // binding limit, but never smaller than a training batch needs.
-        let optim_layers = if optimizer.is_fused() {
+        // Clipping needs every gradient before any update: the unfused path,
+        // plain SGD included.
+        let optim_layers = if optimizer.is_fused() && regular.clip_grad_norm.is_none() {
             Vec::new()
         } else {
             model
@@ -187,6 +203,14 @@ impl GpuBackend {
                 .collect::<Result<Vec<_>, GpuError>>()?
         };
         let optim_spares = optim::spares(&ctx)?;
+        let unit_coef = optim::unit_coef(&ctx)?;
+        let clip = regular
+            .clip_grad_norm
+            .map(|c| {
+                let lens: Vec<usize> = model.layers.iter().map(|l| l.weight.len() + l.bias.len()).collect();
+                ClipBuffers::new(&ctx, c, &lens)
+            })
+            .transpose()?;
 
         let max_rows = (dev.limits.max_storage_buffer_binding_size / (4 * widest as u64)) as usize;
         if max_rows < batch {
@@ -236,6 +260,8 @@ impl GpuBackend {
             masks: None,
             step: &eval_steps,
             optim: None,
+            smoothing: 0.0,
+            clip: None,
         };
         let pre = model.preprocess;
         let eval_plan = |split: &ResidentSplit, name: &str| {
@@ -292,6 +318,9 @@ impl GpuBackend {
             optimizer,
             optim_layers,
             optim_spares,
+            unit_coef,
+            smoothing: regular.label_smoothing,
+            clip,
             updates: 0,
             ctx,
         };
@@ -311,11 +340,14 @@ impl GpuBackend {
             grads: &self.grads,
             masks: self.masks.as_deref(),
             step: &self.steps,
-            optim: (!self.optimizer.is_fused()).then_some(OptimBuffers {
+            optim: (!self.optim_layers.is_empty()).then_some(OptimBuffers {
                 optimizer: self.optimizer,
                 layers: &self.optim_layers,
                 spares: &self.optim_spares,
+                coef: self.clip.as_ref().map_or(&self.unit_coef, |c| &c.coef),
             }),
+            smoothing: self.smoothing,
+            clip: self.clip.as_ref(),
         };
         let input = self.train.source(&self.perm, true, self.preprocess);
         let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows);

@@ -70,6 +70,16 @@ pub(crate) struct SoftmaxParams {
     pub classes: u32,
     pub gather: u32,
     pub inv_rows: f32,
+    /// Label smoothing (softmax_xent only; 0: none) and its scalars, as
+    /// [`crate::cpu::kernels::Smoothing`] computes them.
+    pub smoothing: f32,
+    pub keep: f32,
+    pub per_class: f32,
+    pub d_label: f32,
+    pub d_class: f32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
 }
 
 /// `Stat` in softmax_xent.wgsl: what a step or an evaluation chunk writes
@@ -120,6 +130,20 @@ pub(crate) struct OptimParams {
     /// Adam: `1 - beta1` and `1 - beta2`, from f64 on the host.
     pub one_minus_beta1: f32,
     pub one_minus_beta2: f32,
+}
+
+/// `Clip` in clip_grad_norm.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct ClipParams {
+    pub len_x: u32,
+    pub len_y: u32,
+    pub base: u32,
+    pub count: u32,
+    pub max_norm: f32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
 }
 
 /// `Quant` in quantize_rows_i8.wgsl.
