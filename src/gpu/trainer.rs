@@ -30,6 +30,7 @@ use crate::cpu::optim::AdamScalars;
 use crate::data::{Dataset, Preprocess};
 use crate::error::{Error, GpuError, Result};
 use crate::model::{Linear, Mlp};
+use crate::optim::draw::{Dropout, Shift};
 use crate::optim::{Constraint, Optimizer, StepHyper};
 
 /// Steps recorded per command buffer: enough that submission overhead
@@ -114,8 +115,15 @@ pub struct GpuBackend {
     /// (empty for plain SGD).
     optim_layers: Vec<LayerOptim>,
     optim_spares: [wgpu::Buffer; 2],
-    /// Steps submitted so far: step `updates + 1` is torch's `t`.
+    /// Steps submitted so far: step `updates + 1` is torch's `t`, and the
+    /// step key of its random draws.
     updates: u64,
+    /// Keys the random draws of a step.
+    seed: u64,
+    /// Dropout after each hidden layer in training steps.
+    dropout: Option<Dropout>,
+    /// Random translation of the training images.
+    shift: Option<Shift>,
 }
 
 impl GpuBackend {
@@ -123,11 +131,13 @@ impl GpuBackend {
     pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
         crate::cpu::check_fit(&model, &data)?;
         spec.check()?;
-        if !spec.regular.is_off() {
+        let regular = spec.regular;
+        if regular.label_smoothing != 0.0 || regular.clip_grad_norm.is_some() {
             return Err(crate::error::Error::Config(
-                "dropout, label smoothing, shift and gradient clipping are not available yet".into(),
+                "label smoothing and gradient clipping are not available yet".into(),
             ));
         }
+        let shift = Shift::new(regular.shift, &data.shape)?;
         let batch = spec.batch;
         if data.train.is_empty() {
             return Err(Error::Config("the training split is empty".into()));
@@ -135,7 +145,13 @@ impl GpuBackend {
         let device = &ctx.dev.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer);
+        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer).and_then(|mut b| {
+            (b.seed, b.dropout, b.shift) = (spec.seed, Dropout::new(regular.dropout), shift);
+            if b.dropout.is_some() || b.shift.is_some() {
+                b.build_train_plans()?;
+            }
+            Ok(b)
+        });
         let invalid = pollster::block_on(invalid.pop());
         let oom = pollster::block_on(oom.pop());
         if let Some(e) = oom {
@@ -292,6 +308,9 @@ impl GpuBackend {
             optim_layers,
             optim_spares,
             updates: 0,
+            seed: 0,
+            dropout: None,
+            shift: None,
             ctx,
         };
         backend.build_train_plans()?;
@@ -316,8 +335,10 @@ impl GpuBackend {
                 spares: &self.optim_spares,
             }),
         };
-        let input = self.train.source(&self.perm, true, self.preprocess);
-        let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows);
+        let mut input = self.train.source(&self.perm, true, self.preprocess);
+        input.shift = self.shift.map(|s| (s, self.seed));
+        let dropout = self.dropout.map(|d| (d, self.seed));
+        let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows, dropout);
         self.full_step = plan(self.batch)?;
         self.last_step = if self.last_rows != self.batch {
             Some(plan(self.last_rows)?)
@@ -361,6 +382,7 @@ impl GpuBackend {
                 lr: h.lr,
                 step_size,
                 bc2_sqrt,
+                draw_step: (updates + 1 + s as u64) as u32,
                 ..Default::default()
             }
         });
