@@ -259,7 +259,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
         }
     };
     let sizes = model.sizes();
-    let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec)?;
+    let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec).map_err(flagged)?;
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),
