@@ -503,13 +503,16 @@ pub fn gather_rows_shifted<T: Copy + Into<f32>>(
                     continue;
                 }
                 let src_row = &src[sy as usize * w..(sy as usize + 1) * w];
-                for (xo, o) in out_row.iter_mut().enumerate() {
-                    let sx = xo as i64 - i64::from(dx);
-                    *o = if sx < 0 || sx >= w as i64 {
-                        background
-                    } else {
-                        src_row[sx as usize].into() * scale + offset
-                    };
+                // Output columns lo..hi read source columns lo - dx..hi - dx.
+                let lo = dx.clamp(0, w as i32) as usize;
+                let hi = (w as i32 + dx).clamp(0, w as i32) as usize;
+                let (left, rest) = out_row.split_at_mut(lo.min(hi));
+                let (mid, right) = rest.split_at_mut(hi.saturating_sub(lo));
+                left.fill(background);
+                right.fill(background);
+                let from = (lo as i32 - dx) as usize;
+                for (o, &v) in mid.iter_mut().zip(&src_row[from..]) {
+                    *o = v.into() * scale + offset;
                 }
             }
         }
