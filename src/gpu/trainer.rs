@@ -118,9 +118,15 @@ pub struct GpuBackend {
     /// Steps submitted so far: step `updates + 1` is torch's `t`, and the
     /// step key of its random draws.
     updates: u64,
-    /// Keys the random draws of a step.
+    /// Dropout and shifts of the training steps.
+    draws: Draws,
+}
+
+/// What a training step draws at random, keyed by the run's seed.
+#[derive(Clone, Copy)]
+struct Draws {
     seed: u64,
-    /// Dropout after each hidden layer in training steps.
+    /// Dropout after each hidden layer.
     dropout: Option<Dropout>,
     /// Random translation of the training images.
     shift: Option<Shift>,
@@ -145,13 +151,12 @@ impl GpuBackend {
         let device = &ctx.dev.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer).and_then(|mut b| {
-            (b.seed, b.dropout, b.shift) = (spec.seed, Dropout::new(regular.dropout), shift);
-            if b.dropout.is_some() || b.shift.is_some() {
-                b.build_train_plans()?;
-            }
-            Ok(b)
-        });
+        let draws = Draws {
+            seed: spec.seed,
+            dropout: Dropout::new(regular.dropout),
+            shift,
+        };
+        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer, draws);
         let invalid = pollster::block_on(invalid.pop());
         let oom = pollster::block_on(oom.pop());
         if let Some(e) = oom {
@@ -163,7 +168,14 @@ impl GpuBackend {
         built
     }
 
-    fn build(ctx: Arc<GpuContext>, model: Mlp, data: &Dataset, batch: usize, optimizer: Optimizer) -> Result<Self> {
+    fn build(
+        ctx: Arc<GpuContext>,
+        model: Mlp,
+        data: &Dataset,
+        batch: usize,
+        optimizer: Optimizer,
+        draws: Draws,
+    ) -> Result<Self> {
         let dev = &ctx.dev;
         let sizes = model.sizes();
         let nl = model.layers.len();
@@ -308,9 +320,7 @@ impl GpuBackend {
             optim_layers,
             optim_spares,
             updates: 0,
-            seed: 0,
-            dropout: None,
-            shift: None,
+            draws,
             ctx,
         };
         backend.build_train_plans()?;
@@ -336,8 +346,9 @@ impl GpuBackend {
             }),
         };
         let mut input = self.train.source(&self.perm, true, self.preprocess);
-        input.shift = self.shift.map(|s| (s, self.seed));
-        let dropout = self.dropout.map(|d| (d, self.seed));
+        let Draws { seed, dropout, shift } = self.draws;
+        input.shift = shift.map(|s| (s, seed));
+        let dropout = dropout.map(|d| (d, seed));
         let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows, dropout);
         self.full_step = plan(self.batch)?;
         self.last_step = if self.last_rows != self.batch {
