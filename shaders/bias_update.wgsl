@@ -22,7 +22,7 @@ struct Step {
     lr: f32,
     step_size: f32,
     bc2_sqrt: f32,
-    pad0: u32,
+    draw_step: u32,
     pad1: u32,
     pad2: u32,
 }

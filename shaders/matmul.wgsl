@@ -7,7 +7,10 @@
 //
 //     matmul_nn, matmul_nt, matmul_tn   C = A B                  (plain store)
 //     linear_forward                    C = A B + bias, ReLU if FLAG_RELU
-//     backprop_input                    C = (A B) * (aux > 0)     (ReLU mask)
+//     backprop_input                    C = (A B) * (aux > 0)     (ReLU mask),
+//                                       times the dropout scale with FLAG_DROPOUT
+//     linear_forward with FLAG_DROPOUT  inverted dropout after the ReLU, from
+//                                       the hash of draw.wgsl (prepended)
 //     weight_update                     C -= lr * A B            (SGD in place)
 //                                       C = A B with FLAG_GRAD   (the gradient)
 //
@@ -91,6 +94,9 @@ const FLAG_BIAS: u32 = 2u;
 // weight_update: store the product (the gradient of an unfused optimizer),
 // and the bias column sum with FLAG_BIAS, instead of the SGD step.
 const FLAG_GRAD: u32 = 4u;
+// linear_forward: inverted dropout after the ReLU; backprop_input: the
+// dropout scale on the kept units' gradients.
+const FLAG_DROPOUT: u32 = 8u;
 
 // Static shape and layout of one dispatch (GemmParams in src/gpu/uniforms.rs).
 struct Gemm {
@@ -112,6 +118,19 @@ struct Gemm {
     offset: f32,
     // Columns of B: n, plus the column of ones with FLAG_BIAS.
     n_ext: u32,
+    // The run's seed, keying the random draws (draw.wgsl).
+    seed_lo: u32,
+    seed_hi: u32,
+    // FLAG_DROPOUT: a unit is dropped when its draw is below drop_threshold,
+    // kept units are scaled by drop_scale; drop_stream names the layer.
+    drop_threshold: u32,
+    drop_scale: f32,
+    drop_stream: u32,
+    // The dataset operand's images move by up to `shift` pixels per row
+    // (0: not at all); they are img_h x img_w, channel after channel.
+    shift: u32,
+    img_h: u32,
+    img_w: u32,
     pad0: u32,
     pad1: u32,
     pad2: u32,
@@ -125,7 +144,7 @@ struct Step {
     lr: f32,
     step_size: f32,
     bc2_sqrt: f32,
-    pad0: u32,
+    draw_step: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -157,7 +176,29 @@ fn input_base(row: u32) -> u32 {
 
 // Value (row, col) of the preprocessed input batch, read from the dataset.
 fn input_value(src: u32, row: u32, col: u32) -> f32 {
+    if params.shift != 0u {
+        return shifted_input(src, row, col);
+    }
     return input_at(src, input_base(row), col);
+}
+
+// input_value of a batch whose images move by the row's (dx, dy): pixel
+// (y, x) reads (y - dy, x - dx), and a raw 0 from outside the image (the
+// twin of gather_rows_shifted in src/cpu/kernels.rs).
+fn shifted_input(src: u32, row: u32, col: u32) -> f32 {
+    let w = params.img_w;
+    let h = params.img_h;
+    let in_plane = col % (h * w);
+    let key = draw_row(draw_key(params.seed_lo, params.seed_hi, step.draw_step, SHIFT_STREAM), row);
+    let span = 2u * params.shift + 1u;
+    let dx = i32(draw_col(key, 0u) % span) - i32(params.shift);
+    let dy = i32(draw_col(key, 1u) % span) - i32(params.shift);
+    let sy = i32(in_plane / w) - dy;
+    let sx = i32(in_plane % w) - dx;
+    if sy < 0 || sy >= i32(h) || sx < 0 || sx >= i32(w) {
+        return 0.0 * params.scale + params.offset;
+    }
+    return input_at(src, input_base(row), col - in_plane + u32(sy) * w + u32(sx));
 }
 
 // Value `col` of the example starting at `base`, preprocessed.
@@ -180,6 +221,9 @@ fn load_a(i: u32, p: u32, base: u32) -> f32 {
     }
     if params.a_src == SRC_BUFFER {
         return a[i * params.a_rs + p * params.a_cs];
+    }
+    if params.shift != 0u {
+        return shifted_input(params.a_src, i, p);
     }
     return input_at(params.a_src, base, p);
 }
@@ -306,12 +350,18 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
         }
     }
 
+    let dropout = (params.flags & FLAG_DROPOUT) != 0u;
+    var drop_key = 0u;
+    if dropout {
+        drop_key = draw_key(params.seed_lo, params.seed_hi, step.draw_step, params.drop_stream);
+    }
     for (var g = 0u; g < GM; g++) {
         for (var r = 0u; r < 4u; r++) {
             let i = row0 + 4u * ty + 4u * TY * g + r;
             if i >= params.m {
                 continue;
             }
+            let row_key = draw_row(drop_key, i);
             for (var h = 0u; h < GN; h++) {
                 for (var q = 0u; q < 4u; q++) {
                     let j = col0 + 4u * tx + 4u * TX * h + q;
@@ -326,9 +376,15 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
                             if (params.flags & FLAG_RELU) != 0u {
                                 v = max(v, 0.0);
                             }
+                            if dropout {
+                                v = select(0.0, v * params.drop_scale, draw_col(row_key, j) >= params.drop_threshold);
+                            }
                             c[at] = v;
                         }
                         case EPI_MASK: {
+                            if dropout {
+                                v *= params.drop_scale;
+                            }
                             c[at] = select(v, 0.0, aux[at] <= 0.0);
                         }
                         case EPI_SGD: {

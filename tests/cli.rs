@@ -354,4 +354,50 @@ fn label_smoothing_and_clipping_train_and_bad_values_name_their_flag() {
         let t = text(&o);
         assert!(!o.status.success() && t.contains(want), "{args:?}: {t}");
     }
+fn shift_on_csv_data_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("d.csv");
+    let rows: String = (0..20)
+        .map(|i| format!("{},{},{},{}\n", i, i * 2, i % 3, i % 2))
+        .collect();
+    std::fs::write(&csv, rows).unwrap();
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        csv.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--shift",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("--shift") && t.contains("[3]") && !t.contains("panicked"),
+        "{t}"
+    );
+}
+
+#[test]
+fn dropout_and_shift_train_on_builtin_digits() {
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--epochs",
+        "2",
+        "--hidden",
+        "32",
+        "--dropout",
+        "0.2",
+        "--shift",
+        "1",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("test accuracy"), "{t}");
 }

@@ -934,6 +934,162 @@ fn clip_coef_matches_cpu_twin() {
                 );
             }
             assert_eq!(gpu.coef == 1.0, want == 1.0, "{what}");
+/// Ragged shapes (rows, outputs, inputs) for the kernels with random draws.
+const DRAW_SHAPES: [(usize, usize, usize); 4] = [(1, 5, 3), (7, 31, 9), (33, 130, 17), (64, 70, 33)];
+
+#[test]
+fn linear_forward_dropout_draws_the_cpu_mask() {
+    use wgtrain::optim::draw::{draw, dropout_stream, Dropout, Key};
+    let Some(ctx) = common::gpu() else { return };
+    // Seeds with both halves set, so both key words matter.
+    let keys = [(0x0123_4567_89ab_cdefu64, 1u64, 0usize), (u64::MAX - 6, 4000, 2)];
+    for (s, &(rows, outputs, inputs)) in DRAW_SHAPES.iter().enumerate() {
+        let seed = 300 + 10 * s as u64;
+        let w = common::random(outputs * inputs, seed);
+        let x = common::random(rows * inputs, seed + 1);
+        // Biases of both signs (values to compare), then all large
+        // (every unit positive, so the zeros are exactly the mask).
+        let mixed = common::random(outputs, seed + 2);
+        let positive: Vec<f32> = mixed.iter().map(|b| b + 2.0 * inputs as f32).collect();
+        for p in [0.1f32, 0.5] {
+            let drop = Dropout::new(p).unwrap();
+            for &(run_seed, step, layer) in &keys {
+                let stream = dropout_stream(layer);
+                let draws = ops::StepDraws {
+                    seed: run_seed,
+                    step,
+                    dropout: Some((drop, stream)),
+                    shift: None,
+                };
+                let key = Key::new(run_seed, step, stream);
+                let what = format!("{rows}x{outputs}x{inputs} p={p} step {step}");
+                for bias in [&mixed, &positive] {
+                    let got = ops::linear_forward_train(
+                        &ctx,
+                        Input::Dense(&x),
+                        &w,
+                        bias,
+                        rows,
+                        inputs,
+                        outputs,
+                        true,
+                        &draws,
+                    )
+                    .unwrap();
+                    let mut twin = vec![f32::NAN; rows * outputs];
+                    cpu::linear_forward_dropout(&x, &w, bias, &mut twin, rows, inputs, outputs, drop, key);
+                    let mut r = vec![0.0; rows * outputs];
+                    let mut bound = vec![0.0; rows * outputs];
+                    for i in 0..rows {
+                        for j in 0..outputs {
+                            let (mut v, mut abs) = (bias[j] as f64, (bias[j] as f64).abs());
+                            for q in 0..inputs {
+                                let t = x[i * inputs + q] as f64 * w[j * inputs + q] as f64;
+                                v += t;
+                                abs += t.abs();
+                            }
+                            let kept = draw(run_seed, step, stream, i as u32, j as u32) >= drop.threshold;
+                            let scale = drop.scale as f64;
+                            r[i * outputs + j] = if kept { v.max(0.0) * scale } else { 0.0 };
+                            bound[i * outputs + j] = (inputs as f64 + 3.0) * U * abs * scale;
+                        }
+                    }
+                    assert_close(&format!("linear_forward dropout {what}"), &got, &twin, &r, &bound);
+                }
+                let got = ops::linear_forward_train(
+                    &ctx,
+                    Input::Dense(&x),
+                    &w,
+                    &positive,
+                    rows,
+                    inputs,
+                    outputs,
+                    true,
+                    &draws,
+                )
+                .unwrap();
+                for (e, &g) in got.iter().enumerate() {
+                    let kept =
+                        draw(run_seed, step, stream, (e / outputs) as u32, (e % outputs) as u32) >= drop.threshold;
+                    assert_eq!(g != 0.0, kept, "{what}: unit {e} is {g}, the hash says kept={kept}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn backprop_input_dropout_matches_cpu_twin() {
+    use wgtrain::optim::draw::Dropout;
+    let Some(ctx) = common::gpu() else { return };
+    let drop = Dropout::new(0.3).unwrap();
+    for (s, &(rows, inputs, outputs)) in DRAW_SHAPES.iter().enumerate() {
+        let seed = 400 + 10 * s as u64;
+        let dy = common::random(rows * outputs, seed);
+        let w = common::random(outputs * inputs, seed + 1);
+        let x: Vec<f32> = common::random(rows * inputs, seed + 2)
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let got = ops::backprop_input_dropout(&ctx, &dy, &w, &x, rows, inputs, outputs, drop).unwrap();
+        let mut twin = vec![f32::NAN; rows * inputs];
+        cpu::backprop_input_dropout(&dy, &w, &x, &mut twin, rows, inputs, outputs, drop.scale);
+        let (mut r, abs) = reference_matmul(&dy, &w, rows, inputs, outputs, false, false);
+        for (v, &h) in r.iter_mut().zip(&x) {
+            *v = if h <= 0.0 { 0.0 } else { *v * drop.scale as f64 };
+        }
+        let bound: Vec<f64> = abs
+            .iter()
+            .map(|s| (outputs as f64 + 2.0) * U * s * drop.scale as f64)
+            .collect();
+        assert_close(
+            &format!("backprop_input dropout {rows}x{inputs}x{outputs}"),
+            &got,
+            &twin,
+            &r,
+            &bound,
+        );
+    }
+}
+
+#[test]
+fn first_layer_gather_with_shift_matches_cpu_twin() {
+    use wgtrain::optim::draw::{Key, Shift, SHIFT_STREAM};
+    let Some(ctx) = common::gpu() else { return };
+    // (rows, channels, height, width, shift)
+    for (s, &(rows, c, h, w, max)) in [(1, 1, 5, 7, 2), (7, 2, 4, 3, 1), (33, 1, 9, 6, 3)].iter().enumerate() {
+        let dim = c * h * w;
+        let g = gathered(rows, dim, 500 + s as u64);
+        let shift = Shift::new(max, &[c, h, w]).unwrap().unwrap();
+        let (seed, step) = (0xfeed_0000_0000_0001u64 + s as u64, 17 + s as u64);
+        let draws = ops::StepDraws {
+            seed,
+            step,
+            dropout: None,
+            shift: Some(shift),
+        };
+        let mut twin = vec![f32::NAN; rows * dim];
+        let key = Key::new(seed, step, SHIFT_STREAM);
+        cpu::gather_rows_shifted(&g.features, &g.index, dim, g.scale, g.offset, &mut twin, &shift, key);
+        // An identity layer passes the gathered input through exactly.
+        let eye: Vec<f32> = (0..dim * dim).map(|i| (i / dim == i % dim) as u8 as f32).collect();
+        let zero = vec![0.0; dim];
+        for as_u8 in [true, false] {
+            let input = Input::Gathered {
+                features: &g.features,
+                index: &g.index,
+                scale: g.scale,
+                offset: g.offset,
+                as_u8,
+            };
+            let got = ops::linear_forward_train(&ctx, input, &eye, &zero, rows, dim, dim, false, &draws).unwrap();
+            for (e, (&a, &b)) in got.iter().zip(&twin).enumerate() {
+                // raw * scale + offset, fused or not: within 2 ulps.
+                assert!(
+                    (a - b).abs() <= 2.0 * f32::EPSILON * b.abs().max(1.0),
+                    "{rows} rows of {c}x{h}x{w}, shift {max}, u8={as_u8}: [{e}] GPU {a} vs CPU {b}"
+                );
+            }
         }
     }
 }

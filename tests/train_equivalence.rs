@@ -424,5 +424,79 @@ fn clipped_step_dispatches() {
             "sgd_momentum_update",
             "sgd_momentum_update",
         ]
+/// `spec` with dropout `p`, a shift of `n` pixels and the draws keyed by `seed`.
+fn regularized(mut spec: TrainSpec, p: f32, n: u32, seed: u64) -> TrainSpec {
+    (spec.regular.dropout, spec.regular.shift, spec.seed) = (p, n, seed);
+    spec
+}
+
+#[test]
+fn dropout_and_shift_training_matches_cpu() {
+    let Some(ctx) = common::gpu() else { return };
+    // Digits (8 x 8, kept as bytes on the GPU) with plain SGD, and f32
+    // features shaped [2, 4, 4] with Adam (the gradient stored unfused),
+    // each over two hidden layers, across an epoch's partial last batch.
+    let digits = digits();
+    let mut images = (*synthetic(200, 50, 32, 5)).clone();
+    images.shape = vec![2, 4, 4];
+    let images = Arc::new(images);
+    let adam = wgtrain::optim::Optimizer::Adam(wgtrain::optim::Adam::default());
+    let cases = [
+        ("digits sgd", digits, TrainSpec::sgd(32), 0.1f32, 0.25f32, 1u32),
+        ("images adam", images, TrainSpec::new(24, adam), 0.01, 0.4, 1),
+    ];
+    for (what, data, base, lr, p, n) in cases {
+        let m = model(&data, &[40, 24], Normalize::Scale);
+        let spec = regularized(base, p, n, 0xdead_beef_0000_0003);
+        let n_train = data.train.len();
+        let mut gpu = GpuBackend::new(ctx.clone(), m.clone(), data.clone(), spec).unwrap();
+        let mut cpu = CpuBackend::new(m.clone(), data.clone(), spec).unwrap();
+        let steps = steps_per_epoch(n_train, base.batch) + 5;
+        let g = per_step_losses(&mut gpu, n_train, steps, lr);
+        let c = per_step_losses(&mut cpu, n_train, steps, lr);
+        assert_same_losses(what, &g, &c);
+        let (gm, cm) = (gpu.model().unwrap(), cpu.model().unwrap());
+        let diff = max_weight_difference(&gm, &cm);
+        eprintln!("{what}: after {steps} steps, weights differ by {diff:.1e} of their scale");
+        assert!(diff < 1e-4, "{what}: weights differ by {diff:e} of their scale");
+
+        // The draws are on: plain training takes another path.
+        let mut plain = CpuBackend::new(m.clone(), data.clone(), base).unwrap();
+        let pl = per_step_losses(&mut plain, n_train, steps, lr);
+        let same = pl
+            .iter()
+            .zip(&c)
+            .filter(|(a, b)| a.mean_loss() == b.mean_loss())
+            .count();
+        assert_eq!(same, 0, "{what}: {same} steps with the plain loss");
+
+        // Evaluation has no dropout: the regularized backend predicts as a
+        // plain one holding the same weights.
+        let mut fresh = GpuBackend::new(ctx.clone(), gm, data.clone(), base).unwrap();
+        let (a, b) = (
+            gpu.predict_split(SplitKind::Test).unwrap(),
+            fresh.predict_split(SplitKind::Test).unwrap(),
+        );
+        assert_eq!((a.loss_sum, a.classes), (b.loss_sum, b.classes), "{what}");
+    }
+}
+
+#[test]
+fn shift_on_data_that_are_not_images_is_refused_on_the_gpu() {
+    let Some(ctx) = common::gpu() else { return };
+    let data = synthetic(20, 5, 12, 3);
+    let m = model(&data, &[8], Normalize::Scale);
+    let e = GpuBackend::new(ctx, m, data, regularized(TrainSpec::sgd(4), 0.0, 1, 0))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            e,
+            wgtrain::Error::Invalid {
+                setting: wgtrain::error::Setting::Shift,
+                ..
+            }
+        ),
+        "{e}"
     );
 }

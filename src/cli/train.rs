@@ -387,7 +387,7 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         "fingerprint of the data and settings in {:.1} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
-    let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec)?;
+    let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec).map_err(flagged)?;
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),

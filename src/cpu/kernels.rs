@@ -11,6 +11,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use super::team;
+use crate::optim::draw::{Dropout, Key, Shift};
 
 /// Below this many multiply-adds a product runs on one thread: waking the
 /// pool costs more than it saves.
@@ -253,6 +254,36 @@ pub fn linear_forward(
     bias_act(y, bias, rows, outputs, relu);
 }
 
+/// [`linear_forward`] of a hidden layer in training, with inverted dropout
+/// after the ReLU (linear_forward with FLAG_DROPOUT in matmul.wgsl):
+/// `y[r, j] = relu(z[r, j]) * drop.scale` when the draw `key.row(r).col(j)`
+/// keeps the unit, else 0.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward_dropout(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    drop: Dropout,
+    key: Key,
+) {
+    matmul_nt(x, w, y, rows, outputs, inputs);
+    for (r, row) in y[..rows * outputs].chunks_exact_mut(outputs).enumerate() {
+        let rk = key.row(r as u32);
+        for (j, (v, b)) in row.iter_mut().zip(bias).enumerate() {
+            let a = (*v + b).max(0.0);
+            *v = if drop.keeps(rk.col(j as u32)) {
+                a * drop.scale
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
 /// Add the bias to each row, then apply ReLU when `relu`.
 pub fn bias_act(y: &mut [f32], bias: &[f32], rows: usize, outputs: usize, relu: bool) {
     for row in y[..rows * outputs].chunks_exact_mut(outputs) {
@@ -410,6 +441,26 @@ pub fn backprop_input(dy: &[f32], w: &[f32], x: &[f32], dx: &mut [f32], rows: us
     }
 }
 
+/// [`backprop_input`] through a layer whose input went through dropout
+/// (backprop_input with FLAG_DROPOUT): `dx = (dy * w) * scale` where the
+/// input `x > 0`, else 0. A dropped unit's input is 0, so the ReLU gate
+/// drops its gradient too; a kept one carries the dropout scale.
+pub fn backprop_input_dropout(
+    dy: &[f32],
+    w: &[f32],
+    x: &[f32],
+    dx: &mut [f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    scale: f32,
+) {
+    matmul_nn(dy, w, dx, rows, inputs, outputs);
+    for (d, &h) in dx[..rows * inputs].iter_mut().zip(x) {
+        *d = if h <= 0.0 { 0.0 } else { *d * scale };
+    }
+}
+
 /// SGD on a layer, fused with its gradient:
 /// `w[out, in] -= lr * dy[rows, out]^T * x[rows, in]`, and with `bias`,
 /// `bias[out] -= lr * sum over rows of dy[rows, out]`. The GPU twin computes
@@ -529,6 +580,53 @@ pub fn gather_rows_u8(features: &[u8], index: &[u32], dim: usize, scale: f32, of
         let src = &features[i as usize * dim..(i as usize + 1) * dim];
         for (o, &v) in x[r * dim..(r + 1) * dim].iter_mut().zip(src) {
             *o = v as f32 * scale + offset;
+        }
+    }
+}
+
+/// [`gather_rows`] with each row translated (the first layer's gather with
+/// a shift in matmul.wgsl): row `r` of the batch moves by the
+/// `shift.offsets(key.row(r))` of its position, so output pixel `(y, x)` of
+/// each channel reads source pixel `(y - dy, x - dx)`, and a pixel from
+/// outside the image is a raw 0, preprocessed (`0 * scale + offset`).
+/// `dim` is `channels * height * width`.
+pub fn gather_rows_shifted<T: Copy + Into<f32>>(
+    features: &[T],
+    index: &[u32],
+    dim: usize,
+    scale: f32,
+    offset: f32,
+    x: &mut [f32],
+    shift: &Shift,
+    key: Key,
+) {
+    let (h, w) = (shift.height as usize, shift.width as usize);
+    let plane = h * w;
+    let background = 0.0 * scale + offset;
+    for (r, &i) in index.iter().enumerate() {
+        let (dx, dy) = shift.offsets(key.row(r as u32));
+        let src = &features[i as usize * dim..(i as usize + 1) * dim];
+        let out = &mut x[r * dim..(r + 1) * dim];
+        for (src, out) in src.chunks_exact(plane).zip(out.chunks_exact_mut(plane)) {
+            for (y, out_row) in out.chunks_exact_mut(w).enumerate() {
+                let sy = y as i64 - i64::from(dy);
+                if sy < 0 || sy >= h as i64 {
+                    out_row.fill(background);
+                    continue;
+                }
+                let src_row = &src[sy as usize * w..(sy as usize + 1) * w];
+                // Output columns lo..hi read source columns lo - dx..hi - dx.
+                let lo = dx.clamp(0, w as i32) as usize;
+                let hi = (w as i32 + dx).clamp(0, w as i32) as usize;
+                let (left, rest) = out_row.split_at_mut(lo.min(hi));
+                let (mid, right) = rest.split_at_mut(hi.saturating_sub(lo));
+                left.fill(background);
+                right.fill(background);
+                let from = (lo as i32 - dx) as usize;
+                for (o, &v) in mid.iter_mut().zip(&src_row[from..]) {
+                    *o = v.into() * scale + offset;
+                }
+            }
         }
     }
 }

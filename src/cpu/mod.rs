@@ -14,6 +14,7 @@ use crate::backend::{
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::Mlp;
+use crate::optim::draw::{dropout_stream, Dropout, Key, Shift, SHIFT_STREAM};
 use crate::optim::{Constraint, Optimizer, StepHyper};
 
 pub use team::{cores, Team};
@@ -53,6 +54,12 @@ pub struct CpuBackend {
     /// The largest global gradient norm of a step (`None`: no clipping);
     /// a clipped step runs [`CpuBackend::step_clipped`].
     clip: Option<f32>,
+    /// Keys the step's random draws.
+    seed: u64,
+    /// Dropout after each hidden layer in training steps.
+    dropout: Option<Dropout>,
+    /// Random translation of the training images.
+    shift: Option<Shift>,
 }
 
 impl CpuBackend {
@@ -65,11 +72,8 @@ impl CpuBackend {
     pub fn with_threads(model: Mlp, data: Arc<Dataset>, spec: TrainSpec, threads: usize) -> Result<Self> {
         check_fit(&model, &data)?;
         spec.check()?;
-        if spec.regular.dropout != 0.0 || spec.regular.shift != 0 {
-            return Err(crate::error::Error::Config(
-                "dropout and shift are not available yet".into(),
-            ));
-        }
+        let regular = spec.regular;
+        let shift = Shift::new(regular.shift, &data.shape)?;
         let batch = spec.batch;
         let clip = spec.regular.clip_grad_norm;
         let sizes = model.sizes();
@@ -106,6 +110,9 @@ impl CpuBackend {
             train_u8,
             smoothing: spec.regular.label_smoothing,
             clip,
+            seed: spec.seed,
+            dropout: Dropout::new(regular.dropout),
+            shift,
         })
     }
 
@@ -127,16 +134,27 @@ impl CpuBackend {
         let idx = &self.order[start..start + rows];
         let dim = self.model.inputs();
         let p = self.model.preprocess;
-        match &self.train_u8 {
-            Some(bytes) => kernels::gather_rows_u8(bytes, idx, dim, p.scale, p.offset, &mut self.acts[0]),
-            None => kernels::gather_rows(
-                &self.data.train.features,
-                idx,
-                dim,
-                p.scale,
-                p.offset,
-                &mut self.acts[0],
-            ),
+        if let Some(shift) = &self.shift {
+            let key = Key::new(self.seed, self.draw_step(), SHIFT_STREAM);
+            let x = &mut self.acts[0];
+            match &self.train_u8 {
+                Some(bytes) => kernels::gather_rows_shifted(bytes, idx, dim, p.scale, p.offset, x, shift, key),
+                None => {
+                    kernels::gather_rows_shifted(&self.data.train.features, idx, dim, p.scale, p.offset, x, shift, key)
+                }
+            }
+        } else {
+            match &self.train_u8 {
+                Some(bytes) => kernels::gather_rows_u8(bytes, idx, dim, p.scale, p.offset, &mut self.acts[0]),
+                None => kernels::gather_rows(
+                    &self.data.train.features,
+                    idx,
+                    dim,
+                    p.scale,
+                    p.offset,
+                    &mut self.acts[0],
+                ),
+            }
         }
         for (r, &i) in idx.iter().enumerate() {
             self.labels[r] = self.data.train.labels[i as usize];
@@ -156,7 +174,7 @@ impl CpuBackend {
 
     fn gradients_on_team(&mut self, index: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
         let rows = self.load_batch(index);
-        forward(&self.model, &mut self.acts, rows);
+        self.forward_train(rows);
         let nl = self.model.layers.len();
         let classes = self.model.classes();
         kernels::softmax_xent(
@@ -173,7 +191,8 @@ impl CpuBackend {
             let (lo, hi) = self.grads.split_at_mut(l + 1);
             let dy = &hi[0];
             if l > 0 {
-                kernels::backprop_input(
+                backprop(
+                    self.dropout,
                     dy,
                     &layer.weight,
                     &self.acts[l],
@@ -193,12 +212,40 @@ impl CpuBackend {
         out
     }
 
+    /// The step key of the next update's draws: torch's `t`, as Adam's
+    /// bias corrections count it.
+    fn draw_step(&self) -> u64 {
+        self.updates + 1
+    }
+
+    /// The forward pass of a training step: [`forward`], with dropout after
+    /// each hidden layer when it is on.
+    fn forward_train(&mut self, rows: usize) {
+        let Some(drop) = self.dropout else {
+            forward(&self.model, &mut self.acts, rows);
+            return;
+        };
+        let nl = self.model.layers.len();
+        let step = self.draw_step();
+        for (l, layer) in self.model.layers.iter().enumerate() {
+            let (lo, hi) = self.acts.split_at_mut(l + 1);
+            let (x, y) = (&lo[l], &mut hi[0]);
+            let (inputs, outputs) = (layer.inputs, layer.outputs);
+            if l + 1 < nl {
+                let key = Key::new(self.seed, step, dropout_stream(l));
+                kernels::linear_forward_dropout(x, &layer.weight, &layer.bias, y, rows, inputs, outputs, drop, key);
+            } else {
+                kernels::linear_forward(x, &layer.weight, &layer.bias, y, rows, inputs, outputs, false);
+            }
+        }
+    }
+
     fn step(&mut self, index: usize, hyper: StepHyper) {
         if let Some(max_norm) = self.clip {
             return self.step_clipped(index, hyper, max_norm);
         }
         let rows = self.load_batch(index);
-        forward(&self.model, &mut self.acts, rows);
+        self.forward_train(rows);
         let nl = self.model.layers.len();
         let classes = self.model.classes();
         let (loss, correct) = kernels::softmax_xent(
@@ -215,7 +262,8 @@ impl CpuBackend {
             let dy = &hi[0];
             if l > 0 {
                 // Uses the weights before this step's update.
-                kernels::backprop_input(
+                backprop(
+                    self.dropout,
                     dy,
                     &layer.weight,
                     &self.acts[l],
@@ -264,7 +312,7 @@ impl CpuBackend {
     /// added inside the update, after the scaling).
     fn step_clipped(&mut self, index: usize, hyper: StepHyper, max_norm: f32) {
         let rows = self.load_batch(index);
-        forward(&self.model, &mut self.acts, rows);
+        self.forward_train(rows);
         let nl = self.model.layers.len();
         let classes = self.model.classes();
         let (loss, correct) = kernels::softmax_xent(
@@ -280,7 +328,8 @@ impl CpuBackend {
             let (lo, hi) = self.grads.split_at_mut(l + 1);
             let dy = &hi[0];
             if l > 0 {
-                kernels::backprop_input(
+                backprop(
+                    self.dropout,
                     dy,
                     &layer.weight,
                     &self.acts[l],
@@ -317,6 +366,24 @@ impl CpuBackend {
         self.stats.examples += rows as u64;
         self.stats.steps += 1;
         self.updates += 1;
+    }
+}
+
+/// `backprop_input` of a training step, with the dropout scale when it is on.
+#[allow(clippy::too_many_arguments)]
+fn backprop(
+    dropout: Option<Dropout>,
+    dy: &[f32],
+    w: &[f32],
+    x: &[f32],
+    dx: &mut [f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+) {
+    match dropout {
+        None => kernels::backprop_input(dy, w, x, dx, rows, inputs, outputs),
+        Some(d) => kernels::backprop_input_dropout(dy, w, x, dx, rows, inputs, outputs, d.scale),
     }
 }
 

@@ -12,8 +12,9 @@ use super::context::GpuContext;
 use super::dispatch::{fold, need_u32, Dispatch};
 use super::registry::{GemmKernel, Kernel};
 use super::tile::Tile;
-use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_GRAD, FLAG_RELU};
+use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_DROPOUT, FLAG_GRAD, FLAG_RELU};
 use crate::error::GpuError;
+use crate::optim::draw::{Dropout, Shift};
 
 /// Where a GEMM operand's values come from.
 #[derive(Clone, Copy)]
@@ -39,6 +40,18 @@ pub(crate) struct DataSource<'a> {
     pub dim: u32,
     pub scale: f32,
     pub offset: f32,
+    /// Translate each row's image, keyed by the run's seed (training only).
+    pub shift: Option<(Shift, u64)>,
+}
+
+/// Dropout in a training step's linear_forward (after the ReLU) or
+/// backprop_input (the scale on the kept units' gradients).
+#[derive(Clone, Copy)]
+pub(crate) struct LayerDropout {
+    pub drop: Dropout,
+    /// The run's seed and the layer's stream (`optim::draw`).
+    pub seed: u64,
+    pub stream: u32,
 }
 
 impl<'a> Operand<'a> {
@@ -81,6 +94,8 @@ pub(crate) struct Gemm<'a> {
     /// weight_update: store the gradient in `c` (and `bias`) instead of
     /// subtracting `lr` times it (FLAG_GRAD).
     pub grad: bool,
+    /// linear_forward, backprop_input: dropout (FLAG_DROPOUT).
+    pub dropout: Option<LayerDropout>,
 }
 
 impl<'a> Gemm<'a> {
@@ -114,6 +129,7 @@ impl<'a> Gemm<'a> {
             relu: false,
             bias: None,
             grad: false,
+            dropout: None,
         }
     }
 
@@ -141,6 +157,7 @@ impl<'a> Gemm<'a> {
             relu,
             bias: None,
             grad: false,
+            dropout: None,
         }
     }
 
@@ -167,6 +184,7 @@ impl<'a> Gemm<'a> {
             relu: false,
             bias: None,
             grad: false,
+            dropout: None,
         }
     }
 
@@ -197,6 +215,7 @@ impl<'a> Gemm<'a> {
             relu: false,
             bias,
             grad: false,
+            dropout: None,
         }
     }
 
@@ -222,6 +241,12 @@ impl<'a> Gemm<'a> {
 }
 
 impl Gemm<'_> {
+    /// The same call with `dropout` (linear_forward and backprop_input of a
+    /// training step).
+    pub(crate) fn with_dropout(self, dropout: Option<LayerDropout>) -> Self {
+        Gemm { dropout, ..self }
+    }
+
     /// The dispatch reading its per-step values from `step`, with the tile
     /// variant chosen for its shape.
     pub(crate) fn dispatch(&self, ctx: &GpuContext, label: &str, step: &wgpu::Buffer) -> Result<Dispatch, GpuError> {
@@ -265,6 +290,17 @@ impl Gemm<'_> {
             scale: 1.0,
             ..Default::default()
         };
+        if let Some(d) = self.dropout {
+            if !matches!(self.kernel, GemmKernel::LinearForward | GemmKernel::BackpropInput) {
+                return Err(GpuError::InvalidArgument(format!(
+                    "{label}: dropout in {}",
+                    self.kernel.name()
+                )));
+            }
+            p.flags |= FLAG_DROPOUT;
+            (p.seed_lo, p.seed_hi) = (d.seed as u32, (d.seed >> 32) as u32);
+            (p.drop_threshold, p.drop_scale, p.drop_stream) = (d.drop.threshold, d.drop.scale, d.stream);
+        }
         let unused_ro = &ctx.registry.unused_ro;
         let a = operand(&self.a, unused_ro, &mut p.a_rs, &mut p.a_cs, &mut p.a_src);
         let b = operand(&self.b, unused_ro, &mut p.b_rs, &mut p.b_cs, &mut p.b_src);
@@ -275,6 +311,17 @@ impl Gemm<'_> {
             p.gather = d.gather as u32;
             p.scale = d.scale;
             p.offset = d.offset;
+            if let Some((shift, seed)) = d.shift {
+                let plane = u64::from(shift.height) * u64::from(shift.width);
+                if plane == 0 || !u64::from(d.dim).is_multiple_of(plane) {
+                    return Err(GpuError::InvalidArgument(format!(
+                        "{label}: a {} x {} image shift on examples of {} values",
+                        shift.height, shift.width, d.dim
+                    )));
+                }
+                (p.seed_lo, p.seed_hi) = (seed as u32, (seed >> 32) as u32);
+                (p.shift, p.img_h, p.img_w) = (shift.max, shift.height, shift.width);
+            }
             data = d.data;
             index = d.index;
         }

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use super::clip;
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
-use super::gemm::{DataSource, Gemm, Operand};
+use super::gemm::{DataSource, Gemm, LayerDropout, Operand};
 use super::int8::{self, GpuI8Layer};
 use super::optim;
 use super::registry::{GemmKernel, Int8Path};
@@ -28,6 +28,7 @@ use super::vector;
 use crate::cpu::optim::{AdamScalars, SgdScalars};
 use crate::error::GpuError;
 use crate::infer::int8::PackedI8Linear;
+use crate::optim::draw::{Dropout, Shift};
 use crate::optim::{Adam, Optimizer, Sgd};
 
 /// The input of a layer: a dense matrix, or raw rows of a dataset gathered
@@ -87,13 +88,31 @@ fn poisoned_stat(ctx: &GpuContext) -> Result<wgpu::Buffer, GpuError> {
 
 /// A step buffer holding one [`StepParams`] with learning rate `lr`.
 fn step_buffer(ctx: &GpuContext, lr: f32) -> Result<wgpu::Buffer, GpuError> {
+    step_buffer_at(ctx, lr, 0)
+}
+
+/// [`step_buffer`] for the draws of step `draw_step`.
+fn step_buffer_at(ctx: &GpuContext, lr: f32, draw_step: u64) -> Result<wgpu::Buffer, GpuError> {
     let p = StepParams {
         index_off: 0,
         slot: 0,
         lr,
+        draw_step: draw_step as u32,
         ..Default::default()
     };
     ctx.dev.uniform_init("single-step params", bytemuck::bytes_of(&p))
+}
+
+/// The random draws of one training step (`crate::optim::draw`): the run's
+/// seed, the step key, and what the kernel draws for.
+#[derive(Debug, Clone, Copy)]
+pub struct StepDraws {
+    pub seed: u64,
+    pub step: u64,
+    /// Dropout after the ReLU, from this stream.
+    pub dropout: Option<(Dropout, u32)>,
+    /// The shift of a gathered input's images.
+    pub shift: Option<Shift>,
 }
 
 /// Record dispatches in one pass, in order, and submit them (reads come
@@ -180,6 +199,7 @@ impl InputBuffers {
                 dim: *dim,
                 scale: *scale,
                 offset: *offset,
+                shift: None,
             }),
         }
     }
@@ -271,6 +291,75 @@ pub fn linear_forward(
     let step = step_buffer(ctx, 0.0)?;
     run(ctx, &[&g.dispatch(ctx, "linear_forward", &step)?]);
     ctx.dev.read_f32(&y, rows * outputs)
+}
+
+/// [`linear_forward`] as a training step runs it, with the step's `draws`:
+/// inverted dropout after the ReLU, and a gathered input's images shifted
+/// (the twins of `cpu::kernels::linear_forward_dropout` and
+/// `gather_rows_shifted`).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward_train(
+    ctx: &GpuContext,
+    x: Input,
+    w: &[f32],
+    bias: &[f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    relu: bool,
+    draws: &StepDraws,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("w", w.len(), outputs * inputs)?;
+    check_len("bias", bias.len(), outputs)?;
+    let xb = InputBuffers::upload(ctx, &x, rows, inputs)?;
+    let (wb, bb) = (upload_f32(ctx, "w", w)?, upload_f32(ctx, "bias", bias)?);
+    let y = poisoned(ctx, "y", rows * outputs)?;
+    let mut xo = xb.operand(inputs);
+    if let (Operand::Data(d), Some(shift)) = (&mut xo, draws.shift) {
+        d.shift = Some((shift, draws.seed));
+    }
+    let dropout = draws.dropout.map(|(drop, stream)| LayerDropout {
+        drop,
+        seed: draws.seed,
+        stream,
+    });
+    let g = Gemm::linear_forward(xo, &wb, &bb, &y, rows, inputs, outputs, relu).with_dropout(dropout);
+    let step = step_buffer_at(ctx, 0.0, draws.step)?;
+    run(ctx, &[&g.dispatch(ctx, "linear_forward", &step)?]);
+    ctx.dev.read_f32(&y, rows * outputs)
+}
+
+/// [`backprop_input`] through a layer whose input went through dropout:
+/// the kept units' gradients times `drop.scale`.
+#[allow(clippy::too_many_arguments)]
+pub fn backprop_input_dropout(
+    ctx: &GpuContext,
+    dy: &[f32],
+    w: &[f32],
+    x: &[f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    drop: Dropout,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("dy", dy.len(), rows * outputs)?;
+    check_len("w", w.len(), outputs * inputs)?;
+    check_len("x", x.len(), rows * inputs)?;
+    let (dyb, wb, xb) = (
+        upload_f32(ctx, "dy", dy)?,
+        upload_f32(ctx, "w", w)?,
+        upload_f32(ctx, "x", x)?,
+    );
+    let dx = poisoned(ctx, "dx", rows * inputs)?;
+    let dropout = LayerDropout {
+        drop,
+        seed: 0,
+        stream: 0,
+    };
+    let g = Gemm::backprop_input(&dyb, &wb, &xb, &dx, rows, inputs, outputs).with_dropout(Some(dropout));
+    let step = step_buffer(ctx, 0.0)?;
+    run(ctx, &[&g.dispatch(ctx, "backprop_input", &step)?]);
+    ctx.dev.read_f32(&dx, rows * inputs)
 }
 
 /// `dx[rows, inputs] = (dy[rows, outputs] * w[outputs, inputs]) * (x > 0)`.

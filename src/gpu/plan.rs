@@ -33,13 +33,14 @@
 use super::clip::{clip_coef, grad_sq_partial, ClipBuffers};
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
-use super::gemm::{DataSource, Gemm, Operand};
+use super::gemm::{DataSource, Gemm, LayerDropout, Operand};
 use super::optim::{optim_update, LayerOptim};
 use super::resident::ResidentSplit;
 use super::softmax::{softmax_xent, softmax_xent_eval};
 use super::vector::apply_mask;
 use crate::data::Preprocess;
 use crate::error::GpuError;
+use crate::optim::draw::{dropout_stream, Dropout};
 use crate::optim::Optimizer;
 
 /// What an unfused optimizer's dispatches bind.
@@ -78,13 +79,24 @@ pub(crate) struct Buffers<'a> {
     pub clip: Option<&'a ClipBuffers>,
 }
 
-/// The forward dispatches of `rows` rows whose input is `input`.
+/// Dropout of a hidden layer of a training step, keyed by the run's seed.
+fn layer_dropout(dropout: Option<(Dropout, u64)>, layer: usize) -> Option<LayerDropout> {
+    dropout.map(|(drop, seed)| LayerDropout {
+        drop,
+        seed,
+        stream: dropout_stream(layer),
+    })
+}
+
+/// The forward dispatches of `rows` rows whose input is `input`, with
+/// `dropout` (and the run's seed) after each hidden layer in training.
 fn forward(
     ctx: &GpuContext,
     bufs: &Buffers,
     input: DataSource,
     rows: usize,
     tag: &str,
+    dropout: Option<(Dropout, u64)>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let sizes = bufs.sizes;
     let nl = sizes.len() - 1;
@@ -96,14 +108,18 @@ fn forward(
                 Operand::rows(&bufs.acts[l - 1], sizes[l])
             };
             let (w, b) = &bufs.params[l];
-            let g = Gemm::linear_forward(x, w, b, &bufs.acts[l], rows, sizes[l], sizes[l + 1], l + 1 < nl);
+            let hidden = l + 1 < nl;
+            let g = Gemm::linear_forward(x, w, b, &bufs.acts[l], rows, sizes[l], sizes[l + 1], hidden)
+                .with_dropout(if hidden { layer_dropout(dropout, l) } else { None });
             g.dispatch(ctx, &format!("{tag} fc{} linear_forward", l + 1), bufs.step)
         })
         .collect()
 }
 
 /// Every dispatch of a training step of `rows` rows of `train` (read
-/// through `input`), in order; its loss and correct count go to `stats`.
+/// through `input`, which carries the image shift when there is one), in
+/// order, with `dropout` keyed by the run's seed after each hidden layer;
+/// its loss and correct count go to `stats`.
 pub(crate) fn train_step(
     ctx: &GpuContext,
     bufs: &Buffers,
@@ -111,11 +127,12 @@ pub(crate) fn train_step(
     train: &ResidentSplit,
     stats: &wgpu::Buffer,
     rows: usize,
+    dropout: Option<(Dropout, u64)>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let sizes = bufs.sizes;
     let nl = sizes.len() - 1;
     let tag = format!("train step ({rows} rows)");
-    let mut plan = forward(ctx, bufs, input, rows, &tag)?;
+    let mut plan = forward(ctx, bufs, input, rows, &tag, dropout)?;
     plan.push(softmax_xent(
         ctx,
         &format!("{tag} softmax_xent"),
@@ -141,7 +158,9 @@ pub(crate) fn train_step(
         let dy = &bufs.grads[l];
         if l > 0 {
             // Before this layer's update: the gradient needs the old weights.
-            let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs);
+            // Layer l's input is hidden layer l - 1's output.
+            let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs)
+                .with_dropout(layer_dropout(dropout, l - 1));
             plan.push(g.dispatch(ctx, &name(l, "backprop_input"), bufs.step)?);
         }
         let x = if l == 0 {
@@ -289,7 +308,7 @@ impl EvalPlan {
         let nl = sizes.len() - 1;
         let plan = |rows: usize| -> Result<Vec<Dispatch>, GpuError> {
             let tag = format!("eval {name} ({rows} rows)");
-            let mut plan = forward(ctx, bufs, input, rows, &tag)?;
+            let mut plan = forward(ctx, bufs, input, rows, &tag, None)?;
             plan.push(softmax_xent_eval(
                 ctx,
                 &format!("{tag} softmax_xent_eval"),

@@ -304,6 +304,7 @@ impl GpuPredictor {
                             dim: s[0] as u32,
                             scale: self.preprocess.scale,
                             offset: self.preprocess.offset,
+                            shift: None,
                         })
                     } else {
                         Operand::rows(&self.acts[l - 1], s[l])

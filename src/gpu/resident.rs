@@ -78,6 +78,7 @@ impl ResidentSplit {
             dim: self.dim as u32,
             scale: p.scale,
             offset: p.offset,
+            shift: None,
         }
     }
 }

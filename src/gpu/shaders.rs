@@ -12,15 +12,17 @@ pub(crate) const CLIP_GRAD_NORM: &str = include_str!("../../shaders/clip_grad_no
 pub(crate) const QUANTIZE_ROWS_I8: &str = include_str!("../../shaders/quantize_rows_i8.wgsl");
 
 const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
+const DRAW: &str = include_str!("../../shaders/draw.wgsl");
 const LINEAR_FORWARD_I8: &str = include_str!("../../shaders/linear_forward_i8.wgsl");
 const DOT4_PACKED: &str = include_str!("../../shaders/dot4_i8_packed.wgsl");
 const DOT4_UNPACKED: &str = include_str!("../../shaders/dot4_i8_unpacked.wgsl");
 
-/// matmul.wgsl with the constants of `tile` in front.
+/// matmul.wgsl with the constants of `tile` and the random draws
+/// (draw.wgsl) in front.
 pub(crate) fn matmul(tile: Tile) -> String {
     format!(
         "const TX: u32 = {t}u;\nconst TY: u32 = {t}u;\nconst GM: u32 = {g}u;\nconst GN: u32 = {g}u;\n\
-         const BK: u32 = {d}u;\nconst KS: u32 = {s}u;\n\n{MATMUL}",
+         const BK: u32 = {d}u;\nconst KS: u32 = {s}u;\n\n{DRAW}\n{MATMUL}",
         t = tile.threads(),
         g = tile.group(),
         d = tile.depth(),

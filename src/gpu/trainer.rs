@@ -32,6 +32,7 @@ use crate::cpu::optim::AdamScalars;
 use crate::data::{Dataset, Preprocess};
 use crate::error::{Error, GpuError, Result};
 use crate::model::{Linear, Mlp};
+use crate::optim::draw::{Dropout, Shift};
 use crate::optim::{Constraint, Optimizer, StepHyper};
 
 /// Steps recorded per command buffer: enough that submission overhead
@@ -122,8 +123,21 @@ pub struct GpuBackend {
     smoothing: f32,
     /// Gradient clipping's partial sums and coefficient, when it clips.
     clip: Option<ClipBuffers>,
-    /// Steps submitted so far: step `updates + 1` is torch's `t`.
+    /// Steps submitted so far: step `updates + 1` is torch's `t`, and the
+    /// step key of its random draws.
     updates: u64,
+    /// Dropout and shifts of the training steps.
+    draws: Draws,
+}
+
+/// What a training step draws at random, keyed by the run's seed.
+#[derive(Clone, Copy)]
+struct Draws {
+    seed: u64,
+    /// Dropout after each hidden layer.
+    dropout: Option<Dropout>,
+    /// Random translation of the training images.
+    shift: Option<Shift>,
 }
 
 impl GpuBackend {
@@ -131,11 +145,8 @@ impl GpuBackend {
     pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
         crate::cpu::check_fit(&model, &data)?;
         spec.check()?;
-        if spec.regular.dropout != 0.0 || spec.regular.shift != 0 {
-            return Err(crate::error::Error::Config(
-                "dropout and shift are not available yet".into(),
-            ));
-        }
+        let regular = spec.regular;
+        let shift = Shift::new(regular.shift, &data.shape)?;
         let batch = spec.batch;
         if data.train.is_empty() {
             return Err(Error::Config("the training split is empty".into()));
@@ -143,7 +154,12 @@ impl GpuBackend {
         let device = &ctx.dev.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let invalid = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer, spec.regular);
+        let draws = Draws {
+            seed: spec.seed,
+            dropout: Dropout::new(regular.dropout),
+            shift,
+        };
+        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer, regular, draws);
         let invalid = pollster::block_on(invalid.pop());
         let oom = pollster::block_on(oom.pop());
         if let Some(e) = oom {
@@ -162,6 +178,7 @@ impl GpuBackend {
         batch: usize,
         optimizer: Optimizer,
         regular: Regularization,
+        draws: Draws,
     ) -> Result<Self> {
         let dev = &ctx.dev;
         let sizes = model.sizes();
@@ -322,6 +339,7 @@ impl GpuBackend {
             smoothing: regular.label_smoothing,
             clip,
             updates: 0,
+            draws,
             ctx,
         };
         backend.build_train_plans()?;
@@ -349,8 +367,11 @@ impl GpuBackend {
             smoothing: self.smoothing,
             clip: self.clip.as_ref(),
         };
-        let input = self.train.source(&self.perm, true, self.preprocess);
-        let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows);
+        let mut input = self.train.source(&self.perm, true, self.preprocess);
+        let Draws { seed, dropout, shift } = self.draws;
+        input.shift = shift.map(|s| (s, seed));
+        let dropout = dropout.map(|d| (d, seed));
+        let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows, dropout);
         self.full_step = plan(self.batch)?;
         self.last_step = if self.last_rows != self.batch {
             Some(plan(self.last_rows)?)
@@ -394,6 +415,7 @@ impl GpuBackend {
                 lr: h.lr,
                 step_size,
                 bc2_sqrt,
+                draw_step: (updates + 1 + s as u64) as u32,
                 ..Default::default()
             }
         });

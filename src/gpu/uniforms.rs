@@ -10,6 +10,9 @@ pub(crate) const FLAG_BIAS: u32 = 2;
 /// weight_update stores the gradient (and the bias gradient with
 /// FLAG_BIAS) instead of applying SGD, for the unfused optimizers.
 pub(crate) const FLAG_GRAD: u32 = 4;
+/// linear_forward: inverted dropout after the ReLU; backprop_input: the
+/// dropout scale on the gradient.
+pub(crate) const FLAG_DROPOUT: u32 = 8;
 
 /// Bytes of [`StepParams`] as the shaders see them.
 pub(crate) const STEP_BYTES: u64 = std::mem::size_of::<StepParams>() as u64;
@@ -30,7 +33,9 @@ pub(crate) struct StepParams {
     pub step_size: f32,
     /// Adam's `sqrt(1 - b2^t)` for this step, from f64 on the host.
     pub bc2_sqrt: f32,
-    pub pad0: u32,
+    /// The step key of the random draws (`optim::draw`): the update count
+    /// plus one, truncated to 32 bits.
+    pub draw_step: u32,
     pub pad1: u32,
     pub pad2: u32,
 }
@@ -57,6 +62,14 @@ pub(crate) struct GemmParams {
     pub scale: f32,
     pub offset: f32,
     pub n_ext: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub drop_threshold: u32,
+    pub drop_scale: f32,
+    pub drop_stream: u32,
+    pub shift: u32,
+    pub img_h: u32,
+    pub img_w: u32,
     pub pad0: u32,
     pub pad1: u32,
     pub pad2: u32,

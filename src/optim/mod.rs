@@ -10,6 +10,7 @@
 //! beside the weights, on its own device.
 
 mod constraint;
+pub mod draw;
 mod schedule;
 
 pub use constraint::Constraint;
