@@ -354,6 +354,9 @@ fn label_smoothing_and_clipping_train_and_bad_values_name_their_flag() {
         let t = text(&o);
         assert!(!o.status.success() && t.contains(want), "{args:?}: {t}");
     }
+}
+
+#[test]
 fn shift_on_csv_data_is_refused_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("d.csv");

@@ -934,6 +934,10 @@ fn clip_coef_matches_cpu_twin() {
                 );
             }
             assert_eq!(gpu.coef == 1.0, want == 1.0, "{what}");
+        }
+    }
+}
+
 /// Ragged shapes (rows, outputs, inputs) for the kernels with random draws.
 const DRAW_SHAPES: [(usize, usize, usize); 4] = [(1, 5, 3), (7, 31, 9), (33, 130, 17), (64, 70, 33)];
 

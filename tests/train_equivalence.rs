@@ -424,6 +424,9 @@ fn clipped_step_dispatches() {
             "sgd_momentum_update",
             "sgd_momentum_update",
         ]
+    );
+}
+
 /// `spec` with dropout `p`, a shift of `n` pixels and the draws keyed by `seed`.
 fn regularized(mut spec: TrainSpec, p: f32, n: u32, seed: u64) -> TrainSpec {
     (spec.regular.dropout, spec.regular.shift, spec.seed) = (p, n, seed);
@@ -479,6 +482,34 @@ fn dropout_and_shift_training_matches_cpu() {
         );
         assert_eq!((a.loss_sum, a.classes), (b.loss_sum, b.classes), "{what}");
     }
+}
+
+/// Every part at once (dropout, shifts, label smoothing and clipping, with
+/// AdamW's decoupled decay): the clipped path with the draws on follows the
+/// CPU step for step.
+#[test]
+fn every_regularization_at_once_matches_cpu() {
+    use wgtrain::optim::{Adam, Optimizer};
+    let Some(ctx) = common::gpu() else { return };
+    let data = digits();
+    let adamw = Optimizer::AdamW(Adam {
+        weight_decay: 0.05,
+        ..Adam::default()
+    });
+    let mut spec = regularized(TrainSpec::new(32, adamw), 0.2, 1, 17);
+    spec.regular.label_smoothing = 0.1;
+    spec.regular.clip_grad_norm = Some(0.5);
+    let m = model(&data, &[40, 24], Normalize::Scale);
+    let n_train = data.train.len();
+    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), spec).unwrap();
+    let mut cpu = CpuBackend::new(m, data.clone(), spec).unwrap();
+    let steps = steps_per_epoch(n_train, spec.batch) + 5;
+    let g = per_step_losses(&mut gpu, n_train, steps, 0.01);
+    let c = per_step_losses(&mut cpu, n_train, steps, 0.01);
+    assert_same_losses("every regularization", &g, &c);
+    let diff = max_weight_difference(&gpu.model().unwrap(), &cpu.model().unwrap());
+    eprintln!("every regularization: after {steps} steps, weights differ by {diff:.1e} of their scale");
+    assert!(diff < 1e-4, "weights differ by {diff:e} of their scale");
 }
 
 #[test]
