@@ -241,19 +241,40 @@ mod isa {
     }
 }
 
+/// The SGD loop, one branch-free variant per combination of the
+/// options, so that each vectorizes.
 #[inline(always)]
 fn sgd_momentum_loop(p: &mut [f32], g: &[f32], buf: &mut [f32], s: SgdScalars) {
-    for i in 0..p.len() {
-        let mut d = g[i];
-        if s.weight_decay != 0.0 {
-            d += s.weight_decay * p[i];
+    match (s.weight_decay != 0.0, s.momentum != 0.0, s.nesterov) {
+        (false, false, _) => sgd_kernel::<false, false, false>(p, g, buf, s),
+        (true, false, _) => sgd_kernel::<true, false, false>(p, g, buf, s),
+        (false, true, false) => sgd_kernel::<false, true, false>(p, g, buf, s),
+        (false, true, true) => sgd_kernel::<false, true, true>(p, g, buf, s),
+        (true, true, false) => sgd_kernel::<true, true, false>(p, g, buf, s),
+        (true, true, true) => sgd_kernel::<true, true, true>(p, g, buf, s),
+    }
+}
+
+#[inline(always)]
+fn sgd_kernel<const WD: bool, const MOM: bool, const NESTEROV: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    buf: &mut [f32],
+    s: SgdScalars,
+) {
+    let decayed = |d: f32, p: f32| if WD { d + s.weight_decay * p } else { d };
+    if MOM {
+        for ((p, &g), b) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
+            let d = decayed(g, *p);
+            let nb = s.momentum * *b + d;
+            *b = nb;
+            let d = if NESTEROV { d + s.momentum * nb } else { nb };
+            *p -= s.lr * d;
         }
-        if s.momentum != 0.0 {
-            let b = s.momentum * buf[i] + d;
-            buf[i] = b;
-            d = if s.nesterov { d + s.momentum * b } else { b };
+    } else {
+        for (p, &g) in p.iter_mut().zip(g) {
+            *p -= s.lr * decayed(g, *p);
         }
-        p[i] -= s.lr * d;
     }
 }
 
@@ -275,24 +296,41 @@ pub fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: Ad
     });
 }
 
+/// The Adam loop, one branch-free variant per kind of weight decay, so
+/// that each vectorizes.
 #[inline(always)]
 fn adam_loop(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
+    match (s.weight_decay != 0.0, s.decoupled) {
+        (false, _) => adam_kernel::<false, false>(p, g, m, v, s),
+        (true, false) => adam_kernel::<true, false>(p, g, m, v, s),
+        (true, true) => adam_kernel::<true, true>(p, g, m, v, s),
+    }
+}
+
+#[inline(always)]
+fn adam_kernel<const WD: bool, const DECOUPLED: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    s: AdamScalars,
+) {
     let decay = 1.0 - s.lr * s.weight_decay;
-    for i in 0..p.len() {
-        let mut d = g[i];
-        let mut w = p[i];
-        if s.weight_decay != 0.0 {
-            if s.decoupled {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let mut d = g;
+        let mut w = *p;
+        if WD {
+            if DECOUPLED {
                 w *= decay;
             } else {
                 d += s.weight_decay * w;
             }
         }
-        let mi = s.beta1 * m[i] + s.one_minus_beta1 * d;
-        let vi = s.beta2 * v[i] + s.one_minus_beta2 * d * d;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = w - s.step_size * mi / (vi.sqrt() / s.bc2_sqrt + s.eps);
+        let mi = s.beta1 * *m + s.one_minus_beta1 * d;
+        let vi = s.beta2 * *v + s.one_minus_beta2 * d * d;
+        *m = mi;
+        *v = vi;
+        *p = w - s.step_size * mi / (vi.sqrt() / s.bc2_sqrt + s.eps);
     }
 }
 
