@@ -37,7 +37,7 @@ import torch.nn.functional as F
 # The README's Fashion-MNIST recipe.
 RECIPE = dict(
     hidden="1024,1024",
-    epochs=40,
+    epochs=80,
     batch=128,
     optimizer="adamw",
     lr=1e-3,
@@ -45,9 +45,9 @@ RECIPE = dict(
     weight_decay=0.05,
     schedule="cosine",
     warmup_epochs=1,
-    dropout=0.2,
-    shift=2,
-    label_smoothing=0.1,
+    dropout=0.1,
+    shift=1,
+    label_smoothing=0.0,
     val_split=0.1,
     seed=0,
 )
