@@ -100,6 +100,10 @@ fi
 step devices "$WGTRAIN" devices
 step tests run_tests
 step bench-epoch "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA"
+# Step cost of the stateful optimizers against the SGD epoch above (targets:
+# momentum at most 1.1x, AdamW 1.15x).
+step bench-epoch-momentum "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA" --momentum 0.9
+step bench-epoch-adamw "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA" --optimizer adamw --weight-decay 0.01
 step bench-matmul "$WGTRAIN" bench --matmul --device gpu --square 1024,2048,4096 --tile all
 step bench-matmul-checked env WGTRAIN_SHADER_CHECKS=1 "$WGTRAIN" bench --matmul --device gpu --square 4096
 step bench-kernels "$WGTRAIN" bench --kernels --device gpu --batch 64,256

@@ -404,3 +404,40 @@ fn dropout_and_shift_train_on_builtin_digits() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("test accuracy"), "{t}");
 }
+
+/// `--init` starts from a saved model's weights: one epoch at a tiny
+/// learning rate from a trained model keeps its accuracy, where the same
+/// epoch from a fresh initialisation is far below it; the architecture
+/// comes from the file, so --hidden with --init is refused.
+#[test]
+fn init_fine_tunes_a_saved_model_and_refuses_a_second_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    let common = ["train", "--data", "builtin", "--device", "cpu", "--json"];
+    let mut args = common.to_vec();
+    args.extend(["--hidden", "24", "--epochs", "20", "--save", base.to_str().unwrap()]);
+    let o = wgtrain(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let trained = epochs_json(&o).last().unwrap()["test_accuracy"].as_f64().unwrap();
+
+    let mut args = common.to_vec();
+    args.extend(["--epochs", "1", "--lr", "1e-6", "--init", base.to_str().unwrap()]);
+    let o = wgtrain(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let tuned = epochs_json(&o)[0]["test_accuracy"].as_f64().unwrap();
+    assert!((tuned - trained).abs() < 0.01, "from {trained} to {tuned}");
+
+    let mut args = common.to_vec();
+    args.extend(["--hidden", "24", "--epochs", "1", "--lr", "1e-6"]);
+    let fresh = epochs_json(&wgtrain(&args))[0]["test_accuracy"].as_f64().unwrap();
+    assert!(fresh < trained - 0.2, "fresh {fresh} vs trained {trained}");
+
+    let mut args = common.to_vec();
+    args.extend(["--hidden", "30", "--init", base.to_str().unwrap()]);
+    let o = wgtrain(&args);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("--hidden") && t.contains("--init"),
+        "{t}"
+    );
+}

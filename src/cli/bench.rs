@@ -60,6 +60,10 @@ pub(crate) struct BenchArgs {
     /// CPU threads (0: one per core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
+    /// The epoch benchmark's optimizer: the same flags as `train`'s, so
+    /// that a stateful optimizer's step cost can be set against SGD's.
+    #[command(flatten)]
+    optim: super::train::OptimArgs,
     /// Seconds spent timing each matmul shape.
     #[arg(long, default_value_t = 1.0, value_name = "S")]
     seconds: f64,
@@ -265,7 +269,19 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                 }
             },
         });
-        eprintln!("\nepoch time, {}-500-{} MLP, SGD lr 0.1", data.dim(), data.classes);
+        let optimizer = super::train::optimizer_of(&a.optim)?;
+        // Adam's usual rate; SGD's that the seed recipe uses.
+        let lr = if matches!(optimizer, wgtrain::optim::Optimizer::Sgd(_)) {
+            0.1
+        } else {
+            0.001
+        };
+        eprintln!(
+            "\nepoch time, {}-500-{} MLP, {} lr {lr}",
+            data.dim(),
+            data.classes,
+            optimizer.name()
+        );
         eprintln!(
             "{:<40} {:>6} {:>10} {:>12} {:>12} {:>12}",
             "device", "batch", "steps", "first (s)", "steady (s)", "examples/s"
@@ -283,16 +299,16 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                         ctx.clone(),
                         model,
                         data.clone(),
-                        TrainSpec::sgd(batch),
+                        TrainSpec::new(batch, optimizer),
                     )?),
                     None => Box::new(wgtrain::cpu::CpuBackend::with_threads(
                         model,
                         data.clone(),
-                        TrainSpec::sgd(batch),
+                        TrainSpec::new(batch, optimizer),
                         a.threads,
                     )?),
                 };
-                let t = bench::epoch_time(backend.as_mut(), data.train.len(), a.epochs, a.max_steps, 0.1)?;
+                let t = bench::epoch_time(backend.as_mut(), data.train.len(), a.epochs, a.max_steps, lr)?;
                 eprintln!(
                     "{:<40} {:>6} {:>10} {:>12.3} {:>12.3} {:>12.0}",
                     t.device,
@@ -306,7 +322,11 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                     t.steady_epoch_s,
                     t.examples_per_s
                 );
-                emit(serde_json::to_value(&t)?)?;
+                let mut v = serde_json::to_value(&t)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("optimizer".into(), optimizer.name().into());
+                }
+                emit(v)?;
             }
         }
     }
