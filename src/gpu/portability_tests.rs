@@ -1,5 +1,5 @@
 //! Every WGSL module, composed as the pipelines compose it
-//! (`shaders::every_module`), translated for each backend wgpu drives and
+//! (`every_module`), translated for each backend wgpu drives and
 //! checked against WebGPU's default limits, so that a kernel which would not
 //! compile for Metal or DX12, or would not fit a WebGPU adapter, fails here
 //! rather than on a machine nobody tested on.
@@ -26,7 +26,36 @@
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, Module, ShaderStage};
 
+use super::registry::Int8Path;
 use super::shaders;
+use super::tile::Tile;
+
+/// Every module the pipelines compile (registry.rs), composed as they
+/// compose it, with the name of its file (and variant): each matmul tile,
+/// each linear_forward_i8 prelude and the files compiled as they are.
+fn every_module() -> Vec<(String, String)> {
+    let mut modules: Vec<(String, String)> = Tile::ALL
+        .iter()
+        .map(|&t| (format!("matmul.wgsl ({} tiles)", t.name()), shaders::matmul(t)))
+        .collect();
+    for path in [Int8Path::Dot4, Int8Path::Unpacked] {
+        modules.push((
+            format!("linear_forward_i8.wgsl ({})", path.name()),
+            shaders::linear_forward_i8(path == Int8Path::Dot4),
+        ));
+    }
+    for (name, src) in [
+        ("softmax_xent.wgsl", shaders::SOFTMAX_XENT),
+        ("bias_update.wgsl", shaders::BIAS_UPDATE),
+        ("apply_mask.wgsl", shaders::APPLY_MASK),
+        ("optim_update.wgsl", shaders::OPTIM_UPDATE),
+        ("clip_grad_norm.wgsl", shaders::CLIP_GRAD_NORM),
+        ("quantize_rows_i8.wgsl", shaders::QUANTIZE_ROWS_I8),
+    ] {
+        modules.push((name.to_string(), src.to_string()));
+    }
+    modules
+}
 
 /// `source` parsed and validated with no optional capability.
 fn parse(name: &str, source: &str) -> Result<(Module, ModuleInfo), String> {
@@ -283,7 +312,7 @@ fn over(needs: &Needs, limits: &wgpu::Limits) -> Vec<String> {
 fn every_kernel(check: impl Fn(&Module, &ModuleInfo, usize) -> Vec<String>) -> (usize, Vec<String>) {
     let mut kernels = 0;
     let mut failures = Vec::new();
-    for (name, source) in shaders::every_module() {
+    for (name, source) in every_module() {
         let (module, info) = match parse(&name, &source) {
             Ok(m) => m,
             Err(e) => {
@@ -307,7 +336,7 @@ fn every_kernel(check: impl Fn(&Module, &ModuleInfo, usize) -> Vec<String>) -> (
 #[test]
 fn every_file_of_shaders_is_in_a_composed_module() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let modules = shaders::every_module();
+    let modules = every_module();
     let mut files = 0;
     for entry in std::fs::read_dir(&dir).expect("shaders/ is readable") {
         let path = entry.expect("a directory entry").path();
@@ -318,7 +347,7 @@ fn every_file_of_shaders_is_in_a_composed_module() {
         let text = std::fs::read_to_string(&path).expect("a WGSL file is UTF-8");
         assert!(
             modules.iter().any(|(_, src)| src.contains(&text)),
-            "{} is in no module of shaders::every_module",
+            "{} is in no module of every_module",
             path.display()
         );
     }

@@ -36,32 +36,3 @@ pub(crate) fn linear_forward_i8(packed: bool) -> String {
     let prelude = if packed { DOT4_PACKED } else { DOT4_UNPACKED };
     format!("{prelude}\n{LINEAR_FORWARD_I8}")
 }
-
-/// Every module the pipelines compile, composed as they compose it, with
-/// the name of its file (and variant): each matmul tile, each
-/// linear_forward_i8 prelude and the files compiled as they are.
-#[cfg(test)]
-pub(crate) fn every_module() -> Vec<(String, String)> {
-    use super::registry::Int8Path;
-    let mut modules: Vec<(String, String)> = Tile::ALL
-        .iter()
-        .map(|&t| (format!("matmul.wgsl ({} tiles)", t.name()), matmul(t)))
-        .collect();
-    for path in [Int8Path::Dot4, Int8Path::Unpacked] {
-        modules.push((
-            format!("linear_forward_i8.wgsl ({})", path.name()),
-            linear_forward_i8(path == Int8Path::Dot4),
-        ));
-    }
-    for (name, src) in [
-        ("softmax_xent.wgsl", SOFTMAX_XENT),
-        ("bias_update.wgsl", BIAS_UPDATE),
-        ("apply_mask.wgsl", APPLY_MASK),
-        ("optim_update.wgsl", OPTIM_UPDATE),
-        ("clip_grad_norm.wgsl", CLIP_GRAD_NORM),
-        ("quantize_rows_i8.wgsl", QUANTIZE_ROWS_I8),
-    ] {
-        modules.push((name.to_string(), src.to_string()));
-    }
-    modules
-}
