@@ -441,3 +441,33 @@ fn init_fine_tunes_a_saved_model_and_refuses_a_second_architecture() {
         "{t}"
     );
 }
+
+/// With `XDG_RUNTIME_DIR` unset, enumerating adapters prints nothing about
+/// it (Mesa's Vulkan drivers probe libwayland, which complains when it is
+/// unset), and the private folder the binary makes for the run is gone
+/// afterwards. Without an adapter nothing is probed, so under
+/// `WGTRAIN_REQUIRE_GPU=1` an adapter must be listed.
+#[test]
+fn listing_adapters_without_xdg_runtime_dir_prints_no_complaint() {
+    let child = Command::new(env!("CARGO_BIN_EXE_wgtrain"))
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wgtrain");
+    let pid = child.id();
+    let o = child.wait_with_output().expect("wait for wgtrain");
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    let dir = std::env::temp_dir().join(format!("wgtrain-runtime-{pid}"));
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+    if std::env::var("WGTRAIN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            stdout.lines().any(|l| l.starts_with("[0]")),
+            "no adapter listed:\n{stdout}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ mod devices;
 mod eval;
 mod plot;
 mod predict;
+mod runtime_dir;
 mod serve;
 mod train;
 
@@ -66,6 +67,8 @@ pub fn run() -> Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(cli.verbose, cli.quiet);
+    // Before any thread starts (see runtime_dir).
+    let _runtime_dir = runtime_dir::ensure();
     match cli.command {
         Command::Train(a) => {
             let given = matches

@@ -50,6 +50,8 @@ mod layout_tests;
 pub mod ops;
 mod optim;
 mod plan;
+#[cfg(test)]
+mod portability_tests;
 pub mod predict;
 mod registry;
 mod resident;

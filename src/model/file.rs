@@ -138,6 +138,10 @@ impl<'a> Reader<'a> {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
+        check_extent(bytes).map_err(|message| ModelError::Format {
+            path: path.to_path_buf(),
+            message,
+        })?;
         let (_, md) = SafeTensors::read_metadata(bytes).map_err(fmt_err)?;
         let st = SafeTensors::deserialize(bytes).map_err(fmt_err)?;
         let meta = Metadata::parse(&md.metadata().clone().unwrap_or_default(), path)?;
@@ -176,12 +180,31 @@ impl<'a> Reader<'a> {
         Ok(t.data())
     }
 
+    /// An F32 tensor, every value of which must be finite.
     fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        Ok(self
+        let v: Vec<f32> = self
             .tensor(name, Dtype::F32, shape)?
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+            .collect();
+        if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(self.not_ours(format!("tensor `{name}` holds {x} at index {i}")));
+        }
+        Ok(v)
+    }
+
+    /// Refuse a tensor the layers did not read: `expected` names every one
+    /// they did.
+    fn no_other_tensors(&self, expected: &[String]) -> Result<(), ModelError> {
+        let mut names = self.st.names();
+        names.sort();
+        match names.into_iter().find(|n| !expected.iter().any(|e| e == *n)) {
+            Some(extra) => Err(self.not_ours(format!(
+                "tensor `{extra}` is not part of the model the metadata describes (`layers` has {} layers)",
+                self.meta.header.sizes.len() - 1
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn i8s(&self, name: &str, shape: &[usize]) -> Result<Vec<i8>, ModelError> {
@@ -203,6 +226,10 @@ impl<'a> Reader<'a> {
                 bias: self.f32s(&layer_tensor(i, "bias"), &[outputs])?,
             });
         }
+        let expected: Vec<String> = (0..layers.len())
+            .flat_map(|i| [layer_tensor(i, "weight"), layer_tensor(i, "bias")])
+            .collect();
+        self.no_other_tensors(&expected)?;
         let Header {
             input_shape,
             preprocess,
@@ -276,7 +303,15 @@ impl<'a> Reader<'a> {
             return Err(self.wrong_format(FORMAT_COMPRESSED));
         };
         let mut layers = Vec::new();
+        let mut expected = Vec::new();
         for (i, ((inputs, outputs), encoding)) in self.meta.header.layers().zip(encodings).enumerate() {
+            let names: &[&str] = match encoding.as_str() {
+                "dense-f32" => &["weight"],
+                "dense-int8" => &["weight_q", "weight_scale"],
+                "bitmask-f32" => &["weight_mask", "weight_values"],
+                _ => &["weight_mask", "weight_values", "weight_scale"],
+            };
+            expected.extend(names.iter().chain(&["bias"]).map(|n| layer_tensor(i, n)));
             layers.push(CompressedLinear {
                 inputs,
                 outputs,
@@ -284,6 +319,7 @@ impl<'a> Reader<'a> {
                 bias: self.f32s(&layer_tensor(i, "bias"), &[outputs])?,
             });
         }
+        self.no_other_tensors(&expected)?;
         let info = info.clone();
         let Header {
             input_shape,
@@ -297,6 +333,53 @@ impl<'a> Reader<'a> {
             info,
         })
     }
+}
+
+/// Check that `bytes` hold exactly the tensor data their safetensors
+/// header lays out, naming the first tensor a truncated file cuts short.
+/// A header that does not parse is left to the safetensors reader.
+fn check_extent(bytes: &[u8]) -> Result<(), String> {
+    let Some(len) = bytes.get(..8) else {
+        return Err(format!(
+            "truncated: {} bytes, fewer than the 8 of the header's length",
+            bytes.len()
+        ));
+    };
+    let n = u64::from_le_bytes(len.try_into().unwrap_or_default());
+    let rest = (bytes.len() - 8) as u64;
+    if n > rest {
+        return Err(format!(
+            "truncated inside the header: it is {n} bytes long but the file holds {rest} after its length"
+        ));
+    }
+    let (header, data) = bytes[8..].split_at(n as usize);
+    let Ok(serde_json::Value::Object(header)) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return Ok(());
+    };
+    // (start, end, name) of every tensor, in file order.
+    let mut extents: Vec<(u64, u64, &str)> = header
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(name, t)| {
+            let o = t.get("data_offsets")?.as_array()?;
+            Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?, name.as_str()))
+        })
+        .collect();
+    extents.sort();
+    let data_len = data.len() as u64;
+    if let Some((start, end, name)) = extents.iter().find(|(_, end, _)| *end > data_len) {
+        return Err(format!(
+            "truncated: tensor `{name}` needs bytes {start}..{end} of the tensor data, the file holds {data_len}"
+        ));
+    }
+    let last = extents.iter().map(|e| e.1).max().unwrap_or(0);
+    if last < data_len {
+        return Err(format!(
+            "{} bytes follow the last tensor's data (the header lays out {last} of {data_len})",
+            data_len - last
+        ));
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {

@@ -77,6 +77,20 @@ pub struct Metadata {
     pub format: Format,
 }
 
+/// Whether `format` names a later version of one of the formats, e.g.
+/// `mlp-f32-v2`.
+fn newer_format(format: &str) -> bool {
+    [FORMAT_MLP, FORMAT_COMPRESSED].iter().any(|known| {
+        let (stem, ours) = known.rsplit_once("-v").unwrap_or((known, "1"));
+        let ours: u32 = ours.parse().unwrap_or(1);
+        format
+            .strip_prefix(stem)
+            .and_then(|r| r.strip_prefix("-v"))
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|v| v > ours)
+    })
+}
+
 fn join(v: &[usize]) -> String {
     v.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
 }
@@ -163,6 +177,11 @@ impl Metadata {
         let compressed = match md.get(FORMAT_KEY).map(String::as_str) {
             Some(FORMAT_MLP) => false,
             Some(FORMAT_COMPRESSED) => true,
+            Some(other) if newer_format(other) => {
+                return Err(not_ours(format!(
+                    "format `{other}` is from a newer wgtrain (this one reads `{FORMAT_MLP}` and `{FORMAT_COMPRESSED}`)"
+                )))
+            }
             Some(other) => {
                 return Err(not_ours(format!(
                     "unknown format `{other}` (expected `{FORMAT_MLP}` or `{FORMAT_COMPRESSED}`)"
@@ -180,18 +199,71 @@ impl Metadata {
                 "`layers` {sizes:?} needs at least two non-zero sizes"
             )));
         }
+        let activation = get("activation")?;
+        if activation != "relu" {
+            return Err(not_ours(format!(
+                "metadata `activation` = `{activation}` is not `relu`, the only activation wgtrain runs"
+            )));
+        }
         let input_shape = list("input_shape")?;
+        let values: usize = input_shape.iter().product();
+        if !input_shape.is_empty() && values != sizes[0] {
+            return Err(not_ours(format!(
+                "metadata `input_shape` {input_shape:?} holds {values} values but `layers` starts with {} inputs",
+                sizes[0]
+            )));
+        }
+        let finite = |k: &str| -> Result<f32, ModelError> {
+            let v = f32_value(k)?;
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(not_ours(format!("metadata `{k}` = {v} is not finite")))
+            }
+        };
         let preprocess = Preprocess {
             kind: Normalize::parse(&get("normalize")?).ok_or_else(|| not_ours("unknown `normalize`".into()))?,
-            scale: f32_value("input_scale")?,
-            offset: f32_value("input_offset")?,
+            scale: finite("input_scale")?,
+            offset: finite("input_offset")?,
         };
         let format = if compressed {
+            let target_sparsity = f64_value("compress.target_sparsity")?;
+            if !(0.0..=1.0).contains(&target_sparsity) {
+                return Err(not_ours(format!(
+                    "metadata `compress.target_sparsity` = {target_sparsity} is not a fraction from 0 to 1"
+                )));
+            }
+            let epochs = f64_value("compress.finetune_epochs")?;
+            if !(epochs >= 0.0 && epochs.fract() == 0.0 && epochs <= u32::MAX as f64) {
+                return Err(not_ours(format!(
+                    "metadata `compress.finetune_epochs` = {epochs} is not a whole number of epochs"
+                )));
+            }
+            let scope = match get("compress.scope")?.as_str() {
+                "none" => None,
+                other => Some(Scope::parse(other).ok_or_else(|| {
+                    not_ours(format!(
+                        "metadata `compress.scope` = `{other}` is not `none`, `global` or `layer`"
+                    ))
+                })?),
+            };
+            // An encoding for a layer the model does not have.
+            if let Some(k) = md.keys().find(|k| {
+                k.strip_prefix("fc")
+                    .and_then(|r| r.strip_suffix(".encoding"))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n == 0 || n >= sizes.len())
+            }) {
+                return Err(not_ours(format!(
+                    "metadata `{k}` names a layer the model does not have (`layers` has {} layers)",
+                    sizes.len() - 1
+                )));
+            }
             let info = CompressionInfo {
-                target_sparsity: f64_value("compress.target_sparsity")?,
-                scope: Scope::parse(&get("compress.scope")?),
+                target_sparsity,
+                scope,
                 schedule: get("compress.schedule")?,
-                finetune_epochs: f64_value("compress.finetune_epochs")? as usize,
+                finetune_epochs: epochs as usize,
                 quantization: get("compress.quantization")?,
                 activations: Activations::parse(&get("compress.activations")?)
                     .ok_or_else(|| not_ours("unknown `compress.activations`".into()))?,
