@@ -91,3 +91,34 @@ pub fn open_backend(
         None => Box::new(CpuBackend::with_threads(model, data, spec, threads)?),
     })
 }
+
+/// Builds the training backends of several runs on one device (the trials
+/// of a study): CPU backends of `threads` threads each, or GPU backends
+/// sharing one device, whose submissions interleave in its queue.
+pub struct BackendMaker {
+    gpu: Option<Arc<GpuContext>>,
+    threads: usize,
+}
+
+impl BackendMaker {
+    /// Open the chosen device once.
+    pub fn open(choice: &DeviceChoice, threads: usize) -> Result<Self> {
+        Ok(BackendMaker {
+            gpu: open_gpu(choice)?,
+            threads,
+        })
+    }
+
+    /// Whether the backends run on a GPU.
+    pub fn is_gpu(&self) -> bool {
+        self.gpu.is_some()
+    }
+
+    /// A backend for one run.
+    pub fn make(&self, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Box<dyn Backend>> {
+        Ok(match &self.gpu {
+            Some(ctx) => Box::new(GpuBackend::new(ctx.clone(), model, data, spec)?),
+            None => Box::new(CpuBackend::with_threads(model, data, spec, self.threads)?),
+        })
+    }
+}

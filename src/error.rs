@@ -98,6 +98,24 @@ pub enum GpuError {
     Other(String),
 }
 
+/// Errors of a hyperparameter search (`tune`).
+#[derive(Debug, thiserror::Error)]
+pub enum TuneError {
+    /// A search space that cannot be searched; `key` names the entry.
+    #[error("{}: search space key `{key}`: {message}", path.display())]
+    Space {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    /// The study database cannot be read or written.
+    #[error("study database {}: {message}", path.display())]
+    Storage { path: PathBuf, message: String },
+    /// Successive halving stopped the trial after this epoch.
+    #[error("trial pruned after epoch {epoch}")]
+    Pruned { epoch: usize },
+}
+
 /// The library's error type.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -119,6 +137,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Compress(#[from] CompressError),
+    #[error(transparent)]
+    Tune(#[from] TuneError),
     /// A setting that only means something together with another.
     #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
     Requires { setting: Setting, needs: Setting },

@@ -29,6 +29,7 @@ pub mod model;
 pub mod optim;
 pub mod serve;
 pub mod train;
+pub mod tune;
 
 pub use backend::Backend;
 pub use error::{Error, Result};

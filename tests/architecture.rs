@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["cpu", "checkpoint"],
     &["infer"],
     &["gpu", "train"],
-    &["compress"],
+    &["compress", "tune"],
     &["device"],
     &["bench", "serve"],
     &["cli"],

@@ -15,6 +15,7 @@ mod predict;
 mod runtime_dir;
 mod serve;
 mod train;
+mod tune;
 
 use anyhow::Result;
 use clap::parser::ValueSource;
@@ -60,6 +61,10 @@ enum Command {
     /// Draw loss and accuracy against the epoch (training, validation and
     /// test) from a `train --metrics-file` file, as PNG or SVG.
     Plot(plot::PlotArgs),
+    /// Search hyperparameters: trials drawn from a space (random or grid),
+    /// pruned by successive halving on a validation split, kept in a SQLite
+    /// study several processes may share; `--report` prints the leaderboard.
+    Tune(Box<tune::TuneArgs>),
 }
 
 /// Parse the command line and run it.
@@ -84,6 +89,7 @@ pub fn run() -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Compress(a) => compress::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Tune(a) => tune::run(*a),
     }
 }
 

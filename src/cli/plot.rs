@@ -86,7 +86,7 @@ pub(crate) fn run(a: PlotArgs) -> Result<()> {
 }
 
 /// Register the labels' font as plotters' `sans-serif`.
-fn register_font(given: Option<&Path>) -> Result<()> {
+pub(crate) fn register_font(given: Option<&Path>) -> Result<()> {
     let path = match given {
         Some(p) => p.to_path_buf(),
         None => FONTS.iter().map(PathBuf::from).find(|p| p.is_file()).with_context(|| {
