@@ -283,13 +283,15 @@ impl Space {
             if key == "epochs" {
                 space.epochs = match value {
                     toml::Value::Integer(n) if *n >= 1 => *n as usize,
-                    _ => return Err(space_err(
-                        path,
-                        key,
-                        format!(
+                    _ => {
+                        return Err(space_err(
+                            path,
+                            key,
+                            format!(
                             "{value} is not a positive whole number (the most epochs a trial trains; give one number)"
                         ),
-                    )),
+                        ))
+                    }
                 };
                 continue;
             }

@@ -88,7 +88,8 @@ pub struct StudyResult {
 /// device; called from the worker threads).
 pub type MakeBackend<'a> = dyn Fn(Mlp, Arc<Dataset>, TrainSpec) -> Result<Box<dyn Backend>> + Sync + 'a;
 
-/// A process's worker name: host, process id and start time.
+/// A worker's name: host, process id, start time and a count of the
+/// studies this process started.
 pub fn worker_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
