@@ -2,6 +2,8 @@
 //! curves, the samplers, refused spaces, resuming a study, several workers
 //! on one database, and `wgtrain tune` end to end.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use wgtrain::backend::{Backend, TrainSpec};
 use wgtrain::cpu::CpuBackend;
 use wgtrain::data::{builtin, Dataset};
+use wgtrain::gpu::GpuBackend;
 use wgtrain::model::Mlp;
 use wgtrain::tune::storage::{CurvePoint, Outcome};
 use wgtrain::tune::{
@@ -403,4 +406,47 @@ fn wgtrain_tune_runs_a_small_study_and_reports_it() {
         text.contains("`lr`") && text.contains("a log range must lie above 0"),
         "{text}"
     );
+}
+
+/// Two trials at once on one GPU (two backends sharing the device, their
+/// submissions interleaved in its queue) train as the CPU trains them.
+#[test]
+fn gpu_trials_share_one_device_and_match_the_cpu() {
+    let Some(ctx) = common::gpu() else { return };
+    let space = tiny_space();
+    let gpu_dir = tempfile::tempdir().unwrap();
+    let cpu_dir = tempfile::tempdir().unwrap();
+    let mut opts = options(gpu_dir.path(), 2);
+    opts.parallel = 2;
+    opts.asha = None;
+    let make = |m: Mlp, d: Arc<Dataset>, s: TrainSpec| -> wgtrain::Result<Box<dyn Backend>> {
+        Ok(Box::new(GpuBackend::new(ctx.clone(), m, d, s)?))
+    };
+    let on_gpu = run_study(&space, digits(), &opts, &make, &quiet).unwrap();
+    let mut cpu_opts = options(cpu_dir.path(), 2);
+    cpu_opts.asha = None;
+    run_study(&space, digits(), &cpu_opts, &cpu, &quiet).unwrap();
+    assert_eq!(on_gpu.ran, vec![0, 1]);
+    let g = Storage::open(&gpu_dir.path().join("study.db")).unwrap();
+    let c = Storage::open(&cpu_dir.path().join("study.db")).unwrap();
+    for n in 0..2 {
+        let (gc, cc) = (g.curve(n).unwrap(), c.curve(n).unwrap());
+        assert_eq!(gc.len(), 3);
+        assert_eq!(gc.len(), cc.len());
+        for (a, b) in gc.iter().zip(&cc) {
+            // 288 validation examples: the two devices' rounding may move
+            // one or two of them.
+            assert!(
+                (a.val_accuracy - b.val_accuracy).abs() <= 0.011,
+                "trial {n} epoch {}: GPU {} CPU {}",
+                a.epoch,
+                a.val_accuracy,
+                b.val_accuracy
+            );
+            assert!(
+                (a.val_loss - b.val_loss).abs() <= 1e-2 * b.val_loss.max(1.0),
+                "trial {n}: {a:?} {b:?}"
+            );
+        }
+    }
 }

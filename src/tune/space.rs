@@ -420,7 +420,7 @@ fn parse_dim(kind: Kind, v: &toml::Value) -> std::result::Result<Dim, String> {
                 Some(toml::Value::Integer(n)) if *n >= 2 => *n as usize,
                 Some(x) => return Err(format!("range `points` {x} is not a whole number of at least 2")),
             };
-            if !(min < max) {
+            if min.is_nan() || max.is_nan() || min >= max {
                 return Err(format!("an empty range: min {min} is not below max {max}"));
             }
             if log && min <= 0.0 {
