@@ -548,6 +548,23 @@ impl Storage {
         }
     }
 
+    /// Run `f` holding the database's write lock (`BEGIN IMMEDIATE` ...
+    /// `COMMIT`, rolled back when `f` fails), so that no other process
+    /// writes meanwhile.
+    pub fn locked<T>(&self, f: impl FnOnce(&Storage) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.err(e))?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").map_err(|e| self.err(e))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     /// Store the best trial's test figures.
     pub fn set_best(&self, best: &BestRecord) -> Result<()> {
         let json = serde_json::to_string(best).map_err(|e| self.err(e))?;

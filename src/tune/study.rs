@@ -239,10 +239,12 @@ pub fn run_study(
     let db = Storage::open(&opts.storage)?;
     let trials = db.trials()?;
     let pending = trials.iter().any(|t| !t.state.is_finished());
+    // Under the write lock: the first process to finish evaluates and
+    // writes best.safetensors, the others read its figures.
     let best = if pending {
         None
     } else {
-        final_evaluation(&db, &trials, &test, &opts.out)?
+        db.locked(|db| final_evaluation(db, &trials, &test, &opts.out))?
     };
     let mut ran = ran.into_inner().unwrap_or_default();
     ran.sort_unstable();
