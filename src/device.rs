@@ -192,13 +192,39 @@ pub fn open_training(
         None => vec![1.0; entries.len()],
     };
     crate::parallel::check_weights(&weights, entries.len())?;
+    let replicas = open_replicas(&entries, threads, model, data, spec)?;
+    Ok(Box::new(Replicated::with_weights(replicas, weights)?))
+}
+
+/// The single devices a list names (`all-gpus` expanded).
+pub fn list_entries(choice: &DeviceChoice) -> Result<Vec<DeviceChoice>> {
+    Ok(match choice {
+        DeviceChoice::List(entries) => entries.clone(),
+        DeviceChoice::AllGpus => all_gpus()?,
+        single => vec![single.clone()],
+    })
+}
+
+/// One replica per entry (each a single device), each starting from
+/// `model`; CPU replicas on `threads` threads each, or with 0 on the cores
+/// divided among them (at least one each).
+pub fn open_replicas(
+    entries: &[DeviceChoice],
+    threads: usize,
+    model: Mlp,
+    data: Arc<Dataset>,
+    spec: TrainSpec,
+) -> Result<Vec<Box<dyn Replica>>> {
     let cpus = entries.iter().filter(|e| **e == DeviceChoice::Cpu).count();
     let cpu_threads = match threads {
         0 => (crate::cpu::cores() / cpus.max(1)).max(1),
         t => t,
     };
     let mut replicas: Vec<Box<dyn Replica>> = Vec::with_capacity(entries.len());
-    for e in &entries {
+    for e in entries {
+        if e.is_several() {
+            return Err(Error::Config("a replica is one device".into()));
+        }
         replicas.push(match open_gpu(e)? {
             Some(ctx) => gpu_replica(ctx, model.clone(), data.clone(), spec)?,
             None => Box::new(CpuBackend::with_threads(
@@ -209,7 +235,7 @@ pub fn open_training(
             )?),
         });
     }
-    Ok(Box::new(Replicated::with_weights(replicas, weights)?))
+    Ok(replicas)
 }
 
 /// `all-gpus`: every hardware adapter, as `gpu:N` entries.
@@ -230,9 +256,6 @@ fn all_gpus() -> Result<Vec<DeviceChoice>> {
 }
 
 /// A GPU backend as a data-parallel replica.
-fn gpu_replica(ctx: Arc<GpuContext>, _model: Mlp, _data: Arc<Dataset>, _spec: TrainSpec) -> Result<Box<dyn Replica>> {
-    Err(Error::Config(format!(
-        "{}: GPU replicas are not available yet; list CPU devices (cpu,cpu) for data-parallel training",
-        ctx.name()
-    )))
+fn gpu_replica(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Box<dyn Replica>> {
+    Ok(Box::new(GpuBackend::new_replica(ctx, model, data, spec)?))
 }

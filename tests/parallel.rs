@@ -331,19 +331,6 @@ fn run_states(b: &mut dyn Backend, epochs: usize) -> (Vec<StepStats>, Vec<Backen
 fn cpu_replicas_train_like_one_device() {
     let d = data(N, 9, 4);
     let m = model(&d, &[13]);
-    let fan_in = 13.0;
-    let epochs = 14; // 42 steps
-    let steps = (epochs * N.div_ceil(BATCH)) as f64;
-    let reg = Regularization {
-        dropout: 0.25,
-        clip_grad_norm: Some(0.2),
-        ..Default::default()
-    };
-    let adamw = Optimizer::AdamW(Adam {
-        weight_decay: 0.01,
-        eps: 1e-6,
-        ..Adam::default()
-    });
     let cases: [(&str, Optimizer, Regularization, &[f64]); 5] = [
         (
             "sgd, 2 replicas",
@@ -354,81 +341,217 @@ fn cpu_replicas_train_like_one_device() {
         (
             "sgd, 3 replicas 1:2:3, dropout, clipping",
             Optimizer::sgd(),
-            reg,
+            regular(),
             &[1.0, 2.0, 3.0],
         ),
-        ("adamw, 2 replicas", adamw, Regularization::default(), &[1.0, 1.0]),
-        ("adamw, 3 replicas, dropout, clipping", adamw, reg, &[1.0, 1.0, 1.0]),
-        ("adamw, 2 replicas 1:3", adamw, Regularization::default(), &[1.0, 3.0]),
+        ("adamw, 2 replicas", adamw(), Regularization::default(), &[1.0, 1.0]),
+        (
+            "adamw, 3 replicas, dropout, clipping",
+            adamw(),
+            regular(),
+            &[1.0, 1.0, 1.0],
+        ),
+        ("adamw, 2 replicas 1:3", adamw(), Regularization::default(), &[1.0, 3.0]),
     ];
     for (what, opt, regular, weights) in cases {
         let spec = spec(opt, regular);
         let mut one = cpu(&d, &m, spec);
-        let (want, states) = run_states(&mut one, epochs);
-        let want_m = packed(&one.model().unwrap());
-        let e = step_bound(&d, &m, spec, fan_in, &states);
-
-        let mut perturbed = m.clone();
-        let mut k = 0;
-        for l in &mut perturbed.layers {
-            for v in l.weight.iter_mut().chain(l.bias.iter_mut()) {
-                *v += if k % 2 == 0 { e[k] as f32 } else { -e[k] as f32 };
-                k += 1;
-            }
-        }
-        let mut p = cpu(&d, &perturbed, spec);
-        run_states(&mut p, epochs);
-        // Per parameter, what the perturbation became after the run, with
-        // the median as a floor (a single parameter's effect may cancel by
-        // chance).
-        let amplified: Vec<f64> = packed(&p.model().unwrap())
-            .iter()
-            .zip(&want_m)
-            .map(|(a, b)| f64::from((a - b).abs()))
-            .collect();
-        let mut sorted = amplified.clone();
-        sorted.sort_by(f64::total_cmp);
-        let floor = sorted[sorted.len() / 2];
-
         let mut rep = Replicated::with_weights(cpu_replicas(&d, &m, spec, weights.len()), weights.to_vec()).unwrap();
         assert_eq!(rep.replicas(), weights.len());
-        let (got, _) = run_states(&mut rep, epochs);
-        let got_m = packed(&rep.model().unwrap());
-        let tol: Vec<f64> = amplified
-            .iter()
-            .zip(&want_m)
-            .map(|(&a, &w)| 4.0 * steps * (a + floor) + 2.0 * U * f64::from(w).abs())
-            .collect();
-        let mut worst = 0.0f64;
-        for (i, ((&a, &b), &t)) in got_m.iter().zip(&want_m).zip(&tol).enumerate() {
-            let diff = f64::from((a - b).abs());
-            worst = worst.max(diff / t);
-            assert!(diff <= t, "{what}: parameter {i}: {a} vs {b} (tolerance {t:e})");
+        trains_like(what, &d, &m, spec, &mut one, &mut rep);
+    }
+}
+
+/// Dropout and clipping, both on.
+fn regular() -> Regularization {
+    Regularization {
+        dropout: 0.25,
+        clip_grad_norm: Some(0.2),
+        ..Default::default()
+    }
+}
+
+fn adamw() -> Optimizer {
+    Optimizer::AdamW(Adam {
+        weight_decay: 0.01,
+        eps: 1e-6,
+        ..Adam::default()
+    })
+}
+
+/// Train `one` (a single device) and `rep` (replicas) from `m` for 14
+/// epochs (42 steps) and compare their epoch losses and final parameters
+/// within the tolerance of `cpu_replicas_train_like_one_device`, measured on
+/// CPU runs of the same model and data.
+fn trains_like(what: &str, d: &Arc<Dataset>, m: &Mlp, spec: TrainSpec, one: &mut dyn Backend, rep: &mut dyn Backend) {
+    let fan_in = 13.0;
+    let epochs = 14;
+    let steps = (epochs * N.div_ceil(BATCH)) as f64;
+    let mut cpu_one = cpu(d, m, spec);
+    let (_, states) = run_states(&mut cpu_one, epochs);
+    let cpu_m = packed(&cpu_one.model().unwrap());
+    let e = step_bound(d, m, spec, fan_in, &states);
+    let mut perturbed = m.clone();
+    let mut k = 0;
+    for l in &mut perturbed.layers {
+        for v in l.weight.iter_mut().chain(l.bias.iter_mut()) {
+            *v += if k % 2 == 0 { e[k] as f32 } else { -e[k] as f32 };
+            k += 1;
         }
-        let moved = packed(&m)
-            .iter()
-            .zip(&want_m)
-            .zip(&tol)
-            .filter(|((a, b), t)| f64::from((**a - **b).abs()) > 100.0 * **t)
-            .count();
+    }
+    let mut p = cpu(d, &perturbed, spec);
+    run_states(&mut p, epochs);
+    // Per parameter, what the perturbation became after the run, with
+    // the median as a floor (a single parameter's effect may cancel by
+    // chance).
+    let amplified: Vec<f64> = packed(&p.model().unwrap())
+        .iter()
+        .zip(&cpu_m)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .collect();
+    let mut sorted = amplified.clone();
+    sorted.sort_by(f64::total_cmp);
+    let floor = sorted[sorted.len() / 2];
+
+    let (want, _) = run_states(one, epochs);
+    let want_m = packed(&one.model().unwrap());
+    let (got, _) = run_states(rep, epochs);
+    let got_m = packed(&rep.model().unwrap());
+    let tol: Vec<f64> = amplified
+        .iter()
+        .zip(&want_m)
+        .map(|(&a, &w)| 4.0 * steps * (a + floor) + 2.0 * U * f64::from(w).abs())
+        .collect();
+    let mut worst = 0.0f64;
+    for (i, ((&a, &b), &t)) in got_m.iter().zip(&want_m).zip(&tol).enumerate() {
+        let diff = f64::from((a - b).abs());
+        worst = worst.max(diff / t);
+        assert!(diff <= t, "{what}: parameter {i}: {a} vs {b} (tolerance {t:e})");
+    }
+    let moved = packed(m)
+        .iter()
+        .zip(&want_m)
+        .zip(&tol)
+        .filter(|((a, b), t)| f64::from((**a - **b).abs()) > 100.0 * **t)
+        .count();
+    assert!(
+        moved > got_m.len() / 4,
+        "{what}: training moved only {moved} parameters beyond 100 times the tolerance"
+    );
+    let loss_tol = 10.0 * tol.iter().sum::<f64>();
+    for (epoch, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!((g.examples, g.steps), (w.examples, w.steps), "{what}: epoch {epoch}");
+        let (gl, wl) = (g.mean_loss(), w.mean_loss());
         assert!(
-            moved > got_m.len() / 4,
-            "{what}: training moved only {moved} parameters beyond 100 times the tolerance"
+            (gl - wl).abs() <= loss_tol,
+            "{what}: epoch {epoch} loss {gl} vs {wl} (tolerance {loss_tol:e})"
         );
-        let loss_tol = 10.0 * tol.iter().sum::<f64>();
-        for (epoch, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!((g.examples, g.steps), (w.examples, w.steps), "{what}: epoch {epoch}");
-            let (gl, wl) = (g.mean_loss(), w.mean_loss());
-            assert!(
-                (gl - wl).abs() <= loss_tol,
-                "{what}: epoch {epoch} loss {gl} vs {wl} (tolerance {loss_tol:e})"
+    }
+    eprintln!(
+        "{what}: step bound up to {:e}, median tolerance {:e}, worst difference {worst:.3} of the tolerance",
+        e.iter().cloned().fold(0.0, f64::max),
+        4.0 * steps * 2.0 * floor
+    );
+}
+
+/// Two replicas on one software adapter (`gpu:0,gpu:0`: two wgpu devices
+/// on the adapter the test helper opens) train like one GPU device; a CPU
+/// and a GPU replica together train like one CPU device.
+#[test]
+fn gpu_replicas_train_like_one_device() {
+    let Some(ctx) = common::gpu() else { return };
+    let d = data(N, 9, 4);
+    let m = model(&d, &[13]);
+    // The helper opens the first adapter in `wgtrain devices` order: gpu:0.
+    let index = wgtrain::gpu::list_adapters()
+        .iter()
+        .position(|a| a.name == ctx.name())
+        .expect("the helper's adapter is listed");
+    let two = DeviceChoice::parse(&format!("gpu:{index},gpu:{index}")).unwrap();
+    let mixed = DeviceChoice::parse(&format!("cpu,gpu:{index}")).unwrap();
+    let cases = [
+        ("sgd", Optimizer::sgd(), Regularization::default()),
+        ("adamw, dropout, clipping", adamw(), regular()),
+    ];
+    for (what, opt, regular) in cases {
+        let spec = spec(opt, regular);
+        let mut one = wgtrain::gpu::GpuBackend::new(ctx.clone(), m.clone(), d.clone(), spec).unwrap();
+        let mut rep = open_training(&two, 1, None, m.clone(), d.clone(), spec).unwrap();
+        assert!(rep.name().starts_with("2 replicas"), "{}", rep.name());
+        trains_like(&format!("2 GPU replicas, {what}"), &d, &m, spec, &mut one, rep.as_mut());
+
+        // The mixed pairing runs the one recipe with every option on: a
+        // software adapter is slow.
+        if what.starts_with("adamw") {
+            let mut one = cpu(&d, &m, spec);
+            let mut rep = open_training(&mixed, 1, Some(&[1.0, 3.0]), m.clone(), d.clone(), spec).unwrap();
+            trains_like(
+                &format!("CPU + GPU replicas 1:3, {what}"),
+                &d,
+                &m,
+                spec,
+                &mut one,
+                rep.as_mut(),
             );
         }
-        eprintln!(
-            "{what}: step bound up to {:e}, median tolerance {:e}, worst difference {worst:.3} of the tolerance",
-            e.iter().cloned().fold(0.0, f64::max),
-            4.0 * steps * 2.0 * floor
-        );
+    }
+}
+
+/// A GPU replica's shard gradients equal the CPU's (dropout on, so the
+/// draws' row offsets are checked), and its summed-gradient update the
+/// CPU's, masks included.
+#[test]
+fn gpu_shard_gradients_match_the_cpu() {
+    let Some(ctx) = common::gpu() else { return };
+    let d = data(N, 9, 4);
+    let m = model(&d, &[13]);
+    let reg = Regularization {
+        dropout: 0.3,
+        ..Default::default()
+    };
+    let spec = spec(adamw(), reg);
+    let mut c = cpu(&d, &m, spec);
+    let mut g = wgtrain::gpu::GpuBackend::new_replica(ctx.clone(), m.clone(), d.clone(), spec).unwrap();
+    g.begin_epoch(&epoch_permutation(N, 3, 1)).unwrap();
+    let n = c.gradient_len();
+    assert_eq!(g.gradient_len(), n);
+    let masks: Vec<Vec<f32>> = m
+        .layers
+        .iter()
+        .map(|l| (0..l.weight.len()).map(|i| (i % 4 != 1) as u8 as f32).collect())
+        .collect();
+    let mask = Constraint::Mask(masks.clone());
+    c.set_constraint(Some(&mask)).unwrap();
+    g.set_constraint(Some(&mask)).unwrap();
+    for (index, rows) in [(0, 0..5), (0, 5..16), (2, 7..13), (1, 3..4)] {
+        let (mut gc, mut gg) = (vec![0.0f32; n], vec![f32::NAN; n]);
+        c.shard_gradients(index, rows.clone(), &mut gc).unwrap();
+        g.shard_gradients(index, rows.clone(), &mut gg).unwrap();
+        let scale = gc.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        for (i, (a, b)) in gc.iter().zip(&gg).enumerate() {
+            // Different summation orders over at most 16 rows and 13 inputs
+            // per layer: a few hundred ulp of the largest entry.
+            assert!(
+                (a - b).abs() <= 1e-5 * scale,
+                "batch {index} rows {rows:?}: gradient {i}: cpu {a}, gpu {b}"
+            );
+        }
+        let (sc, sg) = (c.take_stats().unwrap(), g.take_stats().unwrap());
+        assert_eq!((sc.examples, sc.correct), (sg.examples, sg.correct));
+        assert!((sc.loss_sum - sg.loss_sum).abs() <= 1e-5 * sc.loss_sum.abs().max(1.0));
+        let h = StepHyper { lr: 0.01 };
+        c.apply_gradients(&gc, &h).unwrap();
+        g.apply_gradients(&gc, &h).unwrap();
+        let (mc, mg) = (c.model().unwrap(), g.model().unwrap());
+        for ((lc, lg), mask) in mc.layers.iter().zip(&mg.layers).zip(&masks) {
+            for ((a, b), &k) in lc.weight.iter().zip(&lg.weight).zip(mask) {
+                assert!((a - b).abs() <= 1e-6, "weights {a} vs {b}");
+                if k == 0.0 {
+                    assert_eq!(*b, 0.0);
+                }
+            }
+        }
+        assert_eq!(c.take_stats().unwrap().steps, g.take_stats().unwrap().steps);
     }
 }
 

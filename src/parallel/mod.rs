@@ -86,6 +86,9 @@ pub struct PhaseTimes {
     /// Phase 3 on replica 0: the update (for a GPU replica, including the
     /// upload of the summed gradient).
     pub apply: f64,
+    /// Replica 0's host transfers within the phases above
+    /// ([`Replica::take_transfer_seconds`]).
+    pub transfer: f64,
     /// Steps timed.
     pub steps: u64,
 }
@@ -429,6 +432,7 @@ impl Backend for Replicated {
         self.times.reduce += times.reduce;
         self.times.apply += times.apply;
         self.times.steps += times.steps;
+        self.times.transfer += shared.replica(0).take_transfer_seconds();
         if shared.failed.swap(false, Ordering::SeqCst) {
             self.poisoned = true;
             let mut errors = std::mem::take(&mut *shared.errors.lock().unwrap_or_else(|p| p.into_inner()));
