@@ -90,13 +90,6 @@ impl DeviceChoice {
     }
 }
 
-impl From<&str> for DeviceChoice {
-    /// [`DeviceChoice::parse`]; text that does not parse names an adapter.
-    fn from(s: &str) -> Self {
-        DeviceChoice::parse(s).unwrap_or_else(|_| DeviceChoice::Named(s.to_string()))
-    }
-}
-
 impl std::str::FromStr for DeviceChoice {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {

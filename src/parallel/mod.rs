@@ -394,7 +394,8 @@ impl Drop for Replicated {
 impl Backend for Replicated {
     fn name(&self) -> String {
         let names: Vec<String> = (0..self.replicas()).map(|i| self.shared.replica(i).name()).collect();
-        format!("{} replicas: {}", names.len(), names.join(" + "))
+        let n = names.len();
+        format!("{n} replica{}: {}", if n == 1 { "" } else { "s" }, names.join(" + "))
     }
 
     fn batch_size(&self) -> usize {
