@@ -16,7 +16,7 @@ use wgtrain::backend::{steps_per_epoch, Regularization, TrainSpec};
 use wgtrain::checkpoint::{self, Checkpoint};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
-use wgtrain::device::open_backend;
+use wgtrain::device::open_training;
 use wgtrain::metrics::{MetricsFormat, MetricsRow, MetricsWriter};
 use wgtrain::model::{AnyModel, Mlp};
 use wgtrain::optim::{Adam, Decay, LrSchedule, Optimizer, ScheduleSpec, Sgd, Warmup};
@@ -28,6 +28,11 @@ pub(crate) struct TrainArgs {
     data: DataArgs,
     #[command(flatten)]
     device: DeviceArgs,
+    /// With a --device list: each device's share of every batch, one
+    /// positive weight per device (`1,3`: the second device takes three
+    /// quarters of each batch) [default: equal shares].
+    #[arg(long, value_name = "W,W[,W...]", value_delimiter = ',')]
+    shard_weights: Option<Vec<f64>>,
     /// Hidden layer widths, comma-separated: `500`, or `512,256` for two
     /// hidden layers [default: 500].
     #[arg(long, value_name = "N[,N...]")]
@@ -129,6 +134,7 @@ pub(crate) struct TrainArgs {
 const RESUME_MAY_CHANGE: &[&str] = &[
     "device",
     "threads",
+    "shard_weights",
     "log_every",
     "json",
     "save",
@@ -184,6 +190,8 @@ fn resume_args(path: &Path, given: &[(String, Vec<String>)]) -> Result<(TrainArg
                 .iter()
                 .any(|(g, _)| g == id && RESUME_MAY_CHANGE.contains(&g.as_str()))
         })
+        // Shard weights belong to the device list they were given with.
+        .filter(|(id, _)| !(id == "shard_weights" && given.iter().any(|(g, _)| g == "device")))
         .collect();
     merged.extend(
         given
@@ -387,7 +395,15 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         "fingerprint of the data and settings in {:.1} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
-    let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec).map_err(flagged)?;
+    let mut backend = open_training(
+        &a.device.device,
+        a.device.threads,
+        a.shard_weights.as_deref(),
+        model,
+        data.clone(),
+        spec,
+    )
+    .map_err(flagged)?;
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),

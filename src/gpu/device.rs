@@ -243,6 +243,56 @@ impl GpuDevice {
         Ok(out)
     }
 
+    /// Submit `work`, then `enc`, which copies into `staging` (MAP_READ |
+    /// COPY_DST), wait for both, and copy the first `out.len()` floats of
+    /// `staging` to `out`. Returns the host time until `work` was seen done,
+    /// so that the rest of the wait is the copy and the mapping.
+    pub(crate) fn read_staged(
+        &self,
+        work: wgpu::CommandEncoder,
+        enc: wgpu::CommandEncoder,
+        staging: &wgpu::Buffer,
+        out: &mut [f32],
+    ) -> Result<std::time::Duration, GpuError> {
+        let t0 = std::time::Instant::now();
+        let first = self.queue.submit([work.finish()]);
+        let index = self.queue.submit([enc.finish()]);
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(first),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Readback(format!("waiting for the GPU: {e}")))?;
+        let work_done = t0.elapsed();
+        let bytes = 4 * out.len() as u64;
+        if bytes == 0 {
+            return Ok(work_done);
+        }
+        let (tx, rx) = mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            // The receiver only disappears if this function already returned.
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Readback(format!("waiting for the GPU: {e}")))?;
+        self.check_fault()?;
+        rx.recv()
+            .map_err(|_| GpuError::Readback("the map callback never ran".into()))?
+            .map_err(|e| GpuError::Readback(format!("mapping the staging buffer: {e}")))?;
+        {
+            let view = staging
+                .get_mapped_range(..bytes)
+                .map_err(|e| GpuError::Readback(format!("reading the staging buffer: {e}")))?;
+            out.copy_from_slice(bytemuck::cast_slice(&view));
+        }
+        staging.unmap();
+        Ok(work_done)
+    }
+
     /// Read `len` f32 values from the start of `buf`.
     pub(crate) fn read_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, GpuError> {
         let bytes = self.read_back(None, &[(buf, 0, 4 * len as u64)])?;
