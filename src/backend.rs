@@ -194,6 +194,52 @@ pub trait Backend {
     }
 }
 
+/// A backend that can serve as one data-parallel replica: it computes the
+/// gradient of part of a global batch, and applies a gradient summed over
+/// every replica, so that all replicas keep identical parameters.
+///
+/// A replica is built with the global batch as its [`TrainSpec::batch`]
+/// and holds the whole training set; every replica is given the same epoch
+/// order, so the rows of a shard are `order[index * batch + rows.start ..
+/// index * batch + rows.end]`. A step of `N` replicas is one
+/// [`Replica::shard_gradients`] on each (over contiguous, disjoint row
+/// ranges covering the batch), the sum of the packed gradients, and one
+/// [`Replica::apply_gradients`] of that sum on each.
+pub trait Replica: Backend + Send {
+    /// Floats in the packed gradient: per layer in order, the weight (its
+    /// layout in `Linear`) then the bias.
+    fn gradient_len(&self) -> usize;
+
+    /// The gradient of batch `index`'s mean loss (over the whole global
+    /// batch, whose size is the backend's `batch_size()`; the last batch may
+    /// be partial) restricted to the batch rows `rows`: the sum over those
+    /// rows of each example's loss gradient divided by the number of rows of
+    /// the whole batch, packed into `out` (length `gradient_len()`). An
+    /// empty range gives zeros. Random draws (dropout, shift) use the rows'
+    /// positions in the whole batch, so the replicas together draw what one
+    /// device would. The rows' loss, correct count and examples count in
+    /// `take_stats` (not the step: [`Replica::apply_gradients`] counts it).
+    /// Updates nothing.
+    fn shard_gradients(&mut self, index: usize, rows: std::ops::Range<usize>, out: &mut [f32]) -> Result<()>;
+
+    /// One optimizer step with `grads` (packed as above, already summed over
+    /// the replicas): clipping on its global norm when configured, the
+    /// optimizer update with `hyper`, the constraint; counts one update and
+    /// one step in `take_stats`.
+    fn apply_gradients(&mut self, grads: &[f32], hyper: &StepHyper) -> Result<()>;
+}
+
+/// Check that a shard's rows lie within a batch of `rows` rows.
+pub fn check_shard(shard: &std::ops::Range<usize>, rows: usize) -> Result<()> {
+    if shard.start > shard.end || shard.end > rows {
+        return Err(Error::Config(format!(
+            "shard rows {}..{} outside the batch's {rows}",
+            shard.start, shard.end
+        )));
+    }
+    Ok(())
+}
+
 /// The state a backend carries from one step to the next
 /// ([`Backend::state`]), the same on every backend.
 #[derive(Debug, Clone, PartialEq)]

@@ -346,8 +346,24 @@ pub fn softmax_xent(
     classes: usize,
     smoothing: f32,
 ) -> (f64, u32) {
-    let inv = 1.0 / rows as f32;
-    let sm = Smoothing::new(smoothing, rows, classes);
+    softmax_xent_part(logits, labels, dlogits, rows, classes, smoothing, rows)
+}
+
+/// [`softmax_xent`] over `rows` rows that are part of a batch of `of_rows`
+/// rows: the gradient is that of the whole batch's mean loss, `(softmax -
+/// q) / of_rows` (a data-parallel replica's shard). The GPU twin is
+/// `softmax_xent` with `inv_rows` and the smoothing scalars of `of_rows`.
+pub fn softmax_xent_part(
+    logits: &[f32],
+    labels: &[u32],
+    dlogits: &mut [f32],
+    rows: usize,
+    classes: usize,
+    smoothing: f32,
+    of_rows: usize,
+) -> (f64, u32) {
+    let inv = 1.0 / of_rows as f32;
+    let sm = Smoothing::new(smoothing, of_rows, classes);
     let mut loss = 0.0f64;
     let mut correct = 0;
     for r in 0..rows {

@@ -5,14 +5,15 @@ pub mod kernels;
 pub mod optim;
 pub mod team;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::backend::{
-    check_order, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, SplitKind, StepStats,
-    TrainSpec,
+    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, Replica,
+    SplitKind, StepStats, TrainSpec,
 };
 use crate::data::Dataset;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Mlp;
 use crate::optim::draw::{dropout_stream, Dropout, Key, Shift, SHIFT_STREAM};
 use crate::optim::{Constraint, Optimizer, StepHyper};
@@ -128,14 +129,26 @@ impl CpuBackend {
     /// Gather batch `index` of the epoch into `acts[0]` (preprocessed) and
     /// its labels into `labels`; returns its rows.
     fn load_batch(&mut self, index: usize) -> usize {
-        let n = self.order.len();
-        let start = index * self.batch;
-        let rows = self.batch.min(n - start);
+        let rows = self.batch_rows(index);
+        self.load_rows(index, 0..rows)
+    }
+
+    /// Rows of batch `index` (the last batch may be partial).
+    fn batch_rows(&self, index: usize) -> usize {
+        self.batch.min(self.order.len() - index * self.batch)
+    }
+
+    /// Gather rows `part` of batch `index` (within its rows) into `acts[0]`
+    /// and `labels`, drawing shifts as rows `part.start..` of the batch;
+    /// returns their number.
+    fn load_rows(&mut self, index: usize, part: Range<usize>) -> usize {
+        let start = index * self.batch + part.start;
+        let rows = part.len();
         let idx = &self.order[start..start + rows];
         let dim = self.model.inputs();
         let p = self.model.preprocess;
         if let Some(shift) = &self.shift {
-            let key = Key::new(self.seed, self.draw_step(), SHIFT_STREAM);
+            let key = Key::new(self.seed, self.draw_step(), SHIFT_STREAM).rows_from(part.start as u32);
             let x = &mut self.acts[0];
             match &self.train_u8 {
                 Some(bytes) => kernels::gather_rows_shifted(bytes, idx, dim, p.scale, p.offset, x, shift, key),
@@ -221,6 +234,12 @@ impl CpuBackend {
     /// The forward pass of a training step: [`forward`], with dropout after
     /// each hidden layer when it is on.
     fn forward_train(&mut self, rows: usize) {
+        self.forward_train_from(rows, 0);
+    }
+
+    /// [`CpuBackend::forward_train`] of rows that stand for rows `row0..`
+    /// of the batch (for the dropout draws).
+    fn forward_train_from(&mut self, rows: usize, row0: usize) {
         let Some(drop) = self.dropout else {
             forward(&self.model, &mut self.acts, rows);
             return;
@@ -232,7 +251,7 @@ impl CpuBackend {
             let (x, y) = (&lo[l], &mut hi[0]);
             let (inputs, outputs) = (layer.inputs, layer.outputs);
             if l + 1 < nl {
-                let key = Key::new(self.seed, step, dropout_stream(l));
+                let key = Key::new(self.seed, step, dropout_stream(l)).rows_from(row0 as u32);
                 kernels::linear_forward_dropout(x, &layer.weight, &layer.bias, y, rows, inputs, outputs, drop, key);
             } else {
                 kernels::linear_forward(x, &layer.weight, &layer.bias, y, rows, inputs, outputs, false);
@@ -241,8 +260,8 @@ impl CpuBackend {
     }
 
     fn step(&mut self, index: usize, hyper: StepHyper) {
-        if let Some(max_norm) = self.clip {
-            return self.step_clipped(index, hyper, max_norm);
+        if self.clip.is_some() {
+            return self.step_clipped(index, hyper);
         }
         let rows = self.load_batch(index);
         self.forward_train(rows);
@@ -310,21 +329,58 @@ impl CpuBackend {
     /// gradients scaled by `min(1, max_norm / (norm + 1e-6))`, as torch's
     /// `clip_grad_norm_` before `optimizer.step()` (L2 weight decay is
     /// added inside the update, after the scaling).
-    fn step_clipped(&mut self, index: usize, hyper: StepHyper, max_norm: f32) {
-        let rows = self.load_batch(index);
-        self.forward_train(rows);
+    fn step_clipped(&mut self, index: usize, hyper: StepHyper) {
+        let rows = self.batch_rows(index);
+        let (loss, correct) = self.part_gradients(index, 0..rows, None);
+        self.apply_update(None, hyper);
+        self.stats.loss_sum += loss;
+        self.stats.correct += correct as u64;
+        self.stats.examples += rows as u64;
+        self.stats.steps += 1;
+    }
+
+    /// The gradient of batch `index`'s mean loss restricted to rows `part`
+    /// of the batch (the sum over those rows of each row's loss gradient
+    /// divided by the batch's rows), per layer the weight then the bias,
+    /// into `packed` when given, else into the `opt_state` buffers. Reads
+    /// the current weights, updates nothing; returns the rows' summed loss
+    /// and correct count.
+    fn part_gradients(&mut self, index: usize, part: Range<usize>, mut packed: Option<&mut [f32]>) -> (f64, u32) {
+        let of_rows = self.batch_rows(index);
+        let row0 = part.start;
+        let rows = self.load_rows(index, part);
         let nl = self.model.layers.len();
-        let classes = self.model.classes();
-        let (loss, correct) = kernels::softmax_xent(
-            &self.acts[nl],
-            &self.labels,
-            &mut self.grads[nl],
-            rows,
-            classes,
-            self.smoothing,
-        );
+        let (mut loss, mut correct) = (0.0, 0);
+        if rows > 0 {
+            self.forward_train_from(rows, row0);
+            let classes = self.model.classes();
+            (loss, correct) = kernels::softmax_xent_part(
+                &self.acts[nl],
+                &self.labels,
+                &mut self.grads[nl],
+                rows,
+                classes,
+                self.smoothing,
+                of_rows,
+            );
+        }
+        let mut end: usize = self.model.layers.iter().map(|l| l.weight.len() + l.bias.len()).sum();
         for l in (0..nl).rev() {
             let layer = &self.model.layers[l];
+            let (nw, nb) = (layer.weight.len(), layer.bias.len());
+            end -= nw + nb;
+            let (gw, gb): (&mut [f32], &mut [f32]) = match packed.as_deref_mut() {
+                Some(p) => p[end..end + nw + nb].split_at_mut(nw),
+                None => {
+                    let st = &mut self.opt_state[l];
+                    (&mut st.gw, &mut st.gb)
+                }
+            };
+            if rows == 0 {
+                gw.fill(0.0);
+                gb.fill(0.0);
+                continue;
+            }
             let (lo, hi) = self.grads.split_at_mut(l + 1);
             let dy = &hi[0];
             if l > 0 {
@@ -339,33 +395,110 @@ impl CpuBackend {
                     layer.outputs,
                 );
             }
-            let st = &mut self.opt_state[l];
-            kernels::matmul_tn(dy, &self.acts[l], &mut st.gw, layer.outputs, layer.inputs, rows);
-            kernels::column_sums(dy, &mut st.gb, rows, layer.outputs);
+            kernels::matmul_tn(dy, &self.acts[l], gw, layer.outputs, layer.inputs, rows);
+            kernels::column_sums(dy, gb, rows, layer.outputs);
         }
-        let tensors: Vec<&[f32]> = self
-            .opt_state
-            .iter()
-            .flat_map(|st| [st.gw.as_slice(), st.gb.as_slice()])
-            .collect();
-        let clip = kernels::clip_coef(&tensors, max_norm);
-        let t = self.updates + 1;
-        for (l, (layer, st)) in self.model.layers.iter_mut().zip(&mut self.opt_state).enumerate() {
-            if clip.coef < 1.0 {
-                kernels::scale(&mut st.gw, clip.coef);
-                kernels::scale(&mut st.gb, clip.coef);
+        (loss, correct)
+    }
+
+    /// One update from the gradients in `packed` (per layer the weight then
+    /// the bias) or, without it, in the `opt_state` buffers: scaled by the
+    /// clipping coefficient of their global norm when clipping is on, then
+    /// the optimizer, then the constraint; counts one update. Needs the
+    /// `opt_state` buffers.
+    fn apply_update(&mut self, mut packed: Option<&[f32]>, hyper: StepHyper) {
+        if let (Some(g), Some(_)) = (packed, self.clip) {
+            // Clipping scales the gradients in place: work on a copy.
+            let mut off = 0;
+            for st in &mut self.opt_state {
+                let (nw, nb) = (st.gw.len(), st.gb.len());
+                st.gw.copy_from_slice(&g[off..off + nw]);
+                st.gb.copy_from_slice(&g[off + nw..off + nw + nb]);
+                off += nw + nb;
             }
-            optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.weight, &st.gw, &mut st.w);
-            optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.bias, &st.gb, &mut st.b);
+            packed = None;
+        }
+        let coef = match self.clip {
+            Some(max_norm) => {
+                let tensors: Vec<&[f32]> = self
+                    .opt_state
+                    .iter()
+                    .flat_map(|st| [st.gw.as_slice(), st.gb.as_slice()])
+                    .collect();
+                kernels::clip_coef(&tensors, max_norm).coef
+            }
+            None => 1.0,
+        };
+        let t = self.updates + 1;
+        let mut off = 0;
+        for (l, (layer, st)) in self.model.layers.iter_mut().zip(&mut self.opt_state).enumerate() {
+            let optim::LayerState { gw, gb, w, b } = st;
+            if coef < 1.0 {
+                kernels::scale(gw, coef);
+                kernels::scale(gb, coef);
+            }
+            let (nw, nb) = (layer.weight.len(), layer.bias.len());
+            let (gw, gb): (&[f32], &[f32]) = match packed {
+                Some(p) => (&p[off..off + nw], &p[off + nw..off + nw + nb]),
+                None => (gw, gb),
+            };
+            off += nw + nb;
+            optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.weight, gw, w);
+            optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.bias, gb, b);
             if let Some(Constraint::Mask(masks)) = &self.constraint {
                 kernels::apply_mask(&mut layer.weight, &masks[l]);
             }
         }
+        self.updates += 1;
+    }
+
+    /// Allocate the gradient buffers a replica's update needs (plain SGD
+    /// fused into the products has none).
+    fn ensure_opt_state(&mut self) {
+        if self.opt_state.is_empty() {
+            self.opt_state = self
+                .model
+                .layers
+                .iter()
+                .map(|l| optim::LayerState::new(&self.optimizer, l.weight.len(), l.bias.len()))
+                .collect();
+        }
+    }
+
+    /// Check a packed gradient's length.
+    fn check_packed(&self, len: usize) -> Result<()> {
+        let want = self.gradient_len();
+        if len != want {
+            return Err(Error::Config(format!(
+                "a packed gradient of {len} floats for a model of {want} parameters"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Replica for CpuBackend {
+    fn gradient_len(&self) -> usize {
+        self.model.layers.iter().map(|l| l.weight.len() + l.bias.len()).sum()
+    }
+
+    fn shard_gradients(&mut self, index: usize, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+        check_steps(index, 1, steps_per_epoch(self.order.len(), self.batch))?;
+        check_shard(&rows, self.batch_rows(index))?;
+        self.check_packed(out.len())?;
+        let (loss, correct) = self.on_team(|b| b.part_gradients(index, rows.clone(), Some(out)));
         self.stats.loss_sum += loss;
         self.stats.correct += correct as u64;
-        self.stats.examples += rows as u64;
+        self.stats.examples += rows.len() as u64;
+        Ok(())
+    }
+
+    fn apply_gradients(&mut self, grads: &[f32], hyper: &StepHyper) -> Result<()> {
+        self.check_packed(grads.len())?;
+        self.ensure_opt_state();
+        self.on_team(|b| b.apply_update(Some(grads), *hyper));
         self.stats.steps += 1;
-        self.updates += 1;
+        Ok(())
     }
 }
 

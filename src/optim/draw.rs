@@ -43,8 +43,15 @@ fn fmix(mut h: u32) -> u32 {
 /// The hash state after the words that are fixed for a step and stream
 /// (and, after [`Key::row`], for a row): the per-element work is one block
 /// and the finalizer.
+///
+/// A key may carry a row offset ([`Key::rows_from`]): a data-parallel
+/// replica computing rows `a..b` of a batch numbers its local row `r` as
+/// `a + r`, so the replicas together draw what one device would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Key(u32);
+pub struct Key {
+    state: u32,
+    row0: u32,
+}
 
 impl Key {
     /// The key of `stream` at `step` of a run seeded with `seed`.
@@ -52,17 +59,28 @@ impl Key {
         let h = absorb(0, seed as u32);
         let h = absorb(h, (seed >> 32) as u32);
         let h = absorb(h, step as u32);
-        Key(absorb(h, stream))
+        Key {
+            state: absorb(h, stream),
+            row0: 0,
+        }
     }
 
-    /// The key of row `row` of the batch.
+    /// This key with local row `r` standing for row `row0 + r` of the batch.
+    pub fn rows_from(self, row0: u32) -> Key {
+        Key { row0, ..self }
+    }
+
+    /// The key of row `row` of the batch (plus the row offset).
     pub fn row(self, row: u32) -> Key {
-        Key(absorb(self.0, row))
+        Key {
+            state: absorb(self.state, row.wrapping_add(self.row0)),
+            row0: 0,
+        }
     }
 
     /// The draw of column `col` of this row: uniform over u32.
     pub fn col(self, col: u32) -> u32 {
-        fmix(absorb(self.0, col) ^ 24)
+        fmix(absorb(self.state, col) ^ 24)
     }
 }
 
