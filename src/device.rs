@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::backend::Backend;
 use crate::backend::TrainSpec;
+use crate::backend::{Backend, Replica};
 use crate::cpu::CpuBackend;
 use crate::data::Dataset;
 use crate::error::Result;
@@ -90,4 +90,24 @@ pub fn open_backend(
         Some(ctx) => Box::new(GpuBackend::new(ctx, model, data, spec)?),
         None => Box::new(CpuBackend::with_threads(model, data, spec, threads)?),
     })
+}
+
+/// Build one data-parallel replica (a rank of a distributed run) for a
+/// device choice: on the CPU with `threads` threads.
+pub fn open_replica(
+    choice: &DeviceChoice,
+    threads: usize,
+    local_rank: usize,
+    model: Mlp,
+    data: Arc<Dataset>,
+    spec: TrainSpec,
+) -> Result<Box<dyn Replica>> {
+    let _ = local_rank;
+    match open_gpu(choice)? {
+        Some(ctx) => Err(crate::error::Error::Config(format!(
+            "{} cannot train as a replica yet; use --device cpu",
+            ctx.name()
+        ))),
+        None => Ok(Box::new(CpuBackend::with_threads(model, data, spec, threads)?)),
+    }
 }

@@ -27,6 +27,7 @@ pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod serve;
 pub mod train;
 

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["optim"],
     &["backend"],
-    &["cpu", "checkpoint"],
+    &["cpu", "checkpoint", "parallel"],
     &["infer"],
     &["gpu", "train"],
     &["compress"],
