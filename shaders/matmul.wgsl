@@ -145,7 +145,8 @@ struct Step {
     step_size: f32,
     bc2_sqrt: f32,
     draw_step: u32,
-    pad1: u32,
+    // The first row's position in the whole batch (a data-parallel shard), for the draws.
+    draw_row0: u32,
     pad2: u32,
 }
 
@@ -189,7 +190,7 @@ fn shifted_input(src: u32, row: u32, col: u32) -> f32 {
     let w = params.img_w;
     let h = params.img_h;
     let in_plane = col % (h * w);
-    let key = draw_row(draw_key(params.seed_lo, params.seed_hi, step.draw_step, SHIFT_STREAM), row);
+    let key = draw_row(draw_key(params.seed_lo, params.seed_hi, step.draw_step, SHIFT_STREAM), row + step.draw_row0);
     let span = 2u * params.shift + 1u;
     let dx = i32(draw_col(key, 0u) % span) - i32(params.shift);
     let dy = i32(draw_col(key, 1u) % span) - i32(params.shift);
@@ -361,7 +362,7 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
             if i >= params.m {
                 continue;
             }
-            let row_key = draw_row(drop_key, i);
+            let row_key = draw_row(drop_key, i + step.draw_row0);
             for (var h = 0u; h < GN; h++) {
                 for (var q = 0u; q < 4u; q++) {
                     let j = col0 + 4u * tx + 4u * TX * h + q;

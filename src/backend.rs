@@ -227,6 +227,13 @@ pub trait Replica: Backend + Send {
     /// optimizer update with `hyper`, the constraint; counts one update and
     /// one step in `take_stats`.
     fn apply_gradients(&mut self, grads: &[f32], hyper: &StepHyper) -> Result<()>;
+
+    /// Seconds the host spent moving the packed gradients between this
+    /// replica's memory and the host since the last call (readbacks,
+    /// uploads); 0 for a replica in host memory. For measurements only.
+    fn take_transfer_seconds(&mut self) -> f64 {
+        0.0
+    }
 }
 
 /// Check that a shard's rows lie within a batch of `rows` rows.

@@ -174,6 +174,8 @@ pub enum Setting {
     ClipGradNorm,
     /// Where a checkpoint (or resume) goes.
     Checkpoint,
+    /// The shares of a global batch that data-parallel replicas take.
+    ShardWeights,
 }
 
 impl Setting {
@@ -199,6 +201,7 @@ impl Setting {
             Setting::Shift => "image shift",
             Setting::ClipGradNorm => "gradient-norm clip",
             Setting::Checkpoint => "checkpoint",
+            Setting::ShardWeights => "shard weights",
         }
     }
 }

@@ -17,12 +17,14 @@ pub mod epoch;
 pub mod forward;
 pub mod inference;
 pub mod matmul;
+pub mod parallel;
 pub mod synthetic;
 
 pub use epoch::{epoch_time, EpochTiming};
 pub use forward::{bench_forward_f32, bench_forward_f32_predictor, bench_forward_int8, ForwardBench};
 pub use inference::{bench_inference, BenchOptions, InferenceBench};
 pub use matmul::{cpu_matmul, matmul_shapes, MatmulTiming};
+pub use parallel::{bench_parallel, ParallelTiming};
 pub use synthetic::synthetic_mnist_like;
 
 /// Median seconds per call of `f`, over batches of calls filling about

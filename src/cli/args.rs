@@ -31,11 +31,16 @@ pub(crate) struct DataArgs {
 #[derive(Debug, Args)]
 pub(crate) struct DeviceArgs {
     /// auto (a hardware GPU if there is one, else the CPU), cpu, gpu (any
-    /// adapter, software ones such as lavapipe included), or part of an
-    /// adapter's name as `wgtrain devices` prints it.
-    #[arg(long, default_value = "auto", value_name = "auto|cpu|gpu|NAME")]
+    /// adapter, software ones such as lavapipe included), gpu:N (the
+    /// adapter numbered N by `wgtrain devices`), or part of an adapter's
+    /// name. Training also takes several devices, trained data-parallel
+    /// (each holds the model; every batch is split between them): all-gpus
+    /// (every hardware GPU) or a list such as gpu:0,gpu:1, cpu,gpu:0 or
+    /// cpu,cpu (see --shard-weights).
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|gpu|gpu:N|NAME|LIST")]
     pub(crate) device: DeviceChoice,
-    /// CPU threads (0: one per core).
+    /// CPU threads (0: one per core); with a device list, the threads of
+    /// each CPU device (0: the cores divided among them).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) threads: usize,
 }

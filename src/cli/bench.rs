@@ -49,6 +49,14 @@ pub(crate) struct BenchArgs {
     /// step at each batch size.
     #[arg(long)]
     kernels: bool,
+    /// Only the data-parallel benchmark: the --device list (default
+    /// cpu,cpu) as replicas, time per step split into compute, host
+    /// transfer (GPU readback and upload) and the host sum, and the bytes
+    /// moved per step, for the first device alone (as one plain backend and
+    /// as one replica) and for all of them; --max-steps steps (default 100)
+    /// at each --batch, --threads threads per CPU replica.
+    #[arg(long)]
+    parallel: bool,
     /// Model for the inference benchmark (plain or compressed); default a
     /// freshly initialised 784-500-10 MLP.
     #[arg(long, value_name = "FILE")]
@@ -230,6 +238,9 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         x => x,
     };
     let batches = parse_list("--batch", &a.batch, "batch size")?;
+    if a.parallel {
+        return bench_parallel(&a, &batches);
+    }
     let square = parse_list("--square", &a.square, "matrix size")?;
     let tiles = parse_tiles(a.tile.as_deref())?;
     let choices: Vec<DeviceChoice> = match &a.device {
@@ -249,26 +260,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
     let mut out = std::io::stdout();
     let mut emit = |v: serde_json::Value| -> Result<()> { Ok(writeln!(out, "{v}")?) };
     if run_epoch {
-        let data = Arc::new(match &a.data {
-            Some(_) => load_data(
-                &DataArgs {
-                    data: a.data.clone(),
-                    label_col: -1,
-                    test_split: 0.2,
-                },
-                0,
-            )?,
-            None => match DataSource::resolve(None)? {
-                (src @ DataSource::IdxDir(_), _) => {
-                    log::info!("bench data: {src}");
-                    src.load(CsvOptions::default())?
-                }
-                _ => {
-                    log::info!("bench data: no Fashion-MNIST installed; using random 28x28 images");
-                    bench::synthetic_mnist_like(0)
-                }
-            },
-        });
+        let data = bench_data(&a)?;
         let optimizer = super::train::optimizer_of(&a.optim)?;
         // Adam's usual rate; SGD's that the seed recipe uses.
         let lr = if matches!(optimizer, wgtrain::optim::Optimizer::Sgd(_)) {
@@ -397,6 +389,142 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                     emit(serde_json::to_value(&t)?)?;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// The epoch benchmarks' data: `--data`, else Fashion-MNIST when installed,
+/// else random images of its shape.
+fn bench_data(a: &BenchArgs) -> Result<Arc<wgtrain::data::Dataset>> {
+    Ok(Arc::new(match &a.data {
+        Some(_) => load_data(
+            &DataArgs {
+                data: a.data.clone(),
+                label_col: -1,
+                test_split: 0.2,
+            },
+            0,
+        )?,
+        None => match DataSource::resolve(None)? {
+            (src @ DataSource::IdxDir(_), _) => {
+                log::info!("bench data: {src}");
+                src.load(CsvOptions::default())?
+            }
+            _ => {
+                log::info!("bench data: no Fashion-MNIST installed; using random 28x28 images");
+                wgtrain::bench::synthetic_mnist_like(0)
+            }
+        },
+    }))
+}
+
+/// `wgtrain bench --parallel`.
+fn bench_parallel(a: &BenchArgs, batches: &[usize]) -> Result<()> {
+    use wgtrain::device::{list_entries, open_gpu, open_replicas};
+    let list = a.device.as_deref().unwrap_or("cpu,cpu");
+    let choice = DeviceChoice::parse(list)
+        .map_err(anyhow::Error::new)
+        .context("--device")?;
+    let entries = list_entries(&choice)?;
+    let data = bench_data(a)?;
+    let optimizer = super::train::optimizer_of(&a.optim)?;
+    let lr = if matches!(optimizer, wgtrain::optim::Optimizer::Sgd(_)) {
+        0.1
+    } else {
+        0.001
+    };
+    let steps = a.max_steps.unwrap_or(100);
+    let on_bus = |e: &[DeviceChoice]| -> Result<usize> {
+        let mut n = 0;
+        for c in e {
+            n += usize::from(open_gpu(c)?.is_some());
+        }
+        Ok(n)
+    };
+    let cpus = entries.iter().filter(|e| **e == DeviceChoice::Cpu).count();
+    let cpu_threads = match a.threads {
+        0 => (wgtrain::cpu::cores() / cpus.max(1)).max(1),
+        t => t,
+    };
+    eprintln!(
+        "\ndata-parallel step, {}-500-{} MLP, {} lr {lr}, {steps} steps",
+        data.dim(),
+        data.classes,
+        optimizer.name()
+    );
+    eprintln!(
+        "{:<48} {:>6} {:>9} {:>11} {:>12} {:>10} {:>10} {:>12}",
+        "devices", "batch", "step (ms)", "compute", "transfer", "reduce", "bus MB", "examples/s"
+    );
+    let mut out = std::io::stdout();
+    for &batch in batches {
+        let model = Mlp::new(
+            &[data.dim(), 500, data.classes],
+            0,
+            Preprocess::fit(Normalize::Scale, &data),
+            data.shape.clone(),
+        )?;
+        let spec = TrainSpec::new(batch, optimizer);
+        // The first device alone, as a plain backend: the CPU with every
+        // thread the replicas use together.
+        let first = &entries[0];
+        let mut plain: Box<dyn wgtrain::Backend> = match open_gpu(first)? {
+            Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(ctx, model.clone(), data.clone(), spec)?),
+            None => Box::new(wgtrain::cpu::CpuBackend::with_threads(
+                model.clone(),
+                data.clone(),
+                spec,
+                cpu_threads * cpus.max(1),
+            )?),
+        };
+        let t = wgtrain::bench::epoch_time(plain.as_mut(), data.train.len(), 3, Some(steps), lr)?;
+        let plain_ms = t.steady_epoch_s * 1e3 / t.steps_per_epoch as f64;
+        eprintln!(
+            "{:<48} {:>6} {:>9.3} {:>11} {:>12} {:>10} {:>10} {:>12.0}",
+            format!("{} (plain)", t.device),
+            batch,
+            plain_ms,
+            "-",
+            "-",
+            "-",
+            "0",
+            t.examples_per_s
+        );
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "bench": "parallel",
+                "device": t.device,
+                "plain": true,
+                "replicas": 1,
+                "batch": batch,
+                "step_ms": plain_ms,
+                "examples_per_s": t.examples_per_s,
+            })
+        )?;
+        let configs: Vec<&[DeviceChoice]> = if entries.len() > 1 {
+            vec![&entries[..1], &entries[..]]
+        } else {
+            vec![&entries[..]]
+        };
+        for e in configs {
+            let replicas = open_replicas(e, cpu_threads, model.clone(), data.clone(), spec)?;
+            let weights = vec![1.0; e.len()];
+            let r = wgtrain::bench::bench_parallel(replicas, weights, on_bus(e)?, data.train.len(), 5, steps, lr)?;
+            eprintln!(
+                "{:<48} {:>6} {:>9.3} {:>11.3} {:>12.3} {:>10.3} {:>10.2} {:>12.0}",
+                r.device,
+                r.batch,
+                r.step_ms,
+                r.compute_ms,
+                r.transfer_ms,
+                r.reduce_ms,
+                r.bus_bytes as f64 / 1e6,
+                r.examples_per_s
+            );
+            writeln!(out, "{}", serde_json::to_value(&r)?)?;
         }
     }
     Ok(())

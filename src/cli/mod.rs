@@ -173,6 +173,7 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::Shift => "--shift",
         Setting::ClipGradNorm => "--clip-grad-norm",
         Setting::Checkpoint => "--checkpoint-dir",
+        Setting::ShardWeights => "--shard-weights",
     }
 }
 

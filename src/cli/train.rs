@@ -17,7 +17,7 @@ use wgtrain::backend::{steps_per_epoch, Regularization, TrainSpec};
 use wgtrain::checkpoint::{self, Checkpoint};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
-use wgtrain::device::{open_backend, open_replica};
+use wgtrain::device::{open_replica, open_training};
 use wgtrain::metrics::{MetricsFormat, MetricsRow, MetricsWriter};
 use wgtrain::model::{AnyModel, Mlp};
 use wgtrain::optim::{Adam, Decay, LrSchedule, Optimizer, ScheduleSpec, Sgd, Warmup};
@@ -29,6 +29,11 @@ pub(crate) struct TrainArgs {
     data: DataArgs,
     #[command(flatten)]
     device: DeviceArgs,
+    /// With a --device list: each device's share of every batch, one
+    /// positive weight per device (`1,3`: the second device takes three
+    /// quarters of each batch) [default: equal shares].
+    #[arg(long, value_name = "W,W[,W...]", value_delimiter = ',')]
+    shard_weights: Option<Vec<f64>>,
     /// Hidden layer widths, comma-separated: `500`, or `512,256` for two
     /// hidden layers [default: 500].
     #[arg(long, value_name = "N[,N...]")]
@@ -151,6 +156,7 @@ pub(crate) struct TrainArgs {
 const RESUME_MAY_CHANGE: &[&str] = &[
     "device",
     "threads",
+    "shard_weights",
     "log_every",
     "json",
     "save",
@@ -452,10 +458,21 @@ fn run_on(job: Option<&Job>, a: TrainArgs, given: GivenArgs, alone: &mut bool) -
     }
     let (mut backend, stop) = match job {
         None => (
-            open_backend(&a.device.device, a.device.threads, model, data.clone(), spec).map_err(flagged)?,
+            open_training(
+                &a.device.device,
+                a.device.threads,
+                a.shard_weights.as_deref(),
+                model,
+                data.clone(),
+                spec,
+            )
+            .map_err(flagged)?,
             signalled,
         ),
         Some(j) => {
+            if a.shard_weights.is_some() {
+                anyhow::bail!("--shard-weights applies to a --device list in one process, not to --distributed (its ranks take equal shards)");
+            }
             let mut fields = fingerprint.0.clone();
             fields.insert("initial parameters".into(), parameters_hash(&model));
             fields.insert("--resume given".into(), asked_resume.to_string());

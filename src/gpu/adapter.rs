@@ -17,6 +17,9 @@ pub enum AdapterSelector {
     Any,
     /// The first adapter whose name contains this text, case-insensitively.
     Named(String),
+    /// The adapter at this position of [`list_adapters`] (as `wgtrain
+    /// devices` numbers them).
+    Index(usize),
 }
 
 /// What `wgtrain devices` prints about an adapter: who it is and the limits
@@ -170,6 +173,13 @@ pub(crate) fn find(sel: &AdapterSelector) -> Result<(wgpu::Instance, wgpu::Adapt
                 .find(|a| a.get_info().name.to_lowercase().contains(&needle))
                 .ok_or_else(|| GpuError::NoAdapter(format!(" whose name contains `{name}`{}", seen())))?
         }
+        AdapterSelector::Index(i) => found.get(*i).ok_or_else(|| {
+            GpuError::NoAdapter(format!(
+                " numbered {i}: there are {} (numbered from 0 as `wgtrain devices` prints them){}",
+                found.len(),
+                seen()
+            ))
+        })?,
     };
     Ok((instance, chosen.clone()))
 }

@@ -243,6 +243,44 @@ impl GpuDevice {
         Ok(out)
     }
 
+    /// Submit `enc`, which copies into `staging` (MAP_READ | COPY_DST), wait
+    /// for it, and copy the first `out.len()` floats of `staging` to `out`.
+    pub(crate) fn read_staged(
+        &self,
+        enc: wgpu::CommandEncoder,
+        staging: &wgpu::Buffer,
+        out: &mut [f32],
+    ) -> Result<(), GpuError> {
+        let index = self.queue.submit([enc.finish()]);
+        let bytes = 4 * out.len() as u64;
+        if bytes == 0 {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            // The receiver only disappears if this function already returned.
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Readback(format!("waiting for the GPU: {e}")))?;
+        self.check_fault()?;
+        rx.recv()
+            .map_err(|_| GpuError::Readback("the map callback never ran".into()))?
+            .map_err(|e| GpuError::Readback(format!("mapping the staging buffer: {e}")))?;
+        {
+            let view = staging
+                .get_mapped_range(..bytes)
+                .map_err(|e| GpuError::Readback(format!("reading the staging buffer: {e}")))?;
+            out.copy_from_slice(bytemuck::cast_slice(&view));
+        }
+        staging.unmap();
+        Ok(())
+    }
+
     /// Read `len` f32 values from the start of `buf`.
     pub(crate) fn read_f32(&self, buf: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, GpuError> {
         let bytes = self.read_back(None, &[(buf, 0, 4 * len as u64)])?;

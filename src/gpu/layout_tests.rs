@@ -87,7 +87,7 @@ fn step() -> Layout {
         step_size,
         bc2_sqrt,
         draw_step,
-        pad1,
+        draw_row0,
         pad2
     })
 }

@@ -36,7 +36,7 @@ use super::dispatch::Dispatch;
 use super::gemm::{DataSource, Gemm, LayerDropout, Operand};
 use super::optim::{optim_update, LayerOptim};
 use super::resident::ResidentSplit;
-use super::softmax::{softmax_xent, softmax_xent_eval};
+use super::softmax::{softmax_xent, softmax_xent_eval, softmax_xent_part};
 use super::vector::apply_mask;
 use crate::data::Preprocess;
 use crate::error::GpuError;
@@ -186,6 +186,25 @@ pub(crate) fn train_step(
         }
     }
     if let (Some(c), Some(o)) = (bufs.clip, &bufs.optim) {
+        push_clipped_updates(ctx, bufs, c, o, &mut plan, &tag)?;
+    }
+    Ok(plan)
+}
+
+/// The clipped step's second half: every layer's squared-gradient partial
+/// sums, the coefficient, then every layer's updates.
+fn push_clipped_updates(
+    ctx: &GpuContext,
+    bufs: &Buffers,
+    c: &ClipBuffers,
+    o: &OptimBuffers,
+    plan: &mut Vec<Dispatch>,
+    tag: &str,
+) -> Result<(), GpuError> {
+    let sizes = bufs.sizes;
+    let nl = sizes.len() - 1;
+    let name = |l: usize, k: &str| format!("{tag} fc{} {k}", l + 1);
+    {
         for l in (0..nl).rev() {
             let st = &o.layers[l];
             let (inputs, outputs) = (sizes[l], sizes[l + 1]);
@@ -209,7 +228,98 @@ pub(crate) fn train_step(
             &c.coef,
         )?);
         for l in (0..nl).rev() {
-            push_updates(ctx, bufs, o, &mut plan, l, &|k| name(l, k))?;
+            push_updates(ctx, bufs, o, plan, l, &|k| name(l, k))?;
+        }
+    }
+    Ok(())
+}
+
+/// A replica's gradient plan: dispatch lists, each with the layer whose
+/// gradient is complete after it.
+pub(crate) type Segments = Vec<(Vec<Dispatch>, usize)>;
+
+/// The gradient half of a data-parallel replica's step: rows `rows` of a
+/// batch of `of_rows` (the step's `index_off` and `draw_row0` place them),
+/// forward, loss (the gradient of the whole batch's mean loss, the shard's
+/// loss into `stats`), and every layer's gradient into the optimizer's
+/// gradient buffers. In segments, from the last layer down: after segment
+/// `i`, the gradient of the layer it names is complete and may be copied
+/// out while the next segments back-propagate to the layers below.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn shard_gradient(
+    ctx: &GpuContext,
+    bufs: &Buffers,
+    input: DataSource,
+    train: &ResidentSplit,
+    stats: &wgpu::Buffer,
+    rows: usize,
+    of_rows: usize,
+    dropout: Option<(Dropout, u64)>,
+) -> Result<Segments, GpuError> {
+    let Some(o) = &bufs.optim else {
+        return Err(GpuError::Other(
+            "a replica's gradients need the unfused path's buffers".into(),
+        ));
+    };
+    let sizes = bufs.sizes;
+    let nl = sizes.len() - 1;
+    let tag = format!("shard gradient ({rows} of {of_rows} rows)");
+    let name = |l: usize, k: &str| format!("{tag} fc{} {k}", l + 1);
+    let mut cur = forward(ctx, bufs, input, rows, &tag, dropout)?;
+    cur.push(softmax_xent_part(
+        ctx,
+        &format!("{tag} softmax_xent"),
+        rows,
+        of_rows,
+        sizes[nl],
+        bufs.smoothing,
+        &bufs.acts[nl - 1],
+        &train.labels,
+        input.index,
+        &bufs.grads[nl - 1],
+        stats,
+        bufs.step,
+    )?);
+    let mut segments = Vec::with_capacity(nl);
+    for l in (0..nl).rev() {
+        let (w, _) = &bufs.params[l];
+        let (inputs, outputs) = (sizes[l], sizes[l + 1]);
+        let dy = &bufs.grads[l];
+        let x = if l == 0 {
+            Operand::Data(input)
+        } else {
+            Operand::rows(&bufs.acts[l - 1], inputs)
+        };
+        let st = &o.layers[l];
+        let g = Gemm::weight_gradient(&st.gw, &st.gb, dy, x, rows, inputs, outputs);
+        cur.push(g.dispatch(ctx, &name(l, "weight_gradient"), bufs.step)?);
+        segments.push((std::mem::take(&mut cur), l));
+        if l > 0 {
+            let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs)
+                .with_dropout(layer_dropout(dropout, l - 1));
+            cur.push(g.dispatch(ctx, &name(l, "backprop_input"), bufs.step)?);
+        }
+    }
+    Ok(segments)
+}
+
+/// The update half of a data-parallel replica's step, from the gradients
+/// in the optimizer's buffers: clipping when on, every layer's update, the
+/// masks.
+pub(crate) fn shard_update(ctx: &GpuContext, bufs: &Buffers) -> Result<Vec<Dispatch>, GpuError> {
+    let Some(o) = &bufs.optim else {
+        return Err(GpuError::Other(
+            "a replica's update needs the unfused path's buffers".into(),
+        ));
+    };
+    let mut plan = Vec::new();
+    let tag = "replica update";
+    match bufs.clip {
+        Some(c) => push_clipped_updates(ctx, bufs, c, o, &mut plan, tag)?,
+        None => {
+            for l in (0..bufs.sizes.len() - 1).rev() {
+                push_updates(ctx, bufs, o, &mut plan, l, &|k| format!("{tag} fc{} {k}", l + 1))?;
+            }
         }
     }
     Ok(plan)

@@ -28,6 +28,29 @@ pub(crate) fn softmax_xent(
     stats: &wgpu::Buffer,
     step: &wgpu::Buffer,
 ) -> Result<Dispatch, GpuError> {
+    softmax_xent_part(
+        ctx, label, rows, rows, classes, smoothing, logits, labels, index, dlogits, stats, step,
+    )
+}
+
+/// [`softmax_xent`] of `rows` rows that are part of a batch of `of_rows`:
+/// the gradient of the whole batch's mean loss (the CPU twin is
+/// `softmax_xent_part`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn softmax_xent_part(
+    ctx: &GpuContext,
+    label: &str,
+    rows: usize,
+    of_rows: usize,
+    classes: usize,
+    smoothing: f32,
+    logits: &wgpu::Buffer,
+    labels: &wgpu::Buffer,
+    index: &wgpu::Buffer,
+    dlogits: &wgpu::Buffer,
+    stats: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+) -> Result<Dispatch, GpuError> {
     let unused = &ctx.registry.unused_rw;
     let outputs = Outputs {
         dlogits,
@@ -39,6 +62,7 @@ pub(crate) fn softmax_xent(
         Kernel::SoftmaxXent,
         label,
         rows,
+        of_rows,
         classes,
         smoothing,
         logits,
@@ -74,6 +98,7 @@ pub(crate) fn softmax_xent_eval(
         Kernel::SoftmaxXentEval,
         label,
         rows,
+        rows,
         classes,
         0.0,
         logits,
@@ -97,6 +122,7 @@ fn build(
     kernel: Kernel,
     label: &str,
     rows: usize,
+    of_rows: usize,
     classes: usize,
     smoothing: f32,
     logits: &wgpu::Buffer,
@@ -109,12 +135,12 @@ fn build(
         &format!("{label}: rows*classes elements"),
         (rows as u64) * (classes as u64),
     )?;
-    let sm = Smoothing::new(smoothing, rows, classes);
+    let sm = Smoothing::new(smoothing, of_rows, classes);
     let p = SoftmaxParams {
         rows: rows as u32,
         classes: classes as u32,
         gather: index.is_some() as u32,
-        inv_rows: 1.0 / rows.max(1) as f32,
+        inv_rows: 1.0 / of_rows.max(1) as f32,
         smoothing: sm.s,
         keep: sm.keep,
         per_class: sm.per_class,

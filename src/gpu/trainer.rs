@@ -14,19 +14,22 @@
 //! count to its own slot of a stats buffer, and [`Backend::take_stats`]
 //! copies the used slots back in one transfer and sums them in f64.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::clip::ClipBuffers;
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
 use super::optim::{self, LayerOptim};
-use super::plan::{train_step, Buffers, EvalPlan, OptimBuffers};
+use super::plan::{shard_gradient, shard_update, train_step, Buffers, EvalPlan, OptimBuffers, Segments};
 use super::resident::ResidentSplit;
 use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
 use super::vector::apply_mask;
 use crate::backend::{
-    check_order, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, Regularization,
-    SplitKind, StepStats, TrainSpec,
+    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions,
+    Regularization, Replica, SplitKind, StepStats, TrainSpec,
 };
 use crate::cpu::optim::AdamScalars;
 use crate::data::{Dataset, Preprocess};
@@ -128,6 +131,27 @@ pub struct GpuBackend {
     updates: u64,
     /// Dropout and shifts of the training steps.
     draws: Draws,
+    /// The plans and transfer buffers of a data-parallel replica, made on
+    /// first use.
+    replica: Option<ReplicaBuffers>,
+}
+
+/// What a [`GpuBackend`] serving as a [`Replica`] adds.
+struct ReplicaBuffers {
+    /// The gradient plans by `(rows, of_rows)`, in segments (see
+    /// [`shard_gradient`]).
+    plans: HashMap<(usize, usize), Segments>,
+    /// The update plan; rebuilt when the masks change.
+    update: Option<Vec<Dispatch>>,
+    /// The packed gradient read back (MAP_READ) and the summed one to upload.
+    down: wgpu::Buffer,
+    up: wgpu::Buffer,
+    /// Byte offsets of each layer's weight and bias gradients in the packed
+    /// buffers.
+    offsets: Vec<(u64, u64)>,
+    len: usize,
+    /// Host time spent waiting for readbacks and writing uploads, seconds.
+    transfer: f64,
 }
 
 /// What a training step draws at random, keyed by the run's seed.
@@ -143,6 +167,17 @@ struct Draws {
 impl GpuBackend {
     /// Upload the model and both splits, and build every dispatch.
     pub fn new(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
+        Self::open(ctx, model, data, spec, false)
+    }
+
+    /// A backend to serve as a data-parallel [`Replica`]: as [`GpuBackend::new`],
+    /// with the gradient buffers of the unfused path for every optimizer
+    /// (plain SGD included), since its updates take a summed gradient.
+    pub fn new_replica(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Self> {
+        Self::open(ctx, model, data, spec, true)
+    }
+
+    fn open(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec, unfused: bool) -> Result<Self> {
         crate::cpu::check_fit(&model, &data)?;
         spec.check()?;
         let regular = spec.regular;
@@ -159,7 +194,16 @@ impl GpuBackend {
             dropout: Dropout::new(regular.dropout),
             shift,
         };
-        let built = Self::build(ctx.clone(), model, &data, batch, spec.optimizer, regular, draws);
+        let built = Self::build(
+            ctx.clone(),
+            model,
+            &data,
+            batch,
+            spec.optimizer,
+            regular,
+            draws,
+            unfused,
+        );
         let invalid = pollster::block_on(invalid.pop());
         let oom = pollster::block_on(oom.pop());
         if let Some(e) = oom {
@@ -171,6 +215,7 @@ impl GpuBackend {
         built
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         ctx: Arc<GpuContext>,
         model: Mlp,
@@ -179,6 +224,7 @@ impl GpuBackend {
         optimizer: Optimizer,
         regular: Regularization,
         draws: Draws,
+        unfused: bool,
     ) -> Result<Self> {
         let dev = &ctx.dev;
         let sizes = model.sizes();
@@ -209,7 +255,7 @@ impl GpuBackend {
         // binding limit, but never smaller than a training batch needs.
         // Clipping needs every gradient before any update: the unfused path,
         // plain SGD included.
-        let optim_layers = if optimizer.is_fused() && regular.clip_grad_norm.is_none() {
+        let optim_layers = if optimizer.is_fused() && regular.clip_grad_norm.is_none() && !unfused {
             Vec::new()
         } else {
             model
@@ -340,6 +386,7 @@ impl GpuBackend {
             clip,
             updates: 0,
             draws,
+            replica: None,
             ctx,
         };
         backend.build_train_plans()?;
@@ -373,6 +420,10 @@ impl GpuBackend {
         let dropout = dropout.map(|d| (d, seed));
         let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows, dropout);
         self.full_step = plan(self.batch)?;
+        if let Some(r) = &mut self.replica {
+            r.plans.clear();
+            r.update = None;
+        }
         self.last_step = if self.last_rows != self.batch {
             Some(plan(self.last_rows)?)
         } else {
@@ -519,6 +570,249 @@ impl GpuBackend {
         // progress, so they are dropped rather than reported.
         self.pending = 0;
         Ok(names)
+    }
+}
+
+impl GpuBackend {
+    /// The replica's buffers, made on first use.
+    fn replica_buffers(&mut self) -> Result<&mut ReplicaBuffers> {
+        if self.optim_layers.is_empty() {
+            return Err(Error::Config(
+                "this GPU backend keeps no gradient buffers; build replicas with GpuBackend::new_replica".into(),
+            ));
+        }
+        if self.replica.is_none() {
+            let mut offsets = Vec::with_capacity(self.sizes.len() - 1);
+            let mut at = 0u64;
+            for s in self.sizes.windows(2) {
+                let nw = 4 * (s[0] * s[1]) as u64;
+                offsets.push((at, at + nw));
+                at += nw + 4 * s[1] as u64;
+            }
+            let dev = &self.ctx.dev;
+            let down = dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("replica gradient readback"),
+                size: at.max(4),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let up = dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("replica summed gradient"),
+                size: at.max(4),
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.replica = Some(ReplicaBuffers {
+                plans: HashMap::new(),
+                update: None,
+                down,
+                up,
+                offsets,
+                len: (at / 4) as usize,
+                transfer: 0.0,
+            });
+        }
+        self.replica
+            .as_mut()
+            .ok_or_else(|| Error::Config("the replica buffers are missing".into()))
+    }
+
+    /// The buffers the step plans bind.
+    fn buffers(&self) -> Buffers<'_> {
+        Buffers {
+            sizes: &self.sizes,
+            params: &self.params,
+            acts: &self.acts,
+            grads: &self.grads,
+            masks: self.masks.as_deref(),
+            step: &self.steps,
+            optim: (!self.optim_layers.is_empty()).then_some(OptimBuffers {
+                optimizer: self.optimizer,
+                layers: &self.optim_layers,
+                spares: &self.optim_spares,
+                coef: self.clip.as_ref().map_or(&self.unit_coef, |c| &c.coef),
+            }),
+            smoothing: self.smoothing,
+            clip: self.clip.as_ref(),
+        }
+    }
+
+    /// Write one entry of the step ring at the next stats slot (draining the
+    /// slots first when they are all used); returns its dynamic offset.
+    fn write_step(&mut self, p: StepParams) -> Result<u32, GpuError> {
+        if self.pending == self.slots {
+            self.drain_stats()?;
+        }
+        let stride = self.ctx.registry.step_stride as usize;
+        step_ring(
+            &mut self.step_bytes,
+            stride,
+            std::iter::once(StepParams {
+                slot: self.pending as u32,
+                ..p
+            }),
+        );
+        self.ctx
+            .dev
+            .queue
+            .write_buffer(&self.steps, (self.pending * stride) as u64, &self.step_bytes);
+        Ok((self.pending * stride) as u32)
+    }
+}
+
+impl Replica for GpuBackend {
+    fn gradient_len(&self) -> usize {
+        self.sizes.windows(2).map(|s| s[0] * s[1] + s[1]).sum()
+    }
+
+    fn shard_gradients(&mut self, index: usize, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+        if !self.epoch_started {
+            return Err(Error::Config("shard_gradients called before begin_epoch".into()));
+        }
+        check_steps(index, 1, steps_per_epoch(self.n_train, self.batch))?;
+        let of_rows = self.batch.min(self.n_train - index * self.batch);
+        check_shard(&rows, of_rows)?;
+        let len = self.gradient_len();
+        if out.len() != len {
+            return Err(Error::Config(format!(
+                "a packed gradient of {} floats for a model of {len} parameters",
+                out.len()
+            )));
+        }
+        self.replica_buffers()?;
+        if rows.is_empty() {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let key = (rows.len(), of_rows);
+        if !self.replica.as_ref().is_some_and(|r| r.plans.contains_key(&key)) {
+            let plan = {
+                let bufs = self.buffers();
+                let mut input = self.train.source(&self.perm, true, self.preprocess);
+                let Draws { seed, dropout, shift } = self.draws;
+                input.shift = shift.map(|s| (s, seed));
+                let dropout = dropout.map(|d| (d, seed));
+                shard_gradient(
+                    &self.ctx,
+                    &bufs,
+                    input,
+                    &self.train,
+                    &self.stats,
+                    key.0,
+                    of_rows,
+                    dropout,
+                )?
+            };
+            if let Some(r) = &mut self.replica {
+                r.plans.insert(key, plan);
+            }
+        }
+        let offset = self.write_step(StepParams {
+            index_off: (index * self.batch + rows.start) as u32,
+            draw_step: (self.updates + 1) as u32,
+            draw_row0: rows.start as u32,
+            ..Default::default()
+        })?;
+        let (dev, r) = (&self.ctx.dev, self.replica.as_ref());
+        let Some(r) = r else {
+            return Err(Error::Config("the replica buffers are missing".into()));
+        };
+        let Some(plan) = r.plans.get(&key) else {
+            return Err(Error::Config("the replica's gradient plan is missing".into()));
+        };
+        let mut enc = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("shard gradient"),
+        });
+        // Each layer's gradient is copied out as soon as its segment is
+        // recorded, so the copy is ordered before the lower layers' work.
+        for (segment, l) in plan {
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("shard gradient"),
+                    timestamp_writes: None,
+                });
+                for d in segment {
+                    d.record(&mut pass, offset);
+                }
+            }
+            let (w_at, b_at) = r.offsets[*l];
+            let st = &self.optim_layers[*l];
+            enc.copy_buffer_to_buffer(&st.gw, 0, &r.down, w_at, b_at - w_at);
+            let nb = 4 * self.sizes[*l + 1] as u64;
+            enc.copy_buffer_to_buffer(&st.gb, 0, &r.down, b_at, nb);
+        }
+        let t = Instant::now();
+        dev.read_staged(enc, &r.down, out)?;
+        let waited = t.elapsed().as_secs_f64();
+        self.pending += 1;
+        self.host_stats.examples += rows.len() as u64;
+        if let Some(r) = &mut self.replica {
+            r.transfer += waited;
+        }
+        Ok(())
+    }
+
+    fn apply_gradients(&mut self, grads: &[f32], hyper: &StepHyper) -> Result<()> {
+        let len = self.gradient_len();
+        if grads.len() != len {
+            return Err(Error::Config(format!(
+                "a packed gradient of {} floats for a model of {len} parameters",
+                grads.len()
+            )));
+        }
+        self.replica_buffers()?;
+        if self.replica.as_ref().is_some_and(|r| r.update.is_none()) {
+            let plan = shard_update(&self.ctx, &self.buffers())?;
+            if let Some(r) = &mut self.replica {
+                r.update = Some(plan);
+            }
+        }
+        let t = self.updates + 1;
+        let (step_size, bc2_sqrt) = adam_scalars(&self.optimizer, hyper.lr, t);
+        let offset = self.write_step(StepParams {
+            lr: hyper.lr,
+            step_size,
+            bc2_sqrt,
+            draw_step: t as u32,
+            ..Default::default()
+        })?;
+        let dev = &self.ctx.dev;
+        let Some(r) = self.replica.as_mut() else {
+            return Err(Error::Config("the replica buffers are missing".into()));
+        };
+        let started = Instant::now();
+        dev.queue.write_buffer(&r.up, 0, bytemuck::cast_slice(grads));
+        let mut enc = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("replica update"),
+        });
+        for (l, &(w_at, b_at)) in r.offsets.iter().enumerate() {
+            let st = &self.optim_layers[l];
+            enc.copy_buffer_to_buffer(&r.up, w_at, &st.gw, 0, b_at - w_at);
+            enc.copy_buffer_to_buffer(&r.up, b_at, &st.gb, 0, 4 * self.sizes[l + 1] as u64);
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("replica update"),
+                timestamp_writes: None,
+            });
+            for d in r.update.iter().flatten() {
+                d.record(&mut pass, offset);
+            }
+        }
+        dev.queue.submit([enc.finish()]);
+        r.transfer += started.elapsed().as_secs_f64();
+        debug_assert_eq!(r.len, len);
+        self.updates += 1;
+        self.host_stats.steps += 1;
+        Ok(())
+    }
+
+    /// The host time of the readbacks and uploads; a readback's wait also
+    /// covers the GPU work submitted before it (wgpu maps only once the
+    /// whole submission is done), so on the GPU this is an upper bound of
+    /// the transfer.
+    fn take_transfer_seconds(&mut self) -> f64 {
+        self.replica.as_mut().map_or(0.0, |r| std::mem::take(&mut r.transfer))
     }
 }
 

@@ -36,7 +36,10 @@ pub(crate) struct StepParams {
     /// The step key of the random draws (`optim::draw`): the update count
     /// plus one, truncated to 32 bits.
     pub draw_step: u32,
-    pub pad1: u32,
+    /// The position of the step's first row in the whole batch: 0, or a
+    /// data-parallel shard's first row, so that its draws are the ones a
+    /// single device makes for those rows.
+    pub draw_row0: u32,
     pub pad2: u32,
 }
 
