@@ -686,3 +686,93 @@ fn open_training_builds_cpu_replicas() {
         );
     }
 }
+
+fn wgtrain(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wgtrain"))
+        .args(args)
+        .env_remove("WGTRAIN_DATA")
+        .output()
+        .expect("run wgtrain")
+}
+
+/// `train --device cpu,cpu` end to end: it learns the builtin digits, with
+/// unequal shards too, and a resumed run may change the devices; bad lists
+/// and weights are refused naming the flag.
+#[test]
+fn cli_trains_on_a_device_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let ck = ck.to_str().unwrap();
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu,cpu",
+        "--threads",
+        "1",
+        "--shard-weights",
+        "1,3",
+        "--epochs",
+        "3",
+        "--hidden",
+        "32",
+        "--json",
+        "--checkpoint-dir",
+        ck,
+    ]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("2 replicas"), "{out}");
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    assert!(last["test_accuracy"].as_f64().unwrap() > 0.7, "{last}");
+    // Resume from the first epoch's checkpoint on one device.
+    let mut files: Vec<_> = std::fs::read_dir(dir.path().join("ck"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ckpt-e")))
+        .collect();
+    files.sort();
+    let first = files.first().expect("a checkpoint").to_str().unwrap().to_string();
+    let o = wgtrain(&[
+        "train",
+        "--resume",
+        &first,
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (args, says) in [
+        (&["--device", "cpu,,cpu"][..], "empty entry"),
+        (&["--device", "gpu:x"][..], "gpu:N"),
+        (
+            &["--device", "cpu,cpu", "--shard-weights", "1"][..],
+            "one weight per device",
+        ),
+        (
+            &["--device", "cpu,cpu", "--shard-weights", "1,-2"][..],
+            "--shard-weights",
+        ),
+        (&["--device", "cpu", "--shard-weights", "1"][..], "several devices"),
+    ] {
+        let mut all = vec!["train", "--data", "builtin", "--epochs", "1", "--hidden", "8"];
+        all.extend_from_slice(args);
+        let o = wgtrain(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -244,7 +244,14 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
     let square = parse_list("--square", &a.square, "matrix size")?;
     let tiles = parse_tiles(a.tile.as_deref())?;
     let choices: Vec<DeviceChoice> = match &a.device {
-        Some(list) => list.split(',').map(|d| DeviceChoice::from(d.trim())).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|d| {
+                DeviceChoice::parse(d.trim())
+                    .map_err(anyhow::Error::new)
+                    .context("--device")
+            })
+            .collect::<Result<_>>()?,
         None => vec![DeviceChoice::Cpu, DeviceChoice::Auto],
     };
     // `None` is the CPU; `auto` without a hardware GPU falls back to it, so

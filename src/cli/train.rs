@@ -213,6 +213,8 @@ fn resume_args(ck: Checkpoint, given: &[(String, Vec<String>)]) -> Result<(Train
                 .iter()
                 .any(|(g, _)| g == id && RESUME_MAY_CHANGE.contains(&g.as_str()))
         })
+        // Shard weights belong to the device list they were given with.
+        .filter(|(id, _)| !(id == "shard_weights" && given.iter().any(|(g, _)| g == "device")))
         .collect();
     merged.extend(
         given
