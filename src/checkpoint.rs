@@ -347,10 +347,10 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 /// [`read`] from the bytes of the file at `path`.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let bad = |m: String| checkpoint_error(path, m);
-    let (_, md) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a checkpoint (truncated or damaged?): {e}")))?;
+    let (_, md) =
+        SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a checkpoint (truncated or damaged?): {e}")))?;
     let st =
-        SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a checkpoint (truncated or damaged?): {e}")))?;
+        SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a checkpoint (truncated or damaged?): {e}")))?;
     let meta = md.metadata().clone().unwrap_or_default();
     let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata `{k}` is missing")));
     if get("format")? != FORMAT {
