@@ -309,8 +309,11 @@ pub struct StepTiming {
     /// Waiting in the gradient all-reduce (the other ranks' compute
     /// included when they are slower).
     pub all_reduce: Duration,
-    /// Applying the summed gradient.
+    /// Applying the summed gradient (a GPU's upload included).
     pub update: Duration,
+    /// The replica's host transfers within `compute` and `update` (a GPU's
+    /// readback of its shard gradient and upload of the sum; 0 on the CPU).
+    pub transfer: Duration,
     /// Bytes of the packed buffer each step all-reduces.
     pub buffer_bytes: u64,
 }
@@ -441,6 +444,7 @@ impl Backend for Distributed<'_> {
             self.timing.compute += t1 - t0;
             self.timing.all_reduce += t2 - t1;
             self.timing.update += t2.elapsed();
+            self.timing.transfer += Duration::from_secs_f64(self.replica.take_transfer_seconds());
         }
         Ok(())
     }
@@ -517,13 +521,14 @@ impl Drop for Distributed<'_> {
         }
         let ms = |d: Duration| d.as_secs_f64() * 1e3 / t.steps as f64;
         log::info!(
-            "per step on rank 0 of {} ({} steps): compute {:.3} ms, all-reduce {:.3} ms, update {:.3} ms; \
-             {} bytes all-reduced ({} sent per rank in a ring)",
+            "per step on rank 0 of {} ({} steps): compute {:.3} ms, all-reduce {:.3} ms, update {:.3} ms \
+             (host transfers {:.3} ms of those); {} bytes all-reduced ({} sent per rank in a ring)",
             self.mpi.size(),
             t.steps,
             ms(t.compute),
             ms(t.all_reduce),
             ms(t.update),
+            ms(t.transfer),
             t.buffer_bytes,
             t.ring_bytes(self.mpi.size())
         );
