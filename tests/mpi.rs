@@ -297,6 +297,31 @@ fn two_ranks_train_like_one_process_and_like_two_shards_here() {
             e + 1
         );
     }
+
+    // Three ranks: unequal shards (21, 21, 22 rows; the last batch 10
+    // each) and a sum of three, in an order MPI picks; the same bound (any
+    // order of the sums), on the nearby trajectory of the two shards.
+    let p3 = dir.path().join("three.safetensors");
+    run_ok(
+        distributed(3, &train_flags(&["--save", p3.to_str().unwrap()])),
+        "3-rank run",
+    );
+    let d3 = max_diff(&packed(&Mlp::load(&p3).unwrap()), &packed(&m1));
+    assert!(d3 <= tol, "3 ranks: weights differ by {d3:e}, bound {tol:e}");
+}
+
+#[test]
+fn one_rank_without_mpirun_trains_as_one_process() {
+    // MPI's singleton start: a job of one rank, the whole batch its shard.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    let mut flags = train_flags(&["--save", p.to_str().unwrap()]);
+    flags.push("--distributed".into());
+    let o = run_ok(single(&flags), "1-rank run");
+    assert_eq!(epoch_losses(&o).len(), 2);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("rank 0 of 1"), "{log}");
+    assert!(Mlp::load(&p).is_ok());
 }
 
 #[test]
