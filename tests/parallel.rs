@@ -678,6 +678,8 @@ fn open_training_builds_cpu_replicas() {
         ("cpu,cpu", Some(&[1.0, 0.0][..])),
         ("cpu,cpu", Some(&[1.0, f64::NAN][..])),
         ("cpu", Some(&[1.0][..])),
+        // No adapter has that number (or there is none at all).
+        ("cpu,gpu:99", None),
     ] {
         let c = DeviceChoice::parse(choice).unwrap();
         assert!(

@@ -442,10 +442,15 @@ fn bench_parallel(a: &BenchArgs, batches: &[usize]) -> Result<()> {
         0.001
     };
     let steps = a.max_steps.unwrap_or(100);
+    // Every entry but the CPU is a GPU (auto only when it finds one).
     let on_bus = |e: &[DeviceChoice]| -> Result<usize> {
         let mut n = 0;
         for c in e {
-            n += usize::from(open_gpu(c)?.is_some());
+            n += usize::from(match c {
+                DeviceChoice::Cpu => false,
+                DeviceChoice::Auto => open_gpu(c)?.is_some(),
+                _ => true,
+            });
         }
         Ok(n)
     };

@@ -243,18 +243,30 @@ impl GpuDevice {
         Ok(out)
     }
 
-    /// Submit `enc`, which copies into `staging` (MAP_READ | COPY_DST), wait
-    /// for it, and copy the first `out.len()` floats of `staging` to `out`.
+    /// Submit `work`, then `enc`, which copies into `staging` (MAP_READ |
+    /// COPY_DST), wait for both, and copy the first `out.len()` floats of
+    /// `staging` to `out`. Returns the host time until `work` was seen done,
+    /// so that the rest of the wait is the copy and the mapping.
     pub(crate) fn read_staged(
         &self,
+        work: wgpu::CommandEncoder,
         enc: wgpu::CommandEncoder,
         staging: &wgpu::Buffer,
         out: &mut [f32],
-    ) -> Result<(), GpuError> {
+    ) -> Result<std::time::Duration, GpuError> {
+        let t0 = std::time::Instant::now();
+        let first = self.queue.submit([work.finish()]);
         let index = self.queue.submit([enc.finish()]);
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(first),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Readback(format!("waiting for the GPU: {e}")))?;
+        let work_done = t0.elapsed();
         let bytes = 4 * out.len() as u64;
         if bytes == 0 {
-            return Ok(());
+            return Ok(work_done);
         }
         let (tx, rx) = mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
@@ -278,7 +290,7 @@ impl GpuDevice {
             out.copy_from_slice(bytemuck::cast_slice(&view));
         }
         staging.unmap();
-        Ok(())
+        Ok(work_done)
     }
 
     /// Read `len` f32 values from the start of `buf`.

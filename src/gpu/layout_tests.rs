@@ -257,14 +257,15 @@ fn uniform_structs_match_the_shaders() {
 #[test]
 fn a_field_on_one_side_only_is_caught() {
     let wgsl = |body: &str| format!("struct Step {{ {body} }}\n@group(0) @binding(0) var<uniform> step: Step;\n");
-    let ok =
-        wgsl("index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, draw_step: u32, pad1: u32, pad2: u32");
+    let ok = wgsl(
+        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, draw_step: u32, draw_row0: u32, pad2: u32",
+    );
     assert_eq!(compare(&step(), "ok", &ok, "Step"), Ok(()));
     for body in [
-        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, draw_step: u32, pad1: u32, pad2: u32, extra: u32",
-        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, draw_step: u32, pad1: u32",
-        "index_off: u32, lr: f32, slot: u32, step_size: f32, bc2_sqrt: f32, draw_step: u32, pad1: u32, pad2: u32",
-        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, draw_step: u32, pad1: u32, pad2: vec2<u32>",
+        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, draw_step: u32, draw_row0: u32, pad2: u32, extra: u32",
+        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, draw_step: u32, draw_row0: u32",
+        "index_off: u32, lr: f32, slot: u32, step_size: f32, bc2_sqrt: f32, draw_step: u32, draw_row0: u32, pad2: u32",
+        "index_off: u32, slot: u32, lr: f32, step_size: f32, bc2_sqrt: f32, draw_step: u32, draw_row0: u32, pad2: vec2<u32>",
     ] {
         assert!(compare(&step(), "bad", &wgsl(body), "Step").is_err(), "{body}");
     }

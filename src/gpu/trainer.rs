@@ -723,8 +723,14 @@ impl Replica for GpuBackend {
         let mut enc = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("shard gradient"),
         });
-        // Each layer's gradient is copied out as soon as its segment is
-        // recorded, so the copy is ordered before the lower layers' work.
+        // The copy of the first layer's gradient, the last computed and the
+        // largest, goes in a submission of its own, so that the host can time
+        // the transfer apart from the compute.
+        let mut tail = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("shard gradient readback"),
+        });
+        // Each other layer's gradient is copied out as soon as its segment
+        // is recorded, so the copy is ordered before the lower layers' work.
         for (segment, l) in plan {
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -737,13 +743,14 @@ impl Replica for GpuBackend {
             }
             let (w_at, b_at) = r.offsets[*l];
             let st = &self.optim_layers[*l];
-            enc.copy_buffer_to_buffer(&st.gw, 0, &r.down, w_at, b_at - w_at);
             let nb = 4 * self.sizes[*l + 1] as u64;
-            enc.copy_buffer_to_buffer(&st.gb, 0, &r.down, b_at, nb);
+            let to = if *l == 0 { &mut tail } else { &mut enc };
+            to.copy_buffer_to_buffer(&st.gw, 0, &r.down, w_at, b_at - w_at);
+            to.copy_buffer_to_buffer(&st.gb, 0, &r.down, b_at, nb);
         }
         let t = Instant::now();
-        dev.read_staged(enc, &r.down, out)?;
-        let waited = t.elapsed().as_secs_f64();
+        let computed = dev.read_staged(enc, tail, &r.down, out)?;
+        let waited = (t.elapsed() - computed).as_secs_f64();
         self.pending += 1;
         self.host_stats.examples += rows.len() as u64;
         if let Some(r) = &mut self.replica {
@@ -807,10 +814,11 @@ impl Replica for GpuBackend {
         Ok(())
     }
 
-    /// The host time of the readbacks and uploads; a readback's wait also
-    /// covers the GPU work submitted before it (wgpu maps only once the
-    /// whole submission is done), so on the GPU this is an upper bound of
-    /// the transfer.
+    /// The host time of the readbacks (from the end of the gradient work to
+    /// the gradient in host memory: the first layer's copy, whose gradient
+    /// is computed last, and the mapping; the other layers' copies run
+    /// inside the gradient submission) and of the uploads (the write and the
+    /// submission of the copies).
     fn take_transfer_seconds(&mut self) -> f64 {
         self.replica.as_mut().map_or(0.0, |r| std::mem::take(&mut r.transfer))
     }
