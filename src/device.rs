@@ -292,3 +292,18 @@ pub fn open_replica(
     let device = rank_device(choice, local_rank)?;
     Ok(open_replicas(&[device], threads, model, data, spec)?.remove(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rank_takes_its_entry_of_a_list_and_a_named_device_as_given() {
+        let list = DeviceChoice::parse("cpu,gpu:0,gpu:3").unwrap();
+        let picked: Vec<DeviceChoice> = (0..5).map(|r| rank_device(&list, r).unwrap()).collect();
+        use DeviceChoice::{Cpu, Index};
+        assert_eq!(picked, [Cpu, Index(0), Index(3), Cpu, Index(0)]);
+        assert_eq!(rank_device(&Cpu, 7).unwrap(), Cpu);
+        assert_eq!(rank_device(&Index(2), 5).unwrap(), Index(2));
+    }
+}
