@@ -260,9 +260,9 @@ fn gpu_replica(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: Train
 /// modulo its length); `gpu:N` and a name pick the same adapter on every
 /// rank.
 pub fn rank_device(choice: &DeviceChoice, local_rank: usize) -> Result<DeviceChoice> {
-    let adapters = crate::gpu::list_adapters();
+    // Adapters are probed only for the choices that need them.
     let pick = |hardware_only: bool| -> Option<DeviceChoice> {
-        let found: Vec<usize> = adapters
+        let found: Vec<usize> = crate::gpu::list_adapters()
             .iter()
             .enumerate()
             .filter(|(_, a)| !hardware_only || a.device_type != "Cpu")
