@@ -185,6 +185,13 @@ pub trait Backend {
     /// same layer sizes and optimizer; a mismatch is refused and changes
     /// nothing.
     fn restore(&mut self, state: &BackendState) -> Result<()>;
+
+    /// Whether this process writes the run's files (checkpoints): true but
+    /// on the ranks other than 0 of a distributed run, which take the same
+    /// steps as rank 0 and leave the writing to it.
+    fn is_primary(&self) -> bool {
+        true
+    }
 }
 
 /// A backend that can serve as one data-parallel replica: it computes the

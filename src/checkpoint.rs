@@ -334,12 +334,23 @@ mod erased {
 /// Read and check a checkpoint file: its container, format, checksum and
 /// tensor shapes.
 pub fn read(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| checkpoint_error(path, format!("cannot read: {e}")))?;
+    parse(path, &read_bytes(path)?)
+}
+
+/// The bytes of a checkpoint file, unchecked (for [`parse`] elsewhere: a
+/// distributed run's rank 0 reads the file and sends the bytes to the
+/// other ranks).
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| checkpoint_error(path, format!("cannot read: {e}")))
+}
+
+/// [`read`] from the bytes of the file at `path`.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let bad = |m: String| checkpoint_error(path, m);
-    let (_, md) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a checkpoint (truncated or damaged?): {e}")))?;
+    let (_, md) =
+        SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a checkpoint (truncated or damaged?): {e}")))?;
     let st =
-        SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not a checkpoint (truncated or damaged?): {e}")))?;
+        SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a checkpoint (truncated or damaged?): {e}")))?;
     let meta = md.metadata().clone().unwrap_or_default();
     let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata `{k}` is missing")));
     if get("format")? != FORMAT {

@@ -283,3 +283,58 @@ fn all_gpus() -> Result<Vec<DeviceChoice>> {
 fn gpu_replica(ctx: Arc<GpuContext>, model: Mlp, data: Arc<Dataset>, spec: TrainSpec) -> Result<Box<dyn Replica>> {
     Ok(Box::new(GpuBackend::new_replica(ctx, model, data, spec)?))
 }
+
+/// The device of rank `local_rank` on its machine in a distributed run:
+/// `cpu`, or the adapter at `local_rank` modulo those the choice admits
+/// (`auto` and `all-gpus`: the hardware adapters, `auto` falling back to the
+/// CPU without one; `gpu`: every adapter; a list: its entry at `local_rank`
+/// modulo its length); `gpu:N` and a name pick the same adapter on every
+/// rank.
+pub fn rank_device(choice: &DeviceChoice, local_rank: usize) -> Result<DeviceChoice> {
+    // Adapters are probed only for the choices that need them.
+    let pick = |hardware_only: bool| -> Option<DeviceChoice> {
+        let found: Vec<usize> = crate::gpu::list_adapters()
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !hardware_only || a.device_type != "Cpu")
+            .map(|(i, _)| i)
+            .collect();
+        (!found.is_empty()).then(|| DeviceChoice::Index(found[local_rank % found.len()]))
+    };
+    Ok(match choice {
+        DeviceChoice::Auto => pick(true).unwrap_or(DeviceChoice::Cpu),
+        DeviceChoice::AllGpus => pick(true).ok_or_else(|| Error::Config("all-gpus: no hardware GPU adapter".into()))?,
+        DeviceChoice::Gpu => pick(false).ok_or_else(|| Error::Config("gpu: no GPU adapter".into()))?,
+        DeviceChoice::List(entries) => rank_device(&entries[local_rank % entries.len()], 0)?,
+        single => single.clone(),
+    })
+}
+
+/// One data-parallel replica (a rank of a distributed run) on
+/// [`rank_device`]'s device; on the CPU with `threads` threads.
+pub fn open_replica(
+    choice: &DeviceChoice,
+    threads: usize,
+    local_rank: usize,
+    model: Mlp,
+    data: Arc<Dataset>,
+    spec: TrainSpec,
+) -> Result<Box<dyn Replica>> {
+    let device = rank_device(choice, local_rank)?;
+    Ok(open_replicas(&[device], threads, model, data, spec)?.remove(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rank_takes_its_entry_of_a_list_and_a_named_device_as_given() {
+        let list = DeviceChoice::parse("cpu,gpu:0,gpu:3").unwrap();
+        let picked: Vec<DeviceChoice> = (0..5).map(|r| rank_device(&list, r).unwrap()).collect();
+        use DeviceChoice::{Cpu, Index};
+        assert_eq!(picked, [Cpu, Index(0), Index(3), Cpu, Index(0)]);
+        assert_eq!(rank_device(&Cpu, 7).unwrap(), Cpu);
+        assert_eq!(rank_device(&Index(2), 5).unwrap(), Index(2));
+    }
+}

@@ -162,6 +162,10 @@ pub enum Error {
         step: usize,
         loss: f64,
     },
+    /// A run over several processes (MPI) that cannot go on: a rank that
+    /// differs from rank 0, or one that stopped answering.
+    #[error("distributed run: {0}")]
+    Distributed(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -410,6 +410,10 @@ fn run(
         pending_stats: pending.into(),
     };
     let save = |backend: &mut dyn Backend, ck: &Checkpointing<'_>, ls: &LoopState, best: &Option<(Mlp, f64, f64)>| {
+        if !backend.is_primary() {
+            // Another process (rank 0) writes this checkpoint.
+            return Ok(ck.dir.join(checkpoint::file_name(ls.epoch, ls.step)));
+        }
         let state = backend.state()?;
         checkpoint::write(
             &ck.dir,

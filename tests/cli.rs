@@ -471,3 +471,24 @@ fn listing_adapters_without_xdg_runtime_dir_prints_no_complaint() {
         );
     }
 }
+
+/// Without the cargo feature `mpi`, `--distributed` names the feature and
+/// how to build with it, and trains nothing.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_without_the_mpi_feature_says_how_to_build_it() {
+    let o = wgtrain(&[
+        "train",
+        "--distributed",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("--features mpi") && t.contains("libopenmpi-dev"), "{t}");
+    assert!(!t.contains("epoch 1 done"), "{t}");
+}

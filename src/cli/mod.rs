@@ -9,6 +9,7 @@ mod args;
 mod bench;
 mod compress;
 mod devices;
+mod distributed;
 mod eval;
 mod plot;
 mod predict;

@@ -11,12 +11,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
+use super::distributed::Job;
 use super::{flagged, GivenArgs};
 use wgtrain::backend::{steps_per_epoch, Regularization, TrainSpec};
 use wgtrain::checkpoint::{self, Checkpoint};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
-use wgtrain::device::open_training;
+use wgtrain::device::{open_replica, open_training};
 use wgtrain::metrics::{MetricsFormat, MetricsRow, MetricsWriter};
 use wgtrain::model::{AnyModel, Mlp};
 use wgtrain::optim::{Adam, Decay, LrSchedule, Optimizer, ScheduleSpec, Sgd, Warmup};
@@ -128,6 +129,27 @@ pub(crate) struct TrainArgs {
     /// otherwise.
     #[arg(long, value_name = "DIR|FILE", conflicts_with = "init")]
     resume: Option<PathBuf>,
+    // Several processes and machines.
+    /// Train as one rank of an MPI job, one process per device:
+    /// `mpirun -np N wgtrain train --distributed ...` (needs a build with
+    /// the cargo feature `mpi`). Each global batch of --batch examples is
+    /// split into N equal contiguous shards, the gradients are summed with
+    /// one all-reduce per step, and every rank applies the same update.
+    /// Rank 0 alone logs, evaluates, and writes checkpoints, the metrics
+    /// file and --save; it reads a --resume checkpoint and sends it to the
+    /// others. Every rank loads the data itself and must describe the same
+    /// run as rank 0 (data, settings, model), else all refuse to start.
+    /// With --device gpu or auto each rank takes the GPU of its rank on the
+    /// machine modulo the adapters; --threads 0 shares the cores among the
+    /// machine's ranks.
+    #[arg(long)]
+    distributed: bool,
+    /// With --distributed: the longest a rank waits for the others in one
+    /// collective call (a step's all-reduce, rank 0's evaluation or
+    /// checkpoint) before it ends the whole job as a rank that died or
+    /// hangs; 0: no limit.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    mpi_timeout: u64,
 }
 
 /// The flags a resumed run may change: none of them alters the model.
@@ -142,6 +164,8 @@ const RESUME_MAY_CHANGE: &[&str] = &[
     "checkpoint_dir",
     "checkpoint_every",
     "keep_checkpoints",
+    "distributed",
+    "mpi_timeout",
 ];
 
 /// The folder SIGINT or SIGTERM writes a checkpoint into without
@@ -157,9 +181,8 @@ struct StoredArgs {
 /// The arguments of a `--resume` run: the stored ones, with the flags that
 /// may change taken from this command line (others must agree), and the
 /// checkpoint read.
-fn resume_args(path: &Path, given: &[(String, Vec<String>)]) -> Result<(TrainArgs, GivenArgs, Checkpoint)> {
-    let file = checkpoint::latest(path).map_err(flagged)?;
-    let ck = checkpoint::read(&file).map_err(flagged)?;
+fn resume_args(ck: Checkpoint, given: &[(String, Vec<String>)]) -> Result<(TrainArgs, GivenArgs, Checkpoint)> {
+    let file = ck.path.clone();
     let stored: StoredArgs = serde_json::from_str(&ck.extra)
         .with_context(|| format!("--resume: {}: no training arguments stored", file.display()))?;
     let (_, stored_m) = super::parse_train(&stored.args)
@@ -327,11 +350,39 @@ pub(crate) fn optimizer_of(o: &OptimArgs) -> Result<Optimizer> {
 
 /// Run `wgtrain train`.
 pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
-    let (a, stored, resume) = match &a.resume {
-        Some(path) => {
-            let (args, stored, ck) = resume_args(path, &given)?;
+    if !a.distributed {
+        return run_on(None, a, given, &mut false);
+    }
+    let job = Job::start(a.mpi_timeout)?;
+    // Whether an error now is this rank's alone, while others may wait for
+    // it in a collective call.
+    let mut alone = false;
+    match run_on(Some(&job), a, given, &mut alone) {
+        Err(e) if alone => Err(job.fail(e)),
+        r => r,
+    }
+}
+
+/// [`run`], as a rank of `job` when there is one; sets `alone` while an
+/// error would be met by this rank only.
+fn run_on(job: Option<&Job>, a: TrainArgs, given: GivenArgs, alone: &mut bool) -> Result<()> {
+    let root = job.is_none_or(|j| j.rank() == 0);
+    let asked_resume = a.resume.is_some();
+    let read = match job {
+        // Rank 0 reads the checkpoint for every rank.
+        Some(j) => j.share_checkpoint(a.resume.as_deref())?,
+        None => match &a.resume {
+            Some(p) => Some(checkpoint::read(&checkpoint::latest(p).map_err(flagged)?).map_err(flagged)?),
+            None => None,
+        },
+    };
+    *alone = true;
+    let (a, stored, resume) = match read {
+        Some(ck) => {
+            let path = a.resume.clone().unwrap_or_else(|| ck.path.clone());
+            let (args, stored, ck) = resume_args(ck, &given)?;
             log::info!("resuming from {}", ck.path.display());
-            (args, stored, Some((path.clone(), ck)))
+            (args, stored, Some((path, ck)))
         }
         None => (a, given.into_iter().filter(|(id, _)| id != "resume").collect(), None),
     };
@@ -356,8 +407,12 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
     set_validation(&a, &mut cfg);
     cfg.check().map_err(flagged)?;
     let schedule = a.schedule.spec(f64::from(a.lr))?;
-    let mut metrics = open_metrics(a.metrics_file.as_deref(), resume.is_some())?;
-    if let Some(p) = &a.save {
+    // Rank 0 alone writes files.
+    let mut metrics = match root {
+        true => open_metrics(a.metrics_file.as_deref(), resume.is_some())?,
+        false => None,
+    };
+    if let (Some(p), true) = (&a.save, root) {
         check_writable(p)?;
     }
     let hidden = match (&a.init, &a.hidden) {
@@ -395,15 +450,49 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         "fingerprint of the data and settings in {:.1} ms",
         t0.elapsed().as_secs_f64() * 1e3
     );
-    let mut backend = open_training(
-        &a.device.device,
-        a.device.threads,
-        a.shard_weights.as_deref(),
-        model,
-        data.clone(),
-        spec,
-    )
-    .map_err(flagged)?;
+    // The first SIGINT or SIGTERM asks the loop to stop after its current
+    // steps; a second one ends the process at once.
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, signalled.clone())
+            .and_then(|_| signal_hook::flag::register(sig, signalled.clone()))
+            .context("cannot install the signal handlers")?;
+    }
+    let (mut backend, stop) = match job {
+        None => (
+            open_training(
+                &a.device.device,
+                a.device.threads,
+                a.shard_weights.as_deref(),
+                model,
+                data.clone(),
+                spec,
+            )
+            .map_err(flagged)?,
+            signalled,
+        ),
+        Some(j) => {
+            if a.shard_weights.is_some() {
+                anyhow::bail!("--shard-weights applies to a --device list in one process, not to --distributed (its ranks take equal shards)");
+            }
+            let mut fields = fingerprint.0.clone();
+            fields.insert("initial parameters".into(), parameters_hash(&model));
+            fields.insert("--resume given".into(), asked_resume.to_string());
+            fields.insert("wgtrain version".into(), env!("CARGO_PKG_VERSION").into());
+            // The machine's cores, shared among its ranks.
+            let threads = match a.device.threads {
+                0 => (wgtrain::cpu::cores() / j.local_size()).max(1),
+                t => t,
+            };
+            let replica = open_replica(&a.device.device, threads, j.local_rank(), model, data.clone(), spec)
+                .map_err(flagged)
+                .with_context(|| format!("rank {} of {}", j.rank(), j.size()))?;
+            *alone = false;
+            j.check_same(&fields)?;
+            *alone = true;
+            j.backend(replica, signalled)?
+        }
+    };
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),
@@ -416,7 +505,7 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
     );
     log::info!("learning rate: {}", cfg.schedule);
     let steps = steps_per_epoch(data.train.len(), a.batch);
-    let bar = if std::io::stderr().is_terminal() && !a.json {
+    let bar = if std::io::stderr().is_terminal() && !a.json && root {
         let b = ProgressBar::new(steps as u64);
         b.set_style(
             ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps {msg}")
@@ -451,7 +540,7 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
                 if let Some(b) = &bar {
                     b.set_position(0);
                 }
-                if a.json {
+                if a.json && root {
                     if let Err(err) = serde_json::to_writer(&mut stdout, e)
                         .map_err(std::io::Error::from)
                         .and_then(|_| writeln!(stdout))
@@ -471,19 +560,11 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
             None => log::info!("{line}"),
         }
     };
-    // The first SIGINT or SIGTERM asks the loop to stop after its current
-    // steps; a second one ends the process at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
-            .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
-            .context("cannot install the signal handlers")?;
-    }
     let resume_dir = resume.as_ref().map(|(p, ck)| match p.is_file() {
         true => ck.path.parent().map(Path::to_path_buf).unwrap_or_default(),
         false => p.clone(),
     });
-    if let (Some(dir), None) = (&a.checkpoint_dir, &resume) {
+    if let (Some(dir), None, true) = (&a.checkpoint_dir, &resume, root) {
         if checkpoint::list(dir).is_ok_and(|f| !f.is_empty()) {
             log::warn!(
                 "{} already holds checkpoints; --resume picks the newest by epoch and step, of whichever run",
@@ -506,10 +587,20 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         resume: resume.as_ref().map(|(_, ck)| ck),
     };
     let result = wgtrain::train::train_resumable(backend.as_mut(), &data, &cfg, &ck, &mut on_event);
+    drop(backend);
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    // Every rank stops at the same step with these; the other errors of a
+    // step may be this rank's alone.
+    *alone = !matches!(
+        result,
+        Ok(_) | Err(wgtrain::Error::Interrupted { .. } | wgtrain::Error::Diverged { .. })
+    );
     let trained = result.map_err(flagged)?;
+    if !root {
+        return Ok(());
+    }
     if let Some(e) = json_err {
         return Err(e).context("cannot write JSON to stdout");
     }
@@ -523,6 +614,16 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         log::info!("saved model to {} ({})", p.display(), saved_why(end.as_ref()));
     }
     Ok(())
+}
+
+/// A hash of a model's parameters, as hex (the ranks of a distributed run
+/// must start from the same).
+fn parameters_hash(model: &Mlp) -> String {
+    let h = model.layers.iter().fold(0u64, |h, l| {
+        let h = checkpoint::hash_bytes(h, bytemuck::cast_slice(&l.weight));
+        checkpoint::hash_bytes(h, bytemuck::cast_slice(&l.bias))
+    });
+    format!("{h:016x}")
 }
 
 /// The model `--init` names, as f32 weights (a pruned or int8 file is
