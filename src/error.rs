@@ -170,6 +170,10 @@ pub enum Setting {
     ClipGradNorm,
     /// Where a checkpoint (or resume) goes.
     Checkpoint,
+    /// The distillation temperature.
+    Temperature,
+    /// The weight of the soft targets in distillation.
+    DistillAlpha,
 }
 
 impl Setting {
@@ -195,6 +199,8 @@ impl Setting {
             Setting::Shift => "image shift",
             Setting::ClipGradNorm => "gradient-norm clip",
             Setting::Checkpoint => "checkpoint",
+            Setting::Temperature => "distillation temperature",
+            Setting::DistillAlpha => "soft-target weight (alpha)",
         }
     }
 }

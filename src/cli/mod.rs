@@ -9,6 +9,7 @@ mod args;
 mod bench;
 mod compress;
 mod devices;
+mod distill;
 mod eval;
 mod plot;
 mod predict;
@@ -60,6 +61,9 @@ enum Command {
     /// Draw loss and accuracy against the epoch (training, validation and
     /// test) from a `train --metrics-file` file, as PNG or SVG.
     Plot(plot::PlotArgs),
+    /// Train a student model from teacher models (knowledge distillation):
+    /// every flag of train, plus --teacher, --temperature and --alpha.
+    Distill(Box<distill::DistillArgs>),
 }
 
 /// Parse the command line and run it.
@@ -84,7 +88,23 @@ pub fn run() -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Compress(a) => compress::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Distill(a) => {
+            let given = matches
+                .subcommand_matches("distill")
+                .map(|m| given_args(m, &subcommand("distill")))
+                .unwrap_or_default();
+            distill::run(*a, given)
+        }
     }
+}
+
+/// A subcommand's definition.
+fn subcommand(name: &'static str) -> clap::Command {
+    let mut cli = Cli::command();
+    cli.build();
+    cli.find_subcommand(name)
+        .cloned()
+        .unwrap_or_else(|| clap::Command::new(name))
 }
 
 /// The `train` subcommand's definition.
@@ -172,6 +192,8 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::Shift => "--shift",
         Setting::ClipGradNorm => "--clip-grad-norm",
         Setting::Checkpoint => "--checkpoint-dir",
+        Setting::Temperature => "--temperature",
+        Setting::DistillAlpha => "--alpha",
     }
 }
 

@@ -12,7 +12,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
 use super::{flagged, GivenArgs};
-use wgtrain::backend::{steps_per_epoch, Regularization, TrainSpec};
+use wgtrain::backend::{steps_per_epoch, Distillation, Regularization, TrainSpec};
 use wgtrain::checkpoint::{self, Checkpoint};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
@@ -146,12 +146,37 @@ const DEFAULT_CHECKPOINT_DIR: &str = "wgtrain-checkpoints";
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredArgs {
     args: GivenArgs,
+    /// The teachers and their settings of a `wgtrain distill` run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    distill: Option<Distill>,
+}
+
+/// What `wgtrain distill` adds to a training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Distill {
+    /// The teacher files, comma-separated, as given.
+    pub teacher: String,
+    pub temperature: f32,
+    pub alpha: f32,
+}
+
+/// `wgtrain distill`'s settings and which of them the command line gave
+/// (a resumed run must repeat those or leave them out).
+pub(crate) struct DistillFlags {
+    pub teacher: Option<String>,
+    pub temperature: f32,
+    pub alpha: f32,
+    /// The ids of the distill flags given on the command line.
+    pub given: Vec<String>,
 }
 
 /// The arguments of a `--resume` run: the stored ones, with the flags that
 /// may change taken from this command line (others must agree), and the
 /// checkpoint read.
-fn resume_args(path: &Path, given: &[(String, Vec<String>)]) -> Result<(TrainArgs, GivenArgs, Checkpoint)> {
+fn resume_args(
+    path: &Path,
+    given: &[(String, Vec<String>)],
+) -> Result<(TrainArgs, GivenArgs, Checkpoint, Option<Distill>)> {
     let file = checkpoint::latest(path).map_err(flagged)?;
     let ck = checkpoint::read(&file).map_err(flagged)?;
     let stored: StoredArgs = serde_json::from_str(&ck.extra)
@@ -192,7 +217,7 @@ fn resume_args(path: &Path, given: &[(String, Vec<String>)]) -> Result<(TrainArg
             .cloned(),
     );
     let (args, _) = super::parse_train(&merged)?;
-    Ok((args, merged, ck))
+    Ok((args, merged, ck, stored.distill))
 }
 
 /// The optimizer flags (torch.optim's semantics; `g` is the gradient of the
@@ -319,14 +344,78 @@ pub(crate) fn optimizer_of(o: &OptimArgs) -> Result<Optimizer> {
 
 /// Run `wgtrain train`.
 pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
-    let (a, stored, resume) = match &a.resume {
-        Some(path) => {
-            let (args, stored, ck) = resume_args(path, &given)?;
-            log::info!("resuming from {}", ck.path.display());
-            (args, stored, Some((path.clone(), ck)))
+    run_with(a, given, None)
+}
+
+/// The distillation settings of a run: those of the command line, or on
+/// `--resume` the checkpoint's (which the command line may repeat, not
+/// change), checked.
+fn distill_settings(
+    flags: Option<DistillFlags>,
+    stored: Option<Distill>,
+    resume: Option<&Checkpoint>,
+) -> Result<Option<Distill>> {
+    let d = match (flags, resume) {
+        (None, Some(ck)) if stored.is_some() => anyhow::bail!(
+            "--resume: {} was written by wgtrain distill; resume it with wgtrain distill --resume",
+            ck.path.display()
+        ),
+        (None, _) => None,
+        (Some(_), Some(ck)) if stored.is_none() => anyhow::bail!(
+            "--resume: {} was written by wgtrain train; resume it with wgtrain train --resume",
+            ck.path.display()
+        ),
+        (Some(f), Some(ck)) => {
+            let s = stored.unwrap_or(Distill {
+                teacher: String::new(),
+                temperature: 0.0,
+                alpha: 0.0,
+            });
+            let differs = |id: &str, now: String, was: String| {
+                if f.given.iter().any(|g| g == id) && now != was {
+                    anyhow::bail!(
+                        "--{id}: the checkpoint {} was written with {was}, this run asks for {now}; a resumed run keeps the settings it started with",
+                        ck.path.display()
+                    );
+                }
+                Ok(())
+            };
+            differs("teacher", f.teacher.clone().unwrap_or_default(), s.teacher.clone())?;
+            differs("temperature", f.temperature.to_string(), s.temperature.to_string())?;
+            differs("alpha", f.alpha.to_string(), s.alpha.to_string())?;
+            Some(s)
         }
-        None => (a, given.into_iter().filter(|(id, _)| id != "resume").collect(), None),
+        (Some(f), None) => Some(Distill {
+            teacher: f
+                .teacher
+                .ok_or_else(|| anyhow::anyhow!("--teacher: give the teacher model file(s), T[,T2,...]"))?,
+            temperature: f.temperature,
+            alpha: f.alpha,
+        }),
     };
+    if let Some(d) = &d {
+        Distillation::check_values(d.temperature, d.alpha).map_err(flagged)?;
+    }
+    Ok(d)
+}
+
+/// Run `wgtrain train`, or with `distill` `wgtrain distill`: the same run
+/// with the student learning from teachers.
+pub(crate) fn run_with(a: TrainArgs, given: GivenArgs, distill: Option<DistillFlags>) -> Result<()> {
+    let (a, stored, resume, stored_distill) = match &a.resume {
+        Some(path) => {
+            let (args, stored, ck, d) = resume_args(path, &given)?;
+            log::info!("resuming from {}", ck.path.display());
+            (args, stored, Some((path.clone(), ck)), d)
+        }
+        None => (
+            a,
+            given.into_iter().filter(|(id, _)| id != "resume").collect(),
+            None,
+            None,
+        ),
+    };
+    let distill = distill_settings(distill, stored_distill, resume.as_ref().map(|(_, ck)| ck))?;
     if a.checkpoint_every.is_some() && a.checkpoint_dir.is_none() && resume.is_none() {
         anyhow::bail!("--checkpoint-every needs --checkpoint-dir");
     }
@@ -366,6 +455,10 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         Some(p) => Some(load_init(p)?),
         None => None,
     };
+    let teachers = match &distill {
+        Some(d) => Some(super::distill::load_teachers(&d.teacher)?),
+        None => None,
+    };
     let data = Arc::new(hold_out(load_data(&a.data, a.seed)?, &a)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
     cfg.epochs = epochs;
@@ -380,6 +473,10 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
             Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?
         }
     };
+    let distillation = match (&distill, teachers) {
+        (Some(d), Some(t)) => Some(super::distill::distillation(d, t, &model)?),
+        _ => None,
+    };
     let sizes = model.sizes();
     let t0 = std::time::Instant::now();
     let fingerprint = wgtrain::train::fingerprint(&data, &model, &spec, &cfg);
@@ -388,6 +485,9 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         t0.elapsed().as_secs_f64() * 1e3
     );
     let mut backend = open_backend(&a.device.device, a.device.threads, model, data.clone(), spec).map_err(flagged)?;
+    if let Some(d) = &distillation {
+        backend.set_distillation(Some(d)).map_err(flagged)?;
+    }
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),
@@ -485,7 +585,10 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         every_steps: a.checkpoint_every,
         keep: a.keep_checkpoints,
         fingerprint,
-        extra: serde_json::to_string(&StoredArgs { args: stored })?,
+        extra: serde_json::to_string(&StoredArgs {
+            args: stored,
+            distill: distill.clone(),
+        })?,
         stop: Some(&stop),
         resume: resume.as_ref().map(|(_, ck)| ck),
     };

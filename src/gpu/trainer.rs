@@ -20,13 +20,13 @@ use super::clip::ClipBuffers;
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
 use super::optim::{self, LayerOptim};
-use super::plan::{train_step, Buffers, EvalPlan, OptimBuffers};
+use super::plan::{train_step, Buffers, EvalPlan, GpuDistill, GpuTeacher, OptimBuffers};
 use super::resident::ResidentSplit;
 use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
 use super::vector::apply_mask;
 use crate::backend::{
-    check_order, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, Regularization,
-    SplitKind, StepStats, TrainSpec,
+    check_order, check_steps, steps_per_epoch, Backend, BackendState, Distillation, LayerSlots, Predictions,
+    Regularization, SplitKind, StepStats, TrainSpec,
 };
 use crate::cpu::optim::AdamScalars;
 use crate::data::{Dataset, Preprocess};
@@ -128,6 +128,8 @@ pub struct GpuBackend {
     updates: u64,
     /// Dropout and shifts of the training steps.
     draws: Draws,
+    /// The teachers when the student trains by distillation.
+    distill: Option<GpuDistill>,
 }
 
 /// What a training step draws at random, keyed by the run's seed.
@@ -279,6 +281,7 @@ impl GpuBackend {
             optim: None,
             smoothing: 0.0,
             clip: None,
+            distill: None,
         };
         let pre = model.preprocess;
         let eval_plan = |split: &ResidentSplit, name: &str| {
@@ -340,6 +343,7 @@ impl GpuBackend {
             clip,
             updates: 0,
             draws,
+            distill: None,
             ctx,
         };
         backend.build_train_plans()?;
@@ -366,6 +370,7 @@ impl GpuBackend {
             }),
             smoothing: self.smoothing,
             clip: self.clip.as_ref(),
+            distill: self.distill.as_ref(),
         };
         let mut input = self.train.source(&self.perm, true, self.preprocess);
         let Draws { seed, dropout, shift } = self.draws;
@@ -571,6 +576,59 @@ impl Backend for GpuBackend {
     /// With masks, every step applies them after each layer's update (an
     /// `apply_mask` per layer), and they are applied once now; without,
     /// the steps go back to the plain update.
+    fn set_distillation(&mut self, distillation: Option<&Distillation>) -> Result<()> {
+        let Some(d) = distillation else {
+            if self.distill.take().is_some() {
+                self.build_train_plans()?;
+            }
+            return Ok(());
+        };
+        let classes = self.sizes[self.sizes.len() - 1];
+        d.check(self.sizes[0], classes)?;
+        let dev = &self.ctx.dev;
+        let batch = self.batch;
+        let teachers = d
+            .teachers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let name = |what: &str, l: usize| format!("teacher {} fc{l} {what}", i + 1);
+                let params = t
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, layer)| {
+                        Ok((
+                            dev.storage_init(&name("weight", l + 1), bytemuck::cast_slice(&layer.weight))?,
+                            dev.storage_init(&name("bias", l + 1), bytemuck::cast_slice(&layer.bias))?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, GpuError>>()?;
+                let acts = t
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, layer)| dev.storage(&name("activations", l + 1), 4 * (batch * layer.outputs) as u64))
+                    .collect::<Result<Vec<_>, GpuError>>()?;
+                Ok(GpuTeacher {
+                    sizes: t.sizes(),
+                    params,
+                    acts,
+                    preprocess: t.preprocess,
+                })
+            })
+            .collect::<Result<Vec<_>, GpuError>>()?;
+        let probs = dev.storage("teacher probabilities", 4 * (batch * classes) as u64)?;
+        self.distill = Some(GpuDistill {
+            teachers,
+            probs,
+            temperature: d.temperature,
+            alpha: d.alpha,
+        });
+        self.build_train_plans()?;
+        Ok(())
+    }
+
     fn set_constraint(&mut self, constraint: Option<&Constraint>) -> Result<()> {
         let shapes: Vec<usize> = self.sizes.windows(2).map(|s| s[0] * s[1]).collect();
         if let Some(c) = constraint {
