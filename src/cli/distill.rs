@@ -2,15 +2,11 @@
 //! teachers' softened probabilities and the true labels (knowledge
 //! distillation), with every flag of `wgtrain train`.
 
-use std::path::PathBuf;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
-use super::train::{Distill, DistillFlags, TrainArgs};
+use super::train::{DistillFlags, TrainArgs};
 use super::GivenArgs;
-use wgtrain::backend::{join_sizes, Distillation};
-use wgtrain::model::{AnyModel, Mlp};
 
 #[derive(Debug, Args)]
 pub(crate) struct DistillArgs {
@@ -54,79 +50,4 @@ pub(crate) fn run(a: DistillArgs, given: GivenArgs) -> Result<()> {
         given: distill_given.into_iter().map(|(id, _)| id).collect(),
     };
     super::train::run_with(a.train, train_given, Some(flags))
-}
-
-/// The teacher files named by `--teacher`, loaded (compressed ones
-/// dequantized), each with its path.
-pub(crate) fn load_teachers(list: &str) -> Result<Vec<(PathBuf, Mlp)>> {
-    let paths: Vec<PathBuf> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    if paths.is_empty() {
-        anyhow::bail!("--teacher: give at least one model file, T[,T2,...]");
-    }
-    paths
-        .into_iter()
-        .map(|p| {
-            let any =
-                AnyModel::load(&p).with_context(|| format!("--teacher: cannot load the model {}", p.display()))?;
-            if !matches!(any, AnyModel::F32(_)) {
-                log::info!(
-                    "--teacher: {} is compressed; it teaches with its weights dequantized to f32",
-                    p.display()
-                );
-            }
-            let m = any.to_mlp();
-            Ok((p, m))
-        })
-        .collect()
-}
-
-/// The distillation of `student` from `teachers`, each checked against the
-/// student's input shape and classes (naming the file).
-pub(crate) fn distillation(d: &Distill, teachers: Vec<(PathBuf, Mlp)>, student: &Mlp) -> Result<Distillation> {
-    for (p, t) in &teachers {
-        let shape_differs =
-            !t.input_shape.is_empty() && !student.input_shape.is_empty() && t.input_shape != student.input_shape;
-        if t.inputs() != student.inputs() || shape_differs {
-            anyhow::bail!(
-                "--teacher: {} takes inputs of shape {:?} ({} values), the student {:?} ({} values)",
-                p.display(),
-                t.input_shape,
-                t.inputs(),
-                student.input_shape,
-                student.inputs()
-            );
-        }
-        if t.classes() != student.classes() {
-            anyhow::bail!(
-                "--teacher: {} has {} classes, the student {}",
-                p.display(),
-                t.classes(),
-                student.classes()
-            );
-        }
-        log::info!(
-            "teacher {}: {} ({} parameters)",
-            p.display(),
-            join_sizes(&t.sizes()),
-            t.sizes().windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>()
-        );
-    }
-    let out = Distillation {
-        teachers: teachers.into_iter().map(|(_, t)| t).collect(),
-        temperature: d.temperature,
-        alpha: d.alpha,
-    };
-    out.check(student.inputs(), student.classes()).map_err(super::flagged)?;
-    log::info!(
-        "distillation: {} teacher(s), temperature {}, alpha {}",
-        out.teachers.len(),
-        out.temperature,
-        out.alpha
-    );
-    Ok(out)
 }

@@ -1,4 +1,6 @@
-//! `wgtrain train`: train a model, report test accuracy, optionally save it.
+//! `wgtrain train`: train a model, report test accuracy, optionally save it;
+//! with teachers (`wgtrain distill`, see distill.rs) the same run by
+//! knowledge distillation.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
 use super::{flagged, GivenArgs};
-use wgtrain::backend::{steps_per_epoch, Distillation, Regularization, TrainSpec};
+use wgtrain::backend::{join_sizes, steps_per_epoch, Distillation, Regularization, TrainSpec};
 use wgtrain::checkpoint::{self, Checkpoint};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
@@ -456,7 +458,7 @@ pub(crate) fn run_with(a: TrainArgs, given: GivenArgs, distill: Option<DistillFl
         None => None,
     };
     let teachers = match &distill {
-        Some(d) => Some(super::distill::load_teachers(&d.teacher)?),
+        Some(d) => Some(load_teachers(&d.teacher)?),
         None => None,
     };
     let data = Arc::new(hold_out(load_data(&a.data, a.seed)?, &a)?);
@@ -474,7 +476,7 @@ pub(crate) fn run_with(a: TrainArgs, given: GivenArgs, distill: Option<DistillFl
         }
     };
     let distillation = match (&distill, teachers) {
-        (Some(d), Some(t)) => Some(super::distill::distillation(d, t, &model)?),
+        (Some(d), Some(t)) => Some(distillation(d, t, &model)?),
         _ => None,
     };
     let sizes = model.sizes();
@@ -899,4 +901,79 @@ fn saved_why(end: Option<&Event>) -> String {
         Some(Event::End { epoch, .. }) => format!("epoch {epoch}: the last, no validation split"),
         _ => "the last epoch".into(),
     }
+}
+
+/// The teacher files named by `--teacher`, loaded (compressed ones
+/// dequantized), each with its path.
+fn load_teachers(list: &str) -> Result<Vec<(PathBuf, Mlp)>> {
+    let paths: Vec<PathBuf> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if paths.is_empty() {
+        anyhow::bail!("--teacher: give at least one model file, T[,T2,...]");
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let any =
+                AnyModel::load(&p).with_context(|| format!("--teacher: cannot load the model {}", p.display()))?;
+            if !matches!(any, AnyModel::F32(_)) {
+                log::info!(
+                    "--teacher: {} is compressed; it teaches with its weights dequantized to f32",
+                    p.display()
+                );
+            }
+            let m = any.to_mlp();
+            Ok((p, m))
+        })
+        .collect()
+}
+
+/// The distillation of `student` from `teachers`, each checked against the
+/// student's input shape and classes (naming the file).
+fn distillation(d: &Distill, teachers: Vec<(PathBuf, Mlp)>, student: &Mlp) -> Result<Distillation> {
+    for (p, t) in &teachers {
+        let shape_differs =
+            !t.input_shape.is_empty() && !student.input_shape.is_empty() && t.input_shape != student.input_shape;
+        if t.inputs() != student.inputs() || shape_differs {
+            anyhow::bail!(
+                "--teacher: {} takes inputs of shape {:?} ({} values), the student {:?} ({} values)",
+                p.display(),
+                t.input_shape,
+                t.inputs(),
+                student.input_shape,
+                student.inputs()
+            );
+        }
+        if t.classes() != student.classes() {
+            anyhow::bail!(
+                "--teacher: {} has {} classes, the student {}",
+                p.display(),
+                t.classes(),
+                student.classes()
+            );
+        }
+        log::info!(
+            "teacher {}: {} ({} parameters)",
+            p.display(),
+            join_sizes(&t.sizes()),
+            t.sizes().windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>()
+        );
+    }
+    let out = Distillation {
+        teachers: teachers.into_iter().map(|(_, t)| t).collect(),
+        temperature: d.temperature,
+        alpha: d.alpha,
+    };
+    out.check(student.inputs(), student.classes()).map_err(flagged)?;
+    log::info!(
+        "distillation: {} teacher(s), temperature {}, alpha {}",
+        out.teachers.len(),
+        out.temperature,
+        out.alpha
+    );
+    Ok(out)
 }
