@@ -12,6 +12,11 @@
 //! weight_update    x L      (with bias_update fused in; apply_mask after each when pruning)
 //! ```
 //!
+//! A distilling step puts each teacher's `linear_forward`s and one
+//! `soft_targets` in front of the loss, and `soft_target_xent` in place of
+//! `softmax_xent`: `3L + K (L_t + 1)` dispatches for `K` teachers of `L_t`
+//! layers.
+//!
 //! An unfused optimizer (momentum, weight decay, Adam, AdamW) replaces each
 //! weight_update by the same kernel writing the gradient into a buffer
 //! (FLAG_GRAD, the bias gradient as its extra column) and two elementwise
