@@ -409,6 +409,8 @@ fn distill_command_trains_a_student_and_refuses_bad_flags() {
                 s(&student),
                 "--checkpoint-dir",
                 s(&ck),
+                "--keep-checkpoints",
+                "12",
                 "--json",
             ],
         ]
@@ -438,6 +440,36 @@ fn distill_command_trains_a_student_and_refuses_bad_flags() {
     let o = wgtrain(&["distill", "--resume", s(&ck), "--alpha", "0.5"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("--alpha: the checkpoint"), "{}", text(&o));
+    // A run resumed from the checkpoint of epoch 6 learns from the teachers
+    // it stored and ends with the uninterrupted run's model, bit for bit...
+    let again = dir.path().join("again.safetensors");
+    let mid = ck.join("ckpt-e0006-s000021.safetensors");
+    let o = wgtrain(&[
+        "distill",
+        "--resume",
+        s(&mid),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--save",
+        s(&again),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("distillation: 1 teacher(s), temperature 3, alpha 0.8"),
+        "{}",
+        text(&o)
+    );
+    let resumed = wgtrain::AnyModel::load(&again).unwrap().to_mlp();
+    assert_eq!(bits(&resumed), bits(&m), "the resumed run's model");
+    // ... and refuses them once their weights changed.
+    let mut changed = wgtrain::AnyModel::load(&teacher).unwrap().to_mlp();
+    changed.layers[0].bias[0] += 1.0;
+    changed.save(&teacher).unwrap();
+    let o = wgtrain(&["distill", "--resume", s(&ck), "--device", "cpu"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("other teachers"), "{}", text(&o));
 
     // A teacher of other classes and one of other inputs, named with their values.
     let seven = dir.path().join("seven.safetensors");

@@ -160,6 +160,10 @@ pub(crate) struct Distill {
     pub teacher: String,
     pub temperature: f32,
     pub alpha: f32,
+    /// A hash of the teachers' weights and preprocessing, so that a resumed
+    /// run learns from the same teachers (`None` until they are loaded).
+    #[serde(default)]
+    pub weights: Option<String>,
 }
 
 /// `wgtrain distill`'s settings and which of them the command line gave
@@ -372,6 +376,7 @@ fn distill_settings(
                 teacher: String::new(),
                 temperature: 0.0,
                 alpha: 0.0,
+                weights: None,
             });
             let differs = |id: &str, now: String, was: String| {
                 if f.given.iter().any(|g| g == id) && now != was {
@@ -393,6 +398,7 @@ fn distill_settings(
                 .ok_or_else(|| anyhow::anyhow!("--teacher: give the teacher model file(s), T[,T2,...]"))?,
             temperature: f.temperature,
             alpha: f.alpha,
+            weights: None,
         }),
     };
     if let Some(d) = &d {
@@ -460,6 +466,23 @@ pub(crate) fn run_with(a: TrainArgs, given: GivenArgs, distill: Option<DistillFl
     let teachers = match &distill {
         Some(d) => Some(load_teachers(&d.teacher)?),
         None => None,
+    };
+    let distill = match (distill, &teachers) {
+        (Some(mut d), Some(t)) => {
+            let now = teachers_hash(t);
+            if let (Some(was), Some((_, ck))) = (&d.weights, &resume) {
+                if *was != now {
+                    anyhow::bail!(
+                        "--teacher: the checkpoint {} was written with other teachers in {} (their weights changed since); a resumed run learns from the same teachers",
+                        ck.path.display(),
+                        d.teacher
+                    );
+                }
+            }
+            d.weights = Some(now);
+            Some(d)
+        }
+        (d, _) => d,
     };
     let data = Arc::new(hold_out(load_data(&a.data, a.seed)?, &a)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
@@ -976,4 +999,26 @@ fn distillation(d: &Distill, teachers: Vec<(PathBuf, Mlp)>, student: &Mlp) -> Re
         out.alpha
     );
     Ok(out)
+}
+
+/// FNV-1a (64-bit) over every teacher's widths, preprocessing, weights and
+/// biases, in hex.
+fn teachers_hash(teachers: &[(PathBuf, Mlp)]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |word: u32| {
+        for b in word.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (_, t) in teachers {
+        for s in t.sizes() {
+            eat(s as u32);
+        }
+        eat(t.preprocess.scale.to_bits());
+        eat(t.preprocess.offset.to_bits());
+        for l in &t.layers {
+            l.weight.iter().chain(&l.bias).for_each(|v| eat(v.to_bits()));
+        }
+    }
+    format!("{h:016x}")
 }
