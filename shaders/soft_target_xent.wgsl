@@ -35,6 +35,13 @@ struct SoftTarget {
     smoothing: f32,
     keep: f32,
     per_class: f32,
+    // soft_target_xent: nonzero reads row r's probabilities at row
+    // index[index_off + r] of probs (a table of every training example's,
+    // cached), else at row r.
+    gather_probs: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 struct Step {
@@ -116,6 +123,10 @@ fn soft_target_xent(@builtin(local_invocation_index) t: u32) {
         let best = bitcast<u32>(m.x);
         let mx = m.y;
         let label = label_of(r);
+        var pbase = base;
+        if params.gather_probs != 0u {
+            pbase = index[step.index_off + r] * params.classes;
+        }
         var sum = 0.0;
         var sum_t = 0.0;
         var zsum = 0.0;
@@ -129,7 +140,7 @@ fn soft_target_xent(@builtin(local_invocation_index) t: u32) {
         let lse_t = log(sum_t);
         var kl = 0.0;
         for (var j = 0u; j < params.classes; j++) {
-            let p = probs[base + j];
+            let p = probs[pbase + j];
             if p > 0.0 {
                 kl += p * (log(p) - ((logits[base + j] - mx) * params.inv_t - lse_t));
             }
@@ -152,7 +163,7 @@ fn soft_target_xent(@builtin(local_invocation_index) t: u32) {
             if j == label {
                 h -= params.keep * params.hard_grad;
             }
-            dlogits[base + j] = h + (exp(v * params.inv_t) * ss - probs[base + j] * params.soft_grad);
+            dlogits[base + j] = h + (exp(v * params.inv_t) * ss - probs[pbase + j] * params.soft_grad);
         }
         correct += select(0u, 1u, best == label);
     }

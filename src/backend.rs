@@ -116,6 +116,12 @@ pub struct Distillation {
     pub temperature: f32,
     /// The weight of the soft targets, in `[0, 1]`.
     pub alpha: f32,
+    /// The teachers' probabilities at `temperature` of every training
+    /// example (`[n_train, classes]`, in the training split's order, from
+    /// [`crate::cpu::teacher_probabilities`]): when set, a step reads its
+    /// rows' instead of running the teachers. They are of the unshifted
+    /// images, so a backend that shifts its inputs refuses them.
+    pub cached: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl Distillation {
@@ -123,7 +129,7 @@ impl Distillation {
     /// `inputs` and gives its `classes`.
     pub fn check(&self, inputs: usize, classes: usize) -> Result<()> {
         Self::check_values(self.temperature, self.alpha)?;
-        if self.teachers.is_empty() {
+        if self.teachers.is_empty() && self.cached.is_none() {
             return Err(Error::Config("distillation needs at least one teacher".into()));
         }
         for (i, t) in self.teachers.iter().enumerate() {
@@ -138,6 +144,25 @@ impl Distillation {
                     classes
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Check the cached probabilities against a training split of
+    /// `n_train` examples, `classes` classes, and whether the backend
+    /// shifts its inputs.
+    pub fn check_cached(&self, n_train: usize, classes: usize, shifts: bool) -> Result<()> {
+        let Some(c) = &self.cached else { return Ok(()) };
+        if shifts {
+            return Err(Error::Config(
+                "cached teacher probabilities are of the unshifted images; they cannot be used with a shift".into(),
+            ));
+        }
+        if c.len() != n_train * classes {
+            return Err(Error::Config(format!(
+                "the cached teacher probabilities hold {} values, the training split needs {n_train} x {classes}",
+                c.len()
+            )));
         }
         Ok(())
     }

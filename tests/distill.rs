@@ -220,6 +220,7 @@ fn alpha_zero_is_plain_training_bit_for_bit() {
                 teachers: vec![teacher.clone()],
                 temperature: 4.0,
                 alpha: 0.0,
+                cached: None,
             }))
             .unwrap();
         // Past an epoch's end (45 steps of 32), so the partial batch is covered.
@@ -238,6 +239,7 @@ fn alpha_zero_is_plain_training_bit_for_bit() {
                 teachers: vec![teacher.clone()],
                 temperature: 4.0,
                 alpha: 0.5,
+                cached: None,
             }))
             .unwrap();
         run_steps(&mut weighted, n, 3, lr);
@@ -295,6 +297,7 @@ fn a_teacher_that_computes_the_students_logits_gives_no_soft_gradient() {
             teachers,
             temperature: 3.0,
             alpha,
+            cached: None,
         }))
         .unwrap();
         run_steps(&mut b, n, 1, 0.5);
@@ -341,6 +344,7 @@ fn distillation_refuses_bad_settings_and_teachers() {
                 teachers,
                 temperature,
                 alpha,
+                cached: None,
             }))
             .unwrap_err()
             .to_string();
@@ -505,4 +509,136 @@ fn distill_command_trains_a_student_and_refuses_bad_flags() {
     let missing = dir.path().join("missing.safetensors");
     let o = wgtrain(&[&["distill"][..], &common, &["--teacher", s(&missing)]].concat());
     assert!(text(&o).contains("--teacher: cannot load the model"), "{}", text(&o));
+}
+
+#[test]
+fn cached_teacher_probabilities_train_as_the_teachers_do() {
+    let data = digits();
+    let n = data.train.len();
+    let teachers = vec![model(&data, &[40], 31), twin_teacher(&model(&data, &[20], 32))];
+    let spec = TrainSpec {
+        seed: 6,
+        ..TrainSpec::new(32, Optimizer::Adam(Adam::default()))
+    };
+    let cached = wgtrain::cpu::teacher_probabilities(&teachers, &data.train.features, 3.0);
+    assert_eq!(cached.len(), n * data.classes);
+    let run = |d: Distillation| {
+        let mut b = CpuBackend::with_threads(model(&data, &[24], 1), data.clone(), spec, 1).unwrap();
+        b.set_distillation(Some(&d)).unwrap();
+        let loss = run_steps(&mut b, n, 50, 0.003);
+        (loss, b.model().unwrap())
+    };
+    let live = run(Distillation {
+        teachers: teachers.clone(),
+        temperature: 3.0,
+        alpha: 0.7,
+        cached: None,
+    });
+    let from_cache = run(Distillation {
+        teachers: vec![],
+        temperature: 3.0,
+        alpha: 0.7,
+        cached: Some(Arc::new(cached.clone())),
+    });
+    // The teachers' forward passes over 1024-row chunks and over 32-row
+    // batches round alike to within a few ulp.
+    assert!(
+        (live.0 - from_cache.0).abs() <= 1e-5 * live.0,
+        "{} vs {}",
+        live.0,
+        from_cache.0
+    );
+    let worst = max_change(&live.1, &from_cache.1);
+    assert!(worst < 1e-4, "weights differ by {worst}");
+    // Refused: with shifted inputs, and of another length.
+    let shifted = TrainSpec {
+        regular: Regularization {
+            shift: 1,
+            ..Regularization::default()
+        },
+        ..spec
+    };
+    let mut b = CpuBackend::with_threads(model(&data, &[24], 1), data.clone(), shifted, 1).unwrap();
+    let d = Distillation {
+        teachers: vec![],
+        temperature: 3.0,
+        alpha: 0.7,
+        cached: Some(Arc::new(cached.clone())),
+    };
+    let e = b.set_distillation(Some(&d)).unwrap_err().to_string();
+    assert!(e.contains("cannot be used with a shift"), "{e}");
+    let mut b = CpuBackend::with_threads(model(&data, &[24], 1), data.clone(), spec, 1).unwrap();
+    let short = Distillation {
+        cached: Some(Arc::new(cached[10..].to_vec())),
+        ..d
+    };
+    let e = b.set_distillation(Some(&short)).unwrap_err().to_string();
+    assert!(e.contains("the training split needs"), "{e}");
+}
+
+#[test]
+fn teacher_cache_is_written_reused_and_refused_when_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher.safetensors");
+    model(&digits(), &[32], 5).save(&teacher).unwrap();
+    let cache = dir.path().join("probs.bin");
+    let common = [
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--hidden",
+        "16",
+    ];
+    let run = |out: &Path, extra: &[&str]| {
+        wgtrain(
+            &[
+                &["distill", "--teacher", s(&teacher), "--epochs", "2", "--save", s(out)][..],
+                &common,
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let (a, b, c) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+        dir.path().join("c.safetensors"),
+    );
+    let o = run(&a, &["--teacher-cache", s(&cache)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("written to"), "{}", text(&o));
+    let o = run(&b, &["--teacher-cache", s(&cache)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("reusing"), "{}", text(&o));
+    let load = |p: &Path| bits(&wgtrain::AnyModel::load(p).unwrap().to_mlp());
+    assert_eq!(load(&a), load(&b), "the same cache, the same run");
+    // Without the cache the teachers run in each step: within rounding.
+    let o = run(&c, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (ma, mc) = (
+        wgtrain::AnyModel::load(&a).unwrap().to_mlp(),
+        wgtrain::AnyModel::load(&c).unwrap().to_mlp(),
+    );
+    assert!(max_change(&ma, &mc) < 1e-4);
+    for (extra, want) in [
+        (
+            &["--teacher-cache", s(&cache), "--temperature", "2"][..],
+            "made from other teachers",
+        ),
+        (
+            &["--teacher-cache", s(&cache), "--shift", "1"][..],
+            "cannot be used with --shift",
+        ),
+    ] {
+        let o = run(&c, extra);
+        assert!(!o.status.success(), "{extra:?}");
+        assert!(text(&o).contains(want), "{extra:?}: {}", text(&o));
+    }
+    std::fs::write(&cache, b"wgtrain-teacher-probabilities\n{}").unwrap();
+    let o = run(&c, &["--teacher-cache", s(&cache)]);
+    assert!(text(&o).contains("--teacher-cache"), "{}", text(&o));
+    assert!(!o.status.success());
 }

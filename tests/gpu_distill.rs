@@ -80,7 +80,7 @@ fn soft_target_xent_matches_cpu_twin() {
             let k = SoftTarget::new(t, alpha, smoothing, rows, classes);
             let mut p = vec![0.0; rows * classes];
             cpu::soft_targets(&teacher, &mut p, rows, classes, k.inv_t, 1.0, false);
-            let (d, loss, correct) = ops::soft_target_xent(&ctx, &z, &p, &labels, rows, classes, &k).unwrap();
+            let (d, loss, correct) = ops::soft_target_xent(&ctx, &z, &p, &labels, rows, classes, &k, None).unwrap();
             let mut twin = vec![f32::NAN; rows * classes];
             let (twin_loss, twin_correct) = cpu::soft_target_xent(&z, &p, &labels, &mut twin, rows, classes, &k);
             let what = format!("soft_target_xent {rows}x{classes} T {t} alpha {alpha} s {smoothing}");
@@ -165,6 +165,7 @@ fn distilling_gpu_backend_matches_cpu() {
             teachers: teachers.clone(),
             temperature: 3.0,
             alpha: 0.7,
+            cached: None,
         };
         let student = model(&data, &[24], 1, Normalize::Scale);
         let mut gpu = GpuBackend::new(ctx.clone(), student.clone(), data.clone(), spec).unwrap();
@@ -198,5 +199,85 @@ fn distilling_gpu_backend_matches_cpu() {
             CpuBackend::with_threads(model(&data, &[24], 1, Normalize::Scale), data.clone(), spec, 1).unwrap();
         let p = per_step(&mut plain, n, 1, lr);
         assert!((p[0].mean_loss() - c[0].mean_loss()).abs() > 1e-3, "case {i}");
+    }
+}
+
+#[test]
+fn soft_target_xent_reads_cached_rows_through_the_index() {
+    let Some(ctx) = common::gpu() else { return };
+    let (table, classes) = (40, 10);
+    let teacher: Vec<f32> = common::random(table * classes, 70).iter().map(|v| 8.0 * v).collect();
+    let all_labels = labels_for(table, classes, 71);
+    for (rows, seed) in [(1, 72), (7, 73), (33, 74)] {
+        let index: Vec<u32> = common::random(rows, seed)
+            .iter()
+            .map(|v| (((v + 1.0) / 2.0 * table as f32) as u32).min(table as u32 - 1))
+            .collect();
+        let z: Vec<f32> = common::random(rows * classes, seed + 10)
+            .iter()
+            .map(|v| 5.0 * v)
+            .collect();
+        let k = SoftTarget::new(4.0, 0.7, 0.1, rows, classes);
+        let mut p = vec![0.0; table * classes];
+        cpu::soft_targets(&teacher, &mut p, table, classes, k.inv_t, 1.0, false);
+        let (d, loss, correct) =
+            ops::soft_target_xent(&ctx, &z, &p, &all_labels, rows, classes, &k, Some(&index)).unwrap();
+        let rows_p: Vec<f32> = index
+            .iter()
+            .flat_map(|&i| p[i as usize * classes..(i as usize + 1) * classes].to_vec())
+            .collect();
+        let labels: Vec<u32> = index.iter().map(|&i| all_labels[i as usize]).collect();
+        let mut twin = vec![f32::NAN; rows * classes];
+        let (twin_loss, twin_correct) = cpu::soft_target_xent(&z, &rows_p, &labels, &mut twin, rows, classes, &k);
+        let elem = (classes as f64 + 24.0) * U * 5.0 / rows as f64;
+        for (i, (g, w)) in d.iter().zip(&twin).enumerate() {
+            assert!(
+                (*g as f64 - *w as f64).abs() <= elem,
+                "{rows} rows [{i}]: GPU {g} vs CPU {w}"
+            );
+        }
+        let bound = (classes as f64 + 24.0 + rows as f64) * U * (twin_loss.abs() + rows as f64 * 8.0 * 17.0);
+        assert!(
+            (loss - twin_loss).abs() <= bound,
+            "{rows} rows: loss {loss} vs {twin_loss}"
+        );
+        assert_eq!(correct, twin_correct);
+    }
+}
+
+#[test]
+fn gpu_backend_with_cached_probabilities_matches_cpu() {
+    let Some(ctx) = common::gpu() else { return };
+    let data = digits();
+    let n = data.train.len();
+    let teachers = vec![model(&data, &[40], 21, Normalize::Standardize)];
+    let cached = Arc::new(wgtrain::cpu::teacher_probabilities(
+        &teachers,
+        &data.train.features,
+        2.0,
+    ));
+    let d = Distillation {
+        teachers: vec![],
+        temperature: 2.0,
+        alpha: 0.6,
+        cached: Some(cached),
+    };
+    let spec = TrainSpec {
+        seed: 8,
+        ..TrainSpec::sgd(32)
+    };
+    let student = model(&data, &[24], 1, Normalize::Scale);
+    let mut gpu = GpuBackend::new(ctx, student.clone(), data.clone(), spec).unwrap();
+    gpu.set_distillation(Some(&d)).unwrap();
+    let mut cpu = CpuBackend::with_threads(student, data.clone(), spec, 1).unwrap();
+    cpu.set_distillation(Some(&d)).unwrap();
+    let g = per_step(&mut gpu, n, 50, 0.1);
+    let c = per_step(&mut cpu, n, 50, 0.1);
+    for (s, (g, c)) in g.iter().zip(&c).enumerate() {
+        let (gl, cl) = (g.mean_loss(), c.mean_loss());
+        assert!(
+            (gl - cl).abs() <= 1e-4 * cl.abs(),
+            "step {s}: GPU loss {gl} vs CPU {cl}"
+        );
     }
 }

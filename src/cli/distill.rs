@@ -2,6 +2,8 @@
 //! teachers' softened probabilities and the true labels (knowledge
 //! distillation), with every flag of `wgtrain train`.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::Args;
 
@@ -29,12 +31,20 @@ pub(crate) struct DistillArgs {
     /// applying to the label term; 0 is plain training.
     #[arg(long, default_value_t = 0.7, value_name = "A")]
     alpha: f32,
+    /// Store the teachers' probabilities at --temperature of every
+    /// (unshifted) training example in FILE, computed once on the CPU, and
+    /// read each step's rows from it instead of running the teachers; a
+    /// FILE made from these teachers, data and temperature is reused,
+    /// another refused. Not with --shift (the teachers would see other
+    /// images than the student).
+    #[arg(long, value_name = "FILE")]
+    teacher_cache: Option<PathBuf>,
     #[command(flatten)]
     train: TrainArgs,
 }
 
 /// The ids of the flags `distill` adds to `train`'s.
-const DISTILL_IDS: &[&str] = &["teacher", "temperature", "alpha"];
+const DISTILL_IDS: &[&str] = &["teacher", "temperature", "alpha", "teacher_cache"];
 
 /// Run `wgtrain distill`: `given` holds every flag of the command line by
 /// id; the training ones go to `train`'s run (and its checkpoints), the
@@ -45,6 +55,7 @@ pub(crate) fn run(a: DistillArgs, given: GivenArgs) -> Result<()> {
         .partition(|(id, _)| DISTILL_IDS.contains(&id.as_str()));
     let flags = DistillFlags {
         teacher: a.teacher,
+        cache: a.teacher_cache,
         temperature: a.temperature,
         alpha: a.alpha,
         given: distill_given.into_iter().map(|(id, _)| id).collect(),

@@ -164,12 +164,16 @@ pub(crate) struct Distill {
     /// run learns from the same teachers (`None` until they are loaded).
     #[serde(default)]
     pub weights: Option<String>,
+    /// `--teacher-cache`: the file of the teachers' probabilities.
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
 }
 
 /// `wgtrain distill`'s settings and which of them the command line gave
 /// (a resumed run must repeat those or leave them out).
 pub(crate) struct DistillFlags {
     pub teacher: Option<String>,
+    pub cache: Option<PathBuf>,
     pub temperature: f32,
     pub alpha: f32,
     /// The ids of the distill flags given on the command line.
@@ -377,11 +381,13 @@ fn distill_settings(
                 temperature: 0.0,
                 alpha: 0.0,
                 weights: None,
+                cache: None,
             });
             let differs = |id: &str, now: String, was: String| {
                 if f.given.iter().any(|g| g == id) && now != was {
                     anyhow::bail!(
-                        "--{id}: the checkpoint {} was written with {was}, this run asks for {now}; a resumed run keeps the settings it started with",
+                        "--{}: the checkpoint {} was written with {was}, this run asks for {now}; a resumed run keeps the settings it started with",
+                        id.replace('_', "-"),
                         ck.path.display()
                     );
                 }
@@ -390,6 +396,8 @@ fn distill_settings(
             differs("teacher", f.teacher.clone().unwrap_or_default(), s.teacher.clone())?;
             differs("temperature", f.temperature.to_string(), s.temperature.to_string())?;
             differs("alpha", f.alpha.to_string(), s.alpha.to_string())?;
+            let path = |c: &Option<PathBuf>| c.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            differs("teacher_cache", path(&f.cache), path(&s.cache))?;
             Some(s)
         }
         (Some(f), None) => Some(Distill {
@@ -399,6 +407,7 @@ fn distill_settings(
             temperature: f.temperature,
             alpha: f.alpha,
             weights: None,
+            cache: f.cache,
         }),
     };
     if let Some(d) = &d {
@@ -499,7 +508,7 @@ pub(crate) fn run_with(a: TrainArgs, given: GivenArgs, distill: Option<DistillFl
         }
     };
     let distillation = match (&distill, teachers) {
-        (Some(d), Some(t)) => Some(distillation(d, t, &model)?),
+        (Some(d), Some(t)) => Some(distillation(d, t, &model, &data, a.regular.shift)?),
         _ => None,
     };
     let sizes = model.sizes();
@@ -957,7 +966,13 @@ fn load_teachers(list: &str) -> Result<Vec<(PathBuf, Mlp)>> {
 
 /// The distillation of `student` from `teachers`, each checked against the
 /// student's input shape and classes (naming the file).
-fn distillation(d: &Distill, teachers: Vec<(PathBuf, Mlp)>, student: &Mlp) -> Result<Distillation> {
+fn distillation(
+    d: &Distill,
+    teachers: Vec<(PathBuf, Mlp)>,
+    student: &Mlp,
+    data: &Dataset,
+    shift: u32,
+) -> Result<Distillation> {
     for (p, t) in &teachers {
         let shape_differs =
             !t.input_shape.is_empty() && !student.input_shape.is_empty() && t.input_shape != student.input_shape;
@@ -986,11 +1001,23 @@ fn distillation(d: &Distill, teachers: Vec<(PathBuf, Mlp)>, student: &Mlp) -> Re
             t.sizes().windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>()
         );
     }
-    let out = Distillation {
+    let mut out = Distillation {
         teachers: teachers.into_iter().map(|(_, t)| t).collect(),
         temperature: d.temperature,
         alpha: d.alpha,
+        cached: None,
     };
+    if let Some(path) = &d.cache {
+        if shift > 0 {
+            anyhow::bail!(
+                "--teacher-cache holds the teachers' probabilities of the unshifted images; it cannot be used with --shift"
+            );
+        }
+        let probs = teacher_cache(path, &out, d.weights.as_deref().unwrap_or_default(), data)?;
+        out.cached = Some(Arc::new(probs));
+        // The steps read the cache; the teachers need not be on the device.
+        out.teachers.clear();
+    }
     out.check(student.inputs(), student.classes()).map_err(flagged)?;
     log::info!(
         "distillation: {} teacher(s), temperature {}, alpha {}",
@@ -1021,4 +1048,83 @@ fn teachers_hash(teachers: &[(PathBuf, Mlp)]) -> String {
         }
     }
     format!("{h:016x}")
+}
+
+/// The first line of a `--teacher-cache` file; a JSON header line and the
+/// probabilities (f32, little-endian, `[rows, classes]`) follow.
+const CACHE_MAGIC: &[u8] = b"wgtrain-teacher-probabilities\n";
+
+/// What a `--teacher-cache` file was made from.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct CacheHeader {
+    /// The teachers' weights ([`teachers_hash`]).
+    teachers: String,
+    /// The temperature, as f32 bits.
+    temperature_bits: u32,
+    /// The training split's features and labels (`checkpoint::hash_bytes`).
+    train: String,
+    rows: usize,
+    classes: usize,
+}
+
+/// The teachers' probabilities at the temperature of every training
+/// example: read from `path` when it was made from these teachers, data and
+/// temperature (else refused), or computed on the CPU and written there.
+fn teacher_cache(path: &Path, d: &Distillation, teachers: &str, data: &Dataset) -> Result<Vec<f32>> {
+    let classes = d.teachers.first().map_or(0, |t| t.classes());
+    let mut train = bytemuck::cast_slice::<f32, u8>(&data.train.features).to_vec();
+    train.extend(data.train.labels.iter().flat_map(|l| l.to_le_bytes()));
+    let want = CacheHeader {
+        teachers: teachers.to_string(),
+        temperature_bits: d.temperature.to_bits(),
+        train: format!("{:016x}", checkpoint::hash_bytes(13, &train)),
+        rows: data.train.len(),
+        classes,
+    };
+    let bad = |why: &str| anyhow::anyhow!("--teacher-cache {}: {why}", path.display());
+    if path.exists() {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("--teacher-cache {}: cannot read it", path.display()))?;
+        let rest = bytes
+            .strip_prefix(CACHE_MAGIC)
+            .ok_or_else(|| bad("not a teacher-probabilities file"))?;
+        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header"))?;
+        let got: CacheHeader = serde_json::from_slice(&rest[..end]).map_err(|e| bad(&format!("bad header: {e}")))?;
+        if got != want {
+            return Err(bad(
+                "it was made from other teachers, data or temperature; delete it or name another file",
+            ));
+        }
+        let body = &rest[end + 1..];
+        if body.len() != 4 * want.rows * want.classes {
+            return Err(bad("truncated"));
+        }
+        let probs: Vec<f32> = body
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if probs.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            return Err(bad("holds values that are not probabilities"));
+        }
+        log::info!(
+            "--teacher-cache: reusing the teachers' probabilities in {}",
+            path.display()
+        );
+        return Ok(probs);
+    }
+    let t0 = std::time::Instant::now();
+    let probs = wgtrain::cpu::teacher_probabilities(&d.teachers, &data.train.features, d.temperature);
+    let mut bytes = CACHE_MAGIC.to_vec();
+    bytes.extend(serde_json::to_vec(&want)?);
+    bytes.push(b'\n');
+    bytes.extend(probs.iter().flat_map(|p| p.to_le_bytes()));
+    wgtrain::model::write_atomic(path, &bytes)
+        .with_context(|| format!("--teacher-cache {}: cannot write it", path.display()))?;
+    log::info!(
+        "--teacher-cache: the teachers' probabilities of {} training examples written to {} in {:.1} s",
+        want.rows,
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(probs)
 }

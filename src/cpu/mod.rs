@@ -77,6 +77,11 @@ struct CpuDistill {
     probs: Vec<f32>,
     temperature: f32,
     alpha: f32,
+    /// Every training example's probabilities, read instead of running
+    /// the teachers.
+    cached: Option<Arc<Vec<f32>>>,
+    /// Where the step's batch starts in the epoch's order.
+    start: usize,
 }
 
 /// Where a training batch's raw rows come from, and the shift drawn for
@@ -186,6 +191,7 @@ impl CpuBackend {
         };
         source.gather(idx, dim, self.model.preprocess, &mut self.acts[0]);
         if let Some(d) = &mut self.distill {
+            d.start = start;
             for (t, input) in d.teachers.iter().zip(&mut d.inputs) {
                 if let Some(x) = input {
                     source.gather(idx, dim, t.preprocess, x);
@@ -215,8 +221,20 @@ impl CpuBackend {
             );
         };
         let k = kernels::SoftTarget::new(d.temperature, d.alpha, self.smoothing, rows, classes);
-        let weight = 1.0 / d.teachers.len() as f32;
-        for (i, t) in d.teachers.iter().enumerate() {
+        if let Some(c) = &d.cached {
+            let idx = &self.order[d.start..d.start + rows];
+            for (row, &i) in d.probs.chunks_exact_mut(classes).zip(idx) {
+                let i = i as usize;
+                row.copy_from_slice(&c[i * classes..(i + 1) * classes]);
+            }
+        }
+        let weight = 1.0 / d.teachers.len().max(1) as f32;
+        let teachers = if d.cached.is_some() {
+            &d.teachers[..0]
+        } else {
+            &d.teachers[..]
+        };
+        for (i, t) in teachers.iter().enumerate() {
             let x = d.inputs[i].as_deref().unwrap_or(&self.acts[0]);
             forward_from(t, x, &mut d.acts[i], rows);
             let z = d.acts[i].last().map(Vec::as_slice).unwrap_or_default();
@@ -586,6 +604,7 @@ impl Backend for CpuBackend {
             return Ok(());
         };
         d.check(self.model.inputs(), self.model.classes())?;
+        d.check_cached(self.data.train.len(), self.model.classes(), self.shift.is_some())?;
         let batch = self.batch;
         let student = self.model.preprocess;
         self.distill = Some(CpuDistill {
@@ -603,6 +622,8 @@ impl Backend for CpuBackend {
             teachers: d.teachers.clone(),
             temperature: d.temperature,
             alpha: d.alpha,
+            cached: d.cached.clone(),
+            start: 0,
         });
         Ok(())
     }
@@ -660,4 +681,33 @@ pub fn probabilities(model: &Mlp, features: &[f32]) -> Vec<f32> {
     let mut z = acts.pop().unwrap_or_default();
     kernels::softmax_rows(&mut z, model.classes());
     z
+}
+
+/// The mean of `teachers`' probabilities at `temperature` for raw (not
+/// preprocessed) rows `features`, each teacher applying its own
+/// preprocessing: `[rows, classes]`, as a distillation step computes them
+/// for its batch ([`kernels::soft_targets`]).
+pub fn teacher_probabilities(teachers: &[Mlp], features: &[f32], temperature: f32) -> Vec<f32> {
+    let Some(first) = teachers.first() else {
+        return Vec::new();
+    };
+    let (dim, classes) = (first.inputs(), first.classes());
+    let n = features.len() / dim.max(1);
+    let inv_t = kernels::SoftTarget::new(temperature, 0.0, 0.0, 1, classes).inv_t;
+    let weight = 1.0 / teachers.len() as f32;
+    let mut out = vec![0.0; n * classes];
+    let chunk = EVAL_CHUNK.min(n.max(1));
+    for (i, t) in teachers.iter().enumerate() {
+        let mut acts: Vec<Vec<f32>> = t.sizes().iter().map(|&s| vec![0.0; s * chunk]).collect();
+        for start in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - start);
+            t.preprocess
+                .apply_into(&features[start * dim..(start + rows) * dim], &mut acts[0]);
+            forward(t, &mut acts, rows);
+            let z = acts.last().map(Vec::as_slice).unwrap_or_default();
+            let p = &mut out[start * classes..(start + rows) * classes];
+            kernels::soft_targets(z, p, rows, classes, inv_t, weight, i > 0);
+        }
+    }
+    out
 }

@@ -186,7 +186,11 @@ fn uniform_structs_match_the_shaders() {
             soft_grad,
             smoothing,
             keep,
-            per_class
+            per_class,
+            gather_probs,
+            pad0,
+            pad1,
+            pad2
         }),
         &soft,
         "SoftTarget",

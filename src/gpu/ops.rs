@@ -695,7 +695,10 @@ pub fn soft_targets(
 
 /// Twin of [`crate::cpu::kernels::soft_target_xent`]: the distillation
 /// loss's gradient with respect to the student's logits, the summed loss,
-/// and the number of rows whose arg-max is the label.
+/// and the number of rows whose arg-max is the label. With `index`, row
+/// `r`'s label and probabilities are row `index[r]` of `labels` and
+/// `probs` (tables of every example's, as a step reads cached ones); the
+/// twin is then those rows gathered first.
 #[allow(clippy::too_many_arguments)]
 pub fn soft_target_xent(
     ctx: &GpuContext,
@@ -705,15 +708,24 @@ pub fn soft_target_xent(
     rows: usize,
     classes: usize,
     k: &crate::cpu::kernels::SoftTarget,
+    index: Option<&[u32]>,
 ) -> Result<(Vec<f32>, f64, u32), GpuError> {
     check_len("logits", logits.len(), rows * classes)?;
-    check_len("probs", probs.len(), rows * classes)?;
-    check_labels(labels, rows, classes)?;
+    let identity: Vec<u32> = (0..rows as u32).collect();
+    let idx = index.unwrap_or(&identity);
+    check_len("index", idx.len(), rows)?;
+    let table = labels.len();
+    if let Some(&bad) = idx[..rows].iter().find(|&&i| i as usize >= table) {
+        return Err(GpuError::InvalidArgument(format!(
+            "index {bad} is not below {table} rows"
+        )));
+    }
+    check_len("probs", probs.len(), table * classes)?;
+    check_labels(labels, table, classes)?;
     let zb = upload_f32(ctx, "logits", logits)?;
     let pb = upload_f32(ctx, "probs", probs)?;
     let lb = upload_u32(ctx, "labels", labels)?;
-    let identity: Vec<u32> = (0..rows as u32).collect();
-    let ib = upload_u32(ctx, "index", &identity)?;
+    let ib = upload_u32(ctx, "index", idx)?;
     let d = poisoned(ctx, "dlogits", rows * classes)?;
     let stats = poisoned_stat(ctx)?;
     let step = step_buffer(ctx, 0.0)?;
@@ -723,6 +735,7 @@ pub fn soft_target_xent(
         rows,
         classes,
         k,
+        index.is_some(),
         &zb,
         &pb,
         &lb,

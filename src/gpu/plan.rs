@@ -106,6 +106,9 @@ pub(crate) struct GpuDistill {
     pub teachers: Vec<GpuTeacher>,
     /// `[batch, classes]`.
     pub probs: wgpu::Buffer,
+    /// Every training example's probabilities (`[n_train, classes]`), read
+    /// through the permutation instead of running the teachers.
+    pub cached: Option<wgpu::Buffer>,
     pub temperature: f32,
     pub alpha: f32,
 }
@@ -269,7 +272,12 @@ fn push_distill_loss(
     let nl = sizes.len() - 1;
     let classes = sizes[nl];
     let weight = 1.0 / d.teachers.len().max(1) as f32;
-    for (i, t) in d.teachers.iter().enumerate() {
+    let teachers = if d.cached.is_some() {
+        &d.teachers[..0]
+    } else {
+        &d.teachers[..]
+    };
+    for (i, t) in teachers.iter().enumerate() {
         let tin = DataSource {
             scale: t.preprocess.scale,
             offset: t.preprocess.offset,
@@ -313,8 +321,9 @@ fn push_distill_loss(
         rows,
         classes,
         &k,
+        d.cached.is_some(),
         &bufs.acts[nl - 1],
-        &d.probs,
+        d.cached.as_ref().unwrap_or(&d.probs),
         &train.labels,
         input.index,
         &bufs.grads[nl - 1],

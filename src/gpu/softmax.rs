@@ -196,7 +196,8 @@ pub(crate) fn soft_targets(
 /// count (into the step's stats slot) from `rows` rows of `classes`
 /// student logits and the teachers' `probs`, labels read through `index`
 /// (the permutation, at the step's offset), with the scalars of
-/// [`SoftTarget::new`].
+/// [`SoftTarget::new`]; with `gather_probs`, `probs` is a table of every
+/// training example's probabilities, read through `index` as the labels.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn soft_target_xent(
     ctx: &GpuContext,
@@ -204,6 +205,7 @@ pub(crate) fn soft_target_xent(
     rows: usize,
     classes: usize,
     k: &SoftTarget,
+    gather_probs: bool,
     logits: &wgpu::Buffer,
     probs: &wgpu::Buffer,
     labels: &wgpu::Buffer,
@@ -229,6 +231,8 @@ pub(crate) fn soft_target_xent(
         smoothing: k.smoothing.s,
         keep: k.smoothing.keep,
         per_class: k.smoothing.per_class,
+        gather_probs: gather_probs as u32,
+        ..Default::default()
     };
     Dispatch::new(
         ctx,

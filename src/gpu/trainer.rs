@@ -585,6 +585,7 @@ impl Backend for GpuBackend {
         };
         let classes = self.sizes[self.sizes.len() - 1];
         d.check(self.sizes[0], classes)?;
+        d.check_cached(self.n_train, classes, self.draws.shift.is_some())?;
         let dev = &self.ctx.dev;
         let batch = self.batch;
         let teachers = d
@@ -619,9 +620,15 @@ impl Backend for GpuBackend {
             })
             .collect::<Result<Vec<_>, GpuError>>()?;
         let probs = dev.storage("teacher probabilities", 4 * (batch * classes) as u64)?;
+        let cached = d
+            .cached
+            .as_ref()
+            .map(|c| dev.storage_init("cached teacher probabilities", bytemuck::cast_slice(c)))
+            .transpose()?;
         self.distill = Some(GpuDistill {
             teachers,
             probs,
+            cached,
             temperature: d.temperature,
             alpha: d.alpha,
         });

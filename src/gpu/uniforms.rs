@@ -112,6 +112,10 @@ pub(crate) struct SoftTargetParams {
     pub smoothing: f32,
     pub keep: f32,
     pub per_class: f32,
+    pub gather_probs: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
 }
 
 /// `Stat` in softmax_xent.wgsl: what a step or an evaluation chunk writes
