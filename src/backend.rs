@@ -102,6 +102,83 @@ impl TrainSpec {
     }
 }
 
+/// Knowledge distillation (Hinton et al., 2015): the student trains on
+/// `alpha T^2 KL(p_T || softmax(z / T)) + (1 - alpha) CE(labels)`, where
+/// `p_T` is the mean of the teachers' softmax at temperature `T`, computed
+/// by the backend from each teacher's forward pass on the step's batch (the
+/// same gathered and shifted rows, each teacher applying its own
+/// preprocessing to the raw input; no dropout in the teachers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distillation {
+    /// f32 models of the student's inputs and classes.
+    pub teachers: Vec<Mlp>,
+    /// `T`, above 0.
+    pub temperature: f32,
+    /// The weight of the soft targets, in `[0, 1]`.
+    pub alpha: f32,
+    /// The teachers' probabilities at `temperature` of every training
+    /// example (`[n_train, classes]`, in the training split's order, from
+    /// [`crate::cpu::teacher_probabilities`]): when set, a step reads its
+    /// rows' instead of running the teachers. They are of the unshifted
+    /// images, so a backend that shifts its inputs refuses them.
+    pub cached: Option<std::sync::Arc<Vec<f32>>>,
+}
+
+impl Distillation {
+    /// Check the values, and that every teacher takes the student's
+    /// `inputs` and gives its `classes`.
+    pub fn check(&self, inputs: usize, classes: usize) -> Result<()> {
+        Self::check_values(self.temperature, self.alpha)?;
+        if self.teachers.is_empty() && self.cached.is_none() {
+            return Err(Error::Config("distillation needs at least one teacher".into()));
+        }
+        for (i, t) in self.teachers.iter().enumerate() {
+            if t.inputs() != inputs || t.classes() != classes {
+                return Err(Error::Config(format!(
+                    "teacher {} is a {} model: {} inputs and {} classes, the student has {} and {}",
+                    i + 1,
+                    join_sizes(&t.sizes()),
+                    t.inputs(),
+                    t.classes(),
+                    inputs,
+                    classes
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the cached probabilities against a training split of
+    /// `n_train` examples, `classes` classes, and whether the backend
+    /// shifts its inputs.
+    pub fn check_cached(&self, n_train: usize, classes: usize, shifts: bool) -> Result<()> {
+        let Some(c) = &self.cached else { return Ok(()) };
+        if shifts {
+            return Err(Error::Config(
+                "cached teacher probabilities are of the unshifted images; they cannot be used with a shift".into(),
+            ));
+        }
+        if c.len() != n_train * classes {
+            return Err(Error::Config(format!(
+                "the cached teacher probabilities hold {} values, the training split needs {n_train} x {classes}",
+                c.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check a temperature (above 0) and a soft-target weight (in `[0, 1]`).
+    pub fn check_values(temperature: f32, alpha: f32) -> Result<()> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::invalid(Setting::Temperature, temperature, "a positive number"));
+        }
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(Error::invalid(Setting::DistillAlpha, alpha, "a weight in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
 /// Training loss and accuracy summed over the steps run since the last
 /// [`Backend::take_stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -185,6 +262,16 @@ pub trait Backend {
     /// same layer sizes and optimizer; a mismatch is refused and changes
     /// nothing.
     fn restore(&mut self, state: &BackendState) -> Result<()>;
+
+    /// Train the student by distillation from now on (checked against the
+    /// model with [`Distillation::check`]); `None`: plain training again. A
+    /// backend that cannot distill refuses.
+    fn set_distillation(&mut self, distillation: Option<&Distillation>) -> Result<()> {
+        match distillation {
+            None => Ok(()),
+            Some(_) => Err(Error::Config(format!("{} cannot train by distillation", self.name()))),
+        }
+    }
 
     /// Whether this process writes the run's files (checkpoints): true but
     /// on the ranks other than 0 of a distributed run, which take the same

@@ -196,6 +196,10 @@ pub enum Setting {
     Checkpoint,
     /// The shares of a global batch that data-parallel replicas take.
     ShardWeights,
+    /// The distillation temperature.
+    Temperature,
+    /// The weight of the soft targets in distillation.
+    DistillAlpha,
 }
 
 impl Setting {
@@ -222,6 +226,8 @@ impl Setting {
             Setting::ClipGradNorm => "gradient-norm clip",
             Setting::Checkpoint => "checkpoint",
             Setting::ShardWeights => "shard weights",
+            Setting::Temperature => "distillation temperature",
+            Setting::DistillAlpha => "soft-target weight (alpha)",
         }
     }
 }

@@ -9,6 +9,7 @@ mod args;
 mod bench;
 mod compress;
 mod devices;
+mod distill;
 mod distributed;
 mod eval;
 mod plot;
@@ -66,6 +67,9 @@ enum Command {
     /// pruned by successive halving on a validation split, kept in a SQLite
     /// study several processes may share; `--report` prints the leaderboard.
     Tune(Box<tune::TuneArgs>),
+    /// Train a student model from teacher models (knowledge distillation):
+    /// every flag of train, plus --teacher, --temperature and --alpha.
+    Distill(Box<distill::DistillArgs>),
 }
 
 /// Parse the command line and run it.
@@ -91,7 +95,23 @@ pub fn run() -> Result<()> {
         Command::Compress(a) => compress::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Tune(a) => tune::run(*a),
+        Command::Distill(a) => {
+            let given = matches
+                .subcommand_matches("distill")
+                .map(|m| given_args(m, &subcommand("distill")))
+                .unwrap_or_default();
+            distill::run(*a, given)
+        }
     }
+}
+
+/// A subcommand's definition.
+fn subcommand(name: &'static str) -> clap::Command {
+    let mut cli = Cli::command();
+    cli.build();
+    cli.find_subcommand(name)
+        .cloned()
+        .unwrap_or_else(|| clap::Command::new(name))
 }
 
 /// The `train` subcommand's definition.
@@ -180,6 +200,8 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::ClipGradNorm => "--clip-grad-norm",
         Setting::Checkpoint => "--checkpoint-dir",
         Setting::ShardWeights => "--shard-weights",
+        Setting::Temperature => "--temperature",
+        Setting::DistillAlpha => "--alpha",
     }
 }
 

@@ -1,4 +1,6 @@
-//! `wgtrain train`: train a model, report test accuracy, optionally save it.
+//! `wgtrain train`: train a model, report test accuracy, optionally save it;
+//! with teachers (`wgtrain distill`, see distill.rs) the same run by
+//! knowledge distillation.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use super::args::{check_writable, load_data, parse_list, DataArgs, DeviceArgs, NormalizeArg};
 use super::distributed::Job;
 use super::{flagged, GivenArgs};
-use wgtrain::backend::{steps_per_epoch, Regularization, TrainSpec};
+use wgtrain::backend::{join_sizes, steps_per_epoch, Distillation, Regularization, TrainSpec};
 use wgtrain::checkpoint::{self, Checkpoint};
 use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
@@ -176,12 +178,45 @@ const DEFAULT_CHECKPOINT_DIR: &str = "wgtrain-checkpoints";
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredArgs {
     args: GivenArgs,
+    /// The teachers and their settings of a `wgtrain distill` run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    distill: Option<Distill>,
+}
+
+/// What `wgtrain distill` adds to a training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Distill {
+    /// The teacher files, comma-separated, as given.
+    pub teacher: String,
+    pub temperature: f32,
+    pub alpha: f32,
+    /// A hash of the teachers' weights and preprocessing, so that a resumed
+    /// run learns from the same teachers (`None` until they are loaded).
+    #[serde(default)]
+    pub weights: Option<String>,
+    /// `--teacher-cache`: the file of the teachers' probabilities.
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+}
+
+/// `wgtrain distill`'s settings and which of them the command line gave
+/// (a resumed run must repeat those or leave them out).
+pub(crate) struct DistillFlags {
+    pub teacher: Option<String>,
+    pub cache: Option<PathBuf>,
+    pub temperature: f32,
+    pub alpha: f32,
+    /// The ids of the distill flags given on the command line.
+    pub given: Vec<String>,
 }
 
 /// The arguments of a `--resume` run: the stored ones, with the flags that
 /// may change taken from this command line (others must agree), and the
 /// checkpoint read.
-fn resume_args(ck: Checkpoint, given: &[(String, Vec<String>)]) -> Result<(TrainArgs, GivenArgs, Checkpoint)> {
+fn resume_args(
+    ck: Checkpoint,
+    given: &[(String, Vec<String>)],
+) -> Result<(TrainArgs, GivenArgs, Checkpoint, Option<Distill>)> {
     let file = ck.path.clone();
     let stored: StoredArgs = serde_json::from_str(&ck.extra)
         .with_context(|| format!("--resume: {}: no training arguments stored", file.display()))?;
@@ -223,7 +258,7 @@ fn resume_args(ck: Checkpoint, given: &[(String, Vec<String>)]) -> Result<(Train
             .cloned(),
     );
     let (args, _) = super::parse_train(&merged)?;
-    Ok((args, merged, ck))
+    Ok((args, merged, ck, stored.distill))
 }
 
 /// The optimizer flags (torch.optim's semantics; `g` is the gradient of the
@@ -350,14 +385,84 @@ pub(crate) fn optimizer_of(o: &OptimArgs) -> Result<Optimizer> {
 
 /// Run `wgtrain train`.
 pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
+    run_with(a, given, None)
+}
+
+/// The distillation settings of a run: those of the command line, or on
+/// `--resume` the checkpoint's (which the command line may repeat, not
+/// change), checked.
+fn distill_settings(
+    flags: Option<DistillFlags>,
+    stored: Option<Distill>,
+    resume: Option<&Checkpoint>,
+) -> Result<Option<Distill>> {
+    let d = match (flags, resume) {
+        (None, Some(ck)) if stored.is_some() => anyhow::bail!(
+            "--resume: {} was written by wgtrain distill; resume it with wgtrain distill --resume",
+            ck.path.display()
+        ),
+        (None, _) => None,
+        (Some(_), Some(ck)) if stored.is_none() => anyhow::bail!(
+            "--resume: {} was written by wgtrain train; resume it with wgtrain train --resume",
+            ck.path.display()
+        ),
+        (Some(f), Some(ck)) => {
+            let s = stored.unwrap_or(Distill {
+                teacher: String::new(),
+                temperature: 0.0,
+                alpha: 0.0,
+                weights: None,
+                cache: None,
+            });
+            let differs = |id: &str, now: String, was: String| {
+                if f.given.iter().any(|g| g == id) && now != was {
+                    anyhow::bail!(
+                        "--{}: the checkpoint {} was written with {was}, this run asks for {now}; a resumed run keeps the settings it started with",
+                        id.replace('_', "-"),
+                        ck.path.display()
+                    );
+                }
+                Ok(())
+            };
+            differs("teacher", f.teacher.clone().unwrap_or_default(), s.teacher.clone())?;
+            differs("temperature", f.temperature.to_string(), s.temperature.to_string())?;
+            differs("alpha", f.alpha.to_string(), s.alpha.to_string())?;
+            let path = |c: &Option<PathBuf>| c.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            differs("teacher_cache", path(&f.cache), path(&s.cache))?;
+            Some(s)
+        }
+        (Some(f), None) => Some(Distill {
+            teacher: f
+                .teacher
+                .ok_or_else(|| anyhow::anyhow!("--teacher: give the teacher model file(s), T[,T2,...]"))?,
+            temperature: f.temperature,
+            alpha: f.alpha,
+            weights: None,
+            cache: f.cache,
+        }),
+    };
+    if let Some(d) = &d {
+        Distillation::check_values(d.temperature, d.alpha).map_err(flagged)?;
+    }
+    Ok(d)
+}
+
+/// Run `wgtrain train`, or with `distill` `wgtrain distill`: the same run
+/// with the student learning from teachers.
+pub(crate) fn run_with(a: TrainArgs, given: GivenArgs, distill: Option<DistillFlags>) -> Result<()> {
     if !a.distributed {
-        return run_on(None, a, given, &mut false);
+        return run_on(None, a, given, distill, &mut false);
+    }
+    if distill.is_some() {
+        anyhow::bail!(
+            "--distributed: wgtrain distill runs in one process (its teachers run beside the student on one device)"
+        );
     }
     let job = Job::start(a.mpi_timeout)?;
     // Whether an error now is this rank's alone, while others may wait for
     // it in a collective call.
     let mut alone = false;
-    match run_on(Some(&job), a, given, &mut alone) {
+    match run_on(Some(&job), a, given, None, &mut alone) {
         Err(e) if alone => Err(job.fail(e)),
         r => r,
     }
@@ -365,7 +470,13 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
 
 /// [`run`], as a rank of `job` when there is one; sets `alone` while an
 /// error would be met by this rank only.
-fn run_on(job: Option<&Job>, a: TrainArgs, given: GivenArgs, alone: &mut bool) -> Result<()> {
+fn run_on(
+    job: Option<&Job>,
+    a: TrainArgs,
+    given: GivenArgs,
+    distill: Option<DistillFlags>,
+    alone: &mut bool,
+) -> Result<()> {
     let root = job.is_none_or(|j| j.rank() == 0);
     let asked_resume = a.resume.is_some();
     let read = match job {
@@ -377,15 +488,21 @@ fn run_on(job: Option<&Job>, a: TrainArgs, given: GivenArgs, alone: &mut bool) -
         },
     };
     *alone = true;
-    let (a, stored, resume) = match read {
+    let (a, stored, resume, stored_distill) = match read {
         Some(ck) => {
             let path = a.resume.clone().unwrap_or_else(|| ck.path.clone());
-            let (args, stored, ck) = resume_args(ck, &given)?;
+            let (args, stored, ck, d) = resume_args(ck, &given)?;
             log::info!("resuming from {}", ck.path.display());
-            (args, stored, Some((path, ck)))
+            (args, stored, Some((path, ck)), d)
         }
-        None => (a, given.into_iter().filter(|(id, _)| id != "resume").collect(), None),
+        None => (
+            a,
+            given.into_iter().filter(|(id, _)| id != "resume").collect(),
+            None,
+            None,
+        ),
     };
+    let distill = distill_settings(distill, stored_distill, resume.as_ref().map(|(_, ck)| ck))?;
     if a.checkpoint_every.is_some() && a.checkpoint_dir.is_none() && resume.is_none() {
         anyhow::bail!("--checkpoint-every needs --checkpoint-dir");
     }
@@ -429,6 +546,27 @@ fn run_on(job: Option<&Job>, a: TrainArgs, given: GivenArgs, alone: &mut bool) -
         Some(p) => Some(load_init(p)?),
         None => None,
     };
+    let teachers = match &distill {
+        Some(d) => Some(load_teachers(&d.teacher)?),
+        None => None,
+    };
+    let distill = match (distill, &teachers) {
+        (Some(mut d), Some(t)) => {
+            let now = teachers_hash(t);
+            if let (Some(was), Some((_, ck))) = (&d.weights, &resume) {
+                if *was != now {
+                    anyhow::bail!(
+                        "--teacher: the checkpoint {} was written with other teachers in {} (their weights changed since); a resumed run learns from the same teachers",
+                        ck.path.display(),
+                        d.teacher
+                    );
+                }
+            }
+            d.weights = Some(now);
+            Some(d)
+        }
+        (d, _) => d,
+    };
     let data = Arc::new(hold_out(load_data(&a.data, a.seed)?, &a)?);
     let epochs = a.epochs.unwrap_or(if data.source == BUILTIN_SOURCE { 30 } else { 10 });
     cfg.epochs = epochs;
@@ -442,6 +580,10 @@ fn run_on(job: Option<&Job>, a: TrainArgs, given: GivenArgs, alone: &mut bool) -
             sizes.push(data.classes);
             Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?
         }
+    };
+    let distillation = match (&distill, teachers) {
+        (Some(d), Some(t)) => Some(distillation(d, t, &model, &data, a.regular.shift)?),
+        _ => None,
     };
     let sizes = model.sizes();
     let t0 = std::time::Instant::now();
@@ -493,6 +635,9 @@ fn run_on(job: Option<&Job>, a: TrainArgs, given: GivenArgs, alone: &mut bool) -
             j.backend(replica, signalled)?
         }
     };
+    if let Some(d) = &distillation {
+        backend.set_distillation(Some(d)).map_err(flagged)?;
+    }
     log::info!(
         "model {} ({} parameters) on {}; batch {}, {} lr {}, {} epochs",
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),
@@ -582,7 +727,10 @@ fn run_on(job: Option<&Job>, a: TrainArgs, given: GivenArgs, alone: &mut bool) -
         every_steps: a.checkpoint_every,
         keep: a.keep_checkpoints,
         fingerprint,
-        extra: serde_json::to_string(&StoredArgs { args: stored })?,
+        extra: serde_json::to_string(&StoredArgs {
+            args: stored,
+            distill: distill.clone(),
+        })?,
         stop: Some(&stop),
         resume: resume.as_ref().map(|(_, ck)| ck),
     };
@@ -913,4 +1061,198 @@ fn saved_why(end: Option<&Event>) -> String {
         Some(Event::End { epoch, .. }) => format!("epoch {epoch}: the last, no validation split"),
         _ => "the last epoch".into(),
     }
+}
+
+/// The teacher files named by `--teacher`, loaded (compressed ones
+/// dequantized), each with its path.
+fn load_teachers(list: &str) -> Result<Vec<(PathBuf, Mlp)>> {
+    let paths: Vec<PathBuf> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if paths.is_empty() {
+        anyhow::bail!("--teacher: give at least one model file, T[,T2,...]");
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let any =
+                AnyModel::load(&p).with_context(|| format!("--teacher: cannot load the model {}", p.display()))?;
+            if !matches!(any, AnyModel::F32(_)) {
+                log::info!(
+                    "--teacher: {} is compressed; it teaches with its weights dequantized to f32",
+                    p.display()
+                );
+            }
+            let m = any.to_mlp();
+            Ok((p, m))
+        })
+        .collect()
+}
+
+/// The distillation of `student` from `teachers`, each checked against the
+/// student's input shape and classes (naming the file).
+fn distillation(
+    d: &Distill,
+    teachers: Vec<(PathBuf, Mlp)>,
+    student: &Mlp,
+    data: &Dataset,
+    shift: u32,
+) -> Result<Distillation> {
+    for (p, t) in &teachers {
+        let shape_differs =
+            !t.input_shape.is_empty() && !student.input_shape.is_empty() && t.input_shape != student.input_shape;
+        if t.inputs() != student.inputs() || shape_differs {
+            anyhow::bail!(
+                "--teacher: {} takes inputs of shape {:?} ({} values), the student {:?} ({} values)",
+                p.display(),
+                t.input_shape,
+                t.inputs(),
+                student.input_shape,
+                student.inputs()
+            );
+        }
+        if t.classes() != student.classes() {
+            anyhow::bail!(
+                "--teacher: {} has {} classes, the student {}",
+                p.display(),
+                t.classes(),
+                student.classes()
+            );
+        }
+        log::info!(
+            "teacher {}: {} ({} parameters)",
+            p.display(),
+            join_sizes(&t.sizes()),
+            t.sizes().windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>()
+        );
+    }
+    let mut out = Distillation {
+        teachers: teachers.into_iter().map(|(_, t)| t).collect(),
+        temperature: d.temperature,
+        alpha: d.alpha,
+        cached: None,
+    };
+    if let Some(path) = &d.cache {
+        if shift > 0 {
+            anyhow::bail!(
+                "--teacher-cache holds the teachers' probabilities of the unshifted images; it cannot be used with --shift"
+            );
+        }
+        let probs = teacher_cache(path, &out, d.weights.as_deref().unwrap_or_default(), data)?;
+        out.cached = Some(Arc::new(probs));
+        // The steps read the cache; the teachers need not be on the device.
+        out.teachers.clear();
+    }
+    out.check(student.inputs(), student.classes()).map_err(flagged)?;
+    log::info!(
+        "distillation: {} teacher(s), temperature {}, alpha {}",
+        out.teachers.len(),
+        out.temperature,
+        out.alpha
+    );
+    Ok(out)
+}
+
+/// FNV-1a (64-bit) over every teacher's widths, preprocessing, weights and
+/// biases, in hex.
+fn teachers_hash(teachers: &[(PathBuf, Mlp)]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |word: u32| {
+        for b in word.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (_, t) in teachers {
+        for s in t.sizes() {
+            eat(s as u32);
+        }
+        eat(t.preprocess.scale.to_bits());
+        eat(t.preprocess.offset.to_bits());
+        for l in &t.layers {
+            l.weight.iter().chain(&l.bias).for_each(|v| eat(v.to_bits()));
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// The first line of a `--teacher-cache` file; a JSON header line and the
+/// probabilities (f32, little-endian, `[rows, classes]`) follow.
+const CACHE_MAGIC: &[u8] = b"wgtrain-teacher-probabilities\n";
+
+/// What a `--teacher-cache` file was made from.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct CacheHeader {
+    /// The teachers' weights ([`teachers_hash`]).
+    teachers: String,
+    /// The temperature, as f32 bits.
+    temperature_bits: u32,
+    /// The training split's features and labels (`checkpoint::hash_bytes`).
+    train: String,
+    rows: usize,
+    classes: usize,
+}
+
+/// The teachers' probabilities at the temperature of every training
+/// example: read from `path` when it was made from these teachers, data and
+/// temperature (else refused), or computed on the CPU and written there.
+fn teacher_cache(path: &Path, d: &Distillation, teachers: &str, data: &Dataset) -> Result<Vec<f32>> {
+    let classes = d.teachers.first().map_or(0, |t| t.classes());
+    let mut train = bytemuck::cast_slice::<f32, u8>(&data.train.features).to_vec();
+    train.extend(data.train.labels.iter().flat_map(|l| l.to_le_bytes()));
+    let want = CacheHeader {
+        teachers: teachers.to_string(),
+        temperature_bits: d.temperature.to_bits(),
+        train: format!("{:016x}", checkpoint::hash_bytes(13, &train)),
+        rows: data.train.len(),
+        classes,
+    };
+    let bad = |why: &str| anyhow::anyhow!("--teacher-cache {}: {why}", path.display());
+    if path.exists() {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("--teacher-cache {}: cannot read it", path.display()))?;
+        let rest = bytes
+            .strip_prefix(CACHE_MAGIC)
+            .ok_or_else(|| bad("not a teacher-probabilities file"))?;
+        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header"))?;
+        let got: CacheHeader = serde_json::from_slice(&rest[..end]).map_err(|e| bad(&format!("bad header: {e}")))?;
+        if got != want {
+            return Err(bad(
+                "it was made from other teachers, data or temperature; delete it or name another file",
+            ));
+        }
+        let body = &rest[end + 1..];
+        if body.len() != 4 * want.rows * want.classes {
+            return Err(bad("truncated"));
+        }
+        let probs: Vec<f32> = body
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if probs.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            return Err(bad("holds values that are not probabilities"));
+        }
+        log::info!(
+            "--teacher-cache: reusing the teachers' probabilities in {}",
+            path.display()
+        );
+        return Ok(probs);
+    }
+    let t0 = std::time::Instant::now();
+    let probs = wgtrain::cpu::teacher_probabilities(&d.teachers, &data.train.features, d.temperature);
+    let mut bytes = CACHE_MAGIC.to_vec();
+    bytes.extend(serde_json::to_vec(&want)?);
+    bytes.push(b'\n');
+    bytes.extend(probs.iter().flat_map(|p| p.to_le_bytes()));
+    wgtrain::model::write_atomic(path, &bytes)
+        .with_context(|| format!("--teacher-cache {}: cannot write it", path.display()))?;
+    log::info!(
+        "--teacher-cache: the teachers' probabilities of {} training examples written to {} in {:.1} s",
+        want.rows,
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(probs)
 }

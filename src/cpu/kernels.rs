@@ -408,6 +408,142 @@ pub fn softmax_xent_part(
     (loss, correct)
 }
 
+/// The scalars of the distillation loss at temperature `T` with weight
+/// `alpha` on the soft targets, label smoothing `s`, over a batch of `rows`
+/// rows of `classes` classes, in f32 as both soft-target kernels use them
+/// (the GPU's host computes them with this function, so the two round
+/// alike).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SoftTarget {
+    /// `1 / T`.
+    pub inv_t: f32,
+    /// `1 - alpha`: the weight of the hard (label) loss.
+    pub hard: f32,
+    /// `alpha * T^2`: the weight of the KL term in the loss.
+    pub kl: f32,
+    /// `(1 - alpha) / rows`: the hard part's gradient scale.
+    pub hard_grad: f32,
+    /// `alpha * T / rows`: the soft part's gradient scale.
+    pub soft_grad: f32,
+    /// The label smoothing of the hard part.
+    pub smoothing: Smoothing,
+}
+
+impl SoftTarget {
+    pub fn new(temperature: f32, alpha: f32, smoothing: f32, rows: usize, classes: usize) -> Self {
+        let inv = 1.0 / rows.max(1) as f32;
+        let hard = 1.0 - alpha;
+        SoftTarget {
+            inv_t: 1.0 / temperature,
+            hard,
+            kl: alpha * temperature * temperature,
+            hard_grad: hard * inv,
+            soft_grad: alpha * temperature * inv,
+            smoothing: Smoothing::new(smoothing, 1, classes),
+        }
+    }
+}
+
+/// The teachers' soft targets: `probs = weight * softmax(logits / T)` per
+/// row of `classes` logits (`inv_t = 1 / T`), added to `probs` when
+/// `accumulate`, so that `K` teachers at weight `1 / K` give the mean of
+/// their softened probabilities.
+pub fn soft_targets(
+    logits: &[f32],
+    probs: &mut [f32],
+    rows: usize,
+    classes: usize,
+    inv_t: f32,
+    weight: f32,
+    accumulate: bool,
+) {
+    for r in 0..rows {
+        let z = &logits[r * classes..(r + 1) * classes];
+        let p = &mut probs[r * classes..(r + 1) * classes];
+        let (_, max) = argmax(z);
+        let mut sum = 0.0f32;
+        for &v in z {
+            sum += ((v - max) * inv_t).exp();
+        }
+        let s = weight / sum;
+        for (pj, &v) in p.iter_mut().zip(z) {
+            let q = ((v - max) * inv_t).exp() * s;
+            *pj = if accumulate { *pj + q } else { q };
+        }
+    }
+}
+
+/// The distillation loss of Hinton et al. (2015), forward and backward in
+/// one pass, over `rows` rows of `classes` student logits `z` with the
+/// teachers' probabilities at temperature `T` in `probs` and the labels:
+/// per row `(1 - alpha) CE(q, softmax(z)) + alpha T^2 KL(p || softmax(z /
+/// T))`, where `q` is the (optionally smoothed, as [`softmax_xent`]) label
+/// target. Writes `dlogits = ((1 - alpha)(softmax(z) - q) + alpha T
+/// (softmax(z / T) - p)) / rows`, the gradient of the batch's mean loss,
+/// and returns the summed loss and the number of rows whose arg-max is the
+/// label. With `alpha = 0` and no smoothing, the gradient and loss are
+/// [`softmax_xent`]'s bit for bit (the soft terms add zeros).
+#[allow(clippy::too_many_arguments)]
+pub fn soft_target_xent(
+    logits: &[f32],
+    probs: &[f32],
+    labels: &[u32],
+    dlogits: &mut [f32],
+    rows: usize,
+    classes: usize,
+    k: &SoftTarget,
+) -> (f64, u32) {
+    let sm = k.smoothing;
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    for r in 0..rows {
+        let z = &logits[r * classes..(r + 1) * classes];
+        let p = &probs[r * classes..(r + 1) * classes];
+        let d = &mut dlogits[r * classes..(r + 1) * classes];
+        let label = labels[r] as usize;
+        let (best, max) = argmax(z);
+        let mut sum = 0.0f32;
+        let mut sum_t = 0.0f32;
+        let mut zsum = 0.0f32;
+        for &v in z {
+            sum += (v - max).exp();
+            sum_t += ((v - max) * k.inv_t).exp();
+            zsum += v - max;
+        }
+        let lse = sum.ln();
+        let lse_t = sum_t.ln();
+        // KL(p || s_T) = sum_j p_j (log p_j - log s_T,j), 0 log 0 = 0.
+        let mut kl = 0.0f32;
+        for (&pj, &v) in p.iter().zip(z) {
+            if pj > 0.0 {
+                kl += pj * (pj.ln() - ((v - max) * k.inv_t - lse_t));
+            }
+        }
+        let nll = lse - (z[label] - max);
+        let hard = if sm.s == 0.0 {
+            nll
+        } else {
+            sm.keep * nll + (sm.s * lse - sm.per_class * zsum)
+        };
+        loss += (k.hard * hard + k.kl * kl) as f64;
+        let hs = k.hard_grad / sum;
+        let ss = k.soft_grad / sum_t;
+        let d_class = sm.per_class * k.hard_grad;
+        for (j, (dj, (&v, &pj))) in d.iter_mut().zip(z.iter().zip(p)).enumerate() {
+            let mut h = (v - max).exp() * hs;
+            if sm.s != 0.0 {
+                h -= d_class;
+            }
+            if j == label {
+                h -= sm.keep * k.hard_grad;
+            }
+            *dj = h + (((v - max) * k.inv_t).exp() * ss - pj * k.soft_grad);
+        }
+        correct += (best == label) as u32;
+    }
+    (loss, correct)
+}
+
 /// Per-row loss and arg-max of softmax cross-entropy, without gradients
 /// (evaluation). Returns the summed loss.
 pub fn softmax_xent_eval(logits: &[f32], labels: &[u32], predictions: &mut [u32], rows: usize, classes: usize) -> f64 {

@@ -9,10 +9,10 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::backend::{
-    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions, Replica,
-    SplitKind, StepStats, TrainSpec,
+    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, Distillation, LayerSlots,
+    Predictions, Replica, SplitKind, StepStats, TrainSpec,
 };
-use crate::data::Dataset;
+use crate::data::{Dataset, Preprocess};
 use crate::error::{Error, Result};
 use crate::model::Mlp;
 use crate::optim::draw::{dropout_stream, Dropout, Key, Shift, SHIFT_STREAM};
@@ -61,6 +61,52 @@ pub struct CpuBackend {
     dropout: Option<Dropout>,
     /// Random translation of the training images.
     shift: Option<Shift>,
+    /// The teachers when the student trains by distillation.
+    distill: Option<CpuDistill>,
+}
+
+/// The teachers of a distilling backend and their buffers.
+struct CpuDistill {
+    teachers: Vec<Mlp>,
+    /// Per teacher, its own preprocessed input batch when its
+    /// preprocessing differs from the student's (else it reads the
+    /// student's `acts[0]`).
+    inputs: Vec<Option<Vec<f32>>>,
+    /// Per teacher, the output of each layer (the logits last).
+    acts: Vec<Vec<Vec<f32>>>,
+    /// The mean of the teachers' probabilities at the temperature.
+    probs: Vec<f32>,
+    temperature: f32,
+    alpha: f32,
+    /// Every training example's probabilities, read instead of running
+    /// the teachers.
+    cached: Option<Arc<Vec<f32>>>,
+    /// Where the step's batch starts in the epoch's order.
+    start: usize,
+}
+
+/// Where a training batch's raw rows come from, and the shift drawn for
+/// its step.
+struct Source<'a> {
+    features: &'a [f32],
+    /// The features as bytes, when they all fit one.
+    bytes: Option<&'a [u8]>,
+    shift: Option<&'a Shift>,
+    key: Key,
+}
+
+impl Source<'_> {
+    /// Rows `idx`, shifted when there is a shift, preprocessed by `p`, into `x`.
+    fn gather(&self, idx: &[u32], dim: usize, p: Preprocess, x: &mut [f32]) {
+        match (self.shift, self.bytes) {
+            (Some(sh), Some(b)) => kernels::gather_rows_shifted(b, idx, dim, p.scale, p.offset, x, sh, self.key),
+            (Some(sh), None) => {
+                kernels::gather_rows_shifted(self.features, idx, dim, p.scale, p.offset, x, sh, self.key)
+            }
+            (None, Some(b)) => kernels::gather_rows_u8(b, idx, dim, p.scale, p.offset, x),
+            (None, None) => kernels::gather_rows(self.features, idx, dim, p.scale, p.offset, x),
+        }
+    }
 }
 
 impl CpuBackend {
@@ -114,6 +160,7 @@ impl CpuBackend {
             seed: spec.seed,
             dropout: Dropout::new(regular.dropout),
             shift,
+            distill: None,
         })
     }
 
@@ -127,7 +174,9 @@ impl CpuBackend {
     }
 
     /// Gather batch `index` of the epoch into `acts[0]` (preprocessed) and
-    /// its labels into `labels`; returns its rows.
+    /// its labels into `labels`; returns its rows. A distilling backend
+    /// also gathers the same (shifted) rows for each teacher whose
+    /// preprocessing differs from the student's.
     fn load_batch(&mut self, index: usize) -> usize {
         let rows = self.batch_rows(index);
         self.load_rows(index, 0..rows)
@@ -146,33 +195,73 @@ impl CpuBackend {
         let rows = part.len();
         let idx = &self.order[start..start + rows];
         let dim = self.model.inputs();
-        let p = self.model.preprocess;
-        if let Some(shift) = &self.shift {
-            let key = Key::new(self.seed, self.draw_step(), SHIFT_STREAM).rows_from(part.start as u32);
-            let x = &mut self.acts[0];
-            match &self.train_u8 {
-                Some(bytes) => kernels::gather_rows_shifted(bytes, idx, dim, p.scale, p.offset, x, shift, key),
-                None => {
-                    kernels::gather_rows_shifted(&self.data.train.features, idx, dim, p.scale, p.offset, x, shift, key)
+        let key = Key::new(self.seed, self.draw_step(), SHIFT_STREAM).rows_from(part.start as u32);
+        let source = Source {
+            features: &self.data.train.features,
+            bytes: self.train_u8.as_deref(),
+            shift: self.shift.as_ref(),
+            key,
+        };
+        source.gather(idx, dim, self.model.preprocess, &mut self.acts[0]);
+        if let Some(d) = &mut self.distill {
+            d.start = start;
+            for (t, input) in d.teachers.iter().zip(&mut d.inputs) {
+                if let Some(x) = input {
+                    source.gather(idx, dim, t.preprocess, x);
                 }
-            }
-        } else {
-            match &self.train_u8 {
-                Some(bytes) => kernels::gather_rows_u8(bytes, idx, dim, p.scale, p.offset, &mut self.acts[0]),
-                None => kernels::gather_rows(
-                    &self.data.train.features,
-                    idx,
-                    dim,
-                    p.scale,
-                    p.offset,
-                    &mut self.acts[0],
-                ),
             }
         }
         for (r, &i) in idx.iter().enumerate() {
             self.labels[r] = self.data.train.labels[i as usize];
         }
         rows
+    }
+
+    /// The training loss of the batch in `acts` and its gradient with
+    /// respect to the logits into the last `grads`: softmax cross-entropy,
+    /// or with teachers the distillation loss, after their forward passes.
+    fn loss(&mut self, rows: usize) -> (f64, u32) {
+        let nl = self.model.layers.len();
+        let classes = self.model.classes();
+        let Some(d) = &mut self.distill else {
+            return kernels::softmax_xent(
+                &self.acts[nl],
+                &self.labels,
+                &mut self.grads[nl],
+                rows,
+                classes,
+                self.smoothing,
+            );
+        };
+        let k = kernels::SoftTarget::new(d.temperature, d.alpha, self.smoothing, rows, classes);
+        if let Some(c) = &d.cached {
+            let idx = &self.order[d.start..d.start + rows];
+            for (row, &i) in d.probs.chunks_exact_mut(classes).zip(idx) {
+                let i = i as usize;
+                row.copy_from_slice(&c[i * classes..(i + 1) * classes]);
+            }
+        }
+        let weight = 1.0 / d.teachers.len().max(1) as f32;
+        let teachers = if d.cached.is_some() {
+            &d.teachers[..0]
+        } else {
+            &d.teachers[..]
+        };
+        for (i, t) in teachers.iter().enumerate() {
+            let x = d.inputs[i].as_deref().unwrap_or(&self.acts[0]);
+            forward_from(t, x, &mut d.acts[i], rows);
+            let z = d.acts[i].last().map(Vec::as_slice).unwrap_or_default();
+            kernels::soft_targets(z, &mut d.probs, rows, classes, k.inv_t, weight, i > 0);
+        }
+        kernels::soft_target_xent(
+            &self.acts[nl],
+            &d.probs,
+            &self.labels,
+            &mut self.grads[nl],
+            rows,
+            classes,
+            &k,
+        )
     }
 
     /// The gradient of batch `index`'s mean loss with respect to every
@@ -189,15 +278,7 @@ impl CpuBackend {
         let rows = self.load_batch(index);
         self.forward_train(rows);
         let nl = self.model.layers.len();
-        let classes = self.model.classes();
-        kernels::softmax_xent(
-            &self.acts[nl],
-            &self.labels,
-            &mut self.grads[nl],
-            rows,
-            classes,
-            self.smoothing,
-        );
+        self.loss(rows);
         let mut out = Vec::with_capacity(nl);
         for l in (0..nl).rev() {
             let layer = &self.model.layers[l];
@@ -266,15 +347,7 @@ impl CpuBackend {
         let rows = self.load_batch(index);
         self.forward_train(rows);
         let nl = self.model.layers.len();
-        let classes = self.model.classes();
-        let (loss, correct) = kernels::softmax_xent(
-            &self.acts[nl],
-            &self.labels,
-            &mut self.grads[nl],
-            rows,
-            classes,
-            self.smoothing,
-        );
+        let (loss, correct) = self.loss(rows);
         for l in (0..nl).rev() {
             let layer = &mut self.model.layers[l];
             let (lo, hi) = self.grads.split_at_mut(l + 1);
@@ -354,15 +427,21 @@ impl CpuBackend {
         if rows > 0 {
             self.forward_train_from(rows, row0);
             let classes = self.model.classes();
-            (loss, correct) = kernels::softmax_xent_part(
-                &self.acts[nl],
-                &self.labels,
-                &mut self.grads[nl],
-                rows,
-                classes,
-                self.smoothing,
-                of_rows,
-            );
+            (loss, correct) = if self.distill.is_some() {
+                // Only whole batches distill (`shard_gradients` refuses a
+                // distilling replica), so the loss divides by these rows.
+                self.loss(rows)
+            } else {
+                kernels::softmax_xent_part(
+                    &self.acts[nl],
+                    &self.labels,
+                    &mut self.grads[nl],
+                    rows,
+                    classes,
+                    self.smoothing,
+                    of_rows,
+                )
+            };
         }
         let mut end: usize = self.model.layers.iter().map(|l| l.weight.len() + l.bias.len()).sum();
         for l in (0..nl).rev() {
@@ -486,6 +565,11 @@ impl Replica for CpuBackend {
         check_steps(index, 1, steps_per_epoch(self.order.len(), self.batch))?;
         check_shard(&rows, self.batch_rows(index))?;
         self.check_packed(out.len())?;
+        if self.distill.is_some() {
+            return Err(Error::Config(
+                "distillation runs on one device; a data-parallel replica cannot distill".into(),
+            ));
+        }
         let (loss, correct) = self.on_team(|b| b.part_gradients(index, rows.clone(), Some(out)));
         self.stats.loss_sum += loss;
         self.stats.correct += correct as u64;
@@ -528,6 +612,26 @@ pub fn forward(model: &Mlp, acts: &mut [Vec<f32>], rows: usize) {
         let (lo, hi) = acts.split_at_mut(l + 1);
         kernels::linear_forward(
             &lo[l],
+            &layer.weight,
+            &layer.bias,
+            &mut hi[0],
+            rows,
+            layer.inputs,
+            layer.outputs,
+            l + 1 < nl,
+        );
+    }
+}
+
+/// Forward pass of `rows` preprocessed rows `x` through `model`, each
+/// layer's output into `outs[l]`.
+fn forward_from(model: &Mlp, x: &[f32], outs: &mut [Vec<f32>], rows: usize) {
+    let nl = model.layers.len();
+    for (l, layer) in model.layers.iter().enumerate() {
+        let (lo, hi) = outs.split_at_mut(l);
+        let input = if l == 0 { x } else { &lo[l - 1] };
+        kernels::linear_forward(
+            input,
             &layer.weight,
             &layer.bias,
             &mut hi[0],
@@ -646,6 +750,36 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn set_distillation(&mut self, distillation: Option<&Distillation>) -> Result<()> {
+        let Some(d) = distillation else {
+            self.distill = None;
+            return Ok(());
+        };
+        d.check(self.model.inputs(), self.model.classes())?;
+        d.check_cached(self.data.train.len(), self.model.classes(), self.shift.is_some())?;
+        let batch = self.batch;
+        let student = self.model.preprocess;
+        self.distill = Some(CpuDistill {
+            inputs: d
+                .teachers
+                .iter()
+                .map(|t| (t.preprocess != student).then(|| vec![0.0; batch * t.inputs()]))
+                .collect(),
+            acts: d
+                .teachers
+                .iter()
+                .map(|t| t.layers.iter().map(|l| vec![0.0; batch * l.outputs]).collect())
+                .collect(),
+            probs: vec![0.0; batch * self.model.classes()],
+            teachers: d.teachers.clone(),
+            temperature: d.temperature,
+            alpha: d.alpha,
+            cached: d.cached.clone(),
+            start: 0,
+        });
+        Ok(())
+    }
+
     fn restore(&mut self, state: &BackendState) -> Result<()> {
         state.check_fits(&self.model, &self.optimizer)?;
         for (layer, saved) in self.model.layers.iter_mut().zip(&state.model.layers) {
@@ -699,4 +833,33 @@ pub fn probabilities(model: &Mlp, features: &[f32]) -> Vec<f32> {
     let mut z = acts.pop().unwrap_or_default();
     kernels::softmax_rows(&mut z, model.classes());
     z
+}
+
+/// The mean of `teachers`' probabilities at `temperature` for raw (not
+/// preprocessed) rows `features`, each teacher applying its own
+/// preprocessing: `[rows, classes]`, as a distillation step computes them
+/// for its batch ([`kernels::soft_targets`]).
+pub fn teacher_probabilities(teachers: &[Mlp], features: &[f32], temperature: f32) -> Vec<f32> {
+    let Some(first) = teachers.first() else {
+        return Vec::new();
+    };
+    let (dim, classes) = (first.inputs(), first.classes());
+    let n = features.len() / dim.max(1);
+    let inv_t = kernels::SoftTarget::new(temperature, 0.0, 0.0, 1, classes).inv_t;
+    let weight = 1.0 / teachers.len() as f32;
+    let mut out = vec![0.0; n * classes];
+    let chunk = EVAL_CHUNK.min(n.max(1));
+    for (i, t) in teachers.iter().enumerate() {
+        let mut acts: Vec<Vec<f32>> = t.sizes().iter().map(|&s| vec![0.0; s * chunk]).collect();
+        for start in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - start);
+            t.preprocess
+                .apply_into(&features[start * dim..(start + rows) * dim], &mut acts[0]);
+            forward(t, &mut acts, rows);
+            let z = acts.last().map(Vec::as_slice).unwrap_or_default();
+            let p = &mut out[start * classes..(start + rows) * classes];
+            kernels::soft_targets(z, p, rows, classes, inv_t, weight, i > 0);
+        }
+    }
+    out
 }

@@ -9,8 +9,8 @@ use super::registry::Int8Path;
 use super::shaders;
 use super::tile::Tile;
 use super::uniforms::{
-    BiasParams, ClipParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftmaxParams, Stat,
-    StepParams,
+    BiasParams, ClipParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftTargetParams,
+    SoftmaxParams, Stat, StepParams,
 };
 
 /// A struct's layout: its size and `(name, offset, size)` per member.
@@ -142,6 +142,7 @@ fn uniform_structs_match_the_shaders() {
         .collect();
     let file = |name: &str, src: &str| (name.to_string(), src.to_string());
     let softmax = file("softmax_xent.wgsl", shaders::SOFTMAX_XENT);
+    let soft = file("soft_target_xent.wgsl", shaders::SOFT_TARGET_XENT);
     let bias = file("bias_update.wgsl", shaders::BIAS_UPDATE);
     let mask = file("apply_mask.wgsl", shaders::APPLY_MASK);
     let quant = file("quantize_rows_i8.wgsl", shaders::QUANTIZE_ROWS_I8);
@@ -172,6 +173,30 @@ fn uniform_structs_match_the_shaders() {
         "Softmax",
     ));
     cases.push((host_layout!(Stat { loss, correct }), &softmax, "Stat"));
+    cases.push((
+        host_layout!(SoftTargetParams {
+            rows,
+            classes,
+            accumulate,
+            weight,
+            inv_t,
+            hard,
+            kl,
+            hard_grad,
+            soft_grad,
+            smoothing,
+            keep,
+            per_class,
+            gather_probs,
+            pad0,
+            pad1,
+            pad2
+        }),
+        &soft,
+        "SoftTarget",
+    ));
+    cases.push((host_layout!(Stat { loss, correct }), &soft, "Stat"));
+    cases.push((step(), &soft, "Step"));
     cases.push((step(), &softmax, "Step"));
     cases.push((
         host_layout!(BiasParams {

@@ -655,6 +655,103 @@ pub fn softmax_xent(
     Ok((bytemuck::pod_collect_to_vec(&bytes[0]), s.loss as f64, s.correct))
 }
 
+/// Twin of [`crate::cpu::kernels::soft_targets`]: `weight * softmax(logits
+/// / T)` per row, added to `probs` when `accumulate` (else `probs` is only
+/// its shape and the output is poisoned first).
+#[allow(clippy::too_many_arguments)]
+pub fn soft_targets(
+    ctx: &GpuContext,
+    logits: &[f32],
+    probs: &[f32],
+    rows: usize,
+    classes: usize,
+    temperature: f32,
+    weight: f32,
+    accumulate: bool,
+) -> Result<Vec<f32>, GpuError> {
+    check_len("logits", logits.len(), rows * classes)?;
+    check_len("probs", probs.len(), rows * classes)?;
+    let zb = upload_f32(ctx, "teacher logits", logits)?;
+    let pb = match accumulate {
+        true => upload_f32(ctx, "probs", probs)?,
+        false => poisoned(ctx, "probs", rows * classes)?,
+    };
+    let step = step_buffer(ctx, 0.0)?;
+    let disp = softmax::soft_targets(
+        ctx,
+        "soft_targets",
+        rows,
+        classes,
+        temperature,
+        weight,
+        accumulate,
+        &zb,
+        &pb,
+        &step,
+    )?;
+    run(ctx, &[&disp]);
+    ctx.dev.read_f32(&pb, rows * classes)
+}
+
+/// Twin of [`crate::cpu::kernels::soft_target_xent`]: the distillation
+/// loss's gradient with respect to the student's logits, the summed loss,
+/// and the number of rows whose arg-max is the label. With `index`, row
+/// `r`'s label and probabilities are row `index[r]` of `labels` and
+/// `probs` (tables of every example's, as a step reads cached ones); the
+/// twin is then those rows gathered first.
+#[allow(clippy::too_many_arguments)]
+pub fn soft_target_xent(
+    ctx: &GpuContext,
+    logits: &[f32],
+    probs: &[f32],
+    labels: &[u32],
+    rows: usize,
+    classes: usize,
+    k: &crate::cpu::kernels::SoftTarget,
+    index: Option<&[u32]>,
+) -> Result<(Vec<f32>, f64, u32), GpuError> {
+    check_len("logits", logits.len(), rows * classes)?;
+    let identity: Vec<u32> = (0..rows as u32).collect();
+    let idx = index.unwrap_or(&identity);
+    check_len("index", idx.len(), rows)?;
+    let table = labels.len();
+    if let Some(&bad) = idx[..rows].iter().find(|&&i| i as usize >= table) {
+        return Err(GpuError::InvalidArgument(format!(
+            "index {bad} is not below {table} rows"
+        )));
+    }
+    check_len("probs", probs.len(), table * classes)?;
+    check_labels(labels, table, classes)?;
+    let zb = upload_f32(ctx, "logits", logits)?;
+    let pb = upload_f32(ctx, "probs", probs)?;
+    let lb = upload_u32(ctx, "labels", labels)?;
+    let ib = upload_u32(ctx, "index", idx)?;
+    let d = poisoned(ctx, "dlogits", rows * classes)?;
+    let stats = poisoned_stat(ctx)?;
+    let step = step_buffer(ctx, 0.0)?;
+    let disp = softmax::soft_target_xent(
+        ctx,
+        "soft_target_xent",
+        rows,
+        classes,
+        k,
+        index.is_some(),
+        &zb,
+        &pb,
+        &lb,
+        &ib,
+        &d,
+        &stats,
+        &step,
+    )?;
+    run(ctx, &[&disp]);
+    let bytes = ctx
+        .dev
+        .read_back(None, &[(&d, 0, 4 * (rows * classes) as u64), (&stats, 0, STAT_BYTES)])?;
+    let s: Stat = bytemuck::pod_read_unaligned(&bytes[1]);
+    Ok((bytemuck::pod_collect_to_vec(&bytes[0]), s.loss as f64, s.correct))
+}
+
 /// Twin of [`crate::cpu::kernels::clip_coef`]: the global L2 norm of
 /// `tensors` and the clipping coefficient for `max_norm`, through
 /// grad_sq_partial (one dispatch per pair of tensors, as a step runs one

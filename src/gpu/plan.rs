@@ -12,6 +12,11 @@
 //! weight_update    x L      (with bias_update fused in; apply_mask after each when pruning)
 //! ```
 //!
+//! A distilling step puts each teacher's `linear_forward`s and one
+//! `soft_targets` in front of the loss, and `soft_target_xent` in place of
+//! `softmax_xent`: `3L + K (L_t + 1)` dispatches for `K` teachers of `L_t`
+//! layers.
+//!
 //! An unfused optimizer (momentum, weight decay, Adam, AdamW) replaces each
 //! weight_update by the same kernel writing the gradient into a buffer
 //! (FLAG_GRAD, the bias gradient as its extra column) and two elementwise
@@ -36,8 +41,9 @@ use super::dispatch::Dispatch;
 use super::gemm::{DataSource, Gemm, LayerDropout, Operand};
 use super::optim::{optim_update, LayerOptim};
 use super::resident::ResidentSplit;
-use super::softmax::{softmax_xent, softmax_xent_eval, softmax_xent_part};
+use super::softmax::{soft_target_xent, soft_targets, softmax_xent, softmax_xent_eval, softmax_xent_part};
 use super::vector::apply_mask;
+use crate::cpu::kernels::SoftTarget;
 use crate::data::Preprocess;
 use crate::error::GpuError;
 use crate::optim::draw::{dropout_stream, Dropout};
@@ -77,6 +83,34 @@ pub(crate) struct Buffers<'a> {
     pub smoothing: f32,
     /// Gradient clipping's buffers (needs `optim`); `None`: no clipping.
     pub clip: Option<&'a ClipBuffers>,
+    /// The teachers when the student trains by distillation.
+    pub distill: Option<&'a GpuDistill>,
+}
+
+/// A teacher resident on the GPU: its weights and the activations of a
+/// training batch.
+pub(crate) struct GpuTeacher {
+    /// Layer widths, inputs first.
+    pub sizes: Vec<usize>,
+    /// `(weight, bias)` per layer.
+    pub params: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+    /// `acts[l]`: the output of layer `l` for a batch (the logits last).
+    pub acts: Vec<wgpu::Buffer>,
+    /// Its own preprocessing of the raw input.
+    pub preprocess: Preprocess,
+}
+
+/// Distillation's buffers: the teachers and the mean of their
+/// probabilities at the temperature.
+pub(crate) struct GpuDistill {
+    pub teachers: Vec<GpuTeacher>,
+    /// `[batch, classes]`.
+    pub probs: wgpu::Buffer,
+    /// Every training example's probabilities (`[n_train, classes]`), read
+    /// through the permutation instead of running the teachers.
+    pub cached: Option<wgpu::Buffer>,
+    pub temperature: f32,
+    pub alpha: f32,
 }
 
 /// Dropout of a hidden layer of a training step, keyed by the run's seed.
@@ -133,19 +167,22 @@ pub(crate) fn train_step(
     let nl = sizes.len() - 1;
     let tag = format!("train step ({rows} rows)");
     let mut plan = forward(ctx, bufs, input, rows, &tag, dropout)?;
-    plan.push(softmax_xent(
-        ctx,
-        &format!("{tag} softmax_xent"),
-        rows,
-        sizes[nl],
-        bufs.smoothing,
-        &bufs.acts[nl - 1],
-        &train.labels,
-        input.index,
-        &bufs.grads[nl - 1],
-        stats,
-        bufs.step,
-    )?);
+    match bufs.distill {
+        None => plan.push(softmax_xent(
+            ctx,
+            &format!("{tag} softmax_xent"),
+            rows,
+            sizes[nl],
+            bufs.smoothing,
+            &bufs.acts[nl - 1],
+            &train.labels,
+            input.index,
+            &bufs.grads[nl - 1],
+            stats,
+            bufs.step,
+        )?),
+        Some(d) => push_distill_loss(ctx, bufs, d, input, train, stats, rows, &tag, &mut plan)?,
+    }
     if bufs.clip.is_some() && bufs.optim.is_none() {
         return Err(GpuError::Other(
             "a clipped step needs the gradient buffers of the unfused path".into(),
@@ -323,6 +360,87 @@ pub(crate) fn shard_update(ctx: &GpuContext, bufs: &Buffers) -> Result<Vec<Dispa
         }
     }
     Ok(plan)
+}
+
+/// The distillation loss of a training step: each teacher's forward pass
+/// on the step's batch (the student's gathered and shifted rows, with the
+/// teacher's own preprocessing, no dropout) and its soft targets into
+/// `d.probs`, then soft_target_xent on the student's logits.
+#[allow(clippy::too_many_arguments)]
+fn push_distill_loss(
+    ctx: &GpuContext,
+    bufs: &Buffers,
+    d: &GpuDistill,
+    input: DataSource,
+    train: &ResidentSplit,
+    stats: &wgpu::Buffer,
+    rows: usize,
+    tag: &str,
+    plan: &mut Vec<Dispatch>,
+) -> Result<(), GpuError> {
+    let sizes = bufs.sizes;
+    let nl = sizes.len() - 1;
+    let classes = sizes[nl];
+    let weight = 1.0 / d.teachers.len().max(1) as f32;
+    let teachers = if d.cached.is_some() {
+        &d.teachers[..0]
+    } else {
+        &d.teachers[..]
+    };
+    for (i, t) in teachers.iter().enumerate() {
+        let tin = DataSource {
+            scale: t.preprocess.scale,
+            offset: t.preprocess.offset,
+            ..input
+        };
+        let tb = Buffers {
+            sizes: &t.sizes,
+            params: &t.params,
+            acts: &t.acts,
+            grads: &[],
+            masks: None,
+            step: bufs.step,
+            optim: None,
+            smoothing: 0.0,
+            clip: None,
+            distill: None,
+        };
+        let ttag = format!("{tag} teacher {}", i + 1);
+        plan.extend(forward(ctx, &tb, tin, rows, &ttag, None)?);
+        let logits = t
+            .acts
+            .last()
+            .ok_or_else(|| GpuError::Other(format!("{ttag}: a teacher without layers")))?;
+        plan.push(soft_targets(
+            ctx,
+            &format!("{ttag} soft_targets"),
+            rows,
+            classes,
+            d.temperature,
+            weight,
+            i > 0,
+            logits,
+            &d.probs,
+            bufs.step,
+        )?);
+    }
+    let k = SoftTarget::new(d.temperature, d.alpha, bufs.smoothing, rows, classes);
+    plan.push(soft_target_xent(
+        ctx,
+        &format!("{tag} soft_target_xent"),
+        rows,
+        classes,
+        &k,
+        d.cached.is_some(),
+        &bufs.acts[nl - 1],
+        d.cached.as_ref().unwrap_or(&d.probs),
+        &train.labels,
+        input.index,
+        &bufs.grads[nl - 1],
+        stats,
+        bufs.step,
+    )?);
+    Ok(())
 }
 
 /// Layer `l`'s two elementwise updates (weight, then bias) from the

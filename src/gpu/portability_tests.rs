@@ -46,6 +46,7 @@ fn every_module() -> Vec<(String, String)> {
     }
     for (name, src) in [
         ("softmax_xent.wgsl", shaders::SOFTMAX_XENT),
+        ("soft_target_xent.wgsl", shaders::SOFT_TARGET_XENT),
         ("bias_update.wgsl", shaders::BIAS_UPDATE),
         ("apply_mask.wgsl", shaders::APPLY_MASK),
         ("optim_update.wgsl", shaders::OPTIM_UPDATE),

@@ -15,8 +15,8 @@ use super::device::{need, GpuDevice};
 use super::shaders;
 use super::tile::Tile;
 use super::uniforms::{
-    BiasParams, ClipParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftmaxParams,
-    STAT_BYTES, STEP_BYTES,
+    BiasParams, ClipParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftTargetParams,
+    SoftmaxParams, STAT_BYTES, STEP_BYTES,
 };
 use crate::error::GpuError;
 
@@ -81,6 +81,8 @@ pub(crate) enum Kernel {
     Gemm(GemmKernel, Tile),
     SoftmaxXent,
     SoftmaxXentEval,
+    SoftTargets,
+    SoftTargetXent,
     BiasUpdate,
     ApplyMask,
     SgdMomentumUpdate,
@@ -98,6 +100,8 @@ impl Kernel {
             Kernel::Gemm(g, _) => g.name(),
             Kernel::SoftmaxXent => "softmax_xent",
             Kernel::SoftmaxXentEval => "softmax_xent_eval",
+            Kernel::SoftTargets => "soft_targets",
+            Kernel::SoftTargetXent => "soft_target_xent",
             Kernel::BiasUpdate => "bias_update",
             Kernel::ApplyMask => "apply_mask",
             Kernel::SgdMomentumUpdate => "sgd_momentum_update",
@@ -123,6 +127,7 @@ impl Kernel {
         match self {
             Kernel::Gemm(..) => Family::Gemm,
             Kernel::SoftmaxXent | Kernel::SoftmaxXentEval => Family::Softmax,
+            Kernel::SoftTargets | Kernel::SoftTargetXent => Family::SoftTarget,
             Kernel::BiasUpdate | Kernel::ApplyMask => Family::Vector,
             Kernel::SgdMomentumUpdate | Kernel::AdamUpdate => Family::Optim,
             Kernel::GradSqPartial | Kernel::ClipCoef => Family::Clip,
@@ -137,6 +142,8 @@ impl Kernel {
             Kernel::Gemm(..)
             | Kernel::SoftmaxXent
             | Kernel::SoftmaxXentEval
+            | Kernel::SoftTargets
+            | Kernel::SoftTargetXent
             | Kernel::BiasUpdate
             | Kernel::ApplyMask
             | Kernel::SgdMomentumUpdate
@@ -157,6 +164,9 @@ pub(crate) enum Family {
     /// softmax_xent.wgsl: params, step, logits, labels, index, dlogits,
     /// predictions, stats.
     Softmax,
+    /// soft_target_xent.wgsl: params, step, logits, labels, index, probs,
+    /// dlogits, stats.
+    SoftTarget,
     /// bias_update.wgsl and apply_mask.wgsl: params, step, one read-only
     /// vector, one written in place.
     Vector,
@@ -176,13 +186,17 @@ impl Family {
     /// Whether binding 1 is the per-step uniform ([`super::uniforms::StepParams`]),
     /// bound at a dynamic offset.
     pub(crate) fn has_step(self) -> bool {
-        matches!(self, Family::Gemm | Family::Softmax | Family::Vector | Family::Optim)
+        matches!(
+            self,
+            Family::Gemm | Family::Softmax | Family::SoftTarget | Family::Vector | Family::Optim
+        )
     }
 
     fn name(self) -> &'static str {
         match self {
             Family::Gemm => "matmul",
             Family::Softmax => "softmax_xent",
+            Family::SoftTarget => "soft_target_xent",
             Family::Vector => "bias_update and apply_mask",
             Family::Optim => "optim_update",
             Family::Clip => "clip_grad_norm",
@@ -213,6 +227,16 @@ impl Family {
             ],
             Family::Softmax => vec![
                 params(std::mem::size_of::<SoftmaxParams>()),
+                step,
+                ro(2),
+                ro(3),
+                ro(4),
+                rw(5),
+                rw(6),
+                storage_entry(7, false, STAT_BYTES),
+            ],
+            Family::SoftTarget => vec![
+                params(std::mem::size_of::<SoftTargetParams>()),
                 step,
                 ro(2),
                 ro(3),
@@ -421,6 +445,11 @@ impl Registry {
                     "softmax_xent.wgsl",
                     shaders::SOFTMAX_XENT,
                     &[Kernel::SoftmaxXent, Kernel::SoftmaxXentEval],
+                );
+                add(
+                    "soft_target_xent.wgsl",
+                    shaders::SOFT_TARGET_XENT,
+                    &[Kernel::SoftTargets, Kernel::SoftTargetXent],
                 );
                 add("bias_update.wgsl", shaders::BIAS_UPDATE, &[Kernel::BiasUpdate]);
                 add("apply_mask.wgsl", shaders::APPLY_MASK, &[Kernel::ApplyMask]);

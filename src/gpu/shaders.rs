@@ -5,6 +5,7 @@
 use super::tile::Tile;
 
 pub(crate) const SOFTMAX_XENT: &str = include_str!("../../shaders/softmax_xent.wgsl");
+pub(crate) const SOFT_TARGET_XENT: &str = include_str!("../../shaders/soft_target_xent.wgsl");
 pub(crate) const BIAS_UPDATE: &str = include_str!("../../shaders/bias_update.wgsl");
 pub(crate) const APPLY_MASK: &str = include_str!("../../shaders/apply_mask.wgsl");
 pub(crate) const OPTIM_UPDATE: &str = include_str!("../../shaders/optim_update.wgsl");

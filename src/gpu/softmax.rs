@@ -1,14 +1,16 @@
 //! The loss kernels' calls: `softmax_xent` (training: the gradient of the
 //! batch's mean loss, with optional label smoothing, the batch's loss and correct count into a stats
 //! slot) and `softmax_xent_eval` (evaluation: each row's arg-max and the
-//! summed loss), twins of the functions of the same names in
+//! summed loss), and distillation's `soft_targets` (a teacher's
+//! probabilities at a temperature) and `soft_target_xent` (the
+//! distillation loss), twins of the functions of the same names in
 //! [`crate::cpu::kernels`].
 
 use super::context::GpuContext;
 use super::dispatch::{need_u32, Dispatch};
 use super::registry::Kernel;
-use super::uniforms::SoftmaxParams;
-use crate::cpu::kernels::Smoothing;
+use super::uniforms::{SoftTargetParams, SoftmaxParams};
+use crate::cpu::kernels::{Smoothing, SoftTarget};
 use crate::error::GpuError;
 
 /// A softmax_xent dispatch: `dlogits` from `rows` rows of `classes` logits,
@@ -163,6 +165,116 @@ fn build(
             (7, out.stats),
         ],
         // One workgroup reduces the whole batch (see softmax_xent.wgsl).
+        if rows == 0 { (0, 0) } else { (1, 1) },
+    )
+}
+
+/// A soft_targets dispatch: `probs` (+)= `weight` * softmax(`logits` / T)
+/// over `rows` rows of `classes` teacher logits (`accumulate`: add to
+/// `probs`, else overwrite it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn soft_targets(
+    ctx: &GpuContext,
+    label: &str,
+    rows: usize,
+    classes: usize,
+    temperature: f32,
+    weight: f32,
+    accumulate: bool,
+    logits: &wgpu::Buffer,
+    probs: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+) -> Result<Dispatch, GpuError> {
+    need_u32(
+        &format!("{label}: rows*classes elements"),
+        (rows as u64) * (classes as u64),
+    )?;
+    let k = SoftTarget::new(temperature, 0.0, 0.0, rows, classes);
+    let p = SoftTargetParams {
+        rows: rows as u32,
+        classes: classes as u32,
+        accumulate: accumulate as u32,
+        weight,
+        inv_t: k.inv_t,
+        ..Default::default()
+    };
+    let reg = &ctx.registry;
+    let groups = rows.div_ceil(256) as u32;
+    Dispatch::new(
+        ctx,
+        Kernel::SoftTargets,
+        label,
+        bytemuck::bytes_of(&p),
+        Some(step),
+        &[
+            (2, logits),
+            (3, &reg.unused_ro),
+            (4, &reg.unused_ro),
+            (5, probs),
+            (6, &reg.unused_rw),
+            (7, &reg.unused_rw),
+        ],
+        (groups, 1),
+    )
+}
+
+/// A soft_target_xent dispatch: `dlogits` and the batch's loss and correct
+/// count (into the step's stats slot) from `rows` rows of `classes`
+/// student logits and the teachers' `probs`, labels read through `index`
+/// (the permutation, at the step's offset), with the scalars of
+/// [`SoftTarget::new`]; with `gather_probs`, `probs` is a table of every
+/// training example's probabilities, read through `index` as the labels.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn soft_target_xent(
+    ctx: &GpuContext,
+    label: &str,
+    rows: usize,
+    classes: usize,
+    k: &SoftTarget,
+    gather_probs: bool,
+    logits: &wgpu::Buffer,
+    probs: &wgpu::Buffer,
+    labels: &wgpu::Buffer,
+    index: &wgpu::Buffer,
+    dlogits: &wgpu::Buffer,
+    stats: &wgpu::Buffer,
+    step: &wgpu::Buffer,
+) -> Result<Dispatch, GpuError> {
+    need_u32(
+        &format!("{label}: rows*classes elements"),
+        (rows as u64) * (classes as u64),
+    )?;
+    let p = SoftTargetParams {
+        rows: rows as u32,
+        classes: classes as u32,
+        accumulate: 0,
+        weight: 1.0,
+        inv_t: k.inv_t,
+        hard: k.hard,
+        kl: k.kl,
+        hard_grad: k.hard_grad,
+        soft_grad: k.soft_grad,
+        smoothing: k.smoothing.s,
+        keep: k.smoothing.keep,
+        per_class: k.smoothing.per_class,
+        gather_probs: gather_probs as u32,
+        ..Default::default()
+    };
+    Dispatch::new(
+        ctx,
+        Kernel::SoftTargetXent,
+        label,
+        bytemuck::bytes_of(&p),
+        Some(step),
+        &[
+            (2, logits),
+            (3, labels),
+            (4, index),
+            (5, probs),
+            (6, dlogits),
+            (7, stats),
+        ],
+        // One workgroup reduces the whole batch, as softmax_xent.
         if rows == 0 { (0, 0) } else { (1, 1) },
     )
 }

@@ -23,13 +23,15 @@ use super::clip::ClipBuffers;
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
 use super::optim::{self, LayerOptim};
-use super::plan::{shard_gradient, shard_update, train_step, Buffers, EvalPlan, OptimBuffers, Segments};
+use super::plan::{
+    shard_gradient, shard_update, train_step, Buffers, EvalPlan, GpuDistill, GpuTeacher, OptimBuffers, Segments,
+};
 use super::resident::ResidentSplit;
 use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
 use super::vector::apply_mask;
 use crate::backend::{
-    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, LayerSlots, Predictions,
-    Regularization, Replica, SplitKind, StepStats, TrainSpec,
+    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, Distillation, LayerSlots,
+    Predictions, Regularization, Replica, SplitKind, StepStats, TrainSpec,
 };
 use crate::cpu::optim::AdamScalars;
 use crate::data::{Dataset, Preprocess};
@@ -131,6 +133,8 @@ pub struct GpuBackend {
     updates: u64,
     /// Dropout and shifts of the training steps.
     draws: Draws,
+    /// The teachers when the student trains by distillation.
+    distill: Option<GpuDistill>,
     /// The plans and transfer buffers of a data-parallel replica, made on
     /// first use.
     replica: Option<ReplicaBuffers>,
@@ -325,6 +329,7 @@ impl GpuBackend {
             optim: None,
             smoothing: 0.0,
             clip: None,
+            distill: None,
         };
         let pre = model.preprocess;
         let eval_plan = |split: &ResidentSplit, name: &str| {
@@ -387,6 +392,7 @@ impl GpuBackend {
             updates: 0,
             draws,
             replica: None,
+            distill: None,
             ctx,
         };
         backend.build_train_plans()?;
@@ -413,6 +419,7 @@ impl GpuBackend {
             }),
             smoothing: self.smoothing,
             clip: self.clip.as_ref(),
+            distill: self.distill.as_ref(),
         };
         let mut input = self.train.source(&self.perm, true, self.preprocess);
         let Draws { seed, dropout, shift } = self.draws;
@@ -634,6 +641,7 @@ impl GpuBackend {
             }),
             smoothing: self.smoothing,
             clip: self.clip.as_ref(),
+            distill: self.distill.as_ref(),
         }
     }
 
@@ -672,6 +680,11 @@ impl Replica for GpuBackend {
         check_steps(index, 1, steps_per_epoch(self.n_train, self.batch))?;
         let of_rows = self.batch.min(self.n_train - index * self.batch);
         check_shard(&rows, of_rows)?;
+        if self.distill.is_some() {
+            return Err(Error::Config(
+                "distillation runs on one device; a data-parallel replica cannot distill".into(),
+            ));
+        }
         let len = self.gradient_len();
         if out.len() != len {
             return Err(Error::Config(format!(
@@ -873,6 +886,66 @@ impl Backend for GpuBackend {
     /// With masks, every step applies them after each layer's update (an
     /// `apply_mask` per layer), and they are applied once now; without,
     /// the steps go back to the plain update.
+    fn set_distillation(&mut self, distillation: Option<&Distillation>) -> Result<()> {
+        let Some(d) = distillation else {
+            if self.distill.take().is_some() {
+                self.build_train_plans()?;
+            }
+            return Ok(());
+        };
+        let classes = self.sizes[self.sizes.len() - 1];
+        d.check(self.sizes[0], classes)?;
+        d.check_cached(self.n_train, classes, self.draws.shift.is_some())?;
+        let dev = &self.ctx.dev;
+        let batch = self.batch;
+        let teachers = d
+            .teachers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let name = |what: &str, l: usize| format!("teacher {} fc{l} {what}", i + 1);
+                let params = t
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, layer)| {
+                        Ok((
+                            dev.storage_init(&name("weight", l + 1), bytemuck::cast_slice(&layer.weight))?,
+                            dev.storage_init(&name("bias", l + 1), bytemuck::cast_slice(&layer.bias))?,
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, GpuError>>()?;
+                let acts = t
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(l, layer)| dev.storage(&name("activations", l + 1), 4 * (batch * layer.outputs) as u64))
+                    .collect::<Result<Vec<_>, GpuError>>()?;
+                Ok(GpuTeacher {
+                    sizes: t.sizes(),
+                    params,
+                    acts,
+                    preprocess: t.preprocess,
+                })
+            })
+            .collect::<Result<Vec<_>, GpuError>>()?;
+        let probs = dev.storage("teacher probabilities", 4 * (batch * classes) as u64)?;
+        let cached = d
+            .cached
+            .as_ref()
+            .map(|c| dev.storage_init("cached teacher probabilities", bytemuck::cast_slice(c)))
+            .transpose()?;
+        self.distill = Some(GpuDistill {
+            teachers,
+            probs,
+            cached,
+            temperature: d.temperature,
+            alpha: d.alpha,
+        });
+        self.build_train_plans()?;
+        Ok(())
+    }
+
     fn set_constraint(&mut self, constraint: Option<&Constraint>) -> Result<()> {
         let shapes: Vec<usize> = self.sizes.windows(2).map(|s| s[0] * s[1]).collect();
         if let Some(c) = constraint {

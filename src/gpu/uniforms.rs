@@ -98,6 +98,29 @@ pub(crate) struct SoftmaxParams {
     pub pad2: u32,
 }
 
+/// `SoftTarget` in soft_target_xent.wgsl: the scalars of
+/// [`crate::cpu::kernels::SoftTarget`], and soft_targets' weight.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SoftTargetParams {
+    pub rows: u32,
+    pub classes: u32,
+    pub accumulate: u32,
+    pub weight: f32,
+    pub inv_t: f32,
+    pub hard: f32,
+    pub kl: f32,
+    pub hard_grad: f32,
+    pub soft_grad: f32,
+    pub smoothing: f32,
+    pub keep: f32,
+    pub per_class: f32,
+    pub gather_probs: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
+}
+
 /// `Stat` in softmax_xent.wgsl: what a step or an evaluation chunk writes
 /// to its slot of a stats buffer.
 #[repr(C)]
