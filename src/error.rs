@@ -74,6 +74,9 @@ pub enum ModelError {
     InputMismatch { expected: usize, found: usize },
     #[error("model has {model} classes but the data has labels up to {data}")]
     ClassMismatch { model: usize, data: usize },
+    /// Members that cannot form an ensemble (the message names them).
+    #[error("cannot ensemble: {0}")]
+    Ensemble(String),
 }
 
 /// Errors from the GPU backend.
@@ -119,6 +122,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Compress(#[from] CompressError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
     /// A setting that only means something together with another.
     #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
     Requires { setting: Setting, needs: Setting },

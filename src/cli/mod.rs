@@ -6,9 +6,11 @@
 //! to the flag that set it.
 
 mod args;
+mod average;
 mod bench;
 mod compress;
 mod devices;
+mod ensemble;
 mod eval;
 mod plot;
 mod predict;
@@ -60,6 +62,10 @@ enum Command {
     /// Draw loss and accuracy against the epoch (training, validation and
     /// test) from a `train --metrics-file` file, as PNG or SVG.
     Plot(plot::PlotArgs),
+    /// Write one file holding several models (an ensemble: their probabilities are averaged).
+    Ensemble(ensemble::EnsembleArgs),
+    /// Average the weights of f32 models of one architecture (model soups).
+    Average(average::AverageArgs),
 }
 
 /// Parse the command line and run it.
@@ -84,6 +90,8 @@ pub fn run() -> Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Compress(a) => compress::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Ensemble(a) => ensemble::run(a),
+        Command::Average(a) => average::run(a),
     }
 }
 

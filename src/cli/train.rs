@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -513,13 +513,20 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
 /// expanded to dense f32).
 fn load_init(path: &Path) -> Result<Mlp> {
     let any = AnyModel::load(path).with_context(|| format!("--init: cannot load the model {}", path.display()))?;
+    if matches!(any, AnyModel::Ensemble(_)) {
+        bail!(
+            "--init: {} is an ensemble; start from one model (`wgtrain average` makes one of models of one architecture)",
+            path.display()
+        );
+    }
     if !matches!(any, AnyModel::F32(_)) {
         log::info!(
             "--init: {} is compressed; training starts from its dense f32 expansion",
             path.display()
         );
     }
-    Ok(any.to_mlp())
+    any.to_mlp()
+        .with_context(|| format!("--init: {} holds no single model", path.display()))
 }
 
 /// Check that an `--init` model fits the data it is to be trained on.
