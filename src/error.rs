@@ -173,6 +173,8 @@ pub enum Setting {
     LabelSmoothing,
     Shift,
     ClipGradNorm,
+    /// The first epoch of stochastic weight averaging.
+    SwaFrom,
     /// Where a checkpoint (or resume) goes.
     Checkpoint,
 }
@@ -199,6 +201,7 @@ impl Setting {
             Setting::LabelSmoothing => "label smoothing",
             Setting::Shift => "image shift",
             Setting::ClipGradNorm => "gradient-norm clip",
+            Setting::SwaFrom => "first epoch of weight averaging",
             Setting::Checkpoint => "checkpoint",
         }
     }

@@ -179,6 +179,7 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::LabelSmoothing => "--label-smoothing",
         Setting::Shift => "--shift",
         Setting::ClipGradNorm => "--clip-grad-norm",
+        Setting::SwaFrom => "--swa-from",
         Setting::Checkpoint => "--checkpoint-dir",
     }
 }

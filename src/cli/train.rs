@@ -91,6 +91,19 @@ pub(crate) struct TrainArgs {
     /// With --val-split, still evaluate the test set after every epoch.
     #[arg(long)]
     eval_test_each_epoch: bool,
+    /// Stochastic weight averaging: from the end of epoch N on, keep the
+    /// equal-weight mean of the weights at the end of every epoch (as
+    /// torch.optim.swa_utils.AveragedModel, for a network without batch
+    /// norm); the model saved and evaluated at the end is that average,
+    /// not the best validation epoch's (validation still runs every epoch
+    /// and is reported for the average at the end). --early-stop still
+    /// stops the run: the average then holds the epochs from N to the
+    /// stop, and a run stopped before epoch N saves its best epoch as
+    /// usual. Checkpoints keep the average, so --resume continues it.
+    /// Combine with a constant or step schedule that stays high enough
+    /// to explore (the default, --schedule constant).
+    #[arg(long, value_name = "N")]
+    swa_from: Option<usize>,
     /// Write every log point and epoch to this file as it goes: JSON lines
     /// (.jsonl) or CSV (.csv), by extension; `wgtrain plot` draws it.
     #[arg(long, value_name = "FILE")]
@@ -643,6 +656,7 @@ fn set_validation(a: &TrainArgs, cfg: &mut TrainConfig) {
     cfg.early_stop = a.early_stop;
     cfg.best_by = a.early_stop_metric;
     cfg.eval_test_each_epoch = a.eval_test_each_epoch;
+    cfg.swa_from = a.swa_from;
 }
 
 /// The dataset with its validation split held out, as --val-split asks.
@@ -800,6 +814,28 @@ fn saved_why(end: Option<&Event>) -> String {
                 String::new()
             }
         ),
+        Some(Event::End {
+            epoch,
+            chosen: Chosen::Average,
+            averaged_from,
+            validation_loss,
+            validation_accuracy,
+            stopped_early,
+            ..
+        }) => {
+            let from = averaged_from.unwrap_or(*epoch);
+            let mut s = format!(
+                "the weight average of epochs {from} to {epoch} ({} epochs, stochastic weight averaging)",
+                epoch + 1 - from
+            );
+            if let (Some(l), Some(acc)) = (validation_loss, validation_accuracy) {
+                s += &format!("; its validation loss {l:.4}, accuracy {:.2}%", acc * 100.0);
+            }
+            if *stopped_early {
+                s += "; stopped early";
+            }
+            s
+        }
         Some(Event::End { epoch, .. }) => format!("epoch {epoch}: the last, no validation split"),
         _ => "the last epoch".into(),
     }
