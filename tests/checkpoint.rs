@@ -101,6 +101,11 @@ fn resume_matches_uninterrupted(spec: TrainSpec, mut cfg: TrainConfig, val: bool
         if val && saved.loop_state.epochs_run > 0 {
             assert!(saved.best.is_some(), "{} keeps the best model", f.display());
         }
+        let averaged = cfg
+            .swa_from
+            .map_or(0, |from| (saved.loop_state.epochs_run + 1).saturating_sub(from));
+        assert_eq!(saved.swa.is_some(), averaged > 0, "{}", f.display());
+        assert_eq!(saved.loop_state.swa_count, averaged, "{}", f.display());
         let mut fresh = cpu(model(&data, 24, 77), &data, spec);
         let mut events = 0;
         let resumed = Checkpointing {
@@ -118,6 +123,15 @@ fn resuming_adam_with_a_validation_split_from_any_checkpoint_is_exact() {
     let mut cfg = TrainConfig::constant(5, 0.005, 3, 4);
     cfg.early_stop = Some(50);
     resume_matches_uninterrupted(TrainSpec::new(64, adam()), cfg, true, 7);
+}
+
+#[test]
+fn resuming_a_weight_averaged_run_from_any_checkpoint_is_exact() {
+    // The average starts at epoch 2, so checkpoints before, at and after
+    // its start (and mid-epoch ones) all resume to the same average.
+    let mut cfg = TrainConfig::constant(4, 0.05, 2, 0);
+    cfg.swa_from = Some(2);
+    resume_matches_uninterrupted(TrainSpec::sgd(64), cfg, true, 9);
 }
 
 #[test]

@@ -412,6 +412,11 @@ pub(crate) fn run(a: TrainArgs, given: GivenArgs) -> Result<()> {
         epochs
     );
     log::info!("learning rate: {}", cfg.schedule);
+    if let Some(from) = cfg.swa_from {
+        log::info!(
+            "stochastic weight averaging: the model saved and evaluated at the end is the mean of the weights at the ends of epochs {from} to {epochs}"
+        );
+    }
     let steps = steps_per_epoch(data.train.len(), a.batch);
     let bar = if std::io::stderr().is_terminal() && !a.json {
         let b = ProgressBar::new(steps as u64);
