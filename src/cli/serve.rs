@@ -116,6 +116,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         top_k: a.top_k,
         idle_spin: Duration::from_micros(a.spin_us),
         inline: false,
+        model: described.clone(),
     };
     let inline = match a.batcher {
         Batcher::Auto => maybe_inline && !predictor.waits_on_device(),
