@@ -228,6 +228,9 @@ fn mismatched_or_nested_members_are_refused_naming_both() {
     assert!(one.contains("at least 2"), "{one}");
 }
 
+/// A change to a file's tensors and metadata.
+type Edit = dyn Fn(&mut Vec<(String, safetensors::tensor::TensorView)>, &mut std::collections::HashMap<String, String>);
+
 #[test]
 fn damaged_ensemble_files_are_refused_naming_the_member() {
     let file = Ensemble::new(members()).unwrap().to_safetensors().unwrap();
@@ -235,10 +238,7 @@ fn damaged_ensemble_files_are_refused_naming_the_member() {
     let (_, md) = safetensors::SafeTensors::read_metadata(&file).unwrap();
     let md = md.metadata().clone().unwrap();
     // Rewrite the file with `edit` applied to its tensors and metadata.
-    let rewrite = |edit: &dyn Fn(
-        &mut Vec<(String, safetensors::tensor::TensorView)>,
-        &mut std::collections::HashMap<String, String>,
-    )| {
+    let rewrite = |edit: &Edit| {
         let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = st
             .names()
             .into_iter()
