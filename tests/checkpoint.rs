@@ -279,6 +279,48 @@ fn truncated_or_damaged_checkpoints_are_refused_naming_the_file() {
     assert!(e.to_string().contains("empty-nothing"), "{e}");
 }
 
+/// A checkpoint written before weight averaging existed (no `swa_count` in
+/// its loop state) still reads, with no average; a run with `swa_from`
+/// refuses it, naming the setting.
+#[test]
+fn checkpoints_from_before_weight_averaging_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, data, spec, cfg) = one_checkpoint(dir.path());
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = md.metadata().clone().unwrap();
+    let mut ls: serde_json::Value = serde_json::from_str(&meta["loop"]).unwrap();
+    assert!(ls.as_object_mut().unwrap().remove("swa_count").is_some());
+    meta.insert("loop".into(), ls.to_string());
+    let tensors: Vec<_> = st
+        .names()
+        .into_iter()
+        .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+        .collect();
+    let old = dir.path().join("old.safetensors");
+    std::fs::write(&old, safetensors::serialize(tensors, Some(meta)).unwrap()).unwrap();
+    let saved = checkpoint::read(&old).unwrap();
+    assert_eq!((saved.swa.is_none(), saved.loop_state.swa_count), (true, 0));
+    let mut with_swa = cfg.clone();
+    with_swa.swa_from = Some(1);
+    let fp = fingerprint(&data, &model(&data, 16, 0), &spec, &with_swa);
+    let ck = Checkpointing {
+        resume: Some(&saved),
+        ..policy(&dir.path().join("x"), fp, None)
+    };
+    let e = train_resumable(
+        &mut cpu(model(&data, 16, 0), &data, spec),
+        &data,
+        &with_swa,
+        &ck,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("swa_from"), "{e}");
+}
+
 #[test]
 fn gpu_state_round_trips_and_a_resumed_gpu_run_matches() {
     let Some(ctx) = common::gpu() else { return };
