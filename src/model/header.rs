@@ -192,7 +192,7 @@ impl Metadata {
             }
             Some(other) => {
                 return Err(not_ours(format!(
-                    "unknown format `{other}` (expected `{FORMAT_MLP}` or `{FORMAT_COMPRESSED}`)"
+                    "unknown format `{other}` (expected `{FORMAT_MLP}`, `{FORMAT_COMPRESSED}` or `{FORMAT_ENSEMBLE}`)"
                 )))
             }
             None => {
