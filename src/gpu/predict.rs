@@ -8,14 +8,15 @@
 //! rows. The dispatches of a batch of `n` rows are built the first time `n`
 //! is seen and kept, so a server's steady state allocates nothing on the
 //! GPU. One call is one `write_buffer` of the raw rows, one submission
-//! (every layer's dispatches and the copy of the logits to a persistent
-//! staging buffer), one wait and one map; larger batches run in chunks of
-//! `max_batch` rows.
+//! (every layer's dispatches of every member, and the copy of each
+//! member's logits to its part of a persistent staging buffer), one wait
+//! and one map; larger batches run in chunks of `max_batch` rows.
 //!
 //! Preprocessing (`raw * scale + offset`) happens on the GPU, inside the
 //! first layer's kernel (the f32 GEMM reads the raw rows as a dataset
-//! operand; `quantize_rows_i8` scales them as it quantizes). The softmax
-//! runs on the host: a few classes per row cost less than a dispatch.
+//! operand; `quantize_rows_i8` scales them as it quantizes), with each
+//! member's own scalars. The softmax, and an ensemble's mean, run on the
+//! host: a few classes per row cost less than a dispatch.
 
 use std::borrow::Cow;
 use std::sync::{mpsc, Arc};
