@@ -428,3 +428,47 @@ fn swa_from_out_of_range_is_refused() {
         );
     }
 }
+
+/// Early stopping with weight averaging: at a learning rate too small to
+/// move any weight, every validation loss ties the first, so patience 1
+/// stops the run after epoch 2. Averaging from epoch 3 never starts (the
+/// best epoch is returned, as without averaging); from epoch 1 it holds
+/// epochs 1 and 2.
+#[test]
+fn early_stopping_ends_the_average_or_precedes_it() {
+    let data = digits(true);
+    for (from, chosen, epoch, averaged_from) in [
+        (3, wgtrain::train::Chosen::BestValidation, 1, None),
+        (1, wgtrain::train::Chosen::Average, 2, Some(1)),
+    ] {
+        let mut cfg = TrainConfig::constant(6, 1e-30, 3, 0);
+        cfg.val_split = 0.1;
+        cfg.early_stop = Some(1);
+        cfg.swa_from = Some(from);
+        let mut end = None;
+        let m = train(&mut cpu(&data), &data, &cfg, &mut |e| {
+            if let Event::End { .. } = e {
+                end = Some(e.clone());
+            }
+        })
+        .unwrap();
+        let Some(Event::End {
+            chosen: c,
+            epoch: e,
+            averaged_from: a,
+            stopped_early,
+            epochs_run,
+            ..
+        }) = end
+        else {
+            panic!("no end event")
+        };
+        assert_eq!(
+            (c, e, a, stopped_early, epochs_run),
+            (chosen, epoch, averaged_from, true, 2),
+            "from {from}"
+        );
+        // No weight moved: the model is the initial one either way.
+        assert_eq!(m, model(&data), "from {from}");
+    }
+}
