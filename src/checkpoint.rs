@@ -5,7 +5,8 @@
 //!
 //! Tensors: `fcN.weight` and `fcN.bias` (the current parameters),
 //! `fcN.weight.stateK` and `fcN.bias.stateK` (the optimizer's slots), and
-//! `best.fcN.weight`, `best.fcN.bias` when a best model is kept. The
+//! `best.fcN.weight`, `best.fcN.bias` when a best model is kept,
+//! `swa.fcN.weight`, `swa.fcN.bias` when a weight average is. The
 //! metadata holds [`FORMAT`], the layer sizes and preprocessing, the
 //! [`LoopState`] and [`Fingerprint`] as JSON, the caller's own JSON
 //! (`extra`), and a checksum of every tensor's bytes, so a truncated or
@@ -52,6 +53,10 @@ pub struct LoopState {
     /// The epoch's training figures so far, and those not yet logged.
     pub epoch_stats: Stats,
     pub pending_stats: Stats,
+    /// Epochs in the weight average (stored as `swa.*` tensors); 0: none
+    /// (and in checkpoints written before weight averaging existed).
+    #[serde(default)]
+    pub swa_count: usize,
 }
 
 /// [`StepStats`] with the loss sum as bits.
@@ -178,6 +183,8 @@ pub struct Checkpoint {
     pub loop_state: LoopState,
     /// The best-validation model so far.
     pub best: Option<Mlp>,
+    /// The weight average so far (`loop_state.swa_count` epochs).
+    pub swa: Option<Mlp>,
     pub fingerprint: Fingerprint,
     /// The caller's JSON, as written.
     pub extra: String,
@@ -235,6 +242,8 @@ pub struct Contents<'a> {
     pub state: &'a BackendState,
     pub loop_state: &'a LoopState,
     pub best: Option<&'a Mlp>,
+    /// The weight average (its count is `loop_state.swa_count`).
+    pub swa: Option<&'a Mlp>,
     pub fingerprint: &'a Fingerprint,
     pub extra: &'a str,
 }
@@ -277,6 +286,9 @@ pub fn write(dir: &Path, c: &Contents<'_>, keep: usize) -> Result<PathBuf> {
     }
     if let Some(b) = c.best {
         push_model(&mut tensors, "best.", b);
+    }
+    if let Some(a) = c.swa {
+        push_model(&mut tensors, "swa.", a);
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let checksum = tensors.iter().fold(0u64, |h, (name, _, bytes)| {
@@ -444,11 +456,16 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         Some(_) => Some(model_of("best.")?),
         None => None,
     };
+    let swa = match loop_state.swa_count {
+        0 => None,
+        _ => Some(model_of("swa.")?),
+    };
     Ok(Checkpoint {
         path: path.to_path_buf(),
         state: BackendState { model, slots, updates },
         loop_state,
         best,
+        swa,
         fingerprint,
         extra: get("extra")?.clone(),
     })

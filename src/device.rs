@@ -133,7 +133,7 @@ pub fn open_predictor(
 ) -> Result<Box<dyn crate::infer::Predictor>> {
     Ok(match open_gpu(choice)? {
         Some(ctx) => Box::new(crate::gpu::GpuPredictor::for_model(ctx, model, max_batch)?),
-        None => crate::infer::cpu_predictor(model, max_batch, threads, spin),
+        None => crate::infer::cpu_predictor(model, max_batch, threads, spin)?,
     })
 }
 

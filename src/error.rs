@@ -74,6 +74,9 @@ pub enum ModelError {
     InputMismatch { expected: usize, found: usize },
     #[error("model has {model} classes but the data has labels up to {data}")]
     ClassMismatch { model: usize, data: usize },
+    /// Members that cannot form an ensemble (the message names them).
+    #[error("cannot ensemble: {0}")]
+    Ensemble(String),
 }
 
 /// Errors from the GPU backend.
@@ -139,6 +142,8 @@ pub enum Error {
     Compress(#[from] CompressError),
     #[error(transparent)]
     Tune(#[from] TuneError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
     /// A setting that only means something together with another.
     #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
     Requires { setting: Setting, needs: Setting },
@@ -192,6 +197,8 @@ pub enum Setting {
     LabelSmoothing,
     Shift,
     ClipGradNorm,
+    /// The first epoch of stochastic weight averaging.
+    SwaFrom,
     /// Where a checkpoint (or resume) goes.
     Checkpoint,
     /// The shares of a global batch that data-parallel replicas take.
@@ -224,6 +231,7 @@ impl Setting {
             Setting::LabelSmoothing => "label smoothing",
             Setting::Shift => "image shift",
             Setting::ClipGradNorm => "gradient-norm clip",
+            Setting::SwaFrom => "first epoch of weight averaging",
             Setting::Checkpoint => "checkpoint",
             Setting::ShardWeights => "shard weights",
             Setting::Temperature => "distillation temperature",

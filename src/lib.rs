@@ -7,8 +7,9 @@
 //! [`model::Mlp`] saved as safetensors.
 //!
 //! Models have one home: [`model`] holds the f32 and the compressed model,
-//! their shared [`model::Header`], and the one reader and writer of their
-//! files ([`model::AnyModel`] loads either format); it depends on nothing
+//! ensembles of them, their shared [`model::Header`], and the one reader
+//! and writer of their files ([`model::AnyModel`] loads any of them); it
+//! depends on nothing
 //! but [`data`] and [`error`]. [`compress`] makes compressed models
 //! (pruning, fine-tuning, reports), [`infer`] runs models for predict and
 //! serve (the f32 predictor and the int8 engine, [`infer::int8`]), and

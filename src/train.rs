@@ -1,7 +1,8 @@
 //! The training loop, the same for every backend: epochs, seeded shuffles,
 //! the learning rate of each step, log points, evaluation after each epoch
 //! (on the validation split when there is one, which then picks the model
-//! returned and may stop the run early), and the divergence check.
+//! returned and may stop the run early), stochastic weight averaging
+//! (`swa_from`), and the divergence check.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use crate::checkpoint::{self, Checkpoint, Contents, Fingerprint, LoopState};
 use crate::data::{check_val_split, epoch_permutation, Dataset};
 use crate::error::{Error, Result, Setting};
 use crate::metrics::Evaluation;
+use crate::model::average::running_update;
 use crate::model::Mlp;
 use crate::optim::{LrSchedule, StepHyper};
 
@@ -39,6 +41,14 @@ pub struct TrainConfig {
     /// model at the end. Without a validation split the test set is
     /// evaluated every epoch regardless.
     pub eval_test_each_epoch: bool,
+    /// Stochastic weight averaging: from the end of this epoch (from 1)
+    /// on, keep the equal-weight running mean of the weights at the end of
+    /// every epoch (`torch.optim.swa_utils.AveragedModel`'s default, for a
+    /// network without batch norm), and return it instead of the last or
+    /// best epoch's. Validation still runs every epoch and early stopping
+    /// still stops the run (the average then holds the epochs run); a run
+    /// that stops before this epoch returns its usual choice.
+    pub swa_from: Option<usize>,
 }
 
 /// The validation figure that picks the best epoch.
@@ -64,6 +74,7 @@ impl TrainConfig {
             early_stop: None,
             best_by: StopMetric::Loss,
             eval_test_each_epoch: false,
+            swa_from: None,
         }
     }
 
@@ -74,6 +85,18 @@ impl TrainConfig {
             return Err(Error::invalid(Setting::LearningRate, lr, "a positive number"));
         }
         check_val_split(self.val_split)?;
+        if let Some(from) = self.swa_from {
+            if from == 0 {
+                return Err(Error::invalid(Setting::SwaFrom, from, "an epoch from 1"));
+            }
+            if self.epochs > 0 && from > self.epochs {
+                return Err(Error::invalid(
+                    Setting::SwaFrom,
+                    from,
+                    "an epoch no later than the run's last",
+                ));
+            }
+        }
         if let Some(patience) = self.early_stop {
             if patience == 0 {
                 return Err(Error::invalid(Setting::EarlyStop, patience, "at least 1 epoch"));
@@ -138,6 +161,9 @@ pub enum Chosen {
     BestValidation,
     /// The last epoch (there is no validation split).
     Last,
+    /// The mean of the weights at the ends of the epochs from
+    /// [`TrainConfig::swa_from`] to the last run.
+    Average,
 }
 
 /// What the loop reports as it goes.
@@ -183,9 +209,13 @@ pub enum Event {
     },
     /// The end of the run: the model returned and its test figures.
     End {
-        /// The epoch whose parameters are returned.
+        /// The epoch whose parameters are returned (for an average, the
+        /// last epoch in it).
         epoch: usize,
         chosen: Chosen,
+        /// The first epoch of an average ([`Chosen::Average`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        averaged_from: Option<usize>,
         /// Epochs run (fewer than asked when early stopping stopped it).
         epochs_run: usize,
         stopped_early: bool,
@@ -282,6 +312,11 @@ pub fn fingerprint(data: &Dataset, model: &Mlp, spec: &TrainSpec, cfg: &TrainCon
     f.set("early_stop", format!("{:?}", cfg.early_stop));
     f.set("best_by", format!("{:?}", cfg.best_by));
     f.set("eval_test_each_epoch", cfg.eval_test_each_epoch);
+    // Only when set, so that checkpoints written before the setting existed
+    // still resume runs without it.
+    if let Some(from) = cfg.swa_from {
+        f.set("swa_from", from);
+    }
     f
 }
 
@@ -349,6 +384,8 @@ fn run(
     let mut tracker = BestEpoch::new(cfg.best_by);
     // The best model and its validation loss and accuracy.
     let mut best: Option<(Mlp, f64, f64)> = None;
+    // The running weight average and the epochs in it.
+    let mut swa: Option<(Mlp, usize)> = None;
     let mut epochs_run = 0;
     let mut stopped_early = false;
     let stop_flag = ck.and_then(|c| c.stop);
@@ -379,6 +416,7 @@ fn run(
             (Some(m), Some((l, a))) => Some((m.clone(), f64::from_bits(l), f64::from_bits(a))),
             _ => None,
         };
+        swa = r.swa.clone().map(|m| (m, ls.swa_count));
         if ls.epoch_complete {
             first_epoch = ls.epoch + 1;
         } else {
@@ -395,6 +433,7 @@ fn run(
                       stopped_early: bool,
                       tracker: &BestEpoch,
                       best: &Option<(Mlp, f64, f64)>,
+                      swa: &Option<(Mlp, usize)>,
                       epoch_stats: StepStats,
                       pending: StepStats| LoopState {
         epoch,
@@ -408,8 +447,13 @@ fn run(
         best_figures: best.as_ref().map(|(_, l, a)| (l.to_bits(), a.to_bits())),
         epoch_stats: epoch_stats.into(),
         pending_stats: pending.into(),
+        swa_count: swa.as_ref().map_or(0, |s| s.1),
     };
-    let save = |backend: &mut dyn Backend, ck: &Checkpointing<'_>, ls: &LoopState, best: &Option<(Mlp, f64, f64)>| {
+    let save = |backend: &mut dyn Backend,
+                ck: &Checkpointing<'_>,
+                ls: &LoopState,
+                best: &Option<(Mlp, f64, f64)>,
+                swa: &Option<(Mlp, usize)>| {
         if !backend.is_primary() {
             // Another process (rank 0) writes this checkpoint.
             return Ok(ck.dir.join(checkpoint::file_name(ls.epoch, ls.step)));
@@ -421,6 +465,7 @@ fn run(
                 state: &state,
                 loop_state: ls,
                 best: best.as_ref().map(|b| &b.0),
+                swa: swa.as_ref().map(|s| &s.0),
                 fingerprint: &ck.fingerprint,
                 extra: &ck.extra,
             },
@@ -494,10 +539,11 @@ fn run(
                         stopped_early,
                         &tracker,
                         &best,
+                        &swa,
                         epoch_stats,
                         pending,
                     );
-                    let path = save(backend, c, &ls, &best)?;
+                    let path = save(backend, c, &ls, &best, &swa)?;
                     if stop {
                         return Err(Error::Interrupted {
                             epoch,
@@ -529,6 +575,16 @@ fn run(
             if tracker.update(epoch, v.loss, v.accuracy) {
                 best = Some((backend.model()?, v.loss, v.accuracy));
             }
+        }
+        if cfg.swa_from.is_some_and(|from| epoch >= from) {
+            let m = backend.model()?;
+            swa = Some(match swa.take() {
+                None => (m, 1),
+                Some((mut avg, k)) => {
+                    running_update(&mut avg, k, &m)?;
+                    (avg, k + 1)
+                }
+            });
         }
         on_event(&Event::Epoch {
             epoch,
@@ -563,10 +619,11 @@ fn run(
                     stopped_early,
                     &tracker,
                     &best,
+                    &swa,
                     StepStats::default(),
                     StepStats::default(),
                 );
-                let path = save(backend, c, &ls, &best)?;
+                let path = save(backend, c, &ls, &best, &swa)?;
                 if stop {
                     return Err(Error::Interrupted {
                         epoch,
@@ -580,13 +637,23 @@ fn run(
             break;
         }
     }
-    // The chosen model: the best validation epoch's, or the last. When the
-    // best is the last epoch, the backend still holds it.
-    let (model, epoch, chosen, val) = match (best, tracker.best) {
-        (Some((m, l, a)), Some((e, _))) => (m, e, Chosen::BestValidation, Some((l, a))),
+    // The chosen model: the weight average, else the best validation
+    // epoch's, or the last. When the best is the last epoch, the backend
+    // still holds it.
+    let averaged_from = swa.as_ref().and(cfg.swa_from);
+    let (model, epoch, chosen, val) = match (swa, best, tracker.best) {
+        (Some((m, _)), _, _) => {
+            let val = has_val.then(|| {
+                let pred = crate::cpu::predict_rows(&m, &data.validation.features, &data.validation.labels);
+                let e = Evaluation::new(&pred, &data.validation.labels, classes_of(data, &pred));
+                (e.loss, e.accuracy)
+            });
+            (m, epochs_run, Chosen::Average, val)
+        }
+        (None, Some((m, l, a)), Some((e, _))) => (m, e, Chosen::BestValidation, Some((l, a))),
         _ => (backend.model()?, epochs_run, Chosen::Last, None),
     };
-    let test = if epoch == epochs_run {
+    let test = if epoch == epochs_run && chosen != Chosen::Average {
         evaluate(backend, data, SplitKind::Test)?
     } else {
         let pred = crate::cpu::predict_rows(&model, &data.test.features, &data.test.labels);
@@ -595,6 +662,7 @@ fn run(
     on_event(&Event::End {
         epoch,
         chosen,
+        averaged_from,
         epochs_run,
         stopped_early,
         validation_loss: val.map(|v| v.0),

@@ -101,6 +101,11 @@ fn resume_matches_uninterrupted(spec: TrainSpec, mut cfg: TrainConfig, val: bool
         if val && saved.loop_state.epochs_run > 0 {
             assert!(saved.best.is_some(), "{} keeps the best model", f.display());
         }
+        let averaged = cfg
+            .swa_from
+            .map_or(0, |from| (saved.loop_state.epochs_run + 1).saturating_sub(from));
+        assert_eq!(saved.swa.is_some(), averaged > 0, "{}", f.display());
+        assert_eq!(saved.loop_state.swa_count, averaged, "{}", f.display());
         let mut fresh = cpu(model(&data, 24, 77), &data, spec);
         let mut events = 0;
         let resumed = Checkpointing {
@@ -118,6 +123,15 @@ fn resuming_adam_with_a_validation_split_from_any_checkpoint_is_exact() {
     let mut cfg = TrainConfig::constant(5, 0.005, 3, 4);
     cfg.early_stop = Some(50);
     resume_matches_uninterrupted(TrainSpec::new(64, adam()), cfg, true, 7);
+}
+
+#[test]
+fn resuming_a_weight_averaged_run_from_any_checkpoint_is_exact() {
+    // The average starts at epoch 2, so checkpoints before, at and after
+    // its start (and mid-epoch ones) all resume to the same average.
+    let mut cfg = TrainConfig::constant(4, 0.05, 2, 0);
+    cfg.swa_from = Some(2);
+    resume_matches_uninterrupted(TrainSpec::sgd(64), cfg, true, 9);
 }
 
 #[test]
@@ -263,6 +277,48 @@ fn truncated_or_damaged_checkpoints_are_refused_naming_the_file() {
     assert!(checkpoint::read(&file).is_ok());
     let e = checkpoint::latest(&dir.path().join("empty-nothing")).unwrap_err();
     assert!(e.to_string().contains("empty-nothing"), "{e}");
+}
+
+/// A checkpoint written before weight averaging existed (no `swa_count` in
+/// its loop state) still reads, with no average; a run with `swa_from`
+/// refuses it, naming the setting.
+#[test]
+fn checkpoints_from_before_weight_averaging_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, data, spec, cfg) = one_checkpoint(dir.path());
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = md.metadata().clone().unwrap();
+    let mut ls: serde_json::Value = serde_json::from_str(&meta["loop"]).unwrap();
+    assert!(ls.as_object_mut().unwrap().remove("swa_count").is_some());
+    meta.insert("loop".into(), ls.to_string());
+    let tensors: Vec<_> = st
+        .names()
+        .into_iter()
+        .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+        .collect();
+    let old = dir.path().join("old.safetensors");
+    std::fs::write(&old, safetensors::serialize(tensors, Some(meta)).unwrap()).unwrap();
+    let saved = checkpoint::read(&old).unwrap();
+    assert_eq!((saved.swa.is_none(), saved.loop_state.swa_count), (true, 0));
+    let mut with_swa = cfg.clone();
+    with_swa.swa_from = Some(1);
+    let fp = fingerprint(&data, &model(&data, 16, 0), &spec, &with_swa);
+    let ck = Checkpointing {
+        resume: Some(&saved),
+        ..policy(&dir.path().join("x"), fp, None)
+    };
+    let e = train_resumable(
+        &mut cpu(model(&data, 16, 0), &data, spec),
+        &data,
+        &with_swa,
+        &ck,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("swa_from"), "{e}");
 }
 
 #[test]

@@ -492,3 +492,212 @@ fn distributed_without_the_mpi_feature_says_how_to_build_it() {
     assert!(t.contains("--features mpi") && t.contains("libopenmpi-dev"), "{t}");
     assert!(!t.contains("epoch 1 done"), "{t}");
 }
+
+fn eval_json(model: &str) -> serde_json::Value {
+    let o = wgtrain(&[
+        "eval", "--model", model, "--data", "builtin", "--device", "cpu", "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `eval --model a,b` and `wgtrain ensemble` (f32 and int8 members): the
+/// file evaluates as the list does, the ensemble beats neither member by
+/// chance alone but is a valid evaluation; mismatched and nested members
+/// are refused naming the files; `predict` takes the list too.
+#[test]
+fn ensembles_evaluate_from_a_list_or_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for (seed, hidden) in [("1", "32"), ("2", "20")] {
+        let out = path(&format!("m{seed}.safetensors"));
+        let o = wgtrain(&[
+            "train", "--data", "builtin", "--device", "cpu", "--epochs", "4", "--hidden", hidden, "--seed", seed,
+            "--save", &out,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (m1, m2, q2) = (path("m1.safetensors"), path("m2.safetensors"), path("q2.safetensors"));
+    let o = wgtrain(&[
+        "compress",
+        "--model",
+        &m2,
+        "--out",
+        &q2,
+        "--quantize",
+        "int8",
+        "--device",
+        "cpu",
+        "--data",
+        "builtin",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let list = eval_json(&format!("{m1},{q2}"));
+    assert_eq!(list["examples"].as_u64(), Some(359));
+    let e = path("e.safetensors");
+    let o = wgtrain(&["ensemble", "--out", &e, &m1, &q2]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ensemble of 2"), "{}", text(&o));
+    let file = eval_json(&e);
+    assert_eq!(file["accuracy"], list["accuracy"]);
+    assert_eq!(file["loss"], list["loss"]);
+    assert_eq!(file["confusion"], list["confusion"]);
+    // Not either member's figures: the mean of their probabilities.
+    let (a1, a2) = (eval_json(&m1), eval_json(&q2));
+    assert!(
+        list["loss"] != a1["loss"] && list["loss"] != a2["loss"],
+        "{list} {a1} {a2}"
+    );
+    let o = wgtrain(&["eval", "--model", &e, "--data", "builtin", "--device", "cpu"]);
+    assert!(text(&o).contains("on ensemble of 2"), "{}", text(&o));
+
+    // predict: the same classes from the list as from the file.
+    let csv = path("x.csv");
+    let row: Vec<String> = (0..64).map(|i| ((i * 5) % 17).to_string()).collect();
+    std::fs::write(&csv, format!("{}\n", row.join(","))).unwrap();
+    let pl = wgtrain(&["predict", "--model", &format!("{m1},{q2}"), "--json", &csv]);
+    let pf = wgtrain(&["predict", "--model", &e, "--json", &csv]);
+    assert!(pl.status.success(), "{}", text(&pl));
+    assert_eq!(pl.stdout, pf.stdout);
+
+    // A model of other inputs: refused, naming both files and values.
+    let csv_data = path("d.csv");
+    std::fs::write(&csv_data, "1,2,0\n3,4,1\n5,6,1\n7,8,0\n1,1,1\n").unwrap();
+    let small = path("small.safetensors");
+    let o = wgtrain(&[
+        "train", "--data", &csv_data, "--device", "cpu", "--epochs", "1", "--hidden", "4", "--save", &small,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = wgtrain(&["ensemble", "--out", &path("bad.safetensors"), &m1, &small]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("m1.safetensors takes 64") && t.contains("small.safetensors takes 2"),
+        "{t}"
+    );
+    assert!(!dir.path().join("bad.safetensors").exists());
+    let o = wgtrain(&[
+        "eval",
+        "--model",
+        &format!("{m1},{small}"),
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("small.safetensors"),
+        "{}",
+        text(&o)
+    );
+    // Ensembles do not nest.
+    let o = wgtrain(&["ensemble", "--out", &path("nested.safetensors"), &e, &m1]);
+    assert!(
+        !o.status.success() && text(&o).contains("ensembles do not nest"),
+        "{}",
+        text(&o)
+    );
+    // One member is no ensemble.
+    let o = wgtrain(&["ensemble", "--out", &path("one.safetensors"), &m1]);
+    assert!(!o.status.success());
+}
+
+/// `wgtrain average` writes a model that evaluates; compressed members and
+/// other architectures are refused naming the file; `train --swa-from`
+/// saves the average and says so, and bad values name the flag.
+#[test]
+fn average_and_swa_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for (seed, hidden) in [("1", "32"), ("2", "32"), ("3", "20")] {
+        let out = path(&format!("m{seed}.safetensors"));
+        let o = wgtrain(&[
+            "train", "--data", "builtin", "--device", "cpu", "--epochs", "3", "--hidden", hidden, "--seed", seed,
+            "--save", &out,
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let avg = path("avg.safetensors");
+    let o = wgtrain(&[
+        "average",
+        "--out",
+        &avg,
+        &path("m1.safetensors"),
+        &path("m2.safetensors"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let a = wgtrain::Mlp::load(std::path::Path::new(&avg)).unwrap();
+    let m1 = wgtrain::Mlp::load(std::path::Path::new(&path("m1.safetensors"))).unwrap();
+    let m2 = wgtrain::Mlp::load(std::path::Path::new(&path("m2.safetensors"))).unwrap();
+    let hand = (m1.layers[1].weight[7] + m2.layers[1].weight[7]) / 2.0;
+    assert!((a.layers[1].weight[7] - hand).abs() < 1e-7);
+    assert!(eval_json(&avg)["accuracy"].as_f64().unwrap() > 0.0);
+    let o = wgtrain(&[
+        "average",
+        "--out",
+        &path("x.safetensors"),
+        &path("m1.safetensors"),
+        &path("m3.safetensors"),
+    ]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("m3.safetensors has [64, 20, 10]"),
+        "{t}"
+    );
+    let q = path("q.safetensors");
+    let o = wgtrain(&[
+        "compress",
+        "--model",
+        &path("m1.safetensors"),
+        "--out",
+        &q,
+        "--quantize",
+        "int8",
+        "--device",
+        "cpu",
+        "--data",
+        "builtin",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = wgtrain(&["average", "--out", &path("x.safetensors"), &path("m2.safetensors"), &q]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("q.safetensors is compressed"), "{t}");
+
+    let s = path("swa.safetensors");
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--epochs",
+        "4",
+        "--hidden",
+        "32",
+        "--swa-from",
+        "2",
+        "--val-split",
+        "0.1",
+        "--save",
+        &s,
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("weight average of epochs 2 to 4"), "{t}");
+    assert!(eval_json(&s)["accuracy"].as_f64().unwrap() > 0.5);
+    for bad in ["0", "5"] {
+        let o = wgtrain(&[
+            "train",
+            "--data",
+            "builtin",
+            "--device",
+            "cpu",
+            "--epochs",
+            "4",
+            "--swa-from",
+            bad,
+        ]);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains("--swa-from"), "{bad}: {t}");
+    }
+}

@@ -150,7 +150,7 @@ fn compressed_files_round_trip_in_every_encoding() {
         assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, bytes);
         let back = match AnyModel::load(&path).unwrap() {
             AnyModel::Compressed(b) => b,
-            AnyModel::F32(_) => panic!("{enc}: loaded as a plain model"),
+            other => panic!("{enc}: loaded as {}", other.describe()),
         };
         assert_eq!(back, c, "{enc}");
         assert_eq!(accuracy(&back, &data), accuracy(&c, &data));

@@ -434,7 +434,7 @@ fn distill_command_trains_a_student_and_refuses_bad_flags() {
     // (The same student trained alone reaches about 72% here, distilled 87%.)
     let acc = epochs[11]["validation_accuracy"].as_f64().unwrap();
     assert!(acc > 0.8, "student validation accuracy {acc}");
-    let m = wgtrain::AnyModel::load(&student).unwrap().to_mlp();
+    let m = wgtrain::AnyModel::load(&student).unwrap().to_mlp().unwrap();
     assert_eq!(m.sizes(), vec![64, 16, 10]);
 
     // A distill checkpoint resumes only with distill, and keeps its teachers.
@@ -465,10 +465,10 @@ fn distill_command_trains_a_student_and_refuses_bad_flags() {
         "{}",
         text(&o)
     );
-    let resumed = wgtrain::AnyModel::load(&again).unwrap().to_mlp();
+    let resumed = wgtrain::AnyModel::load(&again).unwrap().to_mlp().unwrap();
     assert_eq!(bits(&resumed), bits(&m), "the resumed run's model");
     // ... and refuses them once their weights changed.
-    let mut changed = wgtrain::AnyModel::load(&teacher).unwrap().to_mlp();
+    let mut changed = wgtrain::AnyModel::load(&teacher).unwrap().to_mlp().unwrap();
     changed.layers[0].bias[0] += 1.0;
     changed.save(&teacher).unwrap();
     let o = wgtrain(&["distill", "--resume", s(&ck), "--device", "cpu"]);
@@ -613,14 +613,14 @@ fn teacher_cache_is_written_reused_and_refused_when_stale() {
     let o = run(&b, &["--teacher-cache", s(&cache)]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("reusing"), "{}", text(&o));
-    let load = |p: &Path| bits(&wgtrain::AnyModel::load(p).unwrap().to_mlp());
+    let load = |p: &Path| bits(&wgtrain::AnyModel::load(p).unwrap().to_mlp().unwrap());
     assert_eq!(load(&a), load(&b), "the same cache, the same run");
     // Without the cache the teachers run in each step: within rounding.
     let o = run(&c, &[]);
     assert!(o.status.success(), "{}", text(&o));
     let (ma, mc) = (
-        wgtrain::AnyModel::load(&a).unwrap().to_mlp(),
-        wgtrain::AnyModel::load(&c).unwrap().to_mlp(),
+        wgtrain::AnyModel::load(&a).unwrap().to_mlp().unwrap(),
+        wgtrain::AnyModel::load(&c).unwrap().to_mlp().unwrap(),
     );
     assert!(max_change(&ma, &mc) < 1e-4);
     for (extra, want) in [

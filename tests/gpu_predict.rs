@@ -1,6 +1,7 @@
 //! `GpuPredictor` against the CPU predictors: the same probabilities within
 //! a tolerance, the same arg-max except where the top two are within that
-//! tolerance of a tie, for f32 and int8 models, at batch sizes below, at
+//! tolerance of a tie, for f32 and int8 models and an ensemble of both
+//! (every member in one submission), at batch sizes below, at
 //! and above the predictor's `max_batch` (so the chunking and the per-size
 //! dispatch cache are exercised), and row by row.
 //!
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use wgtrain::data::{Normalize, Preprocess};
 use wgtrain::gpu::{GpuPredictor, Int8Path};
 use wgtrain::infer::int8::Int8Mlp;
-use wgtrain::infer::{CpuPredictor, Int8Predictor, Predictor};
-use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Mlp};
+use wgtrain::infer::{cpu_predictor, CpuPredictor, Int8Predictor, Predictor};
+use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Ensemble, Member, Mlp};
 
 const SIZES: [usize; 4] = [70, 33, 9, 5];
 
@@ -138,4 +139,66 @@ fn bad_sizes_are_errors_not_panics() {
     let mut out = vec![0.0; 3];
     assert!(p.probabilities_into(&raw(1), &mut out).is_err());
     assert!(p.probabilities(&[]).unwrap().is_empty());
+}
+
+/// Three members of 70 inputs and 5 classes: f32 70-33-9-5, int8 70-20-5
+/// (int8 activations) and f32 70-12-5, each with its own preprocessing.
+fn ensemble() -> AnyModel {
+    let other = |sizes: &[usize], seed, scale| {
+        let p = Preprocess {
+            kind: Normalize::Scale,
+            scale,
+            offset: 0.0,
+        };
+        Mlp::new(sizes, seed, p, vec![7, 10]).unwrap()
+    };
+    let int8 = CompressedMlp::from_mlp(&other(&[70, 20, 5], 5, 1.0 / 64.0), true, CompressionInfo::default());
+    let members = vec![
+        AnyModel::F32(model()),
+        AnyModel::Compressed(int8),
+        AnyModel::F32(other(&[70, 12, 5], 6, 1.0 / 512.0)),
+    ];
+    let members = members
+        .into_iter()
+        .enumerate()
+        .map(|(i, model)| Member {
+            model,
+            source: format!("m{i}"),
+        })
+        .collect();
+    AnyModel::Ensemble(Ensemble::new(members).unwrap())
+}
+
+#[test]
+fn ensemble_runs_in_one_predictor_and_matches_the_cpu_ensemble() {
+    let Some(ctx) = common::gpu() else { return };
+    let e = ensemble();
+    let mut gpu = GpuPredictor::for_model(ctx.clone(), &e, 8).unwrap();
+    assert_eq!(gpu.members(), 3);
+    assert!(gpu.name().starts_with("gpu ensemble of 3"), "{}", gpu.name());
+    let mut cpu = cpu_predictor(&e, 8, 1, std::time::Duration::from_micros(50)).unwrap();
+    // The int8 member's tolerance (see the top of the file).
+    check("ensemble", &mut gpu, cpu.as_mut(), 1e-3);
+    // The mean of the members, each run on its own GPU predictor.
+    let AnyModel::Ensemble(members) = &e else {
+        unreachable!()
+    };
+    for rows in [1, 7, 33] {
+        let x = raw(rows);
+        let got = gpu.probabilities(&x).unwrap();
+        let each: Vec<Vec<f32>> = members
+            .members()
+            .iter()
+            .map(|m| {
+                GpuPredictor::for_model(ctx.clone(), &m.model, 8)
+                    .unwrap()
+                    .probabilities(&x)
+                    .unwrap()
+            })
+            .collect();
+        let mean: Vec<f32> = (0..got.len())
+            .map(|i| (each.iter().map(|v| f64::from(v[i])).sum::<f64>() / 3.0) as f32)
+            .collect();
+        assert_agree(&format!("ensemble of GPU members, {rows} rows"), &got, &mean, 5, 1e-6);
+    }
 }

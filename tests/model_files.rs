@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use wgtrain::compress::magnitude_masks;
 use wgtrain::compress::prune::apply_masks;
 use wgtrain::data::{Normalize, Preprocess};
-use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Mlp, Scope};
+use wgtrain::model::{Activations, AnyModel, CompressedMlp, CompressionInfo, Ensemble, Member, Mlp, Scope};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -71,13 +71,30 @@ fn fixture_models() -> Vec<(&'static str, AnyModel)> {
             "dense-f32.safetensors",
             AnyModel::Compressed(compressed(0.0, false, Activations::Int8)),
         ),
+        ("ensemble-v1.safetensors", ensemble()),
     ]
+}
+
+/// An ensemble of the f32 model and its pruned int8 version.
+fn ensemble() -> AnyModel {
+    let members = vec![
+        Member {
+            model: AnyModel::F32(base()),
+            source: "base.safetensors".into(),
+        },
+        Member {
+            model: AnyModel::Compressed(compressed(0.5, true, Activations::F32)),
+            source: "bitmask-int8.safetensors".into(),
+        },
+    ];
+    AnyModel::Ensemble(Ensemble::new(members).unwrap())
 }
 
 fn to_bytes(m: &AnyModel) -> Vec<u8> {
     match m {
         AnyModel::F32(m) => m.to_safetensors().unwrap(),
         AnyModel::Compressed(c) => c.to_safetensors().unwrap().0,
+        AnyModel::Ensemble(e) => e.to_safetensors().unwrap(),
     }
 }
 
@@ -118,7 +135,7 @@ fn fixtures_load_as_the_models_they_were_written_from() {
     }
     // Each compressed fixture uses the encoding it is named after.
     for (name, model) in fixture_models().into_iter().skip(1) {
-        let AnyModel::Compressed(c) = model else { unreachable!() };
+        let AnyModel::Compressed(c) = model else { continue };
         let (_, storage) = c.to_safetensors().unwrap();
         let want = name.trim_end_matches(".safetensors");
         assert!(storage.iter().all(|s| s.encoding == want), "{name}: {:?}", storage);
@@ -478,6 +495,13 @@ fn non_finite_values_are_refused_naming_the_tensor() {
         };
         assert!(e.to_string().contains(want), "{what}: {e}");
     }
+    // A member of an ensemble file is read with the same checks.
+    let file = Parts::of("ensemble-v1.safetensors").poke("m1.fc1.weight_scale", 2, f32::NAN);
+    assert_refused(
+        "ensemble member",
+        &file.bytes(),
+        &["ensemble member 1 (`m1.*`): tensor `m1.fc1.weight_scale` holds NaN at index 2"],
+    );
 }
 
 /// eval, predict, serve and compress load models through the same reader:

@@ -215,7 +215,7 @@ fn compressed_models_predict_like_their_in_process_engines() {
     c.save(&cp).unwrap();
     let loaded = match AnyModel::load(&cp).unwrap() {
         AnyModel::Compressed(c) => c,
-        AnyModel::F32(_) => panic!("a compressed file loads as compressed"),
+        other => panic!("a compressed file loads as compressed, not {}", other.describe()),
     };
     let want = int8_probabilities(&loaded, &raw);
     let mut p = Int8Predictor::new(&loaded).unwrap();

@@ -533,3 +533,41 @@ async fn an_int8_model_answers_like_its_in_process_engine() {
     assert!(h.json()["predictor"].as_str().unwrap().contains("int8"));
     server.shutdown().await;
 }
+
+/// An ensemble answers with the mean of its members' probabilities, and
+/// `/healthz` names it (the predictor and the model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ensemble_answers_with_the_mean_of_its_members() {
+    let other = Mlp::new(&[DIM, 16, 10], 9, Preprocess::identity(), vec![28, 28]).unwrap();
+    let members: Vec<Box<dyn Predictor>> = vec![
+        Box::new(CpuPredictor::new(&model(), 8)),
+        Box::new(CpuPredictor::new(&other, 8)),
+    ];
+    let predictor = wgtrain::infer::ensemble::EnsemblePredictor::new(members).unwrap();
+    let config = ServeConfig {
+        model: "ensemble of 2 (f32 784-32-10, f32 784-16-10)".into(),
+        ..ServeConfig::default()
+    };
+    let server = start(Box::new(predictor), config).await;
+    let raw = rows(5);
+    let a = CpuPredictor::new(&model(), 8).probabilities(&raw).unwrap();
+    let b = CpuPredictor::new(&other, 8).probabilities(&raw).unwrap();
+    let r = http(server.addr, "POST", "/v1/predict", None, &json_rows(&raw)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (i, g) in probabilities(&r.json()).concat().iter().enumerate() {
+        let want = (a[i] + b[i]) / 2.0;
+        assert!((g - want).abs() < 1e-6, "value {i}: {g} vs {want}");
+    }
+    let h = http(server.addr, "GET", "/healthz", None, b"").await;
+    assert!(
+        h.json()["predictor"].as_str().unwrap().starts_with("ensemble of 2"),
+        "{}",
+        h.text()
+    );
+    assert!(
+        h.json()["model"].as_str().unwrap().starts_with("ensemble of 2 ("),
+        "{}",
+        h.text()
+    );
+    server.shutdown().await;
+}

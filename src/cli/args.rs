@@ -1,12 +1,13 @@
 //! Argument groups and parsers that several commands share.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use wgtrain::data::{CsvOptions, DataSource, Dataset, Normalize};
 use wgtrain::device::DeviceChoice;
+use wgtrain::model::{AnyModel, Ensemble, Member};
 
 /// Where the data comes from and how CSV files are read.
 #[derive(Debug, Args)]
@@ -85,16 +86,21 @@ pub(crate) fn parse_list(flag: &str, s: &str, what: &str) -> Result<Vec<usize>> 
 
 /// Fail before training, not after, when the model cannot be saved there.
 pub(crate) fn check_writable(path: &Path) -> Result<()> {
+    check_writable_as("--save", path)
+}
+
+/// [`check_writable`] for the file of `flag`.
+pub(crate) fn check_writable_as(flag: &str, path: &Path) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        bail!("--save {}: folder {} does not exist", path.display(), dir.display());
+        bail!("{flag} {}: folder {} does not exist", path.display(), dir.display());
     }
     if path.is_dir() {
         bail!(
-            "--save {}: is a folder; give a file name such as model.safetensors",
+            "{flag} {}: is a folder; give a file name such as model.safetensors",
             path.display()
         );
     }
@@ -117,4 +123,36 @@ impl From<NormalizeArg> for Normalize {
             NormalizeArg::Standardize => Normalize::Standardize,
         }
     }
+}
+
+/// The model of `--model FILE[,FILE...]`: one file (a single model or an
+/// ensemble file) as it is, several as an ensemble of them (each an f32 or
+/// compressed model; same inputs, classes and input shape).
+pub(crate) fn load_models(paths: &[PathBuf]) -> Result<AnyModel> {
+    let load = |p: &PathBuf| AnyModel::load(p).with_context(|| format!("cannot load model {}", p.display()));
+    match paths {
+        [] => bail!("--model needs at least one file"),
+        [one] => load(one),
+        many => {
+            let members = many
+                .iter()
+                .map(|p| {
+                    Ok(Member {
+                        model: load(p)?,
+                        source: p.display().to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(AnyModel::Ensemble(Ensemble::new(members)?))
+        }
+    }
+}
+
+/// `--model` paths for messages: `a.safetensors,b.safetensors`.
+pub(crate) fn show_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -122,6 +122,10 @@ fn bench_inference(
                 (m, q)
             }
             AnyModel::Compressed(c) => (c.to_mlp(), c),
+            AnyModel::Ensemble(_) => anyhow::bail!(
+                "{} is an ensemble; bench measures one model (give one member's file)",
+                p.display()
+            ),
         },
     };
     let opts = BenchOptions::default();

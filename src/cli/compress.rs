@@ -217,6 +217,10 @@ fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainCo
             "{} is already compressed; compress the f32 model it was made from",
             a.model.display()
         ),
+        AnyModel::Ensemble(_) => bail!(
+            "{} is an ensemble; compress each member, then `wgtrain ensemble` the compressed files",
+            a.model.display()
+        ),
     };
     let base_bytes = std::fs::metadata(&a.model)
         .with_context(|| format!("cannot read {}", a.model.display()))?

@@ -1,5 +1,5 @@
 //! `wgtrain eval`: test loss, accuracy and confusion matrix of a saved
-//! model (f32 or compressed).
+//! model (f32, compressed, or an ensemble of them).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,20 +7,24 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::args::{load_data, DataArgs, DeviceArgs};
+use super::args::{load_data, load_models, show_paths, DataArgs, DeviceArgs};
 use wgtrain::backend::{SplitKind, TrainSpec};
 use wgtrain::cpu::team::{Team, TRAIN_SPIN};
 use wgtrain::data::Dataset;
-use wgtrain::device::open_backend;
+use wgtrain::device::{open_backend, open_predictor};
 use wgtrain::infer::compressed::{cpu_path_name, evaluate};
+use wgtrain::infer::ensemble::check_fits;
 use wgtrain::metrics::Evaluation;
-use wgtrain::model::CompressedMlp;
+use wgtrain::model::{AnyModel, CompressedMlp};
 
 #[derive(Debug, Args)]
 pub(crate) struct EvalArgs {
-    /// The model file written by `wgtrain train --save`.
-    #[arg(long, value_name = "FILE")]
-    model: PathBuf,
+    /// The model file written by `wgtrain train --save`, `wgtrain compress`
+    /// or `wgtrain ensemble`; several, comma-separated, are evaluated as an
+    /// ensemble (the mean of their probabilities; the loss is the
+    /// cross-entropy of that mean).
+    #[arg(long, value_name = "FILE[,FILE...]", value_delimiter = ',', required = true)]
+    model: Vec<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
     #[command(flatten)]
@@ -41,13 +45,11 @@ pub(crate) fn run(a: EvalArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let model = match wgtrain::model::AnyModel::load(&a.model)
-        .with_context(|| format!("cannot load model {}", a.model.display()))?
-    {
-        wgtrain::model::AnyModel::F32(m) => m,
-        wgtrain::model::AnyModel::Compressed(c) => {
-            return eval_compressed(&c, &a.model, &load_data(&a.data, a.seed)?, a.json)
-        }
+    let shown = show_paths(&a.model);
+    let model = match load_models(&a.model)? {
+        AnyModel::F32(m) => m,
+        AnyModel::Compressed(c) => return eval_compressed(&c, Path::new(&shown), &load_data(&a.data, a.seed)?, a.json),
+        ensemble @ AnyModel::Ensemble(_) => return eval_ensemble(&ensemble, &shown, &a),
     };
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let classes = model.classes();
@@ -58,7 +60,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         data.clone(),
         TrainSpec::sgd(256),
     )
-    .with_context(|| format!("model {} does not fit the data", a.model.display()))?;
+    .with_context(|| format!("model {shown} does not fit the data"))?;
     let mut eval = wgtrain::train::evaluate(backend.as_mut(), &data, wgtrain::backend::SplitKind::Test)?;
     eval.confusion.resize(classes.max(eval.confusion.len()), vec![]);
     for row in eval.confusion.iter_mut() {
@@ -74,6 +76,22 @@ fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: boo
         .with_context(|| format!("model {} does not fit the data", path.display()))?;
     report(&eval, &cpu_path_name(model), json)
 }
+
+/// `wgtrain eval` of an ensemble: every member's probabilities on the
+/// chosen device (on a GPU, all members in one submission per chunk),
+/// averaged.
+fn eval_ensemble(model: &AnyModel, shown: &str, a: &EvalArgs) -> Result<()> {
+    let data = load_data(&a.data, a.seed)?;
+    let mut predictor = open_predictor(&a.device.device, model, ENSEMBLE_BATCH, a.device.threads, TRAIN_SPIN)?;
+    check_fits(predictor.as_ref(), &data.test, data.dim())
+        .with_context(|| format!("model {shown} does not fit the data"))?;
+    log::info!("evaluating {}", model.describe());
+    let eval = wgtrain::infer::ensemble::evaluate(predictor.as_mut(), &data.test)?;
+    report(&eval, &predictor.name(), a.json)
+}
+
+/// Rows per forward pass of an ensemble's evaluation.
+const ENSEMBLE_BATCH: usize = 256;
 
 /// Print an evaluation: one JSON object, or a line and the confusion table.
 fn report(eval: &Evaluation, ran_on: &str, json: bool) -> Result<()> {

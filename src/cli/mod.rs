@@ -6,11 +6,13 @@
 //! to the flag that set it.
 
 mod args;
+mod average;
 mod bench;
 mod compress;
 mod devices;
 mod distill;
 mod distributed;
+mod ensemble;
 mod eval;
 mod plot;
 mod predict;
@@ -70,6 +72,10 @@ enum Command {
     /// Train a student model from teacher models (knowledge distillation):
     /// every flag of train, plus --teacher, --temperature and --alpha.
     Distill(Box<distill::DistillArgs>),
+    /// Write one file holding several models (an ensemble: their probabilities are averaged).
+    Ensemble(ensemble::EnsembleArgs),
+    /// Average the weights of f32 models of one architecture (model soups).
+    Average(average::AverageArgs),
 }
 
 /// Parse the command line and run it.
@@ -102,6 +108,8 @@ pub fn run() -> Result<()> {
                 .unwrap_or_default();
             distill::run(*a, given)
         }
+        Command::Ensemble(a) => ensemble::run(a),
+        Command::Average(a) => average::run(a),
     }
 }
 
@@ -198,6 +206,7 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::LabelSmoothing => "--label-smoothing",
         Setting::Shift => "--shift",
         Setting::ClipGradNorm => "--clip-grad-norm",
+        Setting::SwaFrom => "--swa-from",
         Setting::Checkpoint => "--checkpoint-dir",
         Setting::ShardWeights => "--shard-weights",
         Setting::Temperature => "--temperature",

@@ -4,24 +4,25 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
 use wgtrain::device::{open_predictor, DeviceChoice};
 use wgtrain::infer::input::{self, CsvInputOptions};
 use wgtrain::infer::{predictions, ClassProbability, DEFAULT_SPIN};
-use wgtrain::model::AnyModel;
 
 /// Rows per forward pass of `predict` (and the buffers it allocates).
 const PREDICT_BATCH: usize = 256;
 
 #[derive(Debug, Args)]
 pub(crate) struct PredictArgs {
-    /// The model file written by `wgtrain train --save` or `wgtrain
-    /// compress` (int8 models run the int8 kernels).
-    #[arg(long, value_name = "FILE")]
-    model: PathBuf,
+    /// The model file written by `wgtrain train --save`, `wgtrain
+    /// compress` (int8 models run the int8 kernels) or `wgtrain ensemble`;
+    /// several, comma-separated, answer as an ensemble (the mean of their
+    /// probabilities; each member keeps its own preprocessing).
+    #[arg(long, value_name = "FILE[,FILE...]", value_delimiter = ',', required = true)]
+    model: Vec<PathBuf>,
     /// Inputs: PNG or JPEG images (made grayscale and resized to the
     /// model's input shape), IDX image files (every image in them), or CSV
     /// files of feature rows (a first row with text is a header). Each may
@@ -63,7 +64,7 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
     if a.top_k == 0 {
         bail!("--top-k must be at least 1");
     }
-    let model = AnyModel::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
+    let model = super::args::load_models(&a.model)?;
     let mut predictor = open_predictor(&a.device, &model, PREDICT_BATCH, a.threads, DEFAULT_SPIN)?;
     let shape = predictor.input_shape().to_vec();
     let csv = CsvInputOptions { drop_col: a.label_col };

@@ -8,15 +8,16 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use wgtrain::device::{open_predictor, DeviceChoice};
-use wgtrain::model::AnyModel;
 use wgtrain::serve::ServeConfig;
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// The model file written by `wgtrain train --save` or `wgtrain
-    /// compress` (int8 models run the int8 kernels).
-    #[arg(long, value_name = "FILE")]
-    model: PathBuf,
+    /// The model file written by `wgtrain train --save`, `wgtrain
+    /// compress` (int8 models run the int8 kernels) or `wgtrain ensemble`;
+    /// several, comma-separated, answer as an ensemble (the mean of their
+    /// probabilities; each member keeps its own preprocessing).
+    #[arg(long, value_name = "FILE[,FILE...]", value_delimiter = ',', required = true)]
+    model: Vec<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     addr: SocketAddr,
@@ -80,11 +81,8 @@ enum Batcher {
 
 /// Run `wgtrain serve` until SIGINT or SIGTERM, then drain and exit.
 pub(crate) fn run(a: ServeArgs) -> Result<()> {
-    let model = AnyModel::load(&a.model).with_context(|| format!("cannot load model {}", a.model.display()))?;
-    let sizes = match &model {
-        AnyModel::F32(m) => m.sizes(),
-        AnyModel::Compressed(m) => m.sizes(),
-    };
+    let model = super::args::load_models(&a.model)?;
+    let described = model.describe();
     let http_threads = match a.threads {
         0 => wgtrain::cpu::cores().saturating_sub(1).max(1),
         n => n,
@@ -118,6 +116,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         top_k: a.top_k,
         idle_spin: Duration::from_micros(a.spin_us),
         inline: false,
+        model: described.clone(),
     };
     let inline = match a.batcher {
         Batcher::Auto => maybe_inline && !predictor.waits_on_device(),
@@ -153,9 +152,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", a.addr))?;
         let local = listener.local_addr()?;
         log::info!(
-            "serving {} ({}) on http://{local} with {}: POST /v1/predict, GET /healthz, GET /metrics",
-            a.model.display(),
-            sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-"),
+            "serving {} ({described}) on http://{local} with {}: POST /v1/predict, GET /healthz, GET /metrics",
+            super::args::show_paths(&a.model),
             predictor.name()
         );
         wgtrain::serve::serve(listener, predictor, config, shutdown_signal()).await?;

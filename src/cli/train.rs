@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -99,6 +99,19 @@ pub(crate) struct TrainArgs {
     /// With --val-split, still evaluate the test set after every epoch.
     #[arg(long)]
     eval_test_each_epoch: bool,
+    /// Stochastic weight averaging: from the end of epoch N on, keep the
+    /// equal-weight mean of the weights at the end of every epoch (as
+    /// torch.optim.swa_utils.AveragedModel, for a network without batch
+    /// norm); the model saved and evaluated at the end is that average,
+    /// not the best validation epoch's (validation still runs every epoch
+    /// and is reported for the average at the end). --early-stop still
+    /// stops the run: the average then holds the epochs from N to the
+    /// stop, and a run stopped before epoch N saves its best epoch as
+    /// usual. Checkpoints keep the average, so --resume continues it.
+    /// Combine with a constant or step schedule that stays high enough
+    /// to explore (the default, --schedule constant).
+    #[arg(long, value_name = "N")]
+    swa_from: Option<usize>,
     /// Write every log point and epoch to this file as it goes: JSON lines
     /// (.jsonl) or CSV (.csv), by extension; `wgtrain plot` draws it.
     #[arg(long, value_name = "FILE")]
@@ -649,6 +662,11 @@ fn run_on(
         epochs
     );
     log::info!("learning rate: {}", cfg.schedule);
+    if let Some(from) = cfg.swa_from {
+        log::info!(
+            "stochastic weight averaging: the model saved and evaluated at the end is the mean of the weights at the ends of epochs {from} to {epochs}"
+        );
+    }
     let steps = steps_per_epoch(data.train.len(), a.batch);
     let bar = if std::io::stderr().is_terminal() && !a.json && root {
         let b = ProgressBar::new(steps as u64);
@@ -778,13 +796,20 @@ fn parameters_hash(model: &Mlp) -> String {
 /// expanded to dense f32).
 fn load_init(path: &Path) -> Result<Mlp> {
     let any = AnyModel::load(path).with_context(|| format!("--init: cannot load the model {}", path.display()))?;
+    if matches!(any, AnyModel::Ensemble(_)) {
+        bail!(
+            "--init: {} is an ensemble; start from one model (`wgtrain average` makes one of models of one architecture)",
+            path.display()
+        );
+    }
     if !matches!(any, AnyModel::F32(_)) {
         log::info!(
             "--init: {} is compressed; training starts from its dense f32 expansion",
             path.display()
         );
     }
-    Ok(any.to_mlp())
+    any.to_mlp()
+        .with_context(|| format!("--init: {} holds no single model", path.display()))
 }
 
 /// Check that an `--init` model fits the data it is to be trained on.
@@ -901,6 +926,7 @@ fn set_validation(a: &TrainArgs, cfg: &mut TrainConfig) {
     cfg.early_stop = a.early_stop;
     cfg.best_by = a.early_stop_metric;
     cfg.eval_test_each_epoch = a.eval_test_each_epoch;
+    cfg.swa_from = a.swa_from;
 }
 
 /// The dataset with its validation split held out, as --val-split asks.
@@ -1058,6 +1084,28 @@ fn saved_why(end: Option<&Event>) -> String {
                 String::new()
             }
         ),
+        Some(Event::End {
+            epoch,
+            chosen: Chosen::Average,
+            averaged_from,
+            validation_loss,
+            validation_accuracy,
+            stopped_early,
+            ..
+        }) => {
+            let from = averaged_from.unwrap_or(*epoch);
+            let mut s = format!(
+                "the weight average of epochs {from} to {epoch} ({} epochs, stochastic weight averaging)",
+                epoch + 1 - from
+            );
+            if let (Some(l), Some(acc)) = (validation_loss, validation_accuracy) {
+                s += &format!("; its validation loss {l:.4}, accuracy {:.2}%", acc * 100.0);
+            }
+            if *stopped_early {
+                s += "; stopped early";
+            }
+            s
+        }
         Some(Event::End { epoch, .. }) => format!("epoch {epoch}: the last, no validation split"),
         _ => "the last epoch".into(),
     }
@@ -1080,13 +1128,21 @@ fn load_teachers(list: &str) -> Result<Vec<(PathBuf, Mlp)>> {
         .map(|p| {
             let any =
                 AnyModel::load(&p).with_context(|| format!("--teacher: cannot load the model {}", p.display()))?;
+            if matches!(any, AnyModel::Ensemble(_)) {
+                bail!(
+                    "--teacher: {} is an ensemble; name its members as teachers instead (--teacher A,B,...), whose probabilities are averaged",
+                    p.display()
+                );
+            }
             if !matches!(any, AnyModel::F32(_)) {
                 log::info!(
                     "--teacher: {} is compressed; it teaches with its weights dequantized to f32",
                     p.display()
                 );
             }
-            let m = any.to_mlp();
+            let m = any
+                .to_mlp()
+                .with_context(|| format!("--teacher: {} holds no single model", p.display()))?;
             Ok((p, m))
         })
         .collect()

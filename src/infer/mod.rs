@@ -8,8 +8,9 @@
 //! an f32 [`Mlp`] on the [`kernels`], its large layers split by panels
 //! over a [`crate::cpu::Team`] of threads;
 //! [`Int8Predictor`] runs a compressed model on the int8 engine of
-//! [`int8`]; [`cpu_predictor`] picks one for any model file; a GPU
-//! predictor implements the same trait. [`compressed`] evaluates a
+//! [`int8`]; [`ensemble::EnsemblePredictor`] averages the probabilities of
+//! one predictor per member of an ensemble; [`cpu_predictor`] picks one for
+//! any model file; a GPU predictor implements the same trait. [`compressed`] evaluates a
 //! compressed model over a split. [`input`] turns images, IDX files and CSV
 //! files into raw rows. `crate::bench::bench_inference` measures a
 //! predictor.
@@ -17,6 +18,7 @@
 //! Models come from [`crate::model`]; nothing here makes or changes one.
 
 pub mod compressed;
+pub mod ensemble;
 pub mod input;
 pub mod int8;
 pub mod kernels;
@@ -329,15 +331,29 @@ impl Predictor for Int8Predictor {
 
 /// The CPU predictor for any model file: [`Int8Predictor`] for a compressed
 /// model with int8 weights and int8 activations, else [`CpuPredictor`] on
-/// the f32 (for a compressed model, dequantized) weights.
-pub fn cpu_predictor(model: &AnyModel, capacity: usize, threads: usize, spin: Duration) -> Box<dyn Predictor> {
-    match model {
+/// the f32 (for a compressed model, dequantized) weights; for an ensemble,
+/// an [`ensemble::EnsemblePredictor`] over one of those per member.
+pub fn cpu_predictor(
+    model: &AnyModel,
+    capacity: usize,
+    threads: usize,
+    spin: Duration,
+) -> Result<Box<dyn Predictor>, InferError> {
+    Ok(match model {
         AnyModel::F32(m) => Box::new(CpuPredictor::with_threads(m, capacity, threads, spin)),
         AnyModel::Compressed(c) => match (c.info.activations, Int8Predictor::with_threads(c, threads, spin)) {
             (Activations::Int8, Some(p)) => Box::new(p),
             _ => Box::new(CpuPredictor::with_threads(&c.to_mlp(), capacity, threads, spin)),
         },
-    }
+        AnyModel::Ensemble(e) => {
+            let members = e
+                .members()
+                .iter()
+                .map(|m| cpu_predictor(&m.model, capacity, threads, spin))
+                .collect::<Result<Vec<_>, _>>()?;
+            Box::new(ensemble::EnsemblePredictor::new(members)?)
+        }
+    })
 }
 
 /// One class and its probability.

@@ -15,9 +15,17 @@
 //! | `bitmask-f32`  | `fcN.weight_mask` U8 `[out, ceil(in/8)]`, `fcN.weight_values` F32 `[nnz]`       |
 //! | `bitmask-int8` | `fcN.weight_mask`, `fcN.weight_values` I8 `[nnz]`, `fcN.weight_scale` F32 `[out]` |
 //!
-//! The bitmask is described in [`super::sparse`]. Files are written
-//! atomically ([`write_atomic`]).
+//! The bitmask is described in [`super::sparse`].
+//!
+//! An ensemble file ([`FORMAT_ENSEMBLE`]) holds its members' files in one:
+//! member `N`'s tensors prefixed `mN.` (`m0.fc1.weight`, ...), its metadata
+//! keys prefixed the same way (`m0.layers`, `m0.wgtrain.format`, ...) with
+//! `mN.source` naming the file it came from, and `ensemble.members`, the
+//! count. Each member is read with every check of its own format, and a
+//! tensor or key of no member is refused. Files are written atomically
+//! ([`write_atomic`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
@@ -25,7 +33,8 @@ use safetensors::SafeTensors;
 use serde::Serialize;
 
 use super::compressed::{CompressedLinear, CompressedMlp, LayerWeights};
-use super::header::{Format, Header, Metadata, FORMAT_COMPRESSED, FORMAT_MLP};
+use super::ensemble::{AnyModel, Ensemble, Member};
+use super::header::{Format, Header, Metadata, FORMAT_COMPRESSED, FORMAT_ENSEMBLE, FORMAT_KEY, FORMAT_MLP};
 use super::int8::QuantizedWeights;
 use super::mlp::{Linear, Mlp};
 use super::sparse;
@@ -53,6 +62,11 @@ impl Tensors {
 
     /// The file: the tensors with `meta`.
     fn serialize(&self, meta: &Metadata) -> Result<Vec<u8>, ModelError> {
+        self.serialize_map(meta.to_map())
+    }
+
+    /// The file: the tensors with the metadata `map`.
+    fn serialize_map(&self, map: HashMap<String, String>) -> Result<Vec<u8>, ModelError> {
         let views = self
             .0
             .iter()
@@ -62,7 +76,7 @@ impl Tensors {
                     .map_err(|e| ModelError::Invalid(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        safetensors::serialize(views, Some(meta.to_map())).map_err(|e| ModelError::Invalid(e.to_string()))
+        safetensors::serialize(views, Some(map)).map_err(|e| ModelError::Invalid(e.to_string()))
     }
 }
 
@@ -123,29 +137,45 @@ fn push_weights(t: &mut Tensors, i: usize, l: &CompressedLinear) -> (&'static st
     (encoding, bytes)
 }
 
-/// A model file being read: its parsed metadata and its tensors.
+/// The safetensors container of `bytes` and its metadata map, after
+/// checking that the bytes hold exactly what the header lays out; `path`
+/// is only used in messages.
+fn open<'a>(bytes: &'a [u8], path: &Path) -> Result<(SafeTensors<'a>, HashMap<String, String>), ModelError> {
+    let fmt_err = |e: safetensors::SafeTensorError| ModelError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    check_extent(bytes).map_err(|message| ModelError::Format {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    let (_, md) = SafeTensors::read_metadata(bytes).map_err(fmt_err)?;
+    let st = SafeTensors::deserialize(bytes).map_err(fmt_err)?;
+    Ok((st, md.metadata().clone().unwrap_or_default()))
+}
+
+/// One model of a file being read: its parsed metadata and the file's
+/// tensors, of which it owns those named `prefix` + a model tensor's name
+/// (every tensor for a single-model file, `mN.*` for an ensemble's member
+/// `N`).
 struct Reader<'a> {
     path: &'a Path,
     meta: Metadata,
-    st: SafeTensors<'a>,
+    st: &'a SafeTensors<'a>,
+    prefix: String,
 }
 
 impl<'a> Reader<'a> {
-    /// Parse the safetensors container and the metadata of `bytes`; `path`
-    /// is only used in messages.
-    fn new(bytes: &'a [u8], path: &'a Path) -> Result<Self, ModelError> {
-        let fmt_err = |e: safetensors::SafeTensorError| ModelError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
-        check_extent(bytes).map_err(|message| ModelError::Format {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        let (_, md) = SafeTensors::read_metadata(bytes).map_err(fmt_err)?;
-        let st = SafeTensors::deserialize(bytes).map_err(fmt_err)?;
-        let meta = Metadata::parse(&md.metadata().clone().unwrap_or_default(), path)?;
-        Ok(Reader { path, meta, st })
+    /// The model described by the metadata `md` whose tensors are `prefix`
+    /// + their names in `st`; `path` is only used in messages.
+    fn new(
+        st: &'a SafeTensors<'a>,
+        md: &HashMap<String, String>,
+        path: &'a Path,
+        prefix: String,
+    ) -> Result<Self, ModelError> {
+        let meta = Metadata::parse(md, path)?;
+        Ok(Reader { path, meta, st, prefix })
     }
 
     fn not_ours(&self, message: String) -> ModelError {
@@ -166,10 +196,8 @@ impl<'a> Reader<'a> {
 
     /// The bytes of tensor `name`, which must have `dtype` and `shape`.
     fn tensor(&self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'a [u8], ModelError> {
-        let t = self
-            .st
-            .tensor(name)
-            .map_err(|_| self.not_ours(format!("tensor `{name}` is missing")))?;
+        let t = self.view(name)?;
+        let name = format!("{}{name}", self.prefix);
         if t.dtype() != dtype || t.shape() != shape {
             return Err(self.not_ours(format!(
                 "tensor `{name}` is {:?} {:?}, expected {dtype:?} {shape:?}",
@@ -180,6 +208,14 @@ impl<'a> Reader<'a> {
         Ok(t.data())
     }
 
+    /// Tensor `name` (without the prefix) of this model.
+    fn view(&self, name: &str) -> Result<TensorView<'a>, ModelError> {
+        let full = format!("{}{name}", self.prefix);
+        self.st
+            .tensor(&full)
+            .map_err(|_| self.not_ours(format!("tensor `{full}` is missing")))
+    }
+
     /// An F32 tensor, every value of which must be finite.
     fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let v: Vec<f32> = self
@@ -188,7 +224,7 @@ impl<'a> Reader<'a> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-            return Err(self.not_ours(format!("tensor `{name}` holds {x} at index {i}")));
+            return Err(self.not_ours(format!("tensor `{}{name}` holds {x} at index {i}", self.prefix)));
         }
         Ok(v)
     }
@@ -196,11 +232,18 @@ impl<'a> Reader<'a> {
     /// Refuse a tensor the layers did not read: `expected` names every one
     /// they did.
     fn no_other_tensors(&self, expected: &[String]) -> Result<(), ModelError> {
-        let mut names = self.st.names();
+        let mut names: Vec<&str> = self
+            .st
+            .names()
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(self.prefix.as_str()))
+            .collect();
         names.sort();
         match names.into_iter().find(|n| !expected.iter().any(|e| e == *n)) {
             Some(extra) => Err(self.not_ours(format!(
-                "tensor `{extra}` is not part of the model the metadata describes (`layers` has {} layers)",
+                "tensor `{}{extra}` is not part of the model the metadata describes (`{}layers` has {} layers)",
+                self.prefix,
+                self.prefix,
                 self.meta.header.sizes.len() - 1
             ))),
             None => Ok(()),
@@ -246,17 +289,14 @@ impl<'a> Reader<'a> {
     /// as the values the layer stores (`weight_values`, of `dtype`).
     fn mask(&self, i: usize, inputs: usize, outputs: usize) -> Result<Vec<usize>, ModelError> {
         let values = layer_tensor(i, "weight_values");
-        let nnz: usize = self
-            .st
-            .tensor(&values)
-            .map(|t| t.shape().iter().product())
-            .map_err(|_| self.not_ours(format!("tensor `{values}` is missing")))?;
+        let nnz: usize = self.view(&values)?.shape().iter().product();
         let mask_name = layer_tensor(i, "weight_mask");
         let m = self.tensor(&mask_name, Dtype::U8, &[outputs, sparse::row_bytes(inputs)])?;
         let pos = sparse::positions(m, inputs, outputs);
         if pos.len() != nnz {
+            let p = &self.prefix;
             return Err(self.not_ours(format!(
-                "`{mask_name}` has {} set bits but `{values}` holds {nnz} values",
+                "`{p}{mask_name}` has {} set bits but `{p}{values}` holds {nnz} values",
                 pos.len()
             )));
         }
@@ -293,7 +333,12 @@ impl<'a> Reader<'a> {
                 let vals = self.i8s(&name("weight_values"), &[pos.len()])?;
                 int8(sparse::scatter(inputs * outputs, &pos, &vals))
             }
-            other => Err(self.not_ours(format!("unknown weight encoding `{other}` of layer {}", i + 1))),
+            other => Err(self.not_ours(format!(
+                "unknown weight encoding `{other}` of layer {} (`{}fc{}.encoding`)",
+                i + 1,
+                self.prefix,
+                i + 1
+            ))),
         }
     }
 
@@ -432,6 +477,12 @@ impl Mlp {
     /// Serialise to safetensors bytes: `fc1.weight`, `fc1.bias`, ... in
     /// `[out, in]` layout, f32 little-endian.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
+        let (t, meta) = self.parts();
+        t.serialize(&meta)
+    }
+
+    /// The tensors and metadata of the file.
+    fn parts(&self) -> (Tensors, Metadata) {
         let mut t = Tensors(Vec::new());
         for (i, l) in self.layers.iter().enumerate() {
             t.push(
@@ -442,10 +493,11 @@ impl Mlp {
             );
             t.push(layer_tensor(i, "bias"), Dtype::F32, vec![l.outputs], f32_bytes(&l.bias));
         }
-        t.serialize(&Metadata {
+        let meta = Metadata {
             header: self.header(),
             format: Format::F32,
-        })
+        };
+        (t, meta)
     }
 
     /// Write the model atomically ([`write_atomic`]).
@@ -455,7 +507,8 @@ impl Mlp {
 
     /// Parse a plain f32 model file; `path` is only used in messages.
     pub fn from_safetensors(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
-        Reader::new(bytes, path)?.mlp()
+        let (st, md) = open(bytes, path)?;
+        Reader::new(&st, &md, path, String::new())?.mlp()
     }
 
     /// Load a plain f32 model file.
@@ -468,6 +521,12 @@ impl CompressedMlp {
     /// Serialise, choosing for each layer the smallest encoding; returns
     /// the bytes and how each layer was stored.
     pub fn to_safetensors(&self) -> Result<(Vec<u8>, Vec<LayerStorage>), ModelError> {
+        let (t, storage, meta) = self.parts();
+        Ok((t.serialize(&meta)?, storage))
+    }
+
+    /// The tensors, storage and metadata of the file.
+    fn parts(&self) -> (Tensors, Vec<LayerStorage>, Metadata) {
         let mut t = Tensors(Vec::new());
         let mut storage = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
@@ -485,7 +544,7 @@ impl CompressedMlp {
                 encodings: storage.iter().map(|s| s.encoding.to_string()).collect(),
             },
         };
-        Ok((t.serialize(&meta)?, storage))
+        (t, storage, meta)
     }
 
     /// Write atomically; returns how each layer was stored and the file size.
@@ -497,7 +556,8 @@ impl CompressedMlp {
 
     /// Parse a compressed model file; `path` is only used in messages.
     pub fn from_safetensors(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
-        Reader::new(bytes, path)?.compressed()
+        let (st, md) = open(bytes, path)?;
+        Reader::new(&st, &md, path, String::new())?.compressed()
     }
 
     /// Load a compressed model file.
@@ -506,56 +566,153 @@ impl CompressedMlp {
     }
 }
 
-/// Any model file wgtrain writes.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AnyModel {
-    F32(Mlp),
-    Compressed(CompressedMlp),
+/// The metadata key of an ensemble file holding its member count.
+const MEMBERS_KEY: &str = "ensemble.members";
+
+/// The most members an ensemble file may declare (a guard against a
+/// damaged count, far above any useful ensemble).
+const MAX_MEMBERS: usize = 4096;
+
+/// The prefix of member `i`'s tensors and keys.
+fn member_prefix(i: usize) -> String {
+    format!("m{i}.")
+}
+
+/// The member a tensor or key `name` of an ensemble file belongs to: `N`
+/// of `mN.` (written without leading zeros).
+fn member_of(name: &str) -> Option<usize> {
+    let (n, _) = name.strip_prefix('m')?.split_once('.')?;
+    let i: usize = n.parse().ok()?;
+    (i.to_string() == n).then_some(i)
 }
 
 impl AnyModel {
-    /// Read a model file of either format, by its `wgtrain.format`.
+    /// Read a model file of any format, by its `wgtrain.format`.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         Self::from_safetensors(&read_file(path)?, path)
     }
 
-    /// Parse a model file of either format; `path` is only used in messages.
+    /// Parse a model file of any format; `path` is only used in messages.
     pub fn from_safetensors(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
-        let r = Reader::new(bytes, path)?;
+        let (st, md) = open(bytes, path)?;
+        if md.get(FORMAT_KEY).map(String::as_str) == Some(FORMAT_ENSEMBLE) {
+            return Ok(AnyModel::Ensemble(read_ensemble(&st, &md, path)?));
+        }
+        let r = Reader::new(&st, &md, path, String::new())?;
         match r.meta.format {
             Format::F32 => Ok(AnyModel::F32(r.mlp()?)),
             Format::Compressed { .. } => Ok(AnyModel::Compressed(r.compressed()?)),
         }
     }
+}
 
-    /// Layer widths, input shape and preprocessing.
-    pub fn header(&self) -> Header {
-        match self {
-            AnyModel::F32(m) => m.header(),
-            AnyModel::Compressed(m) => m.header(),
+/// The members of an ensemble file, each read with every check of its own
+/// format.
+fn read_ensemble(st: &SafeTensors<'_>, md: &HashMap<String, String>, path: &Path) -> Result<Ensemble, ModelError> {
+    let not_ours = |message: String| ModelError::NotWgtrain {
+        path: path.to_path_buf(),
+        message,
+    };
+    let count = md
+        .get(MEMBERS_KEY)
+        .ok_or_else(|| not_ours(format!("metadata has no `{MEMBERS_KEY}`")))?;
+    let n: usize = count
+        .parse()
+        .ok()
+        .filter(|n| (super::ensemble::MIN_MEMBERS..=MAX_MEMBERS).contains(n))
+        .ok_or_else(|| {
+            not_ours(format!(
+                "metadata `{MEMBERS_KEY}` = `{count}` is not a member count from {} to {MAX_MEMBERS}",
+                super::ensemble::MIN_MEMBERS
+            ))
+        })?;
+    let mut tensors = st.names();
+    tensors.sort();
+    if let Some(t) = tensors.iter().find(|t| member_of(t).is_none_or(|i| i >= n)) {
+        return Err(not_ours(format!(
+            "tensor `{t}` belongs to no member (`{MEMBERS_KEY}` is {n})"
+        )));
+    }
+    let mut keys: Vec<&String> = md.keys().collect();
+    keys.sort();
+    let top = [FORMAT_KEY, "wgtrain.version", MEMBERS_KEY];
+    if let Some(k) = keys
+        .iter()
+        .find(|k| !top.contains(&k.as_str()) && member_of(k).is_none_or(|i| i >= n))
+    {
+        return Err(not_ours(format!(
+            "metadata `{k}` belongs to no member (`{MEMBERS_KEY}` is {n})"
+        )));
+    }
+    let mut members = Vec::with_capacity(n);
+    for i in 0..n {
+        let prefix = member_prefix(i);
+        let sub: HashMap<String, String> = md
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(prefix.as_str())?.to_string(), v.clone())))
+            .collect();
+        if sub.get(FORMAT_KEY).map(String::as_str) == Some(FORMAT_ENSEMBLE) {
+            return Err(not_ours(format!(
+                "member {i} is an ensemble itself; ensembles do not nest"
+            )));
         }
+        let in_member = |e: ModelError| match e {
+            ModelError::NotWgtrain { path, message } => ModelError::NotWgtrain {
+                path,
+                message: format!("ensemble member {i} (`{prefix}*`): {message}"),
+            },
+            other => other,
+        };
+        let r = Reader::new(st, &sub, path, prefix.clone()).map_err(in_member)?;
+        let model = match r.meta.format {
+            Format::F32 => AnyModel::F32(r.mlp().map_err(in_member)?),
+            Format::Compressed { .. } => AnyModel::Compressed(r.compressed().map_err(in_member)?),
+        };
+        let source = sub.get("source").cloned().unwrap_or_else(|| format!("member {i}"));
+        members.push(Member { model, source });
+    }
+    Ensemble::new(members)
+}
+
+impl Ensemble {
+    /// Serialise every member into one file (see the module docs).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
+        let mut all = Tensors(Vec::new());
+        let mut map = HashMap::from([
+            (FORMAT_KEY.to_string(), FORMAT_ENSEMBLE.to_string()),
+            ("wgtrain.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            (MEMBERS_KEY.to_string(), self.members().len().to_string()),
+        ]);
+        for (i, m) in self.members().iter().enumerate() {
+            let (t, meta) = match &m.model {
+                AnyModel::F32(f) => f.parts(),
+                AnyModel::Compressed(c) => {
+                    let (t, _, meta) = c.parts();
+                    (t, meta)
+                }
+                AnyModel::Ensemble(_) => {
+                    return Err(ModelError::Ensemble(format!(
+                        "{} is an ensemble itself; ensembles do not nest",
+                        m.source
+                    )))
+                }
+            };
+            let prefix = member_prefix(i);
+            for (name, dtype, shape, data) in t.0 {
+                all.push(format!("{prefix}{name}"), dtype, shape, data);
+            }
+            map.extend(meta.to_map().into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+            map.insert(format!("{prefix}source"), m.source.clone());
+        }
+        all.serialize_map(map)
     }
 
-    pub fn inputs(&self) -> usize {
-        match self {
-            AnyModel::F32(m) => m.inputs(),
-            AnyModel::Compressed(m) => m.inputs(),
-        }
-    }
-
-    pub fn classes(&self) -> usize {
-        match self {
-            AnyModel::F32(m) => m.classes(),
-            AnyModel::Compressed(m) => m.classes(),
-        }
-    }
-
-    /// The f32 model (dequantized for a compressed one).
-    pub fn to_mlp(&self) -> Mlp {
-        match self {
-            AnyModel::F32(m) => m.clone(),
-            AnyModel::Compressed(m) => m.to_mlp(),
-        }
+    /// Write the ensemble atomically ([`write_atomic`]); returns the file
+    /// size.
+    pub fn save(&self, path: &Path) -> Result<usize, ModelError> {
+        let bytes = self.to_safetensors()?;
+        write_atomic(path, &bytes)?;
+        Ok(bytes.len())
     }
 }
 

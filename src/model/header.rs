@@ -23,6 +23,9 @@ pub const FORMAT_KEY: &str = "wgtrain.format";
 pub const FORMAT_MLP: &str = "mlp-f32-v1";
 /// Value of [`FORMAT_KEY`] for a compressed MLP.
 pub const FORMAT_COMPRESSED: &str = "mlp-compressed-v1";
+/// Value of [`FORMAT_KEY`] for an ensemble of models (see [`super::file`]);
+/// [`Metadata`] describes one model and refuses it.
+pub const FORMAT_ENSEMBLE: &str = "ensemble-v1";
 
 /// The description every model carries besides its parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +83,7 @@ pub struct Metadata {
 /// Whether `format` names a later version of one of the formats, e.g.
 /// `mlp-f32-v2`.
 fn newer_format(format: &str) -> bool {
-    [FORMAT_MLP, FORMAT_COMPRESSED].iter().any(|known| {
+    [FORMAT_MLP, FORMAT_COMPRESSED, FORMAT_ENSEMBLE].iter().any(|known| {
         let (stem, ours) = known.rsplit_once("-v").unwrap_or((known, "1"));
         let ours: u32 = ours.parse().unwrap_or(1);
         format
@@ -177,6 +180,11 @@ impl Metadata {
         let compressed = match md.get(FORMAT_KEY).map(String::as_str) {
             Some(FORMAT_MLP) => false,
             Some(FORMAT_COMPRESSED) => true,
+            Some(FORMAT_ENSEMBLE) => {
+                return Err(not_ours(format!(
+                    "format `{FORMAT_ENSEMBLE}` is an ensemble of several models, not one model"
+                )))
+            }
             Some(other) if newer_format(other) => {
                 return Err(not_ours(format!(
                     "format `{other}` is from a newer wgtrain (this one reads `{FORMAT_MLP}` and `{FORMAT_COMPRESSED}`)"
@@ -184,7 +192,7 @@ impl Metadata {
             }
             Some(other) => {
                 return Err(not_ours(format!(
-                    "unknown format `{other}` (expected `{FORMAT_MLP}` or `{FORMAT_COMPRESSED}`)"
+                    "unknown format `{other}` (expected `{FORMAT_MLP}`, `{FORMAT_COMPRESSED}` or `{FORMAT_ENSEMBLE}`)"
                 )))
             }
             None => {

@@ -11,14 +11,20 @@
 //! - [`sparse`]: the bitmask storage of pruned weight matrices.
 //! - [`info`]: how a compressed model was made ([`CompressionInfo`]).
 //! - [`compressed`]: the pruned and/or int8 [`CompressedMlp`].
-//! - [`file`](mod@file): the reader and writer of every model file, and
-//!   [`AnyModel`], which loads either format.
+//! - [`ensemble`]: [`AnyModel`] (a model of any kind) and [`Ensemble`],
+//!   several models whose probabilities are averaged.
+//! - [`average`]: weight averaging of f32 models of one architecture (model
+//!   soups, stochastic weight averaging).
+//! - [`file`](mod@file): the reader and writer of every model file; it
+//!   loads any of them as an [`AnyModel`].
 //!
 //! Running a model is elsewhere: training in [`crate::cpu`] and
 //! [`crate::gpu`], inference in [`crate::infer`]; making a compressed model
 //! (pruning, fine-tuning) in [`crate::compress`].
 
+pub mod average;
 pub mod compressed;
+pub mod ensemble;
 pub mod file;
 pub mod header;
 pub mod info;
@@ -27,8 +33,9 @@ pub mod mlp;
 pub mod sparse;
 
 pub use compressed::{CompressedLinear, CompressedMlp, LayerWeights};
-pub use file::{write_atomic, AnyModel, LayerStorage};
-pub use header::{Format, Header, Metadata, FORMAT_COMPRESSED, FORMAT_KEY, FORMAT_MLP};
+pub use ensemble::{AnyModel, Ensemble, Member};
+pub use file::{write_atomic, LayerStorage};
+pub use header::{Format, Header, Metadata, FORMAT_COMPRESSED, FORMAT_ENSEMBLE, FORMAT_KEY, FORMAT_MLP};
 pub use info::{Activations, CompressionInfo, Scope};
 pub use int8::QuantizedWeights;
 pub use mlp::{Linear, Mlp};

@@ -71,6 +71,9 @@ pub struct ServeConfig {
     /// thread competing for a core. A batch is whatever arrived while the
     /// previous one ran (`max_wait` does not apply).
     pub inline: bool,
+    /// The model in words, reported by `GET /healthz` as `model` (e.g.
+    /// `ensemble of 3 (f32 784-500-10, ...)`); empty: not reported.
+    pub model: String,
 }
 
 impl Default for ServeConfig {
@@ -83,6 +86,7 @@ impl Default for ServeConfig {
             top_k: 3,
             idle_spin: Duration::ZERO,
             inline: false,
+            model: String::new(),
         }
     }
 }
@@ -106,6 +110,7 @@ struct AppState {
     classes: usize,
     input_shape: Arc<Vec<usize>>,
     predictor: Arc<str>,
+    model: Arc<str>,
     top_k: usize,
     queue_bound: usize,
 }
@@ -173,6 +178,7 @@ where
         classes,
         input_shape,
         predictor: predictor_name,
+        model: config.model.as_str().into(),
         top_k: config.top_k,
         queue_bound: config.queue,
     };
@@ -209,14 +215,17 @@ fn router(state: AppState, max_body_bytes: usize) -> Router {
 }
 
 async fn healthz(State(st): State<AppState>) -> Response {
-    Json(serde_json::json!({
+    let mut v = serde_json::json!({
         "status": "ok",
         "predictor": &*st.predictor,
         "inputs": st.inputs,
         "classes": st.classes,
         "input_shape": &*st.input_shape,
-    }))
-    .into_response()
+    });
+    if !st.model.is_empty() {
+        v["model"] = serde_json::Value::from(&*st.model);
+    }
+    Json(v).into_response()
 }
 
 async fn metrics_text(State(st): State<AppState>) -> Response {

@@ -325,6 +325,7 @@ fn run_trial(
             early_stop: None,
             best_by: StopMetric::Accuracy,
             eval_test_each_epoch: false,
+            swa_from: None,
         };
         let mut backend = make(model, data.clone(), spec)?;
         // Before the first step of epochs 2..=epochs: the decision about the
