@@ -51,7 +51,8 @@ struct Step {
     step_size: f32,
     bc2_sqrt: f32,
     draw_step: u32,
-    pad1: u32,
+    // The first row's position in the whole batch (a data-parallel shard), for the draws.
+    draw_row0: u32,
     pad2: u32,
 }
 
