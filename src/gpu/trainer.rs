@@ -403,39 +403,27 @@ impl GpuBackend {
     /// for the last partial one; again whenever masks are set or cleared,
     /// since each mask adds an `apply_mask` after its layer's update.
     fn build_train_plans(&mut self) -> Result<(), GpuError> {
-        let ctx = &*self.ctx;
-        let bufs = Buffers {
-            sizes: &self.sizes,
-            params: &self.params,
-            acts: &self.acts,
-            grads: &self.grads,
-            masks: self.masks.as_deref(),
-            step: &self.steps,
-            optim: (!self.optim_layers.is_empty()).then_some(OptimBuffers {
-                optimizer: self.optimizer,
-                layers: &self.optim_layers,
-                spares: &self.optim_spares,
-                coef: self.clip.as_ref().map_or(&self.unit_coef, |c| &c.coef),
-            }),
-            smoothing: self.smoothing,
-            clip: self.clip.as_ref(),
-            distill: self.distill.as_ref(),
+        let (full, last) = {
+            let ctx = &*self.ctx;
+            let bufs = self.buffers();
+            let mut input = self.train.source(&self.perm, true, self.preprocess);
+            let Draws { seed, dropout, shift } = self.draws;
+            input.shift = shift.map(|s| (s, seed));
+            let dropout = dropout.map(|d| (d, seed));
+            let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows, dropout);
+            let full = plan(self.batch)?;
+            let last = match self.last_rows != self.batch {
+                true => Some(plan(self.last_rows)?),
+                false => None,
+            };
+            (full, last)
         };
-        let mut input = self.train.source(&self.perm, true, self.preprocess);
-        let Draws { seed, dropout, shift } = self.draws;
-        input.shift = shift.map(|s| (s, seed));
-        let dropout = dropout.map(|d| (d, seed));
-        let plan = |rows| train_step(ctx, &bufs, input, &self.train, &self.stats, rows, dropout);
-        self.full_step = plan(self.batch)?;
+        self.full_step = full;
+        self.last_step = last;
         if let Some(r) = &mut self.replica {
             r.plans.clear();
             r.update = None;
         }
-        self.last_step = if self.last_rows != self.batch {
-            Some(plan(self.last_rows)?)
-        } else {
-            None
-        };
         Ok(())
     }
 
