@@ -8,6 +8,7 @@
 //! `best.fcN.weight`, `best.fcN.bias` when a best model is kept,
 //! `swa.fcN.weight`, `swa.fcN.bias` when a weight average is. The
 //! metadata holds [`FORMAT`], the layer sizes and preprocessing, the
+//! class names when the model has them (`class_names`, as in a model file), the
 //! [`LoopState`] and [`Fingerprint`] as JSON, the caller's own JSON
 //! (`extra`), and a checksum of every tensor's bytes, so a truncated or
 //! altered file is refused. Files are named `ckpt-eEEEE-sSSSSSS.safetensors`
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{join_sizes, BackendState, LayerSlots, StepStats};
 use crate::data::{Dataset, Preprocess};
 use crate::error::{Error, Result};
-use crate::model::{write_atomic, Linear, Mlp};
+use crate::model::{write_atomic, Linear, Mlp, CLASS_NAMES_KEY};
 
 /// The `format` metadata of a checkpoint file.
 pub const FORMAT: &str = "wgtrain-checkpoint-v1";
@@ -311,6 +312,10 @@ pub fn write(dir: &Path, c: &Contents<'_>, keep: usize) -> Result<PathBuf> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let mut meta = meta;
+    if !m.class_names.is_empty() {
+        meta.insert(CLASS_NAMES_KEY.to_string(), json(&m.class_names)?);
+    }
     let views = tensors
         .iter()
         .map(|(n, s, b)| {
@@ -380,6 +385,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         serde_json::from_value(typed("preprocess")?).map_err(|e| bad(format!("metadata `preprocess`: {e}")))?;
     let input_shape: Vec<usize> =
         serde_json::from_value(typed("input_shape")?).map_err(|e| bad(format!("metadata `input_shape`: {e}")))?;
+    let class_names: Vec<String> = match meta.get(CLASS_NAMES_KEY) {
+        None => vec![],
+        Some(v) => serde_json::from_str(v).map_err(|e| bad(format!("metadata `{CLASS_NAMES_KEY}`: {e}")))?,
+    };
     let num = |k: &str| -> Result<u64> { get(k)?.parse().map_err(|e| bad(format!("metadata `{k}`: {e}"))) };
     let updates = num("updates")?;
     let slots = num("slots")? as usize;
@@ -429,11 +438,14 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Mlp {
+        Mlp {
             layers,
             preprocess,
             input_shape: input_shape.clone(),
-        })
+            class_names: vec![],
+        }
+        .with_class_names(class_names.clone())
+        .map_err(|e| bad(format!("metadata `{CLASS_NAMES_KEY}`: {e}")))
     };
     let model = model_of("")?;
     let slots = model

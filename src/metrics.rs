@@ -47,6 +47,14 @@ impl Evaluation {
     /// The confusion matrix as aligned text, rows true classes, columns
     /// predictions.
     pub fn confusion_table(&self) -> String {
+        self.confusion_table_named(&[])
+    }
+
+    /// [`Self::confusion_table`] with each row labelled by its class index
+    /// and name (names longer than [`NAME_WIDTH`] characters cut short,
+    /// ending in `.`); the columns keep the indices, which the rows name.
+    /// Without names it is [`Self::confusion_table`].
+    pub fn confusion_table_named(&self, names: &[String]) -> String {
         let w = self
             .confusion
             .iter()
@@ -55,14 +63,19 @@ impl Evaluation {
             .map(|m| m.to_string().len())
             .unwrap_or(1)
             .max(3);
-        let mut s = format!("{:>6} |", "true");
+        let label = |i: usize| match names.get(i) {
+            Some(n) => format!("{i:>2} {:<NAME_WIDTH$}", abbreviate(n)),
+            None => i.to_string(),
+        };
+        let lw = if names.is_empty() { 6 } else { NAME_WIDTH + 3 };
+        let mut s = format!("{:>lw$} |", "true");
         for j in 0..self.confusion.len() {
             s += &format!(" {j:>w$}");
         }
         s += "  <- predicted\n";
-        s += &format!("{}\n", "-".repeat(8 + (w + 1) * self.confusion.len()));
+        s += &format!("{}\n", "-".repeat(lw + 2 + (w + 1) * self.confusion.len()));
         for (i, row) in self.confusion.iter().enumerate() {
-            s += &format!("{i:>6} |");
+            s += &format!("{:>lw$} |", label(i));
             for v in row {
                 s += &format!(" {v:>w$}");
             }
@@ -70,6 +83,47 @@ impl Evaluation {
         }
         s
     }
+
+    /// The accuracy on each class's examples (the diagonal of the
+    /// confusion matrix over its row's sum; `None` for a class without
+    /// examples).
+    pub fn per_class_accuracy(&self) -> Vec<Option<f64>> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let n: u64 = row.iter().sum();
+                (n > 0).then(|| row.get(i).copied().unwrap_or(0) as f64 / n as f64)
+            })
+            .collect()
+    }
+
+    /// One line per class: index, name (when given, in full) and accuracy
+    /// with the class's example count.
+    pub fn per_class_table(&self, names: &[String]) -> String {
+        let nw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+        let mut s = String::new();
+        for (i, (acc, row)) in self.per_class_accuracy().iter().zip(&self.confusion).enumerate() {
+            let name = names.get(i).map(String::as_str).unwrap_or("");
+            let n: u64 = row.iter().sum();
+            let acc = acc.map_or("-".to_string(), |a| format!("{:.2}%", a * 100.0));
+            s += &format!("{i:>6} {name:<nw$} {acc:>8} of {n}\n");
+        }
+        s
+    }
+}
+
+/// The most characters of a class name a confusion table row shows.
+pub const NAME_WIDTH: usize = 12;
+
+/// `name` cut to [`NAME_WIDTH`] characters, the last a `.` when cut.
+fn abbreviate(name: &str) -> String {
+    if name.chars().count() <= NAME_WIDTH {
+        return name.to_string();
+    }
+    let mut s: String = name.chars().take(NAME_WIDTH - 1).collect();
+    s.push('.');
+    s
 }
 
 /// One line of a metrics file: a log point (`kind` "step") or an epoch end

@@ -46,10 +46,14 @@ pub(crate) fn run(a: EvalArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let shown = show_paths(&a.model);
-    let model = match load_models(&a.model)? {
+    let loaded = load_models(&a.model)?;
+    let names = loaded.class_names().to_vec();
+    let model = match loaded {
         AnyModel::F32(m) => m,
-        AnyModel::Compressed(c) => return eval_compressed(&c, Path::new(&shown), &load_data(&a.data, a.seed)?, a.json),
-        ensemble @ AnyModel::Ensemble(_) => return eval_ensemble(&ensemble, &shown, &a),
+        AnyModel::Compressed(c) => {
+            return eval_compressed(&c, Path::new(&shown), &load_data(&a.data, a.seed)?, a.json, &names)
+        }
+        ensemble @ AnyModel::Ensemble(_) => return eval_ensemble(&ensemble, &shown, &a, &names),
     };
     let data = Arc::new(load_data(&a.data, a.seed)?);
     let classes = model.classes();
@@ -66,37 +70,47 @@ fn eval(a: EvalArgs) -> Result<()> {
     for row in eval.confusion.iter_mut() {
         row.resize(classes.max(row.len()), 0);
     }
-    report(&eval, &backend.name(), a.json)
+    report(&eval, &backend.name(), a.json, &names)
 }
 
 /// `wgtrain eval` of a compressed model: the same output as for an f32
 /// model, computed on the CPU by the compressed model's own kernels.
-fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: bool) -> Result<()> {
+fn eval_compressed(model: &CompressedMlp, path: &Path, data: &Dataset, json: bool, names: &[String]) -> Result<()> {
     let eval = evaluate(model, data, SplitKind::Test)
         .with_context(|| format!("model {} does not fit the data", path.display()))?;
-    report(&eval, &cpu_path_name(model), json)
+    report(&eval, &cpu_path_name(model), json, names)
 }
 
 /// `wgtrain eval` of an ensemble: every member's probabilities on the
 /// chosen device (on a GPU, all members in one submission per chunk),
 /// averaged.
-fn eval_ensemble(model: &AnyModel, shown: &str, a: &EvalArgs) -> Result<()> {
+fn eval_ensemble(model: &AnyModel, shown: &str, a: &EvalArgs, names: &[String]) -> Result<()> {
     let data = load_data(&a.data, a.seed)?;
     let mut predictor = open_predictor(&a.device.device, model, ENSEMBLE_BATCH, a.device.threads, TRAIN_SPIN)?;
     check_fits(predictor.as_ref(), &data.test, data.dim())
         .with_context(|| format!("model {shown} does not fit the data"))?;
     log::info!("evaluating {}", model.describe());
     let eval = wgtrain::infer::ensemble::evaluate(predictor.as_mut(), &data.test)?;
-    report(&eval, &predictor.name(), a.json)
+    report(&eval, &predictor.name(), a.json, names)
 }
 
 /// Rows per forward pass of an ensemble's evaluation.
 const ENSEMBLE_BATCH: usize = 256;
 
-/// Print an evaluation: one JSON object, or a line and the confusion table.
-fn report(eval: &Evaluation, ran_on: &str, json: bool) -> Result<()> {
+/// Print an evaluation: one JSON object (with `class_names` and
+/// `per_class_accuracy` when the model names its classes), or a line, the
+/// confusion table and, with names, the accuracy of each class.
+fn report(eval: &Evaluation, ran_on: &str, json: bool, names: &[String]) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(eval)?);
+        let mut v = serde_json::to_value(eval)?;
+        if let (Some(o), false) = (v.as_object_mut(), names.is_empty()) {
+            o.insert("class_names".into(), serde_json::json!(names));
+            o.insert(
+                "per_class_accuracy".into(),
+                serde_json::json!(eval.per_class_accuracy()),
+            );
+        }
+        println!("{v}");
     } else {
         println!(
             "test accuracy {:.2}% ({} examples), test loss {:.4} on {ran_on}",
@@ -104,7 +118,11 @@ fn report(eval: &Evaluation, ran_on: &str, json: bool) -> Result<()> {
             eval.examples,
             eval.loss,
         );
-        print!("{}", eval.confusion_table());
+        print!("{}", eval.confusion_table_named(names));
+        if !names.is_empty() {
+            println!("accuracy per class:");
+            print!("{}", eval.per_class_table(names));
+        }
     }
     Ok(())
 }

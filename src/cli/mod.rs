@@ -8,6 +8,7 @@
 mod args;
 mod average;
 mod bench;
+mod class_names;
 mod compress;
 mod devices;
 mod distill;

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
+use super::class_names::label;
 use wgtrain::device::{open_predictor, DeviceChoice};
 use wgtrain::infer::input::{self, CsvInputOptions};
 use wgtrain::infer::{predictions, ClassProbability, DEFAULT_SPIN};
@@ -55,6 +56,9 @@ pub(crate) struct PredictArgs {
 struct PredictLine<'a> {
     input: &'a str,
     class: usize,
+    /// The class's name, when the model names its classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
     probabilities: &'a [f32],
     top_k: &'a [ClassProbability],
 }
@@ -69,15 +73,18 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
     let shape = predictor.input_shape().to_vec();
     let csv = CsvInputOptions { drop_col: a.label_col };
     let classes = predictor.classes();
+    let names = model.class_names().to_vec();
     let mut stdout = std::io::stdout().lock();
     for path in &a.inputs {
         let inputs = input::load_file(path, predictor.inputs(), &shape, csv)?;
         let probs = predictor.probabilities(&inputs.features)?;
-        for (name, p) in inputs.names.iter().zip(predictions(&probs, classes, a.top_k)) {
+        for (name, mut p) in inputs.names.iter().zip(predictions(&probs, classes, a.top_k)) {
+            p.name_classes(&names);
             if a.json {
                 let line = PredictLine {
                     input: name,
                     class: p.class,
+                    name: p.name.as_deref(),
                     probabilities: &p.probabilities,
                     top_k: &p.top_k,
                 };
@@ -87,7 +94,7 @@ pub(crate) fn run(a: PredictArgs) -> Result<()> {
                 let top: Vec<String> = p
                     .top_k
                     .iter()
-                    .map(|c| format!("{} ({:.4})", c.class, c.probability))
+                    .map(|c| format!("{} ({:.4})", label(&names, c.class), c.probability))
                     .collect();
                 writeln!(stdout, "{name}: {}", top.join("  "))?;
             }

@@ -117,6 +117,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         idle_spin: Duration::from_micros(a.spin_us),
         inline: false,
         model: described.clone(),
+        class_names: model.class_names().to_vec(),
     };
     let inline = match a.batcher {
         Batcher::Auto => maybe_inline && !predictor.waits_on_device(),

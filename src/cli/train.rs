@@ -54,6 +54,15 @@ pub(crate) struct TrainArgs {
     /// file, so --hidden and --normalize cannot be given with it.
     #[arg(long, value_name = "MODEL")]
     init: Option<PathBuf>,
+    /// The name of each class, stored in the model file for eval, predict
+    /// and serve: a FILE of one name a line, in class order (blank lines at
+    /// its end are ignored), or, where no such file exists, a
+    /// comma-separated list `A,B,...` (a name holding a comma needs the
+    /// file). One name per class, non-empty, none twice. Without it, an
+    /// --init model keeps its names, wgtrain distill takes the teachers'
+    /// and a --resume run the checkpoint's.
+    #[arg(long, value_name = "FILE|A,B,...")]
+    class_names: Option<String>,
     /// Examples per step (the last, partial batch of an epoch is kept).
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -594,6 +603,8 @@ fn run_on(
             Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?
         }
     };
+    let model = name_classes(model, &a, resume.as_ref().map(|(_, ck)| ck), teachers.as_deref())?;
+    let class_names = model.class_names.clone();
     let distillation = match (&distill, teachers) {
         (Some(d), Some(t)) => Some(distillation(d, t, &model, &data, a.regular.shift)?),
         _ => None,
@@ -763,7 +774,8 @@ fn run_on(
         result,
         Ok(_) | Err(wgtrain::Error::Interrupted { .. } | wgtrain::Error::Diverged { .. })
     );
-    let trained = result.map_err(flagged)?;
+    let mut trained = result.map_err(flagged)?;
+    trained.class_names = class_names;
     if !root {
         return Ok(());
     }
@@ -810,6 +822,46 @@ fn load_init(path: &Path) -> Result<Mlp> {
     }
     any.to_mlp()
         .with_context(|| format!("--init: {} holds no single model", path.display()))
+}
+
+/// `model` with its class names: a resumed run's from the checkpoint,
+/// else those of --class-names, else an --init model's own, else the
+/// teachers' (those that have names must agree), else none.
+fn name_classes(
+    model: Mlp,
+    a: &TrainArgs,
+    resume: Option<&Checkpoint>,
+    teachers: Option<&[(PathBuf, Mlp)]>,
+) -> Result<Mlp> {
+    let classes = model.classes();
+    let names = match (resume, &a.class_names) {
+        (Some(ck), _) => ck.state.model.class_names.clone(),
+        (None, Some(v)) => super::class_names::parse(v, classes)?,
+        (None, None) if a.init.is_some() => model.class_names.clone(),
+        (None, None) => {
+            let mut named = teachers
+                .unwrap_or(&[])
+                .iter()
+                .filter(|(_, t)| !t.class_names.is_empty());
+            match named.next() {
+                None => vec![],
+                Some((p, t)) => {
+                    if let Some((q, u)) = named.find(|(_, u)| u.class_names != t.class_names) {
+                        bail!(
+                            "--teacher: {} names its classes {:?} but {} names them {:?}; give the student's with --class-names",
+                            p.display(),
+                            t.class_names,
+                            q.display(),
+                            u.class_names
+                        );
+                    }
+                    log::info!("class names from the teacher {}", p.display());
+                    t.class_names.clone()
+                }
+            }
+        }
+    };
+    model.with_class_names(names).context("--class-names")
 }
 
 /// Check that an `--init` model fits the data it is to be trained on.

@@ -82,6 +82,8 @@ pub struct GpuBackend {
     sizes: Vec<usize>,
     preprocess: Preprocess,
     input_shape: Vec<usize>,
+    /// The model's class names, given back with its weights.
+    class_names: Vec<String>,
     batch: usize,
     n_train: usize,
     /// `(weight, bias)` per layer.
@@ -359,6 +361,7 @@ impl GpuBackend {
             sizes,
             preprocess: model.preprocess,
             input_shape: model.input_shape,
+            class_names: model.class_names,
             batch,
             n_train,
             params,
@@ -1112,6 +1115,7 @@ impl Backend for GpuBackend {
             layers,
             preprocess: self.preprocess,
             input_shape: self.input_shape.clone(),
+            class_names: self.class_names.clone(),
         })
     }
 }

@@ -357,9 +357,13 @@ pub fn cpu_predictor(
 }
 
 /// One class and its probability.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassProbability {
     pub class: usize,
+    /// The class's name, when the model names its classes (see
+    /// [`Prediction::name_classes`]); left out of JSON when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub probability: f32,
 }
 
@@ -368,10 +372,25 @@ pub struct ClassProbability {
 pub struct Prediction {
     /// The most probable class (the lowest index on ties).
     pub class: usize,
+    /// The name of [`Self::class`], when the model names its classes;
+    /// left out of JSON when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Probability of every class.
     pub probabilities: Vec<f32>,
     /// The `k` most probable classes, most probable first.
     pub top_k: Vec<ClassProbability>,
+}
+
+impl Prediction {
+    /// Set the name of the class and of each top-k class from `names`
+    /// (one per class, in class order); an empty list leaves them `None`.
+    pub fn name_classes(&mut self, names: &[String]) {
+        self.name = names.get(self.class).cloned();
+        for c in &mut self.top_k {
+            c.name = names.get(c.class).cloned();
+        }
+    }
 }
 
 /// The `k` most probable classes of one row, most probable first (the lower
@@ -380,7 +399,11 @@ pub fn top_k(probabilities: &[f32], k: usize) -> Vec<ClassProbability> {
     let mut v: Vec<ClassProbability> = probabilities
         .iter()
         .enumerate()
-        .map(|(class, &probability)| ClassProbability { class, probability })
+        .map(|(class, &probability)| ClassProbability {
+            class,
+            name: None,
+            probability,
+        })
         .collect();
     v.sort_by(|a, b| b.probability.total_cmp(&a.probability).then(a.class.cmp(&b.class)));
     v.truncate(k);
@@ -393,6 +416,7 @@ pub fn predictions(probabilities: &[f32], classes: usize, k: usize) -> Vec<Predi
         .chunks_exact(classes.max(1))
         .map(|p| Prediction {
             class: crate::cpu::kernels::argmax(p).0,
+            name: None,
             probabilities: p.to_vec(),
             top_k: top_k(p, k),
         })

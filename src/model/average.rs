@@ -10,8 +10,9 @@ use crate::error::ModelError;
 /// The arithmetic mean of every tensor of `models` (`(name, model)`; the
 /// names are only used in messages): summed in f64 in the order given,
 /// divided by the count, rounded to f32. The models must share layer
-/// widths, input shape and preprocessing; the first that does not is named
-/// beside the first model.
+/// widths, input shape and preprocessing, the first that does not named
+/// beside the first model; those with class names must give the same, and
+/// the mean takes them.
 pub fn average(models: &[(String, Mlp)]) -> Result<Mlp, ModelError> {
     let Some((first_name, first)) = models.first() else {
         return Err(ModelError::Invalid("nothing to average: no models".into()));
@@ -37,6 +38,21 @@ pub fn average(models: &[(String, Mlp)]) -> Result<Mlp, ModelError> {
             )));
         }
     }
+    // The models with class names must all give the same; the mean takes
+    // them.
+    let mut named = models.iter().filter(|(_, m)| !m.class_names.is_empty());
+    let names = match named.next() {
+        None => vec![],
+        Some((a, ma)) => {
+            if let Some((b, mb)) = named.find(|(_, m)| m.class_names != ma.class_names) {
+                return Err(ModelError::Invalid(format!(
+                    "{a} names its classes {:?} but {b} names them {:?}; averaged models must agree on their class names",
+                    ma.class_names, mb.class_names
+                )));
+            }
+            ma.class_names.clone()
+        }
+    };
     let n = models.len() as f64;
     let mean = |get: &dyn Fn(&Mlp) -> &[f32]| -> Vec<f32> {
         let mut sum = vec![0f64; get(first).len()];
@@ -48,6 +64,7 @@ pub fn average(models: &[(String, Mlp)]) -> Result<Mlp, ModelError> {
         sum.into_iter().map(|s| (s / n) as f32).collect()
     };
     let mut out = first.clone();
+    out.class_names = names;
     for (l, layer) in out.layers.iter_mut().enumerate() {
         layer.weight = mean(&|m| &m.layers[l].weight);
         layer.bias = mean(&|m| &m.layers[l].bias);

@@ -51,6 +51,9 @@ pub struct CompressedMlp {
     pub layers: Vec<CompressedLinear>,
     pub preprocess: Preprocess,
     pub input_shape: Vec<usize>,
+    /// The name of each class, in class order; empty when the model has
+    /// none.
+    pub class_names: Vec<String>,
     pub info: CompressionInfo,
 }
 
@@ -76,6 +79,7 @@ impl CompressedMlp {
             layers,
             preprocess: model.preprocess,
             input_shape: model.input_shape.clone(),
+            class_names: model.class_names.clone(),
             info,
         }
     }
@@ -101,6 +105,7 @@ impl CompressedMlp {
             sizes: self.sizes(),
             input_shape: self.input_shape.clone(),
             preprocess: self.preprocess,
+            class_names: self.class_names.clone(),
         }
     }
 
@@ -124,6 +129,7 @@ impl CompressedMlp {
                 .collect(),
             preprocess: self.preprocess,
             input_shape: self.input_shape.clone(),
+            class_names: self.class_names.clone(),
         }
     }
 }

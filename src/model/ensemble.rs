@@ -54,6 +54,16 @@ impl AnyModel {
         }
     }
 
+    /// The name of each class (empty when the model has none); an
+    /// ensemble's are those its members share.
+    pub fn class_names(&self) -> &[String] {
+        match self {
+            AnyModel::F32(m) => &m.class_names,
+            AnyModel::Compressed(m) => &m.class_names,
+            AnyModel::Ensemble(e) => e.class_names(),
+        }
+    }
+
     /// The f32 model (dequantized for a compressed one); `None` for an
     /// ensemble, which is several models.
     pub fn to_mlp(&self) -> Option<Mlp> {
@@ -117,8 +127,9 @@ pub const MIN_MEMBERS: usize = 2;
 impl Ensemble {
     /// Check and hold `members`: at least [`MIN_MEMBERS`], none an ensemble
     /// itself, all with the first member's inputs, classes and input shape
-    /// (a member that records no shape takes any); a mismatch names both
-    /// members and both values.
+    /// (a member that records no shape takes any), and the members with
+    /// class names all with the same; a mismatch names both members and
+    /// both values.
     pub fn new(members: Vec<Member>) -> Result<Self, ModelError> {
         if members.len() < MIN_MEMBERS {
             return Err(ModelError::Ensemble(format!(
@@ -163,6 +174,21 @@ impl Ensemble {
                 )));
             }
         }
+        // The members with class names must all give the same.
+        if let Some(named) = members.iter().find(|m| !m.model.class_names().is_empty()) {
+            let na = named.model.class_names();
+            if let Some(m) = members
+                .iter()
+                .find(|m| !m.model.class_names().is_empty() && m.model.class_names() != na)
+            {
+                return Err(ModelError::Ensemble(format!(
+                    "{} names its classes {na:?} but {} names them {:?}; members must agree on their class names",
+                    named.source,
+                    m.source,
+                    m.model.class_names()
+                )));
+            }
+        }
         Ok(Ensemble { members })
     }
 
@@ -176,6 +202,16 @@ impl Ensemble {
 
     pub fn classes(&self) -> usize {
         self.members[0].model.classes()
+    }
+
+    /// The class names of the members that have them (they agree; empty
+    /// if none has).
+    pub fn class_names(&self) -> &[String] {
+        self.members
+            .iter()
+            .map(|m| m.model.class_names())
+            .find(|n| !n.is_empty())
+            .unwrap_or(&[])
     }
 
     /// The first input shape a member records (empty if none does).

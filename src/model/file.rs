@@ -276,12 +276,14 @@ impl<'a> Reader<'a> {
         let Header {
             input_shape,
             preprocess,
+            class_names,
             ..
         } = self.meta.header;
         Ok(Mlp {
             layers,
             preprocess,
             input_shape,
+            class_names,
         })
     }
 
@@ -369,12 +371,14 @@ impl<'a> Reader<'a> {
         let Header {
             input_shape,
             preprocess,
+            class_names,
             ..
         } = self.meta.header;
         Ok(CompressedMlp {
             layers,
             preprocess,
             input_shape,
+            class_names,
             info,
         })
     }

@@ -5,7 +5,9 @@
 //! Every file has `wgtrain.format` ([`FORMAT_KEY`]), `wgtrain.version`,
 //! `layers` (the widths, comma-separated), `activation` (`relu`),
 //! `input_shape` (comma-separated, may be empty), `normalize`,
-//! `input_scale` and `input_offset` (f32 in `{:e}` notation). A plain f32
+//! `input_scale` and `input_offset` (f32 in `{:e}` notation), and, when the
+//! model has class names, `class_names` ([`CLASS_NAMES_KEY`], a JSON array
+//! of strings, one per class; no key when it has none). A plain f32
 //! file adds `format = pt`, so PyTorch tools take it for theirs; a
 //! compressed one adds the `compress.*` keys of [`CompressionInfo`] and
 //! `fcN.encoding` naming each layer's weight encoding.
@@ -26,6 +28,43 @@ pub const FORMAT_COMPRESSED: &str = "mlp-compressed-v1";
 /// Value of [`FORMAT_KEY`] for an ensemble of models (see [`super::file`]);
 /// [`Metadata`] describes one model and refuses it.
 pub const FORMAT_ENSEMBLE: &str = "ensemble-v1";
+/// Metadata key of the class names: a JSON array of strings, one per
+/// class in class order; absent when the model has none.
+pub const CLASS_NAMES_KEY: &str = "class_names";
+
+/// Check class names for a model of `classes` classes: one per class, each
+/// non-empty, without line breaks or surrounding white space, none twice.
+/// An empty list (no names) always passes. The message says what is wrong
+/// and, for a bad name, gives its position (from 1).
+pub fn check_class_names(names: &[String], classes: usize) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    if names.len() != classes {
+        return Err(format!(
+            "{} class names for a model of {classes} classes (give one name per class)",
+            names.len()
+        ));
+    }
+    for (i, n) in names.iter().enumerate() {
+        let at = i + 1;
+        if n.trim().is_empty() {
+            return Err(format!("class name {at} is empty"));
+        }
+        if n.trim() != n {
+            return Err(format!("class name {at} `{n}` begins or ends with white space"));
+        }
+        if n.chars().any(char::is_control) {
+            return Err(format!(
+                "class name {at} {n:?} holds a control character (a line break?)"
+            ));
+        }
+        if let Some(j) = names[..i].iter().position(|m| m == n) {
+            return Err(format!("class name {at} `{n}` is also class name {}", j + 1));
+        }
+    }
+    Ok(())
+}
 
 /// The description every model carries besides its parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +76,9 @@ pub struct Header {
     pub input_shape: Vec<usize>,
     /// How raw inputs are mapped before the first layer.
     pub preprocess: Preprocess,
+    /// The name of each class, in class order (see
+    /// [`check_class_names`]); empty when the model has none.
+    pub class_names: Vec<String>,
 }
 
 impl Header {
@@ -56,6 +98,11 @@ impl Header {
     /// `(inputs, outputs)` of each layer, first layer first.
     pub fn layers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.sizes.windows(2).map(|w| (w[0], w[1]))
+    }
+
+    /// The name of class `class`, when the model has names.
+    pub fn class_name(&self, class: usize) -> Option<&str> {
+        self.class_names.get(class).map(String::as_str)
     }
 }
 
@@ -117,6 +164,11 @@ impl Metadata {
             ("input_scale".to_string(), format!("{:e}", p.scale)),
             ("input_offset".to_string(), format!("{:e}", p.offset)),
         ]);
+        if !h.class_names.is_empty() {
+            // A list of strings always serialises.
+            let names = serde_json::to_string(&h.class_names).unwrap_or_default();
+            m.insert(CLASS_NAMES_KEY.to_string(), names);
+        }
         match &self.format {
             Format::F32 => {
                 m.insert("format".to_string(), "pt".to_string());
@@ -234,6 +286,24 @@ impl Metadata {
             scale: finite("input_scale")?,
             offset: finite("input_offset")?,
         };
+        let class_names = match md.get(CLASS_NAMES_KEY) {
+            None => vec![],
+            Some(v) => {
+                let names: Vec<String> = serde_json::from_str(v).map_err(|e| {
+                    not_ours(format!(
+                        "metadata `{CLASS_NAMES_KEY}` is not a JSON array of strings ({e})"
+                    ))
+                })?;
+                if names.is_empty() {
+                    return Err(not_ours(format!(
+                        "metadata `{CLASS_NAMES_KEY}` is an empty list (a model without names has no such key)"
+                    )));
+                }
+                check_class_names(&names, sizes[sizes.len() - 1])
+                    .map_err(|m| not_ours(format!("metadata `{CLASS_NAMES_KEY}`: {m}")))?;
+                names
+            }
+        };
         let format = if compressed {
             let target_sparsity = f64_value("compress.target_sparsity")?;
             if !(0.0..=1.0).contains(&target_sparsity) {
@@ -289,6 +359,7 @@ impl Metadata {
                 sizes,
                 input_shape,
                 preprocess,
+                class_names,
             },
             format,
         })

@@ -5,7 +5,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::header::Header;
+use super::header::{check_class_names, Header};
 use crate::data::Preprocess;
 use crate::error::ModelError;
 
@@ -47,6 +47,9 @@ pub struct Mlp {
     pub preprocess: Preprocess,
     /// Shape of one input example (e.g. `[28, 28]`), for predict.
     pub input_shape: Vec<usize>,
+    /// The name of each class, in class order; empty when the model has
+    /// none (see [`Mlp::with_class_names`]).
+    pub class_names: Vec<String>,
 }
 
 impl Mlp {
@@ -69,7 +72,16 @@ impl Mlp {
             layers,
             preprocess,
             input_shape,
+            class_names: Vec::new(),
         })
+    }
+
+    /// The model with these class names (one per class, non-empty, none
+    /// twice; see [`check_class_names`]); an empty list removes them.
+    pub fn with_class_names(mut self, names: Vec<String>) -> Result<Self, ModelError> {
+        check_class_names(&names, self.classes()).map_err(ModelError::Invalid)?;
+        self.class_names = names;
+        Ok(self)
     }
 
     /// Layer widths, inputs first.
@@ -97,6 +109,7 @@ impl Mlp {
             sizes: self.sizes(),
             input_shape: self.input_shape.clone(),
             preprocess: self.preprocess,
+            class_names: self.class_names.clone(),
         }
     }
 }

@@ -35,7 +35,10 @@ pub mod sparse;
 pub use compressed::{CompressedLinear, CompressedMlp, LayerWeights};
 pub use ensemble::{AnyModel, Ensemble, Member};
 pub use file::{write_atomic, LayerStorage};
-pub use header::{Format, Header, Metadata, FORMAT_COMPRESSED, FORMAT_ENSEMBLE, FORMAT_KEY, FORMAT_MLP};
+pub use header::{
+    check_class_names, Format, Header, Metadata, CLASS_NAMES_KEY, FORMAT_COMPRESSED, FORMAT_ENSEMBLE, FORMAT_KEY,
+    FORMAT_MLP,
+};
 pub use info::{Activations, CompressionInfo, Scope};
 pub use int8::QuantizedWeights;
 pub use mlp::{Linear, Mlp};

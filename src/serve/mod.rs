@@ -74,6 +74,10 @@ pub struct ServeConfig {
     /// The model in words, reported by `GET /healthz` as `model` (e.g.
     /// `ensemble of 3 (f32 784-500-10, ...)`); empty: not reported.
     pub model: String,
+    /// The model's class names, one per class (empty: none): each
+    /// prediction gives its class's `name` beside `class`, and `GET
+    /// /healthz` lists them as `class_names`.
+    pub class_names: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -87,6 +91,7 @@ impl Default for ServeConfig {
             idle_spin: Duration::ZERO,
             inline: false,
             model: String::new(),
+            class_names: Vec::new(),
         }
     }
 }
@@ -111,6 +116,7 @@ struct AppState {
     input_shape: Arc<Vec<usize>>,
     predictor: Arc<str>,
     model: Arc<str>,
+    class_names: Arc<Vec<String>>,
     top_k: usize,
     queue_bound: usize,
 }
@@ -179,6 +185,7 @@ where
         input_shape,
         predictor: predictor_name,
         model: config.model.as_str().into(),
+        class_names: Arc::new(config.class_names.clone()),
         top_k: config.top_k,
         queue_bound: config.queue,
     };
@@ -224,6 +231,9 @@ async fn healthz(State(st): State<AppState>) -> Response {
     });
     if !st.model.is_empty() {
         v["model"] = serde_json::Value::from(&*st.model);
+    }
+    if !st.class_names.is_empty() {
+        v["class_names"] = serde_json::json!(&*st.class_names);
     }
     Json(v).into_response()
 }
@@ -329,7 +339,9 @@ async fn predict_inner(
         .await
         .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "the inference thread stopped".into()))?
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(PredictResponse {
-        predictions: predictions(&probs, st.classes, st.top_k),
-    })
+    let mut predictions = predictions(&probs, st.classes, st.top_k);
+    for p in &mut predictions {
+        p.name_classes(&st.class_names);
+    }
+    Ok(PredictResponse { predictions })
 }
