@@ -571,3 +571,49 @@ async fn an_ensemble_answers_with_the_mean_of_its_members() {
     );
     server.shutdown().await;
 }
+
+/// With class names, each prediction and each top-k entry gives the name
+/// of its class beside the index, `/healthz` lists the names, and the
+/// probabilities are those of the same model without names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_classes_answer_with_their_names() {
+    let names: Vec<String> = (0..10).map(|i| format!("class {}", (b'a' + i) as char)).collect();
+    let config = ServeConfig {
+        class_names: names.clone(),
+        top_k: 3,
+        ..ServeConfig::default()
+    };
+    let server = start(Box::new(CpuPredictor::new(&model(), 8)), config).await;
+    let raw = rows(4);
+    let want = CpuPredictor::new(&model(), 8).probabilities(&raw).unwrap();
+    let r = http(server.addr, "POST", "/v1/predict", None, &json_rows(&raw)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(probabilities(&v).concat(), want);
+    for p in v["predictions"].as_array().unwrap() {
+        let class = p["class"].as_u64().unwrap() as usize;
+        // The name is looked up here independently: index `c` is `class <c-th letter>`.
+        assert_eq!(p["name"], format!("class {}", (b'a' + class as u8) as char), "{p}");
+        let top = p["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        for t in top {
+            assert_eq!(
+                t["name"].as_str().unwrap(),
+                names[t["class"].as_u64().unwrap() as usize]
+            );
+        }
+    }
+    let h = http(server.addr, "GET", "/healthz", None, b"").await;
+    assert_eq!(h.json()["class_names"], serde_json::json!(names), "{}", h.text());
+    server.shutdown().await;
+
+    // Without names the answers carry no `name` at all, as before.
+    let server = start(Box::new(CpuPredictor::new(&model(), 8)), ServeConfig::default()).await;
+    let r = http(server.addr, "POST", "/v1/predict", None, &json_rows(&raw)).await;
+    let v = r.json();
+    assert!(v["predictions"][0].get("name").is_none(), "{v}");
+    assert!(v["predictions"][0]["top_k"][0].get("name").is_none(), "{v}");
+    let h = http(server.addr, "GET", "/healthz", None, b"").await;
+    assert!(h.json().get("class_names").is_none(), "{}", h.text());
+    server.shutdown().await;
+}

@@ -121,4 +121,25 @@ mod tests {
         let other = Mlp::new(&[5, 4, 2], 0, Preprocess::identity(), vec![]).unwrap();
         assert!(running_update(&mut avg, 4, &other).is_err());
     }
+
+    #[test]
+    fn the_mean_takes_the_names_its_models_agree_on() {
+        let named = |s: u64, n: &[&str]| {
+            let m = Mlp::new(&[5, 3, 2], s, Preprocess::identity(), vec![]).unwrap();
+            m.with_class_names(n.iter().map(|x| x.to_string()).collect()).unwrap()
+        };
+        let ms = vec![
+            ("a".to_string(), named(0, &[])),
+            ("b".to_string(), named(1, &["cat", "dog"])),
+            ("c".to_string(), named(2, &["cat", "dog"])),
+        ];
+        assert_eq!(average(&ms).unwrap().class_names, vec!["cat", "dog"]);
+        let mut ms = ms;
+        ms.push(("d".to_string(), named(3, &["dog", "cat"])));
+        let e = average(&ms).unwrap_err().to_string();
+        assert!(
+            e.contains("b names its classes") && e.contains("but d names them"),
+            "{e}"
+        );
+    }
 }

@@ -743,6 +743,51 @@ mod tests {
         assert_eq!(m, back);
     }
 
+    fn names(prefix: &str) -> Vec<String> {
+        vec![format!("{prefix} a"), format!("{prefix} b")]
+    }
+
+    #[test]
+    fn class_names_survive_every_file_format() {
+        let m = model().with_class_names(names("x")).unwrap();
+        let back = Mlp::from_safetensors(&m.to_safetensors().unwrap(), Path::new("m")).unwrap();
+        assert_eq!(back.class_names, names("x"));
+        let c = CompressedMlp::from_mlp(&m, true, CompressionInfo::default());
+        assert_eq!(c.class_names, names("x"));
+        let (bytes, _) = c.to_safetensors().unwrap();
+        let back = CompressedMlp::from_safetensors(&bytes, Path::new("m")).unwrap();
+        assert_eq!(back.class_names, names("x"));
+        assert_eq!(back.to_mlp().class_names, names("x"));
+        // An ensemble of a named and an unnamed member carries the names.
+        let members = vec![
+            Member {
+                model: AnyModel::F32(m.clone()),
+                source: "a".into(),
+            },
+            Member {
+                model: AnyModel::F32(model()),
+                source: "b".into(),
+            },
+        ];
+        let e = Ensemble::new(members).unwrap();
+        let back = AnyModel::from_safetensors(&e.to_safetensors().unwrap(), Path::new("e")).unwrap();
+        assert_eq!(back.class_names(), &names("x")[..]);
+        // Members that name their classes otherwise are refused, naming both.
+        let other = model().with_class_names(names("y")).unwrap();
+        let members = [m, model(), other].into_iter().enumerate().map(|(i, m)| Member {
+            model: AnyModel::F32(m),
+            source: format!("m{i}.safetensors"),
+        });
+        let err = Ensemble::new(members.collect()).unwrap_err().to_string();
+        assert!(
+            err.contains("m0.safetensors") && err.contains("m2.safetensors"),
+            "{err}"
+        );
+        // A wrong count is refused before a file is written.
+        let err = model().with_class_names(vec!["only".into()]).unwrap_err().to_string();
+        assert!(err.contains("1 class names for a model of 2 classes"), "{err}");
+    }
+
     #[test]
     fn each_reader_refuses_the_other_format() {
         let f32_file = model().to_safetensors().unwrap();

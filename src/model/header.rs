@@ -379,6 +379,16 @@ mod tests {
                 scale: 0.3,
                 offset: -1.5e-7,
             },
+            class_names: vec![],
+        }
+    }
+
+    /// [`header`] with names for its three classes, one not ASCII and one
+    /// with a quote, which the JSON must escape.
+    fn named() -> Header {
+        Header {
+            class_names: vec!["T-shirt/top".into(), "Ankle \"boot\"".into(), "Größe".into()],
+            ..header()
         }
     }
 
@@ -405,6 +415,63 @@ mod tests {
                 format,
             };
             assert_eq!(Metadata::parse(&m.to_map(), Path::new("m")).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn class_names_round_trip_as_a_json_array() {
+        for format in [
+            Format::F32,
+            Format::Compressed {
+                info: CompressionInfo::default(),
+                encodings: vec!["dense-f32".into(), "dense-int8".into()],
+            },
+        ] {
+            let m = Metadata {
+                header: named(),
+                format,
+            };
+            let map = m.to_map();
+            // The value as written by hand: a JSON array, the quote escaped.
+            assert_eq!(map[CLASS_NAMES_KEY], r#"["T-shirt/top","Ankle \"boot\"","Größe"]"#);
+            assert_eq!(Metadata::parse(&map, Path::new("m")).unwrap(), m);
+        }
+        // A model without names writes no key, as before names existed.
+        let plain = Metadata {
+            header: header(),
+            format: Format::F32,
+        };
+        assert!(!plain.to_map().contains_key(CLASS_NAMES_KEY));
+    }
+
+    #[test]
+    fn bad_class_names_are_refused_naming_the_key_and_file() {
+        let good = Metadata {
+            header: named(),
+            format: Format::F32,
+        }
+        .to_map();
+        let cases = [
+            (r#"["a","b"]"#, "2 class names for a model of 3 classes"),
+            (r#"["a","b","c","d"]"#, "4 class names for a model of 3 classes"),
+            (r#"["a","b","a"]"#, "class name 3 `a` is also class name 1"),
+            (r#"["a","","c"]"#, "class name 2 is empty"),
+            (r#"["a"," b","c"]"#, "white space"),
+            (r#"["a","b\nc","d"]"#, "control character"),
+            ("a,b,c", "is not a JSON array of strings"),
+            ("[1,2,3]", "is not a JSON array of strings"),
+            ("[]", "is an empty list"),
+        ];
+        for (value, want) in cases {
+            let mut md = good.clone();
+            md.insert(CLASS_NAMES_KEY.to_string(), value.to_string());
+            let e = Metadata::parse(&md, Path::new("m.safetensors"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(want) && e.contains("`class_names`") && e.contains("m.safetensors"),
+                "{value}: {e}"
+            );
         }
     }
 
