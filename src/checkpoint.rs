@@ -510,4 +510,48 @@ mod tests {
         assert_ne!(hash_bytes(1, &a), h);
         assert_eq!(hash_bytes(0, &a.clone()), h);
     }
+
+    #[test]
+    fn class_names_come_back_with_the_model_and_the_best_one() {
+        let named = Mlp::new(&[4, 3], 1, Preprocess::identity(), vec![])
+            .unwrap()
+            .with_class_names(vec!["x".into(), "y".into(), "z".into()])
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("wgtrain-ck-names-{}", std::process::id()));
+        let loop_state = LoopState {
+            epoch: 1,
+            best_figures: Some((0, 0)),
+            ..LoopState::default()
+        };
+        let write_one = |model: &Mlp| {
+            let state = BackendState {
+                model: model.clone(),
+                slots: vec![LayerSlots {
+                    weight: vec![],
+                    bias: vec![],
+                }],
+                updates: 0,
+            };
+            let c = Contents {
+                state: &state,
+                loop_state: &loop_state,
+                best: Some(model),
+                swa: None,
+                fingerprint: &Fingerprint::default(),
+                extra: "{}",
+            };
+            read(&write(&dir, &c, 1).unwrap()).unwrap()
+        };
+        let back = write_one(&named);
+        assert_eq!(back.state.model, named);
+        assert_eq!(back.best.as_ref(), Some(&named));
+        // Without names the file has no key and reads back without names.
+        let plain = Mlp {
+            class_names: vec![],
+            ..named
+        };
+        let back = write_one(&plain);
+        assert!(back.state.model.class_names.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
