@@ -834,8 +834,12 @@ fn name_classes(
     teachers: Option<&[(PathBuf, Mlp)]>,
 ) -> Result<Mlp> {
     let classes = model.classes();
+    let mut from = "--class-names".to_string();
     let names = match (resume, &a.class_names) {
-        (Some(ck), _) => ck.state.model.class_names.clone(),
+        (Some(ck), _) => {
+            from = format!("--resume: the checkpoint {}", ck.path.display());
+            ck.state.model.class_names.clone()
+        }
         (None, Some(v)) => super::class_names::parse(v, classes)?,
         (None, None) if a.init.is_some() => model.class_names.clone(),
         (None, None) => {
@@ -856,12 +860,16 @@ fn name_classes(
                         );
                     }
                     log::info!("class names from the teacher {}", p.display());
+                    from = format!(
+                        "--teacher: the class names of {} (give the student's with --class-names)",
+                        p.display()
+                    );
                     t.class_names.clone()
                 }
             }
         }
     };
-    model.with_class_names(names).context("--class-names")
+    model.with_class_names(names).context(from)
 }
 
 /// Check that an `--init` model fits the data it is to be trained on.
