@@ -216,9 +216,15 @@ fn graph_declares_a_dynamic_batch_names_and_metadata() {
     assert_eq!(g.input[0].name, "input");
     assert_eq!(g.output[0].name, "probabilities");
     let dims = format!("{:?}", g.input[0].r#type);
-    assert!(dims.contains("\"batch\"") && dims.contains(&ds.dim().to_string()), "{dims}");
-    let md: std::collections::HashMap<_, _> =
-        p.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
+    assert!(
+        dims.contains("\"batch\"") && dims.contains(&ds.dim().to_string()),
+        "{dims}"
+    );
+    let md: std::collections::HashMap<_, _> = p
+        .metadata_props
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
     let json: Vec<String> = serde_json::from_str(&md["class_names"]).unwrap();
     assert_eq!(json, names);
     assert!(md["producer"].starts_with("wgtrain"));
@@ -238,7 +244,10 @@ fn graph_declares_a_dynamic_batch_names_and_metadata() {
         class_names: Some(&names[..3]),
         ..ExportOptions::default()
     };
-    assert!(onnx::to_bytes(&m, &few).unwrap_err().to_string().contains("3 class names"));
+    assert!(onnx::to_bytes(&m, &few)
+        .unwrap_err()
+        .to_string()
+        .contains("3 class names"));
 }
 
 fn wgtrain(args: &[&str]) -> Output {
@@ -249,7 +258,11 @@ fn wgtrain(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -284,9 +297,15 @@ fn export_command_writes_a_graph_tract_runs_and_refuses_bad_use() {
     );
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"not a model").unwrap();
-    fail(&["export", "--model", junk.to_str().unwrap(), "-o", o], "junk.safetensors");
+    fail(
+        &["export", "--model", junk.to_str().unwrap(), "-o", o],
+        "junk.safetensors",
+    );
     let nowhere = dir.path().join("no/such/dir/m.onnx");
-    fail(&["export", "--model", m, "-o", nowhere.to_str().unwrap()], "does not exist");
+    fail(
+        &["export", "--model", m, "-o", nowhere.to_str().unwrap()],
+        "does not exist",
+    );
     fail(&["export", "--model", m, "-o", o, "--opset", "9"], "opset 9");
     assert!(Path::new(o).exists());
 }

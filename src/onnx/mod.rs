@@ -163,11 +163,7 @@ pub fn to_model_proto(model: &AnyModel, opts: &ExportOptions) -> Result<ModelPro
         opset: opts.opset,
     }
     .model(model, INPUT_NAME, opts.probabilities, output);
-    let graph = g.finish(
-        "wgtrain",
-        (INPUT_NAME, model.inputs()),
-        (output, model.classes()),
-    );
+    let graph = g.finish("wgtrain", (INPUT_NAME, model.inputs()), (output, model.classes()));
     Ok(ModelProto {
         ir_version: ir_version(opts.opset),
         producer_name: "wgtrain".into(),
