@@ -48,7 +48,7 @@ enum Weights<'a> {
     /// f32 `[out, in]`, dense (pruned weights are zeros).
     F32(&'a [f32]),
     /// int8 `[out, in]`, dequantized in the graph, f32 activations.
-    Int8Weights(&'a QuantizedWeights),
+    Int8F32Activations(&'a QuantizedWeights),
     /// int8 `[out, in]` with int8 activations (integer product).
     Int8Full(&'a QuantizedWeights),
 }
@@ -98,7 +98,7 @@ fn plain_compressed(c: &CompressedMlp) -> Plain<'_> {
                 weights: match &l.weights {
                     LayerWeights::F32(w) => Weights::F32(w),
                     LayerWeights::Int8(q) if full => Weights::Int8Full(q),
-                    LayerWeights::Int8(q) => Weights::Int8Weights(q),
+                    LayerWeights::Int8(q) => Weights::Int8F32Activations(q),
                 },
                 bias: &l.bias,
             })
@@ -163,7 +163,7 @@ impl Exporter<'_> {
                 let w = g.f32s(&format!("{name}.weight"), &[l.outputs, l.inputs], w);
                 gemm(g, &w)
             }
-            Weights::Int8Weights(q) => {
+            Weights::Int8F32Activations(q) => {
                 let wq = g.i8s(&format!("{name}.weight_int8"), &[l.outputs, l.inputs], &q.q);
                 let ws = g.f32s(&format!("{name}.weight_scale"), &[l.outputs], &q.scale);
                 let zp = g.i8s(&format!("{name}.weight_zero_point"), &[l.outputs], &vec![0; l.outputs]);
