@@ -172,6 +172,37 @@ fn int8_models_give_the_same_classes() {
 }
 
 #[test]
+fn int8_activation_graph_follows_the_engine_not_the_weight_only_path() {
+    // Identity preprocessing and all-zero rows: the first layer quantizes
+    // rows whose largest magnitude is 0 (scale 0 in the engine), and
+    // negative biases leave hidden rows all dead (zero after ReLU); the
+    // answers must stay finite and equal the engine's. (tract's Clip maps
+    // a NaN to a bound, so it would not show a NaN from 0 * inf there;
+    // scripts/check_onnx.py runs ONNX Runtime on real dead rows.)
+    let ds = data();
+    let mut base = mlp(&ds, &[16], 10);
+    base.preprocess = Preprocess::identity();
+    for b in &mut base.layers[0].bias {
+        *b = -b.abs() - 0.05;
+    }
+    let full = AnyModel::Compressed(int8(&base, Activations::Int8));
+    let weights_only = AnyModel::Compressed(int8(&base, Activations::F32));
+    let mut raw = vec![0.0; 3 * ds.dim()];
+    raw.extend_from_slice(&ds.test.features);
+    let bytes = onnx::to_bytes(&full, &ExportOptions::default()).unwrap();
+    let t = softmax(&tract_run(&bytes, &raw, ds.dim()), ds.classes);
+    let engine = wgtrain_probabilities(&full, &raw);
+    let weight_only = wgtrain_probabilities(&weights_only, &raw);
+    assert!(t.iter().all(|v| v.is_finite()));
+    let d = max_diff(&t, &engine);
+    assert!(d <= 1e-5, "graph against the int8 engine: max |diff| {d}");
+    // The quantization of the activations is really in the graph: the
+    // weight-only path answers measurably differently.
+    let other = max_diff(&t, &weight_only);
+    assert!(other > 10.0 * d.max(1e-7), "weight-only {other}, engine {d}");
+}
+
+#[test]
 fn ensemble_exports_as_one_graph_averaging_its_members() {
     let ds = data();
     let a = mlp(&ds, &[32], 4);
