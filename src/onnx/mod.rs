@@ -2,7 +2,7 @@
 //! as an ONNX graph that ONNX Runtime, tract, TensorRT or OpenVINO run and
 //! that computes what `wgtrain predict` computes on the CPU.
 //!
-//! The graph (see [`export`](mod@export) for each node) has one input,
+//! The graph (see the `export` module's source for each node) has one input,
 //! `input`, `[batch, inputs]` f32 raw values (before preprocessing, as
 //! predict takes them; `batch` is a symbolic dimension), and one output,
 //! `logits` `[batch, classes]`, or `probabilities` (a final `Softmax`) with
