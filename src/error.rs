@@ -144,6 +144,8 @@ pub enum Error {
     Tune(#[from] TuneError),
     #[error(transparent)]
     Infer(#[from] InferError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     /// A setting that only means something together with another.
     #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
     Requires { setting: Setting, needs: Setting },
@@ -282,4 +284,22 @@ pub enum CompressError {
     SparsityOutOfRange { found: f64, max: f64 },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+}
+
+/// Errors from exporting a model to another format (ONNX).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// An ONNX operator set version the exporter does not write.
+    #[error("ONNX opset {found} is not supported: choose one from {min} to {max}")]
+    Opset { found: i64, min: i64, max: i64 },
+    /// Class names that do not fit the model.
+    #[error("{found} class names given but the model has {classes} classes: give one name per class")]
+    ClassNames { found: usize, classes: usize },
+    /// The exported file cannot be written.
+    #[error("{}: cannot write the exported model: {source}; check that the folder exists and is writable", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

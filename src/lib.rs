@@ -27,6 +27,7 @@ pub mod gpu;
 pub mod infer;
 pub mod metrics;
 pub mod model;
+pub mod onnx;
 pub mod optim;
 pub mod parallel;
 pub mod serve;

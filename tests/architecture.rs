@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["optim"],
     &["backend"],
     &["cpu", "checkpoint", "parallel"],
-    &["infer"],
+    &["infer", "onnx"],
     &["gpu", "train"],
     &["compress", "tune"],
     &["device"],

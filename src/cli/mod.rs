@@ -15,6 +15,7 @@ mod distill;
 mod distributed;
 mod ensemble;
 mod eval;
+mod export;
 mod plot;
 mod predict;
 mod runtime_dir;
@@ -77,6 +78,9 @@ enum Command {
     Ensemble(ensemble::EnsembleArgs),
     /// Average the weights of f32 models of one architecture (model soups).
     Average(average::AverageArgs),
+    /// Export a model (f32, pruned, int8 or an ensemble) to ONNX for other
+    /// runtimes (ONNX Runtime, TensorRT, OpenVINO, browsers).
+    Export(export::ExportArgs),
 }
 
 /// Parse the command line and run it.
@@ -111,6 +115,7 @@ pub fn run() -> Result<()> {
         }
         Command::Ensemble(a) => ensemble::run(a),
         Command::Average(a) => average::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 
