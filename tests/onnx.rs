@@ -281,6 +281,26 @@ fn graph_declares_a_dynamic_batch_names_and_metadata() {
         .contains("3 class names"));
 }
 
+#[test]
+fn export_stores_the_model_s_own_class_names() {
+    let ds = data();
+    let names: Vec<String> = (0..ds.classes).map(|c| format!("class {c}")).collect();
+    let named = mlp(&ds, &[10], 9).with_class_names(names.clone()).unwrap();
+    let metadata = |m: &AnyModel| -> std::collections::HashMap<String, String> {
+        let bytes = onnx::to_bytes(m, &ExportOptions::default()).unwrap();
+        let p = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]).unwrap();
+        p.metadata_props
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect()
+    };
+    let md = metadata(&AnyModel::F32(named));
+    let json: Vec<String> = serde_json::from_str(&md["class_names"]).unwrap();
+    assert_eq!(json, names);
+    // A model without names stores no key.
+    assert!(!metadata(&AnyModel::F32(mlp(&ds, &[10], 9))).contains_key("class_names"));
+}
+
 fn wgtrain(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wgtrain"))
         .args(args)

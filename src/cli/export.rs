@@ -47,6 +47,7 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
             let opts = ExportOptions {
                 probabilities: a.probabilities,
                 opset: a.opset,
+                // The model's own names, if it has any.
                 class_names: None,
             };
             let bytes = onnx::write(&model, &opts, &a.out)

@@ -55,7 +55,8 @@ pub struct ExportOptions<'a> {
     /// The ONNX operator set version, [`MIN_OPSET`] to [`MAX_OPSET`].
     pub opset: i64,
     /// One name per class, stored in the metadata as `class_names` (a JSON
-    /// list); `None` stores none.
+    /// list); `None` stores the model's own names (`AnyModel::class_names`),
+    /// if it has any.
     pub class_names: Option<&'a [String]>,
 }
 
@@ -128,13 +129,19 @@ fn metadata(model: &AnyModel, opts: &ExportOptions, output: &str) -> Vec<(String
         }
         _ => preprocess("", model, &mut md),
     }
-    if let Some(names) = opts.class_names {
+    if let Some(names) = class_names(model, opts) {
         md.push((
             "class_names".to_string(),
             serde_json::Value::from(names.to_vec()).to_string(),
         ));
     }
     md
+}
+
+/// The class names the export stores: those of `opts`, else the model's.
+fn class_names<'a>(model: &'a AnyModel, opts: &ExportOptions<'a>) -> Option<&'a [String]> {
+    opts.class_names
+        .or_else(|| Some(model.class_names()).filter(|n| !n.is_empty()))
 }
 
 /// `model` as an ONNX model under `opts`: refuses an operator set outside
@@ -148,7 +155,7 @@ pub fn to_model_proto(model: &AnyModel, opts: &ExportOptions) -> Result<ModelPro
             max: MAX_OPSET,
         });
     }
-    if let Some(names) = opts.class_names {
+    if let Some(names) = class_names(model, opts) {
         if names.len() != model.classes() {
             return Err(ExportError::ClassNames {
                 found: names.len(),
