@@ -22,7 +22,11 @@ fn main() -> Result<()> {
     let out = PathBuf::from(args.next().unwrap_or_else(|| "model.safetensors".into()));
 
     let source = DataSource::from_arg(&data_arg)?;
-    let data = Arc::new(source.load(CsvOptions::default()).with_context(|| format!("loading {source}"))?);
+    let data = Arc::new(
+        source
+            .load(CsvOptions::default())
+            .with_context(|| format!("loading {source}"))?,
+    );
     let preprocess = Preprocess::fit(Normalize::Scale, &data);
     let model = Mlp::new(&[data.dim(), 128, data.classes], 0, preprocess, data.shape.clone())?;
 
@@ -34,9 +38,15 @@ fn main() -> Result<()> {
         }
     })?;
     let test = evaluate(&mut backend, &data, SplitKind::Test)?;
-    println!("test accuracy {:.2}% on {} examples", 100.0 * test.accuracy, test.examples);
+    println!(
+        "test accuracy {:.2}% on {} examples",
+        100.0 * test.accuracy,
+        test.examples
+    );
 
-    trained.save(&out).with_context(|| format!("saving the model to {}", out.display()))?;
+    trained
+        .save(&out)
+        .with_context(|| format!("saving the model to {}", out.display()))?;
     println!("saved {}", out.display());
     Ok(())
 }
