@@ -238,7 +238,7 @@ pub fn latest(path: &Path) -> Result<PathBuf> {
         .ok_or_else(|| checkpoint_error(path, "holds no checkpoint (ckpt-e*-s*.safetensors)"))
 }
 
-/// What [`write`] stores.
+/// What [`write()`] stores.
 pub struct Contents<'a> {
     pub state: &'a BackendState,
     pub loop_state: &'a LoopState,

@@ -617,3 +617,59 @@ async fn named_classes_answer_with_their_names() {
     assert!(h.json().get("class_names").is_none(), "{}", h.text());
     server.shutdown().await;
 }
+
+/// `serve::router` nested under a prefix of an application with a route of
+/// its own: the application's route still answers, the prediction routes
+/// answer under the prefix as the in-process predictor does (bit for bit),
+/// and not at the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_nests_under_a_prefix_of_another_app() {
+    let m = model();
+    let routes = wgtrain::serve::router(Box::new(CpuPredictor::new(&m, 64)), &ServeConfig::default()).unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "the app" }))
+        .nest("/wgtrain", routes);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    let root = http(addr, "GET", "/", None, b"").await;
+    assert_eq!((root.status, root.text().as_str()), (200, "the app"));
+    let raw = rows(2);
+    let r = http(
+        addr,
+        "POST",
+        "/wgtrain/v1/predict",
+        Some("application/json"),
+        &json_rows(&raw),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = probabilities(&r.json());
+    let mut local = CpuPredictor::new(&m, 1);
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(
+            g,
+            &local.probabilities(&raw[i * DIM..(i + 1) * DIM]).unwrap(),
+            "row {i}"
+        );
+    }
+    assert_eq!(got.len(), 2);
+    assert_eq!(http(addr, "GET", "/wgtrain/healthz", None, b"").await.status, 200);
+    assert_eq!(
+        http(addr, "POST", "/v1/predict", Some("application/json"), &json_rows(&raw))
+            .await
+            .status,
+        404
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(LIMIT, task).await.unwrap().unwrap().unwrap();
+}

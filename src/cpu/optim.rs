@@ -96,7 +96,7 @@ impl AdamScalars {
 /// With `mu == 0`, `buf` is not used (it may be empty). A zeroed buffer
 /// makes the first step `b = g`, as torch's first step sets it.
 /// Subnormal values are flushed to zero on x86-64 (see
-/// [`flushing_subnormals`]).
+/// `flushing_subnormals`).
 pub fn sgd_momentum_update(p: &mut [f32], g: &[f32], buf: &mut [f32], s: SgdScalars) {
     assert_eq!(p.len(), g.len());
     if s.momentum != 0.0 {
@@ -287,7 +287,7 @@ fn sgd_kernel<const WD: bool, const MOM: bool, const NESTEROV: bool>(
 /// ```
 ///
 /// Subnormal values are flushed to zero on x86-64 (see
-/// [`flushing_subnormals`]).
+/// `flushing_subnormals`).
 pub fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamScalars) {
     assert!(g.len() == p.len() && m.len() == p.len() && v.len() == p.len());
     let parts = split(p, g, [m, v]);

@@ -172,7 +172,7 @@ impl GpuPredictor {
         }
     }
 
-    /// The predictor for a compressed model (see [`Self::net_of`]).
+    /// The predictor for a compressed model (see `net_of`).
     pub fn from_compressed(ctx: Arc<GpuContext>, model: &CompressedMlp, max_batch: usize) -> Result<Self, GpuError> {
         let net = Self::net_of(&ctx, model);
         Self::build(ctx, &model.input_shape, max_batch, vec![net])

@@ -21,7 +21,7 @@
 //! the barrier between calls. Evaluation, the model and the state come from
 //! replica 0; epochs, constraints and restored states go to every replica.
 //!
-//! [`mpi`] (the cargo feature `mpi`) runs one replica per process instead,
+//! `mpi` (the cargo feature `mpi`) runs one replica per process instead,
 //! across machines, summing the gradients with MPI's all-reduce.
 
 #[cfg(feature = "mpi")]

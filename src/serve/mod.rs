@@ -99,10 +99,15 @@ impl Default for ServeConfig {
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A setting of [`ServeConfig`] is out of range; the message names it.
     #[error("invalid server configuration: {0}")]
     Config(String),
+    /// Binding, accepting or serving a connection, or starting the
+    /// inference thread, failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The inference thread (or task) panicked; requests still queued were
+    /// not answered.
     #[error("the inference thread panicked")]
     WorkerPanicked,
 }
@@ -149,6 +154,45 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    let (app, worker) = start(predictor, &config)?;
+    // The router owns the only queue sender; when graceful shutdown has
+    // drained every connection it is dropped, and the inference thread (or
+    // task), having answered everything queued, sees the queue close and
+    // exits.
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let joined = match worker {
+        Worker::Thread(thread) => tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|_| ServeError::WorkerPanicked)?
+            .map_err(|_| ServeError::WorkerPanicked),
+        Worker::Task(task) => task.await.map_err(|_| ServeError::WorkerPanicked),
+    };
+    served?;
+    joined
+}
+
+/// The routes of [`serve`] (`POST /v1/predict`, `GET /healthz`,
+/// `GET /metrics`) as an [`axum::Router`], to merge into or nest under an
+/// existing application (`Router::nest("/wgtrain", router)`), with the
+/// same batching, limits and answers as `wgtrain serve`.
+///
+/// The forward passes run on an inference thread started here (or, with
+/// [`ServeConfig::inline`], on a task of the current tokio runtime, so
+/// the call must then be made inside one). That thread answers everything
+/// queued and exits once the router and all its clones are dropped.
+///
+/// # Errors
+///
+/// [`ServeError::Config`] when `max_batch`, `queue` or `top_k` is 0;
+/// [`ServeError::Io`] when the inference thread cannot be started.
+pub fn router(predictor: Box<dyn Predictor>, config: &ServeConfig) -> Result<Router, ServeError> {
+    let (app, _worker) = start(predictor, config)?;
+    Ok(app)
+}
+
+/// Check `config`, start the inference thread (or task) and build the
+/// router that feeds it.
+fn start(predictor: Box<dyn Predictor>, config: &ServeConfig) -> Result<(Router, Worker), ServeError> {
     if config.max_batch == 0 || config.queue == 0 || config.top_k == 0 {
         return Err(ServeError::Config(format!(
             "the largest batch ({}), the queue length ({}) and top-k ({}) must each be at least 1",
@@ -189,21 +233,7 @@ where
         top_k: config.top_k,
         queue_bound: config.queue,
     };
-    let app = router(state, config.max_body_bytes);
-    // The router owns the only queue sender; when graceful shutdown has
-    // drained every connection it is dropped, and the inference thread (or
-    // task), having answered everything queued, sees the queue close and
-    // exits.
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    let joined = match worker {
-        Worker::Thread(thread) => tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .map_err(|_| ServeError::WorkerPanicked)?
-            .map_err(|_| ServeError::WorkerPanicked),
-        Worker::Task(task) => task.await.map_err(|_| ServeError::WorkerPanicked),
-    };
-    served?;
-    joined
+    Ok((routes(state, config.max_body_bytes), worker))
 }
 
 /// What runs the forward passes.
@@ -212,7 +242,7 @@ enum Worker {
     Task(tokio::task::JoinHandle<()>),
 }
 
-fn router(state: AppState, max_body_bytes: usize) -> Router {
+fn routes(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/predict", post(predict))
         .route("/healthz", get(healthz))
