@@ -5,23 +5,10 @@
 //! parser of the safetensors header of its own, not wgtrain's reader.
 
 use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn wgtrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgtrain"))
-        .args(args)
-        .env_remove("WGTRAIN_DATA")
-        .output()
-        .expect("run wgtrain")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{text, wgtrain};
+use std::process::Output;
 
 fn ok(args: &[&str]) -> Output {
     let o = wgtrain(args);

@@ -8,7 +8,9 @@
 //! checked for what they say.
 
 use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use common::{text, wgtrain};
 use std::time::Duration;
 
 use tract_onnx::prelude::*;
@@ -299,21 +301,6 @@ fn export_stores_the_model_s_own_class_names() {
     assert_eq!(json, names);
     // A model without names stores no key.
     assert!(!metadata(&AnyModel::F32(mlp(&ds, &[10], 9))).contains_key("class_names"));
-}
-
-fn wgtrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wgtrain"))
-        .args(args)
-        .output()
-        .expect("run wgtrain")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

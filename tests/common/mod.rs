@@ -1,7 +1,9 @@
-//! Helpers shared by the GPU test files.
+//! Helpers shared by the test files: the GPU to test on, random inputs,
+//! and running the `wgtrain` binary.
 
 #![allow(dead_code)]
 
+use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
 
 use rand::{Rng, SeedableRng};
@@ -35,4 +37,23 @@ pub fn gpu() -> Option<Arc<GpuContext>> {
 pub fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// Run the `wgtrain` binary of this build with `args`, without
+/// `WGTRAIN_DATA` from the environment (each test names its data).
+pub fn wgtrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgtrain"))
+        .args(args)
+        .env_remove("WGTRAIN_DATA")
+        .output()
+        .expect("run wgtrain")
+}
+
+/// A finished run's standard output, then its standard error.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
