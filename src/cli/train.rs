@@ -21,7 +21,7 @@ use wgtrain::data::builtin::SOURCE as BUILTIN_SOURCE;
 use wgtrain::data::{Dataset, Preprocess};
 use wgtrain::device::{open_replica, open_training};
 use wgtrain::metrics::{MetricsFormat, MetricsRow, MetricsWriter};
-use wgtrain::model::{AnyModel, Mlp};
+use wgtrain::model::{shared_class_names, AnyModel, Mlp, NamesMismatch};
 use wgtrain::optim::{Adam, Decay, LrSchedule, Optimizer, ScheduleSpec, Sgd, Warmup};
 use wgtrain::train::{Checkpointing, Chosen, Event, StopMetric, TrainConfig};
 
@@ -843,28 +843,21 @@ fn name_classes(
         (None, Some(v)) => super::class_names::parse(v, classes)?,
         (None, None) if a.init.is_some() => model.class_names.clone(),
         (None, None) => {
-            let mut named = teachers
-                .unwrap_or(&[])
-                .iter()
-                .filter(|(_, t)| !t.class_names.is_empty());
-            match named.next() {
-                None => vec![],
-                Some((p, t)) => {
-                    if let Some((q, u)) = named.find(|(_, u)| u.class_names != t.class_names) {
-                        bail!(
-                            "--teacher: {} names its classes {:?} but {} names them {:?}; give the student's with --class-names",
-                            p.display(),
-                            t.class_names,
-                            q.display(),
-                            u.class_names
-                        );
-                    }
+            let teachers = teachers.unwrap_or(&[]);
+            match shared_class_names(teachers.iter().map(|(p, t)| (p, &t.class_names[..]))) {
+                Err(NamesMismatch { first: (p, na), other: (q, nb) }) => bail!(
+                    "--teacher: {} names its classes {na:?} but {} names them {nb:?}; give the student's with --class-names",
+                    p.display(),
+                    q.display()
+                ),
+                Ok(None) => vec![],
+                Ok(Some((p, names))) => {
                     log::info!("class names from the teacher {}", p.display());
                     from = format!(
                         "--teacher: the class names of {} (give the student's with --class-names)",
                         p.display()
                     );
-                    t.class_names.clone()
+                    names.to_vec()
                 }
             }
         }

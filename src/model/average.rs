@@ -4,6 +4,7 @@
 //! averaging (`train --swa-from`), as `torch.optim.swa_utils.AveragedModel`
 //! computes it.
 
+use super::header::{shared_class_names, NamesMismatch};
 use super::mlp::Mlp;
 use crate::error::ModelError;
 
@@ -40,19 +41,13 @@ pub fn average(models: &[(String, Mlp)]) -> Result<Mlp, ModelError> {
     }
     // The models with class names must all give the same; the mean takes
     // them.
-    let mut named = models.iter().filter(|(_, m)| !m.class_names.is_empty());
-    let names = match named.next() {
-        None => vec![],
-        Some((a, ma)) => {
-            if let Some((b, mb)) = named.find(|(_, m)| m.class_names != ma.class_names) {
-                return Err(ModelError::Invalid(format!(
-                    "{a} names its classes {:?} but {b} names them {:?}; averaged models must agree on their class names",
-                    ma.class_names, mb.class_names
-                )));
-            }
-            ma.class_names.clone()
-        }
-    };
+    let names = shared_class_names(models.iter().map(|(n, m)| (n.as_str(), &m.class_names[..])))
+        .map_err(|NamesMismatch { first: (a, na), other: (b, nb) }| {
+            ModelError::Invalid(format!(
+                "{a} names its classes {na:?} but {b} names them {nb:?}; averaged models must agree on their class names"
+            ))
+        })?
+        .map_or_else(Vec::new, |(_, n)| n.to_vec());
     let n = models.len() as f64;
     let mean = |get: &dyn Fn(&Mlp) -> &[f32]| -> Vec<f32> {
         let mut sum = vec![0f64; get(first).len()];

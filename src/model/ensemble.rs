@@ -6,7 +6,7 @@
 //! runs in [`crate::infer`] and the GPU predictor.
 
 use super::compressed::CompressedMlp;
-use super::header::Header;
+use super::header::{shared_class_names, Header, NamesMismatch};
 use super::mlp::Mlp;
 use crate::error::ModelError;
 
@@ -175,19 +175,14 @@ impl Ensemble {
             }
         }
         // The members with class names must all give the same.
-        if let Some(named) = members.iter().find(|m| !m.model.class_names().is_empty()) {
-            let na = named.model.class_names();
-            if let Some(m) = members
-                .iter()
-                .find(|m| !m.model.class_names().is_empty() && m.model.class_names() != na)
-            {
-                return Err(ModelError::Ensemble(format!(
-                    "{} names its classes {na:?} but {} names them {:?}; members must agree on their class names",
-                    named.source,
-                    m.source,
-                    m.model.class_names()
-                )));
-            }
+        if let Err(NamesMismatch {
+            first: (a, na),
+            other: (b, nb),
+        }) = shared_class_names(members.iter().map(|m| (m.source.as_str(), m.model.class_names())))
+        {
+            return Err(ModelError::Ensemble(format!(
+                "{a} names its classes {na:?} but {b} names them {nb:?}; members must agree on their class names"
+            )));
         }
         Ok(Ensemble { members })
     }

@@ -32,6 +32,32 @@ pub const FORMAT_ENSEMBLE: &str = "ensemble-v1";
 /// class in class order; absent when the model has none.
 pub const CLASS_NAMES_KEY: &str = "class_names";
 
+/// Two models that name their classes differently: each with its label.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NamesMismatch<'a, L> {
+    /// The first model that has names.
+    pub first: (L, &'a [String]),
+    /// The first later one whose names differ.
+    pub other: (L, &'a [String]),
+}
+
+/// The class names that the models with names among `models` (label,
+/// names; empty: none) share: `Ok(None)` when none has names, else the
+/// first that has them with its label, or the first disagreement. Models
+/// without names agree with any.
+pub fn shared_class_names<'a, L: Copy>(
+    models: impl IntoIterator<Item = (L, &'a [String])>,
+) -> Result<Option<(L, &'a [String])>, NamesMismatch<'a, L>> {
+    let mut named = models.into_iter().filter(|(_, n)| !n.is_empty());
+    let Some(first) = named.next() else {
+        return Ok(None);
+    };
+    match named.find(|(_, n)| *n != first.1) {
+        Some(other) => Err(NamesMismatch { first, other }),
+        None => Ok(Some(first)),
+    }
+}
+
 /// Check class names for a model of `classes` classes: one per class, each
 /// non-empty, without line breaks or surrounding white space, none twice.
 /// An empty list (no names) always passes. The message says what is wrong

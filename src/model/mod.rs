@@ -36,8 +36,8 @@ pub use compressed::{CompressedLinear, CompressedMlp, LayerWeights};
 pub use ensemble::{AnyModel, Ensemble, Member};
 pub use file::{write_atomic, LayerStorage};
 pub use header::{
-    check_class_names, Format, Header, Metadata, CLASS_NAMES_KEY, FORMAT_COMPRESSED, FORMAT_ENSEMBLE, FORMAT_KEY,
-    FORMAT_MLP,
+    check_class_names, shared_class_names, Format, Header, Metadata, NamesMismatch, CLASS_NAMES_KEY, FORMAT_COMPRESSED,
+    FORMAT_ENSEMBLE, FORMAT_KEY, FORMAT_MLP,
 };
 pub use info::{Activations, CompressionInfo, Scope};
 pub use int8::QuantizedWeights;
