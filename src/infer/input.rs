@@ -116,6 +116,14 @@ pub fn decode_image(bytes: &[u8], shape: &[usize], source_name: &str) -> Result<
 /// `inputs` values.
 pub fn parse_idx(bytes: &[u8], source_name: &str, inputs: usize, shape: &[usize]) -> Result<Inputs, InferError> {
     let ndims = bytes.get(3).copied().unwrap_or(0) as usize;
+    if ndims < 2 {
+        return Err(InferError::Input {
+            source_name: source_name.to_string(),
+            message: format!(
+                "an IDX file of {ndims} dimension(s); images are [count, height, width] or [count, values]"
+            ),
+        });
+    }
     let arr = crate::data::idx::parse(bytes, Path::new(source_name), ndims, "IDX images of unsigned bytes")?;
     let per: usize = arr.dims[1..].iter().product();
     if per != inputs {
