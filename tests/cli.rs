@@ -701,3 +701,42 @@ fn average_and_swa_through_the_binary() {
         assert!(!o.status.success() && t.contains("--swa-from"), "{bad}: {t}");
     }
 }
+
+/// A reader that goes away (`wgtrain eval ... | head -1`) ends the command
+/// quietly with success: no panic, no error message. The pipe's read end
+/// is closed before the command starts, so every write to it fails.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let m = model.to_str().unwrap();
+    let o = wgtrain(&[
+        "train", "--data", "builtin", "--device", "cpu", "--epochs", "1", "--hidden", "8", "--save", m,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let idx = dir.path().join("x.idx");
+    let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 8, 0, 0, 0, 8];
+    bytes.extend((0..128).map(|i| i as u8));
+    std::fs::write(&idx, bytes).unwrap();
+    let x = idx.to_str().unwrap();
+    let runs: [&[&str]; 4] = [
+        &["eval", "--model", m, "--data", "builtin", "--device", "cpu"],
+        &["eval", "--model", m, "--data", "builtin", "--device", "cpu", "--json"],
+        &["predict", "--model", m, "--device", "cpu", x],
+        &["predict", "--model", m, "--device", "cpu", "--json", x],
+    ];
+    for args in runs {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_wgtrain"))
+            .args(args)
+            .env_remove("WGTRAIN_DATA")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {:?} {err}", o.status);
+        assert!(!err.contains("panicked") && !err.contains("error"), "{args:?}: {err}");
+    }
+}

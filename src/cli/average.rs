@@ -43,7 +43,7 @@ pub(crate) fn run(a: AverageArgs) -> Result<()> {
     let avg = average(&named)?;
     avg.save(&a.out)
         .with_context(|| format!("cannot save the model to {}", a.out.display()))?;
-    println!(
+    outln!(
         "wrote {}: the mean of {} models ({})",
         a.out.display(),
         named.len(),

@@ -348,20 +348,27 @@ fn compress(a: CompressArgs, sparsity: Option<f64>, spec: TrainSpec, tc: TrainCo
         bench,
     };
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }
 
-fn print_report(r: &Report) {
-    println!(
+fn print_report(r: &Report) -> Result<()> {
+    outln!(
         "{:<6} {:>11} {:>10} {:>10} {:>9} {:<13} {:>10} {:>10}",
-        "layer", "shape", "weights", "kept", "sparsity", "encoding", "bytes", "f32 bytes"
+        "layer",
+        "shape",
+        "weights",
+        "kept",
+        "sparsity",
+        "encoding",
+        "bytes",
+        "f32 bytes"
     );
     for l in &r.layers {
-        println!(
+        outln!(
             "{:<6} {:>11} {:>10} {:>10} {:>8.2}% {:<13} {:>10} {:>10}",
             l.layer,
             format!("{}x{}", l.shape[0], l.shape[1]),
@@ -374,7 +381,7 @@ fn print_report(r: &Report) {
         );
     }
     let t = &r.total;
-    println!(
+    outln!(
         "{:<6} {:>11} {:>10} {:>10} {:>8.2}% {:<13} {:>10} {:>10}",
         "total",
         "",
@@ -385,16 +392,16 @@ fn print_report(r: &Report) {
         t.bytes,
         r.before.bytes
     );
-    println!(
+    outln!(
         "file: {} bytes -> {} bytes ({:.1}% of the f32 file)",
         r.before.bytes,
         r.after.bytes,
         t.size_ratio * 100.0
     );
     if let Some(p) = r.pruned_f32_accuracy {
-        println!("pruned f32 weights: test accuracy {:.2}%", p * 100.0);
+        outln!("pruned f32 weights: test accuracy {:.2}%", p * 100.0);
     }
-    println!(
+    outln!(
         "test accuracy: {:.2}% before, {:.2}% after ({:+.2} points; {})",
         r.before.accuracy * 100.0,
         r.after.accuracy * 100.0,
@@ -402,10 +409,14 @@ fn print_report(r: &Report) {
         r.eval_path
     );
     for b in &r.bench {
-        println!(
+        outln!(
             "forward at batch {}: {:<24} {:>8.3} ms/batch {:>12.0} rows/s",
-            b.batch, b.path, b.batch_p50_ms, b.rows_per_second
+            b.batch,
+            b.path,
+            b.batch_p50_ms,
+            b.rows_per_second
         );
     }
-    println!("saved {}", r.out);
+    outln!("saved {}", r.out);
+    Ok(())
 }

@@ -14,16 +14,16 @@ pub(crate) struct DevicesArgs {
 pub(crate) fn run(a: DevicesArgs) -> Result<()> {
     let adapters = wgtrain::gpu::list_adapters();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&adapters)?);
+        outln!("{}", serde_json::to_string_pretty(&adapters)?);
         return Ok(());
     }
     if adapters.is_empty() {
-        println!("no GPU adapters found; `--device auto` will use the CPU");
+        outln!("no GPU adapters found; `--device auto` will use the CPU");
     }
     for (i, ad) in adapters.iter().enumerate() {
-        println!("[{i}] {ad}");
+        outln!("[{i}] {ad}");
     }
-    println!(
+    outln!(
         "cpu: {} threads (always available as --device cpu)",
         wgtrain::cpu::cores()
     );

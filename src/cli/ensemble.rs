@@ -32,7 +32,7 @@ pub(crate) fn run(a: EnsembleArgs) -> Result<()> {
     let bytes = e
         .save(&a.out)
         .with_context(|| format!("cannot write the ensemble to {}", a.out.display()))?;
-    println!(
+    outln!(
         "wrote {} ({bytes} bytes): {}",
         a.out.display(),
         AnyModel::Ensemble(e).describe()

@@ -110,18 +110,18 @@ fn report(eval: &Evaluation, ran_on: &str, json: bool, names: &[String]) -> Resu
                 serde_json::json!(eval.per_class_accuracy()),
             );
         }
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "test accuracy {:.2}% ({} examples), test loss {:.4} on {ran_on}",
             eval.accuracy * 100.0,
             eval.examples,
             eval.loss,
         );
-        print!("{}", eval.confusion_table_named(names));
+        out!("{}", eval.confusion_table_named(names));
         if !names.is_empty() {
-            println!("accuracy per class:");
-            print!("{}", eval.per_class_table(names));
+            outln!("accuracy per class:");
+            out!("{}", eval.per_class_table(names));
         }
     }
     Ok(())

@@ -52,7 +52,7 @@ pub(crate) fn run(a: ExportArgs) -> Result<()> {
             };
             let bytes = onnx::write(&model, &opts, &a.out)
                 .with_context(|| format!("cannot export {} to ONNX", show_paths(&a.model)))?;
-            println!(
+            outln!(
                 "wrote {} ({bytes} bytes, ONNX opset {}): {}, input `{}` [batch, {}], output `{}` [batch, {}]",
                 a.out.display(),
                 a.opset,

@@ -5,6 +5,24 @@
 //! code that uses `anyhow`; library errors about a setting are mapped here
 //! to the flag that set it.
 
+/// `println!` that returns the write's error instead of panicking (a
+/// closed pipe, as in `wgtrain eval ... | head -1`); `main` ends quietly
+/// on a broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `print!` that returns the write's error, as [`outln!`] does.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod args;
 mod average;
 mod bench;

@@ -218,15 +218,15 @@ pub(crate) fn run(a: TuneArgs) -> Result<()> {
     };
     let result = run_study(&space, data, &opts, &make, &on_event).map_err(flagged)?;
     let secs = t0.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "ran {} trial(s) in {:.1} s ({:.1} trials per hour)",
         result.ran.len(),
         secs,
         result.ran.len() as f64 * 3600.0 / secs.max(1e-9)
     );
-    print_leaderboard(&result.trials, space.epochs, a.top);
+    print_leaderboard(&result.trials, space.epochs, a.top)?;
     match &result.best {
-        Some(b) => println!(
+        Some(b) => outln!(
             "best: trial {}, validation {:.2}%, test {:.2}% (loss {:.4}, {} examples, evaluated once); model {}",
             b.number,
             100.0 * b.val_accuracy,
@@ -235,19 +235,19 @@ pub(crate) fn run(a: TuneArgs) -> Result<()> {
             b.test_examples,
             b.model
         ),
-        None if result.trials.iter().any(|t| !t.state.is_finished()) => println!(
+        None if result.trials.iter().any(|t| !t.state.is_finished()) => outln!(
             "other processes are still running trials; `wgtrain tune --report {}` shows the study later",
             storage.display()
         ),
-        None => println!("no trial finished with a model"),
+        None => outln!("no trial finished with a model"),
     }
     Ok(())
 }
 
-fn print_leaderboard(trials: &[TrialRow], max_epochs: usize, top: usize) {
+fn print_leaderboard(trials: &[TrialRow], max_epochs: usize, top: usize) -> Result<()> {
     let count = |s: TrialState| trials.iter().filter(|t| t.state == s).count();
     let (spent, full) = epochs_spent(trials, max_epochs);
-    println!(
+    outln!(
         "{} trials: {} complete, {} pruned, {} failed, {} running or queued; epochs spent {} of {} ({:.1}%)",
         trials.len(),
         count(TrialState::Complete),
@@ -272,12 +272,17 @@ fn print_leaderboard(trials: &[TrialRow], max_epochs: usize, top: usize) {
             .then(kb.1.total_cmp(&ka.1))
             .then(a.number.cmp(&b.number))
     });
-    println!(
+    outln!(
         "{:>4} {:>5} {:<8} {:>6} {:>8} {:>8}  configuration",
-        "rank", "trial", "state", "epochs", "val acc", "val loss"
+        "rank",
+        "trial",
+        "state",
+        "epochs",
+        "val acc",
+        "val loss"
     );
     for (i, t) in ranked.iter().take(top).enumerate() {
-        println!(
+        outln!(
             "{:>4} {:>5} {:<8} {:>6} {:>8} {:>8}  {}",
             i + 1,
             t.number,
@@ -290,6 +295,7 @@ fn print_leaderboard(trials: &[TrialRow], max_epochs: usize, top: usize) {
             t.config.summary()
         );
     }
+    Ok(())
 }
 
 /// `--report`: the leaderboard, the best trial's test figures, the curves.
@@ -300,7 +306,7 @@ fn report(db: &Path, plot: Option<&Path>, font: Option<&Path>, top: usize) -> Re
         .map_err(flagged)?
         .with_context(|| format!("{}: holds no study", db.display()))?;
     let trials = st.trials().map_err(flagged)?;
-    println!(
+    outln!(
         "study {}: {} sampler, seed {}, {} epochs at most, {}; data {}",
         db.display(),
         match settings.sampler {
@@ -315,9 +321,9 @@ fn report(db: &Path, plot: Option<&Path>, font: Option<&Path>, top: usize) -> Re
             .unwrap_or_else(|| "no pruning".into()),
         settings.data
     );
-    print_leaderboard(&trials, settings.space.epochs, top);
+    print_leaderboard(&trials, settings.space.epochs, top)?;
     match st.best().map_err(flagged)? {
-        Some(b) => println!(
+        Some(b) => outln!(
             "best: trial {}, validation {:.2}%, test {:.2}% ({} examples); model {}",
             b.number,
             100.0 * b.val_accuracy,
@@ -327,7 +333,7 @@ fn report(db: &Path, plot: Option<&Path>, font: Option<&Path>, top: usize) -> Re
         ),
         None => {
             if let Some(b) = best_trial(&trials) {
-                println!(
+                outln!(
                     "best so far: trial {}, validation {:.2}% (not yet evaluated on the test set)",
                     b.number,
                     100.0 * b.val_accuracy.unwrap_or(0.0)
@@ -357,7 +363,7 @@ fn report(db: &Path, plot: Option<&Path>, font: Option<&Path>, top: usize) -> Re
     });
     match draw_curves(&out, font, &curves, settings.space.epochs) {
         Ok(()) => {
-            println!("curves: {}", out.display());
+            outln!("curves: {}", out.display());
             Ok(())
         }
         // The default picture is a courtesy; a named one must be written.
