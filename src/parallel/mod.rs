@@ -117,7 +117,10 @@ enum Job {
 /// replica `i` alone writes `bufs[i]`; in phase 2 every thread reads every
 /// buffer and writes its own part of `sum`; in phase 3 every thread reads
 /// `sum`. Nothing touches them between jobs but the owner of the
-/// [`Replicated`] while every worker waits at the barrier.
+/// [`Replicated`] while every worker waits at the barrier. One replica's
+/// buffer is its own sum: `sum` is then empty and phase 2 does nothing
+/// (with several, `sum` is apart from `bufs[0]` because replica 0 starts
+/// the next step's phase 1 while the others may still read phase 3's sum).
 struct Grads {
     bufs: Vec<UnsafeCell<Vec<f32>>>,
     sum: UnsafeCell<Vec<f32>>,
@@ -138,7 +141,7 @@ impl Grads {
     /// bufs[N-1][part]`, in that order. SAFETY: phase 2, with parts that
     /// do not overlap between threads.
     unsafe fn reduce(&self, part: Range<usize>) {
-        if part.is_empty() {
+        if part.is_empty() || self.bufs.len() == 1 {
             return;
         }
         // SAFETY: no thread writes a buffer in phase 2, and this thread alone
@@ -159,7 +162,10 @@ impl Grads {
 
     /// The sum. SAFETY: phase 3 (every thread reads, none writes).
     unsafe fn sum(&self) -> &[f32] {
-        unsafe { &*self.sum.get() }
+        match self.bufs.as_slice() {
+            [only] => unsafe { &*only.get() },
+            _ => unsafe { &*self.sum.get() },
+        }
     }
 }
 
@@ -243,7 +249,7 @@ impl Shared {
 
     fn grads_len(&self) -> usize {
         // SAFETY: the length of a buffer never changes after construction.
-        unsafe { (*self.grads.sum.get()).len() }
+        unsafe { (*self.grads.bufs[0].get()).len() }
     }
 }
 
@@ -311,7 +317,7 @@ impl Replicated {
         let shared = Arc::new(Shared {
             grads: Grads {
                 bufs: (0..n).map(|_| UnsafeCell::new(vec![0.0; len])).collect(),
-                sum: UnsafeCell::new(vec![0.0; len]),
+                sum: UnsafeCell::new(if n > 1 { vec![0.0; len] } else { Vec::new() }),
             },
             replicas: replicas.into_iter().map(Mutex::new).collect(),
             job: Mutex::new(Job::Idle),
