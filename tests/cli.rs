@@ -740,3 +740,48 @@ fn closed_stdout_ends_quietly() {
         assert!(!err.contains("panicked") && !err.contains("error"), "{args:?}: {err}");
     }
 }
+
+/// `serve` refuses to listen beyond loopback without a token, and refuses
+/// an empty or weak token file, before it serves anything.
+#[test]
+fn serve_needs_a_token_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.safetensors");
+    let m = model.to_str().unwrap();
+    let o = wgtrain(&[
+        "train", "--data", "builtin", "--device", "cpu", "--epochs", "1", "--hidden", "8", "--save", m,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = wgtrain(&["serve", "--model", m, "--addr", "0.0.0.0:0", "--device", "cpu"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--token-file"), "{}", text(&o));
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "abc\n").unwrap();
+    for (file, msg) in [
+        (&empty, "empty"),
+        (&weak, "at least 16"),
+        (&dir.path().join("none"), "cannot read"),
+    ] {
+        let o = wgtrain(&[
+            "serve",
+            "--model",
+            m,
+            "--addr",
+            "127.0.0.1:0",
+            "--device",
+            "cpu",
+            "--token-file",
+            file.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(msg), "{msg}: {}", text(&o));
+    }
+    let o = wgtrain(&["serve", "--model", m, "--body-timeout", "0", "--device", "cpu"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--body-timeout"),
+        "{}",
+        text(&o)
+    );
+}

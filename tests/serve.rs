@@ -353,7 +353,7 @@ async fn bad_requests_get_4xx_with_a_message() {
         ),
         (Some("text/plain"), b"hello".to_vec(), 415, "not supported"),
         // 4 KiB against a 2 KiB limit.
-        (Some("application/json"), vec![b' '; 4096], 413, "length limit"),
+        (Some("application/json"), vec![b' '; 4096], 413, "larger than"),
     ];
     for (ctype, body, status, msg) in cases {
         let r = http(a, "POST", "/v1/predict", ctype, &body).await;
@@ -672,4 +672,190 @@ async fn router_nests_under_a_prefix_of_another_app() {
 
     let _ = stop.send(());
     tokio::time::timeout(LIMIT, task).await.unwrap().unwrap().unwrap();
+}
+
+/// Send `bytes` on a fresh connection and read until the server closes it;
+/// `None` when it closed without an answer.
+async fn raw_exchange(addr: SocketAddr, bytes: Vec<u8>) -> Option<Reply> {
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        // The server may close before it has read everything sent.
+        let _ = s.write_all(&bytes);
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let split = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+        Some(Reply {
+            status: head.split(' ').nth(1)?.parse().ok()?,
+            body: resp[split + 4..].to_vec(),
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// A request with extra header lines.
+fn request_bytes(method: &str, path: &str, headers: &[String], body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        req += h;
+        req += "\r\n";
+    }
+    req += "\r\n";
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_route_but_healthz() {
+    let token = "0123456789abcdef0123456789abcdef";
+    let config = ServeConfig {
+        token: Some(token.into()),
+        ..ServeConfig::default()
+    };
+    let m = model();
+    let server = start(Box::new(CpuPredictor::new(&m, 8)), config).await;
+    let a = server.addr;
+    let body = json_rows(&rows(1));
+    let good = format!("Authorization: Bearer {token}");
+    let cases: [(&str, &str, Vec<String>, u16); 7] = [
+        ("POST", "/v1/predict", vec![], 401),
+        (
+            "POST",
+            "/v1/predict",
+            vec![format!("Authorization: Bearer {}x", token)],
+            401,
+        ),
+        (
+            "POST",
+            "/v1/predict",
+            vec![format!("Authorization: Basic {token}")],
+            401,
+        ),
+        ("GET", "/metrics", vec![], 401),
+        ("GET", "/healthz", vec![], 200),
+        ("POST", "/v1/predict", vec![good.clone()], 200),
+        ("GET", "/metrics", vec![good.clone()], 200),
+    ];
+    for (method, path, headers, status) in cases {
+        let b = if method == "POST" { &body[..] } else { b"" };
+        let r = raw_exchange(a, request_bytes(method, path, &headers, b)).await.unwrap();
+        assert_eq!(r.status, status, "{method} {path} {headers:?}: {}", r.text());
+        if status == 401 {
+            assert!(r.json()["error"].as_str().unwrap().contains("Bearer"), "{}", r.text());
+        }
+    }
+    let t = raw_exchange(a, request_bytes("GET", "/metrics", &[good], b""))
+        .await
+        .unwrap()
+        .text();
+    assert!(t.contains("wgtrain_requests_total{status=\"401\"} 4"), "{t}");
+    server.shutdown().await;
+
+    // A short token is refused before anything is served.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = ServeConfig {
+        token: Some("short".into()),
+        ..ServeConfig::default()
+    };
+    let e = serve(listener, Box::new(CpuPredictor::new(&m, 1)), config, async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 16"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let config = ServeConfig {
+        body_timeout: Duration::from_millis(300),
+        header_timeout: Duration::from_millis(300),
+        ..ServeConfig::default()
+    };
+    let server = start(Box::new(CpuPredictor::new(&model(), 8)), config).await;
+    let a = server.addr;
+    let t0 = std::time::Instant::now();
+    // A body that stops arriving: 408 with a message.
+    let mut partial = request_bytes("POST", "/v1/predict", &[], &json_rows(&rows(1)));
+    partial.truncate(partial.len() - 100);
+    let r = raw_exchange(a, partial).await.expect("an answer");
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("did not arrive"));
+    // A header that stops arriving: the connection is dropped.
+    let r = raw_exchange(a, b"POST /v1/predict HTTP/1.1\r\nHost: te".to_vec()).await;
+    assert!(r.is_none_or(|r| r.status == 408), "a reply to half a header");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    wait_for_metric(a, "wgtrain_header_timeouts_total 1").await;
+    wait_for_metric(a, "wgtrain_requests_total{status=\"408\"} 1").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_bodies_are_refused() {
+    let config = ServeConfig {
+        max_header_bytes: 2048,
+        max_body_bytes: 4096,
+        ..ServeConfig::default()
+    };
+    let server = start(Box::new(CpuPredictor::new(&model(), 8)), config).await;
+    let a = server.addr;
+    let pad = format!("X-Pad: {}", "a".repeat(8192));
+    let r = raw_exchange(a, request_bytes("GET", "/healthz", &[pad], b"")).await;
+    assert!(r.is_none_or(|r| r.status == 431), "a large header was served");
+    // A body longer than its declared length is cut at the limit as it
+    // arrives: declared as chunked, with no length up front.
+    let mut chunked =
+        b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"800\r\n");
+        chunked.extend_from_slice(&[b' '; 0x800]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let r = raw_exchange(a, chunked).await.expect("an answer");
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Still serving.
+    let r = http(a, "GET", "/healthz", None, b"").await;
+    assert_eq!(r.status, 200);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_and_counted() {
+    let config = ServeConfig {
+        max_connections: 2,
+        header_timeout: Duration::from_secs(30),
+        ..ServeConfig::default()
+    };
+    let server = start(Box::new(CpuPredictor::new(&model(), 8)), config).await;
+    let a = server.addr;
+    // Two idle connections take both slots.
+    let idle1 = TcpStream::connect(a).await.unwrap();
+    let idle2 = TcpStream::connect(a).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A third is closed without an answer.
+    let r = raw_exchange(a, request_bytes("GET", "/healthz", &[], b"")).await;
+    assert!(r.is_none(), "served past the cap");
+    drop((idle1, idle2));
+    // Once they close, the slots are free again.
+    let mut served = false;
+    for _ in 0..200 {
+        if raw_exchange(a, request_bytes("GET", "/healthz", &[], b""))
+            .await
+            .is_some()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "slots never freed");
+    let t = http(a, "GET", "/metrics", None, b"").await.text();
+    assert!(!t.contains("wgtrain_connections_refused_total 0"), "{t}");
+    server.shutdown().await;
 }

@@ -33,9 +33,36 @@ pub(crate) struct ServeArgs {
     /// server answers 503 at once.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     queue: usize,
-    /// Largest request body in bytes; past that the server answers 413.
+    /// Largest request body in bytes, counted as it arrives; past that the
+    /// server answers 413.
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
     max_body_bytes: usize,
+    /// Seconds a request's body may take to arrive; past that, 408.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    body_timeout: f64,
+    /// Seconds a request's header may take to arrive, and an idle
+    /// keep-alive connection may wait for its next request; past that the
+    /// connection is dropped (a client sending a byte a second is).
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    header_timeout: f64,
+    /// Largest request header in bytes; past that, 431.
+    #[arg(long, default_value_t = 16 << 10, value_name = "BYTES")]
+    max_header_bytes: usize,
+    /// Most connections open at once; more are closed on arrival (counted
+    /// in /metrics as wgtrain_connections_refused_total). Keep it below
+    /// the process's open-file limit (`ulimit -n`).
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    max_connections: usize,
+    /// A file holding the bearer token (its first line, at least 16
+    /// printable characters, e.g. from `openssl rand -hex 32`): every
+    /// route but /healthz then needs `Authorization: Bearer <token>`, and
+    /// answers 401 without it.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Listen on an address other than loopback without --token-file:
+    /// anyone who can reach the address may then use the server.
+    #[arg(long)]
+    insecure: bool,
     /// Classes listed in each prediction's `top_k`.
     #[arg(long, default_value_t = 3, value_name = "K")]
     top_k: usize,
@@ -81,6 +108,25 @@ enum Batcher {
 
 /// Run `wgtrain serve` until SIGINT or SIGTERM, then drain and exit.
 pub(crate) fn run(a: ServeArgs) -> Result<()> {
+    let token = match &a.token_file {
+        Some(p) => Some(read_token(p)?),
+        None => None,
+    };
+    if token.is_none() && !a.addr.ip().is_loopback() && !a.insecure {
+        anyhow::bail!(
+            "--addr {}: a server reachable from other machines needs --token-file FILE \
+             (or --insecure to serve everyone who can reach it)",
+            a.addr
+        );
+    }
+    let seconds = |flag: &str, s: f64| -> Result<Duration> {
+        Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("{flag} {s}: give a positive number of seconds"))
+    };
+    let body_timeout = seconds("--body-timeout", a.body_timeout)?;
+    let header_timeout = seconds("--header-timeout", a.header_timeout)?;
     let model = super::args::load_models(&a.model)?;
     let described = model.describe();
     let http_threads = match a.threads {
@@ -113,6 +159,11 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         max_wait: Duration::from_micros(a.max_wait_us),
         queue: a.queue,
         max_body_bytes: a.max_body_bytes,
+        body_timeout,
+        header_timeout,
+        max_header_bytes: a.max_header_bytes,
+        max_connections: a.max_connections,
+        token,
         top_k: a.top_k,
         idle_spin: Duration::from_micros(a.spin_us),
         inline: false,
@@ -161,6 +212,21 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         log::info!("drained; stopped");
         Ok(())
     })
+}
+
+/// The bearer token: the first line of `path`, without surrounding
+/// whitespace.
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file {}: cannot read it as text", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!(
+            "--token-file {}: the file is empty; put the token on its first line",
+            path.display()
+        );
+    }
+    Ok(token)
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

@@ -63,6 +63,10 @@ pub struct Metrics {
     batch: Histogram<10>,
     queue_depth: AtomicI64,
     rows: AtomicU64,
+    /// Connections closed as soon as they were accepted (the cap was reached).
+    refused_connections: AtomicU64,
+    /// Connections dropped because a request header did not arrive in time.
+    header_timeouts: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,8 @@ impl Default for Metrics {
             batch: Histogram::new(BATCH_BOUNDS),
             queue_depth: AtomicI64::new(0),
             rows: AtomicU64::new(0),
+            refused_connections: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -92,6 +98,16 @@ impl Metrics {
         self.rows.fetch_add(rows as u64, Ordering::Relaxed);
     }
 
+    /// One connection closed at once because the connection cap was reached.
+    pub fn connection_refused(&self) {
+        self.refused_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One connection dropped because a request header did not arrive in time.
+    pub fn header_timeout(&self) {
+        self.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn queue_add(&self, n: i64) {
         self.queue_depth.fetch_add(n, Ordering::Relaxed);
     }
@@ -104,7 +120,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(
-            "# HELP wgtrain_requests_total Requests to /v1/predict by HTTP status.\n\
+            "# HELP wgtrain_requests_total Requests to /v1/predict by HTTP status (and 401 refusals on any guarded route).\n\
              # TYPE wgtrain_requests_total counter\n",
         );
         for (code, c) in self.status.iter().enumerate() {
@@ -134,6 +150,18 @@ impl Metrics {
             "# HELP wgtrain_predicted_rows_total Input rows predicted.\n\
              # TYPE wgtrain_predicted_rows_total counter\nwgtrain_predicted_rows_total {}",
             self.rows.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wgtrain_connections_refused_total Connections closed on arrival: the connection cap was reached.\n\
+             # TYPE wgtrain_connections_refused_total counter\nwgtrain_connections_refused_total {}",
+            self.refused_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wgtrain_header_timeouts_total Connections dropped: a request header did not arrive in time.\n\
+             # TYPE wgtrain_header_timeouts_total counter\nwgtrain_header_timeouts_total {}",
+            self.header_timeouts.load(Ordering::Relaxed)
         );
         out
     }

@@ -21,8 +21,18 @@
 //!
 //! Routes: `POST /v1/predict` (JSON `{"inputs": [[...], ...]}`, or an
 //! `image/png` / `image/jpeg` body), `GET /healthz`, `GET /metrics`.
+//!
+//! Limits against slow, large and many clients: a request's body must
+//! arrive within [`ServeConfig::body_timeout`] (408 otherwise) and is
+//! counted against [`ServeConfig::max_body_bytes`] as it arrives (413);
+//! [`serve`] also bounds each request header's time and size and the open
+//! connections (see `conn.rs`). With [`ServeConfig::token`] every route
+//! but `/healthz` needs `Authorization: Bearer <token>` (401 otherwise;
+//! compared in constant time).
 
+mod auth;
 mod batch;
+mod conn;
 pub mod metrics;
 mod request;
 
@@ -30,8 +40,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -56,8 +65,24 @@ pub struct ServeConfig {
     pub max_wait: Duration,
     /// Requests that may wait for the inference thread; past that, 503.
     pub queue: usize,
-    /// Largest request body, bytes; past that, 413.
+    /// Largest request body, bytes, counted as it arrives; past that, 413.
     pub max_body_bytes: usize,
+    /// Longest a request's body may take to arrive once its header has;
+    /// past that, 408 and the connection closes.
+    pub body_timeout: Duration,
+    /// Longest a request's header may take to arrive (and an idle
+    /// keep-alive connection may wait for the next one); past that the
+    /// connection is dropped. Applies in [`serve`] (an application that
+    /// embeds [`router`] sets its own).
+    pub header_timeout: Duration,
+    /// Largest request header, bytes; past that, 431. Applies in [`serve`].
+    pub max_header_bytes: usize,
+    /// Most connections open at once; one more is closed as soon as it is
+    /// accepted (counted in `/metrics`). Applies in [`serve`].
+    pub max_connections: usize,
+    /// The bearer token every route but `/healthz` requires (`None`: no
+    /// authorization).
+    pub token: Option<String>,
     /// Classes listed in each prediction's `top_k`.
     pub top_k: usize,
     /// How long the idle inference thread polls the queue before it
@@ -87,6 +112,11 @@ impl Default for ServeConfig {
             max_wait: Duration::from_micros(500),
             queue: 1024,
             max_body_bytes: 4 << 20,
+            body_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 << 10,
+            max_connections: 512,
+            token: None,
             top_k: 3,
             idle_spin: Duration::ZERO,
             inline: false,
@@ -124,6 +154,8 @@ struct AppState {
     class_names: Arc<Vec<String>>,
     top_k: usize,
     queue_bound: usize,
+    max_body_bytes: usize,
+    body_timeout: Duration,
 }
 
 /// The JSON answer.
@@ -154,12 +186,17 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let (app, worker) = start(predictor, &config)?;
+    let (app, worker, metrics) = start(predictor, &config)?;
     // The router owns the only queue sender; when graceful shutdown has
     // drained every connection it is dropped, and the inference thread (or
     // task), having answered everything queued, sees the queue close and
     // exits.
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let limits = conn::ConnLimits {
+        header_timeout: config.header_timeout,
+        max_header_bytes: config.max_header_bytes,
+        max_connections: config.max_connections,
+    };
+    let served = conn::serve_connections(listener, app, limits, metrics, shutdown).await;
     let joined = match worker {
         Worker::Thread(thread) => tokio::task::spawn_blocking(move || thread.join())
             .await
@@ -183,22 +220,17 @@ where
 ///
 /// # Errors
 ///
-/// [`ServeError::Config`] when `max_batch`, `queue` or `top_k` is 0;
+/// [`ServeError::Config`] when a setting is out of range (see [`serve`]);
 /// [`ServeError::Io`] when the inference thread cannot be started.
 pub fn router(predictor: Box<dyn Predictor>, config: &ServeConfig) -> Result<Router, ServeError> {
-    let (app, _worker) = start(predictor, config)?;
+    let (app, _worker, _metrics) = start(predictor, config)?;
     Ok(app)
 }
 
 /// Check `config`, start the inference thread (or task) and build the
 /// router that feeds it.
-fn start(predictor: Box<dyn Predictor>, config: &ServeConfig) -> Result<(Router, Worker), ServeError> {
-    if config.max_batch == 0 || config.queue == 0 || config.top_k == 0 {
-        return Err(ServeError::Config(format!(
-            "the largest batch ({}), the queue length ({}) and top-k ({}) must each be at least 1",
-            config.max_batch, config.queue, config.top_k
-        )));
-    }
+fn start(predictor: Box<dyn Predictor>, config: &ServeConfig) -> Result<(Router, Worker, Arc<Metrics>), ServeError> {
+    check(config)?;
     let metrics = Arc::new(Metrics::default());
     let limits = BatchLimits {
         max_batch: config.max_batch,
@@ -232,8 +264,42 @@ fn start(predictor: Box<dyn Predictor>, config: &ServeConfig) -> Result<(Router,
         class_names: Arc::new(config.class_names.clone()),
         top_k: config.top_k,
         queue_bound: config.queue,
+        max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout,
     };
-    Ok((routes(state, config.max_body_bytes), worker))
+    let token = config.token.as_deref().map(|t| auth::Token::new(t, metrics.clone()));
+    Ok((routes(state, token), worker, metrics))
+}
+
+/// Refuse settings out of range, naming them.
+fn check(config: &ServeConfig) -> Result<(), ServeError> {
+    if config.max_batch == 0 || config.queue == 0 || config.top_k == 0 {
+        return Err(ServeError::Config(format!(
+            "the largest batch ({}), the queue length ({}) and top-k ({}) must each be at least 1",
+            config.max_batch, config.queue, config.top_k
+        )));
+    }
+    if config.max_connections == 0 {
+        return Err(ServeError::Config("the connection limit must be at least 1".into()));
+    }
+    if config.body_timeout.is_zero() || config.header_timeout.is_zero() {
+        return Err(ServeError::Config(format!(
+            "the header and body timeouts ({:?}, {:?}) must be longer than zero",
+            config.header_timeout, config.body_timeout
+        )));
+    }
+    // hyper reads a header into a buffer of at least 8 KiB and keeps its
+    // size within `max_header_bytes` beside that.
+    if config.max_header_bytes < 1024 {
+        return Err(ServeError::Config(format!(
+            "the header size limit ({} bytes) must be at least 1024 bytes",
+            config.max_header_bytes
+        )));
+    }
+    if let Some(t) = &config.token {
+        auth::check_token(t).map_err(ServeError::Config)?;
+    }
+    Ok(())
 }
 
 /// What runs the forward passes.
@@ -242,12 +308,18 @@ enum Worker {
     Task(tokio::task::JoinHandle<()>),
 }
 
-fn routes(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
+fn routes(state: AppState, token: Option<auth::Token>) -> Router {
+    let guarded = Router::new()
         .route("/v1/predict", post(predict))
+        .route("/metrics", get(metrics_text));
+    let guarded = match token {
+        Some(t) => guarded.route_layer(axum::middleware::from_fn_with_state(t, auth::require)),
+        None => guarded,
+    };
+    guarded
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        // The body is read by `read_body` with its own limit.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -276,7 +348,7 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn predict(State(st): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn predict(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let t0 = Instant::now();
     let response = match predict_inner(&st, &headers, body).await {
         Ok(r) => Json(r).into_response(),
@@ -339,12 +411,50 @@ fn parse_body(st: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(Vec<f3
     }
 }
 
-async fn predict_inner(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<PredictResponse, Failure> {
-    let body = body.map_err(|r| (r.status(), r.body_text()))?;
+/// The whole body of a request, within the size limit (counted as the
+/// bytes arrive, and checked first against a declared Content-Length) and
+/// the time limit.
+async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Failure> {
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {} bytes", st.max_body_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, st.max_body_bytes)).await {
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {:.1} s",
+                st.body_timeout.as_secs_f64()
+            ),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some());
+            if over {
+                Err(too_large())
+            } else {
+                // The client went away (or broke the framing) halfway: 499,
+                // nginx's "client closed request", which no client receives
+                // but /metrics counts apart from requests that were bad.
+                let closed = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+                Err((closed, format!("the request body ended early: {e}")))
+            }
+        }
+    }
+}
+
+async fn predict_inner(st: &AppState, headers: &HeaderMap, body: Body) -> Result<PredictResponse, Failure> {
+    let body = read_body(st, headers, body).await?;
     let (features, rows) = parse_body(st, headers, &body)?;
     let (reply, answer) = oneshot::channel();
     let job = Job {
