@@ -79,6 +79,19 @@ pub enum ModelError {
     Ensemble(String),
 }
 
+/// A run that needs more memory than the machine has: what it needs (part
+/// by part), what is available, and what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{need}, but {available}; {suggestion}")]
+pub struct ResourceError {
+    /// What needs how much, in words.
+    pub need: String,
+    /// What the machine has, in words.
+    pub available: String,
+    /// What to change.
+    pub suggestion: String,
+}
+
 /// Errors from the GPU backend.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -128,6 +141,9 @@ pub enum Error {
     Model(#[from] ModelError),
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// More memory needed than the host has.
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A configuration value out of range; the binary names the flag that

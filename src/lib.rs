@@ -76,6 +76,7 @@ pub mod model;
 pub mod onnx;
 pub mod optim;
 pub mod parallel;
+pub mod resources;
 pub mod serve;
 pub mod train;
 pub mod tune;

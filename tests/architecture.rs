@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// of lower layers (and its own). `cli` is the binary.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["data", "metrics"],
+    &["data", "metrics", "resources"],
     &["model"],
     &["optim"],
     &["backend"],

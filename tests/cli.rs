@@ -785,3 +785,23 @@ fn serve_needs_a_token_beyond_loopback() {
         text(&o)
     );
 }
+
+/// A run too large for the host is refused before anything is allocated,
+/// with what it needs, what the host has and what to change (before: the
+/// allocator aborted with a backtrace).
+#[test]
+fn a_run_too_large_for_the_host_is_refused_with_both_figures() {
+    for (hidden, device) in [
+        ("3000000000", "cpu"),
+        ("30000000,30000000", "cpu"),
+        ("3000000000", "auto"),
+    ] {
+        let o = wgtrain(&[
+            "train", "--data", "builtin", "--device", device, "--hidden", hidden, "--epochs", "1",
+        ]);
+        let t = text(&o);
+        assert!(!o.status.success(), "{hidden}: {t}");
+        assert!(t.contains("needs about") && t.contains("--hidden"), "{hidden}: {t}");
+        assert!(!t.contains("panicked") && !t.contains("backtrace"), "{hidden}: {t}");
+    }
+}

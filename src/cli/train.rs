@@ -600,6 +600,17 @@ fn run_on(
             let mut sizes = vec![data.dim()];
             sizes.extend(&hidden);
             sizes.push(data.classes);
+            // Before anything is allocated: the run must fit the host.
+            use wgtrain::resources::{check, cpu_training, gpu_training_host, host_available};
+            let need = match a.device.device {
+                wgtrain::device::DeviceChoice::Cpu => cpu_training(&sizes, a.batch, spec.optimizer.state_slots()),
+                _ => gpu_training_host(&sizes),
+            };
+            check(
+                &need,
+                host_available(),
+                "give narrower --hidden layers or a smaller --batch",
+            )?;
             Mlp::new(&sizes, a.seed, preprocess, data.shape.clone())?
         }
     };

@@ -119,6 +119,14 @@ impl CpuBackend {
     pub fn with_threads(model: Mlp, data: Arc<Dataset>, spec: TrainSpec, threads: usize) -> Result<Self> {
         check_fit(&model, &data)?;
         spec.check()?;
+        // The model is allocated already: what is still to come must fit.
+        let mut need = crate::resources::cpu_training(&model.sizes(), spec.batch, spec.optimizer.state_slots());
+        need.parts.retain(|(part, _)| *part != "parameters");
+        crate::resources::check(
+            &need,
+            crate::resources::host_available(),
+            "use narrower hidden layers, a smaller batch, or an optimizer with less state (SGD keeps none)",
+        )?;
         let regular = spec.regular;
         let shift = Shift::new(regular.shift, &data.shape)?;
         let batch = spec.batch;

@@ -66,6 +66,19 @@ impl Mlp {
                 "layer sizes {sizes:?}: need at least inputs and outputs, all non-zero"
             )));
         }
+        // Refuse what cannot be allocated instead of aborting in the
+        // allocator: a count that overflows, or an allocation that fails.
+        let params = crate::resources::parameters(sizes)
+            .filter(|&p| p.checked_mul(4).is_some_and(|b| b <= isize::MAX as u64))
+            .ok_or_else(|| ModelError::Invalid(format!("layer sizes {sizes:?}: too many parameters to address")))?;
+        let mut probe: Vec<f32> = Vec::new();
+        probe.try_reserve_exact(params as usize).map_err(|_| {
+            ModelError::Invalid(format!(
+                "layer sizes {sizes:?}: cannot allocate {} for {params} parameters",
+                crate::resources::bytes(params * 4)
+            ))
+        })?;
+        drop(probe);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let layers = sizes.windows(2).map(|w| Linear::init(w[0], w[1], &mut rng)).collect();
         Ok(Mlp {
