@@ -100,10 +100,17 @@ fn sigkill_at_random_moments_leaves_only_whole_files() {
                 .args(["train", "--resume", ck.to_str().unwrap(), "-q"])
                 .output()
                 .unwrap();
-            assert!(o.status.success(), "{what}: resume failed: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "{what}: resume failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             check_files(&ck, &save, &format!("{what}, resumed"));
             assert!(save.exists(), "{what}: the resumed run saved no model");
         }
     }
-    assert!(killed_mid_run >= 8, "only {killed_mid_run} of 16 runs were killed before they ended");
+    assert!(
+        killed_mid_run >= 8,
+        "only {killed_mid_run} of 16 runs were killed before they ended"
+    );
 }
