@@ -29,7 +29,8 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// The evaluation of `pred` against `labels` over `classes` classes. Every label and predicted class must be below `classes`.
+    /// The evaluation of `pred` against `labels` over `classes` classes.
+    /// Every label and predicted class must be below `classes`.
     pub fn new(pred: &Predictions, labels: &[u32], classes: usize) -> Self {
         let mut confusion = vec![vec![0u64; classes]; classes];
         let mut correct = 0usize;
