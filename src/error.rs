@@ -174,16 +174,17 @@ pub enum GpuError {
         /// What wgpu said.
         message: String,
     },
-    /// A buffer or dispatch larger than a limit of the device.
+    /// A buffer or dispatch larger than a limit of the device (or of the
+    /// shaders' u32 indexing).
     #[error("{what} needs {needed} but the adapter allows at most {limit} ({limit_name}); try a smaller batch or narrower layers, or the CPU")]
     Limit {
         /// The buffer or dispatch.
         what: String,
-        /// What it needs (bytes or workgroups, as the limit counts).
+        /// What it needs, in the limit's unit (`limit_name` says which).
         needed: u64,
-        /// The device's limit, in the same unit.
+        /// The largest value allowed.
         limit: u64,
-        /// The name of the wgpu limit.
+        /// The limit's name and unit (e.g. `max_buffer_size, bytes`).
         limit_name: &'static str,
     },
     /// A kernel called with buffers or shapes that do not fit each other;
@@ -193,8 +194,8 @@ pub enum GpuError {
     /// Mapping a buffer for reading back to the host failed.
     #[error("GPU readback failed: {0}")]
     Readback(String),
-    /// Any other error wgpu reports (validation, out of memory, lost
-    /// device).
+    /// Any other GPU failure: wgpu's validation and out-of-memory errors,
+    /// pipelines that cannot be built, shapes a kernel does not handle.
     #[error("GPU error: {0}")]
     Other(String),
 }
@@ -288,7 +289,7 @@ pub enum Error {
     Interrupted {
         /// The epoch the run stopped in.
         epoch: usize,
-        /// The global step count at the stop.
+        /// Steps of that epoch done at the stop.
         step: usize,
         /// The checkpoint file written, to resume from.
         checkpoint: PathBuf,
