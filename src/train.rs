@@ -207,17 +207,17 @@ pub enum Event {
         train_loss: f64,
         /// Training accuracy over the epoch's examples (a fraction).
         train_accuracy: f64,
-        #[serde(skip_serializing_if = "Option::is_none")]
         /// Mean loss on the validation split.
+        #[serde(skip_serializing_if = "Option::is_none")]
         validation_loss: Option<f64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         /// Accuracy on the validation split (a fraction).
+        #[serde(skip_serializing_if = "Option::is_none")]
         validation_accuracy: Option<f64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
         /// Mean loss on the test split.
-        test_loss: Option<f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        test_loss: Option<f64>,
         /// Accuracy on the test split (a fraction).
+        #[serde(skip_serializing_if = "Option::is_none")]
         test_accuracy: Option<f64>,
         /// Training examples per second over the epoch (wall clock).
         examples_per_second: f64,
@@ -240,13 +240,13 @@ pub enum Event {
         epochs_run: usize,
         /// Whether early stopping ended the run before the last epoch.
         stopped_early: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
         /// The returned model's mean loss on the validation split (`None`
         /// for [`Chosen::Last`]).
-        validation_loss: Option<f64>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        validation_loss: Option<f64>,
         /// The returned model's accuracy on the validation split (a
         /// fraction; `None` for [`Chosen::Last`]).
+        #[serde(skip_serializing_if = "Option::is_none")]
         validation_accuracy: Option<f64>,
         /// The returned model's mean loss on the test split.
         test_loss: f64,

@@ -177,7 +177,7 @@ pub enum Normalize {
 }
 
 impl Normalize {
-    /// The name used on the command line and in model metadata.
+    /// The name written as the `normalize` metadata key of a model.
     pub fn as_str(self) -> &'static str {
         match self {
             Normalize::Scale => "scale",
@@ -232,8 +232,8 @@ impl Preprocess {
         }
     }
 
-    #[inline]
     /// One raw value preprocessed: `raw * scale + offset`.
+    #[inline]
     pub fn apply(&self, raw: f32) -> f32 {
         raw * self.scale + self.offset
     }

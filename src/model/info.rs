@@ -16,7 +16,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// The name used on the command line and in the `compress.scope` metadata.
+    /// The name written as the `compress.scope` metadata key.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Global => "global",
@@ -44,7 +44,7 @@ pub enum Activations {
 }
 
 impl Activations {
-    /// The name used on the command line and in the `compress.activations` metadata.
+    /// The name written as the `compress.activations` metadata key.
     pub fn as_str(self) -> &'static str {
         match self {
             Activations::Int8 => "int8",
