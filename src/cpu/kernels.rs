@@ -673,7 +673,7 @@ pub const CLIP_EPS: f32 = 1e-6;
 pub struct Clip {
     /// The global L2 norm of every layer's gradients.
     pub norm: f32,
-    /// The factor every gradient is multiplied by, in `(0, 1]`.
+    /// The factor every gradient is multiplied by, at most 1.
     pub coef: f32,
 }
 

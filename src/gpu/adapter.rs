@@ -30,7 +30,8 @@ pub struct AdapterReport {
     pub name: String,
     /// The graphics API wgpu reaches it through (Vulkan, Metal, Dx12, Gl).
     pub backend: String,
-    /// Discrete, integrated, virtual GPU, or CPU (a software renderer).
+    /// wgpu's device type: `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`,
+    /// `Cpu` (a software renderer) or `Other`.
     pub device_type: String,
     /// The driver's name (may be empty).
     pub driver: String,

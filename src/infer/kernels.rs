@@ -67,7 +67,7 @@ pub struct PackedLinear {
     pub inputs: usize,
     /// Output width (without the last panel's padding).
     pub outputs: usize,
-    /// Panels of [`PANEL`] outputs: `outputs` rounded up.
+    /// Panels of [`PANEL`] outputs: `outputs / PANEL` rounded up.
     pub panels: usize,
     /// `[panels][inputs]` lines.
     weight: Vec<Line>,

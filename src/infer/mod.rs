@@ -365,7 +365,8 @@ pub struct ClassProbability {
     /// [`Prediction::name_classes`]); left out of JSON when `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Its softmax probability, in `[0, 1]`.
+    /// Its probability, in `[0, 1]` (for an ensemble, the mean of the
+    /// members').
     pub probability: f32,
 }
 

@@ -21,7 +21,8 @@ pub struct Int8Mlp {
     pub layers: Vec<PackedI8Linear>,
     /// The preprocessing of raw inputs, applied before the first layer.
     pub preprocess: Preprocess,
-    /// The kernel variant that runs, detected for this CPU at construction.
+    /// The kernel variant that runs ([`Int8Mlp::new`] takes the best this CPU
+    /// runs).
     pub isa: I8Isa,
 }
 
