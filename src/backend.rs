@@ -16,6 +16,7 @@ use crate::optim::{Constraint, Optimizer, StepHyper};
 pub struct TrainSpec {
     /// Examples per training step (at least 1).
     pub batch: usize,
+    /// The optimizer and its hyperparameters (the learning rate comes per step, [`StepHyper`]).
     pub optimizer: Optimizer,
     /// Dropout, label smoothing, augmentation and clipping; all off by
     /// default.
@@ -194,9 +195,11 @@ pub struct StepStats {
 }
 
 impl StepStats {
+    /// Mean loss per example (0 when no example was seen).
     pub fn mean_loss(&self) -> f64 {
         self.loss_sum / self.examples.max(1) as f64
     }
+    /// Fraction of examples classified correctly (0 when none was seen).
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.examples.max(1) as f64
     }
@@ -213,9 +216,11 @@ impl StepStats {
 /// Which split to evaluate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitKind {
+    /// The training split.
     Train,
     /// The rows held out of training ([`crate::data::Dataset::validation`]).
     Validation,
+    /// The test split.
     Test,
 }
 
@@ -338,6 +343,7 @@ pub fn check_shard(shard: &std::ops::Range<usize>, rows: usize) -> Result<()> {
 /// ([`Backend::state`]), the same on every backend.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendState {
+    /// The parameters.
     pub model: Mlp,
     /// Per layer, [`Optimizer::state_slots`] buffers of the weight and as
     /// many of the bias (none for plain SGD).
@@ -350,7 +356,9 @@ pub struct BackendState {
 /// The optimizer state of one layer.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LayerSlots {
+    /// The weight's buffers, each of the weight's length.
     pub weight: Vec<Vec<f32>>,
+    /// The bias's buffers, each of the bias's length.
     pub bias: Vec<Vec<f32>>,
 }
 

@@ -41,8 +41,11 @@ pub struct LoopState {
     pub step: usize,
     /// Whether the epoch's end (evaluation, best model) is done too.
     pub epoch_complete: bool,
+    /// Steps done in the run (across epochs).
     pub global_step: usize,
+    /// Epochs finished.
     pub epochs_run: usize,
+    /// Whether early stopping has ended the run.
     pub stopped_early: bool,
     /// The best epoch and its figure's bits.
     pub best: Option<(usize, u64)>,
@@ -53,6 +56,7 @@ pub struct LoopState {
     pub best_figures: Option<(u64, u64)>,
     /// The epoch's training figures so far, and those not yet logged.
     pub epoch_stats: Stats,
+    /// The training figures since the last log point.
     pub pending_stats: Stats,
     /// Epochs in the weight average (stored as `swa.*` tensors); 0: none
     /// (and in checkpoints written before weight averaging existed).
@@ -63,9 +67,13 @@ pub struct LoopState {
 /// [`StepStats`] with the loss sum as bits.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct Stats {
+    /// The sum of the examples' losses, as `f64` bits.
     pub loss_sum_bits: u64,
+    /// Examples whose arg-max was the label.
     pub correct: u64,
+    /// Examples seen.
     pub examples: u64,
+    /// Steps run.
     pub steps: u64,
 }
 
@@ -179,13 +187,17 @@ pub fn data_hash(data: &Dataset) -> String {
 /// A checkpoint read from a file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
+    /// The file read.
     pub path: PathBuf,
+    /// The backend's parameters, optimizer state and update count.
     pub state: BackendState,
+    /// Where the loop stood.
     pub loop_state: LoopState,
     /// The best-validation model so far.
     pub best: Option<Mlp>,
     /// The weight average so far (`loop_state.swa_count` epochs).
     pub swa: Option<Mlp>,
+    /// The data and settings of the run that wrote it.
     pub fingerprint: Fingerprint,
     /// The caller's JSON, as written.
     pub extra: String,
@@ -240,12 +252,17 @@ pub fn latest(path: &Path) -> Result<PathBuf> {
 
 /// What [`write()`] stores.
 pub struct Contents<'a> {
+    /// The backend's parameters, optimizer state and update count.
     pub state: &'a BackendState,
+    /// Where the loop stands.
     pub loop_state: &'a LoopState,
+    /// The best-validation model so far.
     pub best: Option<&'a Mlp>,
     /// The weight average (its count is `loop_state.swa_count`).
     pub swa: Option<&'a Mlp>,
+    /// The data and settings a resumed run must share.
     pub fingerprint: &'a Fingerprint,
+    /// The caller's JSON (the binary's arguments), stored as written.
     pub extra: &'a str,
 }
 

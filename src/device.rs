@@ -18,6 +18,7 @@ pub enum DeviceChoice {
     /// (such as Mesa's lavapipe) are slower than the CPU path and are
     /// skipped.
     Auto,
+    /// The CPU backend or predictor.
     Cpu,
     /// Any GPU adapter, software ones included.
     Gpu,

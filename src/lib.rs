@@ -61,6 +61,8 @@
 //! and embedding the HTTP predictor in an axum application
 //! (`embed_server`, through [`serve::router`]).
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

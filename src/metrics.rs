@@ -18,6 +18,7 @@ pub struct Predictions {
 /// The result of evaluating a model on a labelled split.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
+    /// Examples evaluated.
     pub examples: usize,
     /// Mean cross-entropy loss.
     pub loss: f64,
@@ -28,6 +29,8 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// The evaluation of `pred` against `labels` over `classes` classes.
+    /// Every label and predicted class must be below `classes`.
     pub fn new(pred: &Predictions, labels: &[u32], classes: usize) -> Self {
         let mut confusion = vec![vec![0u64; classes]; classes];
         let mut correct = 0usize;
@@ -131,16 +134,27 @@ fn abbreviate(name: &str) -> String {
 /// JSON lines, an empty field in CSV).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
+    /// `"step"` or `"epoch"`.
     pub kind: String,
+    /// The epoch (1-based).
     pub epoch: usize,
+    /// Steps done in the run.
     pub global_step: usize,
+    /// The learning rate of the last step.
     pub lr: f64,
+    /// Mean training loss since the previous row (epoch rows: over the epoch).
     pub train_loss: f64,
+    /// Training accuracy, a fraction, over the same examples.
     pub train_accuracy: f64,
+    /// Mean loss on the validation split.
     pub validation_loss: Option<f64>,
+    /// Accuracy on the validation split (a fraction).
     pub validation_accuracy: Option<f64>,
+    /// Mean loss on the test split.
     pub test_loss: Option<f64>,
+    /// Accuracy on the test split (a fraction).
     pub test_accuracy: Option<f64>,
+    /// Training examples per second (wall clock).
     pub examples_per_second: f64,
     /// Seconds since the run started.
     pub seconds: f64,

@@ -23,9 +23,11 @@ use crate::optim::{LrSchedule, StepHyper};
 /// [`train`] calls it before anything runs.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
+    /// Epochs to train (each a pass over the training split).
     pub epochs: usize,
     /// The learning rate of each step.
     pub schedule: LrSchedule,
+    /// Seeds the epoch permutations (the weights are seeded where the model is made).
     pub seed: u64,
     /// Steps between training log lines (0: never).
     pub log_every: usize,
@@ -115,6 +117,7 @@ impl TrainConfig {
 /// The best epoch so far by one validation figure, and the epochs since.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BestEpoch {
+    /// The figure compared (validation loss or accuracy).
     pub metric: StopMetric,
     /// `(epoch, figure)` of the best epoch; `None` before the first.
     pub best: Option<(usize, f64)>,
@@ -123,6 +126,7 @@ pub struct BestEpoch {
 }
 
 impl BestEpoch {
+    /// No epoch seen yet, comparing by `metric`.
     pub fn new(metric: StopMetric) -> Self {
         BestEpoch {
             metric,
@@ -172,13 +176,19 @@ pub enum Chosen {
 pub enum Event {
     /// Training loss and accuracy over the steps since the previous log point.
     Step {
+        /// The epoch (1-based).
         epoch: usize,
+        /// Steps done in this epoch.
         step: usize,
+        /// Steps done in the run (across epochs).
         global_step: usize,
         /// The learning rate of the period's last step.
         lr: f64,
+        /// Mean training loss (cross-entropy) over the period's examples.
         loss: f64,
+        /// Training accuracy over the period's examples (a fraction).
         accuracy: f64,
+        /// Training examples per second over the period (wall clock).
         examples_per_second: f64,
         /// Since the run started.
         elapsed: f64,
@@ -187,20 +197,29 @@ pub enum Event {
     /// figures when there is a validation split, and test figures when the
     /// test set is evaluated every epoch.
     Epoch {
+        /// The epoch (1-based).
         epoch: usize,
+        /// Steps done in the run at the epoch's end.
         global_step: usize,
         /// The learning rate of the epoch's last step.
         lr: f64,
+        /// Mean training loss over the epoch's examples.
         train_loss: f64,
+        /// Training accuracy over the epoch's examples (a fraction).
         train_accuracy: f64,
+        /// Mean loss on the validation split.
         #[serde(skip_serializing_if = "Option::is_none")]
         validation_loss: Option<f64>,
+        /// Accuracy on the validation split (a fraction).
         #[serde(skip_serializing_if = "Option::is_none")]
         validation_accuracy: Option<f64>,
+        /// Mean loss on the test split.
         #[serde(skip_serializing_if = "Option::is_none")]
         test_loss: Option<f64>,
+        /// Accuracy on the test split (a fraction).
         #[serde(skip_serializing_if = "Option::is_none")]
         test_accuracy: Option<f64>,
+        /// Training examples per second over the epoch (wall clock).
         examples_per_second: f64,
         /// Seconds the epoch's training took.
         seconds: f64,
@@ -212,20 +231,30 @@ pub enum Event {
         /// The epoch whose parameters are returned (for an average, the
         /// last epoch in it).
         epoch: usize,
+        /// Which model is returned.
         chosen: Chosen,
         /// The first epoch of an average ([`Chosen::Average`]).
         #[serde(skip_serializing_if = "Option::is_none")]
         averaged_from: Option<usize>,
         /// Epochs run (fewer than asked when early stopping stopped it).
         epochs_run: usize,
+        /// Whether early stopping ended the run before the last epoch.
         stopped_early: bool,
+        /// The returned model's mean loss on the validation split (`None`
+        /// for [`Chosen::Last`]).
         #[serde(skip_serializing_if = "Option::is_none")]
         validation_loss: Option<f64>,
+        /// The returned model's accuracy on the validation split (a
+        /// fraction; `None` for [`Chosen::Last`]).
         #[serde(skip_serializing_if = "Option::is_none")]
         validation_accuracy: Option<f64>,
+        /// The returned model's mean loss on the test split.
         test_loss: f64,
+        /// The returned model's accuracy on the test split (a fraction).
         test_accuracy: f64,
+        /// Examples in the test split.
         test_examples: usize,
+        /// Seconds since the run started.
         elapsed: f64,
     },
 }

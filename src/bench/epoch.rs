@@ -15,8 +15,11 @@ use crate::optim::StepHyper;
 /// Epoch timings of one backend at one batch size.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochTiming {
+    /// The benchmark's name in reports: `"epoch"`.
     pub bench: &'static str,
+    /// The backend's device, in words.
     pub device: String,
+    /// Examples per training step.
     pub batch: usize,
     /// Steps in a full epoch.
     pub steps_per_epoch: usize,

@@ -14,9 +14,11 @@ use crate::model::Mlp;
 pub struct ForwardBench {
     /// What ran, e.g. `f32 gemm` or `int8 avx512-vnni`.
     pub path: String,
+    /// Rows per call.
     pub batch: usize,
     /// Median time of one batch (preprocessing and forward pass), ms.
     pub batch_p50_ms: f64,
+    /// Rows per second over all the timed calls (wall clock).
     pub rows_per_second: f64,
 }
 

@@ -42,6 +42,7 @@ pub struct InferenceBench {
     pub batch1_p50_us: f64,
     /// 99th percentile of the same, µs.
     pub batch1_p99_us: f64,
+    /// Mean latency of one row, µs.
     pub batch1_mean_us: f64,
     /// Rows per call of the throughput measurement.
     pub batch: usize,

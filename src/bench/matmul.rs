@@ -11,17 +11,24 @@ use super::time_repeated;
 /// Throughput of one matrix product shape on one device.
 #[derive(Debug, Clone, Serialize)]
 pub struct MatmulTiming {
+    /// The benchmark's name in reports: `"matmul"`.
     pub bench: &'static str,
+    /// The device, in words (for the CPU, with its thread count).
     pub device: String,
     /// `nn`, `nt` or `tn`: which operand is stored transposed.
     pub variant: &'static str,
     /// GPU matmul tile variant (outputs per workgroup, and k-slices); none
     /// on the CPU.
     pub tile: Option<&'static str>,
+    /// Rows of the output.
     pub m: usize,
+    /// Columns of the output.
     pub n: usize,
+    /// The inner dimension, summed over.
     pub k: usize,
+    /// Mean wall time of one product, seconds.
     pub seconds_per_call: f64,
+    /// `2 m n k` floating-point operations per call, in GFLOP/s.
     pub gflops: f64,
 }
 

@@ -45,6 +45,8 @@ pub fn time_repeated(f: &mut dyn FnMut(), budget_s: f64) -> f64 {
     median(&mut rounds)
 }
 
+/// The median of `v`, which it sorts in place (by `f64::total_cmp`): the
+/// mean of the two middle values for an even length, NaN when empty.
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {

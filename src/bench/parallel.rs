@@ -16,10 +16,15 @@ use crate::parallel::Replicated;
 /// One configuration's figures, per step (means over the timed steps).
 #[derive(Debug, Clone, Serialize)]
 pub struct ParallelTiming {
+    /// The benchmark's name in reports: `"parallel"`.
     pub bench: &'static str,
+    /// The replicas' devices, as [`Replicated`] names them.
     pub device: String,
+    /// Replicas trained as one.
     pub replicas: usize,
+    /// The global batch: examples per step over all replicas.
     pub batch: usize,
+    /// Steps timed (after the warm-up).
     pub steps_timed: u64,
     /// Wall time of a step, milliseconds.
     pub step_ms: f64,
@@ -34,6 +39,7 @@ pub struct ParallelTiming {
     pub bus_bytes: u64,
     /// Bytes the host sum reads per step (every replica's packed gradient).
     pub reduce_bytes: u64,
+    /// Training examples per second over the timed steps (wall clock).
     pub examples_per_s: f64,
 }
 

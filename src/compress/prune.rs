@@ -109,6 +109,7 @@ pub fn cubic_sparsity(initial: f64, target: f64, step: usize, steps: usize) -> f
 pub struct PruneConfig {
     /// Final sparsity, `0..=MAX_SPARSITY`.
     pub sparsity: f64,
+    /// Whether one threshold spans every layer or each layer reaches the sparsity.
     pub scope: Scope,
     /// Rise along [`cubic_sparsity`] instead of pruning everything at once.
     pub gradual: bool,

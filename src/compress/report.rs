@@ -8,13 +8,17 @@ use crate::model::{CompressedMlp, LayerStorage};
 /// Per-layer figures of a compressed model.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerReport {
+    /// The layer's tensor name stem: `fc1`, `fc2`, ...
     pub layer: String,
     /// `[outputs, inputs]`.
     pub shape: [usize; 2],
+    /// Weights in the layer (`outputs * inputs`).
     pub weights: usize,
     /// Non-zero weights.
     pub kept: usize,
+    /// The fraction of the weights that are zero.
     pub sparsity: f64,
+    /// How the layer's weights are stored (see [`LayerStorage::encoding`]).
     pub encoding: String,
     /// Bytes of the layer's tensors in the compressed file.
     pub bytes: usize,

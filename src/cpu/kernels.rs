@@ -317,6 +317,8 @@ pub struct Smoothing {
 }
 
 impl Smoothing {
+    /// The scalars of smoothing `s` over a batch of `rows` rows and `classes` classes (each counted
+    /// as 1 when 0).
     pub fn new(s: f32, rows: usize, classes: usize) -> Self {
         let inv = 1.0 / rows.max(1) as f32;
         let keep = 1.0 - s;
@@ -430,6 +432,8 @@ pub struct SoftTarget {
 }
 
 impl SoftTarget {
+    /// The scalars of distillation at `temperature` with soft-target weight `alpha`, label
+    /// smoothing `smoothing` of the hard part, over `rows` rows and `classes` classes.
     pub fn new(temperature: f32, alpha: f32, smoothing: f32, rows: usize, classes: usize) -> Self {
         let inv = 1.0 / rows.max(1) as f32;
         let hard = 1.0 - alpha;
@@ -667,7 +671,9 @@ pub const CLIP_EPS: f32 = 1e-6;
 /// by: `coef = min(1, max_norm / (norm + 1e-6))`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Clip {
+    /// The global L2 norm of every layer's gradients.
     pub norm: f32,
+    /// The factor every gradient is multiplied by, at most 1.
     pub coef: f32,
 }
 

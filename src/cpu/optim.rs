@@ -40,9 +40,11 @@ fn flushing_subnormals<R>(f: impl FnOnce() -> R) -> R {
 /// The scalars of one SGD update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdScalars {
+    /// The learning rate of the step.
     pub lr: f32,
     /// Momentum `mu` (0: the buffer is neither read nor written).
     pub momentum: f32,
+    /// Nesterov momentum (needs a momentum above 0).
     pub nesterov: bool,
     /// L2 weight decay.
     pub weight_decay: f32,
@@ -51,13 +53,19 @@ pub struct SgdScalars {
 /// The scalars of one Adam or AdamW update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamScalars {
+    /// The learning rate of the step.
     pub lr: f32,
+    /// The decay of the first moment.
     pub beta1: f32,
+    /// The decay of the second moment.
     pub beta2: f32,
     /// `1 - beta1` and `1 - beta2`, from f64 ([`Adam::complements`]).
     pub one_minus_beta1: f32,
+    /// `1 - beta2`, from f64.
     pub one_minus_beta2: f32,
+    /// Added to the square root of the second moment.
     pub eps: f32,
+    /// Weight decay: L2 added to the gradient (Adam), or decoupled (AdamW).
     pub weight_decay: f32,
     /// AdamW: `p *= 1 - lr * wd` before the step, instead of L2.
     pub decoupled: bool,
@@ -339,9 +347,11 @@ fn adam_kernel<const WD: bool, const DECOUPLED: bool>(
 pub struct LayerState {
     /// Weight and bias gradients of the current step.
     pub gw: Vec<f32>,
+    /// The bias gradients of the current step.
     pub gb: Vec<f32>,
     /// `state_slots` buffers per tensor, weight then bias.
     pub w: Vec<Vec<f32>>,
+    /// `state_slots` buffers of the bias.
     pub b: Vec<Vec<f32>>,
 }
 

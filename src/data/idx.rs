@@ -14,7 +14,9 @@ const U8_TYPE: u8 = 0x08;
 /// A parsed IDX file.
 #[derive(Debug, Clone)]
 pub struct IdxArray {
+    /// The size of each dimension, outermost first (e.g. `[n, 28, 28]`).
     pub dims: Vec<usize>,
+    /// The values, row-major: the product of `dims` bytes.
     pub data: Vec<u8>,
 }
 

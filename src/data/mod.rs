@@ -20,13 +20,16 @@ use crate::error::{DataError, Error, Setting};
 pub struct Split {
     /// Raw feature values as read from the file (not yet preprocessed).
     pub features: Vec<f32>,
+    /// One label per example, each below the dataset's class count.
     pub labels: Vec<u32>,
 }
 
 impl Split {
+    /// Number of examples.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// Whether the split holds no example.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -51,9 +54,11 @@ pub struct Dataset {
     /// Largest raw value the format allows (255 for IDX u8 images); used by
     /// the default `[0, 1]` scaling.
     pub value_max: f32,
+    /// The training rows (without the validation rows).
     pub train: Split,
     /// Rows taken out of the training set to choose a model by (empty: none).
     pub validation: Split,
+    /// The test rows.
     pub test: Split,
 }
 
@@ -153,8 +158,11 @@ impl Dataset {
 /// same scalars for every feature.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Preprocess {
+    /// Which preprocessing was fitted.
     pub kind: Normalize,
+    /// Multiplies each raw value.
     pub scale: f32,
+    /// Added after the scale.
     pub offset: f32,
 }
 
@@ -169,12 +177,15 @@ pub enum Normalize {
 }
 
 impl Normalize {
+    /// The name written as the `normalize` metadata key of a model.
     pub fn as_str(self) -> &'static str {
         match self {
             Normalize::Scale => "scale",
             Normalize::Standardize => "standardize",
         }
     }
+    /// The [`Normalize`] named `s` (as [`Normalize::as_str`] writes it);
+    /// `None` for any other name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "scale" => Some(Normalize::Scale),
@@ -221,6 +232,7 @@ impl Preprocess {
         }
     }
 
+    /// One raw value preprocessed: `raw * scale + offset`.
     #[inline]
     pub fn apply(&self, raw: f32) -> f32 {
         raw * self.scale + self.offset

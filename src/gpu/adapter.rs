@@ -26,15 +26,26 @@ pub enum AdapterSelector {
 /// that decide which models and batches fit.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AdapterReport {
+    /// The adapter's name, as the driver reports it.
     pub name: String,
+    /// The graphics API wgpu reaches it through (Vulkan, Metal, Dx12, Gl).
     pub backend: String,
+    /// wgpu's device type: `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`,
+    /// `Cpu` (a software renderer) or `Other`.
     pub device_type: String,
+    /// The driver's name (may be empty).
     pub driver: String,
+    /// The driver's version text (may be empty).
     pub driver_info: String,
+    /// The largest storage buffer one binding may hold, in bytes.
     pub max_storage_buffer_binding_size: u64,
+    /// The largest buffer, in bytes.
     pub max_buffer_size: u64,
+    /// The most workgroups one dispatch dimension may count.
     pub max_compute_workgroups_per_dimension: u32,
+    /// The most invocations (threads) one workgroup may hold.
     pub max_compute_invocations_per_workgroup: u32,
+    /// The most workgroup shared memory, in bytes.
     pub max_compute_workgroup_storage_size: u32,
 }
 

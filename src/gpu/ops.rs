@@ -40,9 +40,13 @@ pub enum Input<'a> {
     Dense(&'a [f32]),
     /// Row `r` is `features[index[r] * inputs ..][.. inputs] * scale + offset`.
     Gathered {
+        /// The dataset's raw rows, `inputs` values each.
         features: &'a [f32],
+        /// The dataset row of each batch row.
         index: &'a [u32],
+        /// Multiplies each raw value (the preprocessing's scale).
         scale: f32,
+        /// Added after the scale (the preprocessing's offset).
         offset: f32,
         /// Keep the features as bytes on the GPU (they must be integers in 0..=255).
         as_u8: bool,
@@ -107,7 +111,9 @@ fn step_buffer_at(ctx: &GpuContext, lr: f32, draw_step: u64) -> Result<wgpu::Buf
 /// seed, the step key, and what the kernel draws for.
 #[derive(Debug, Clone, Copy)]
 pub struct StepDraws {
+    /// The run's seed.
     pub seed: u64,
+    /// The step key: the backend's update count plus one.
     pub step: u64,
     /// Dropout after the ReLU, from this stream.
     pub dropout: Option<(Dropout, u32)>,

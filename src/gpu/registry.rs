@@ -31,6 +31,7 @@ pub enum Int8Path {
 }
 
 impl Int8Path {
+    /// The path's name, as predictor names and logs print it.
     pub fn name(self) -> &'static str {
         match self {
             Int8Path::Dot4 => "dot4I8Packed",

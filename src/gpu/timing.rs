@@ -33,7 +33,9 @@ pub struct KernelTime {
     pub name: String,
     /// Dispatches timed (one per step).
     pub calls: usize,
+    /// GPU time of every timed dispatch together, µs.
     pub total_us: f64,
+    /// GPU time of one dispatch on average, µs.
     pub mean_us: f64,
 }
 

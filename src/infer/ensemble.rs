@@ -71,6 +71,7 @@ impl EnsemblePredictor {
         })
     }
 
+    /// Number of member models.
     pub fn members(&self) -> usize {
         self.members.len()
     }

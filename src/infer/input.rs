@@ -26,9 +26,13 @@ const MAX_IMAGE_ALLOC: u64 = 256 << 20;
 /// failing that, its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputKind {
+    /// A PNG image.
     Png,
+    /// A JPEG image.
     Jpeg,
+    /// An IDX file (plain or gzipped) of one or more examples.
     Idx,
+    /// CSV rows of feature values.
     Csv,
 }
 

@@ -35,6 +35,7 @@ pub struct AlignedBuf {
 }
 
 impl AlignedBuf {
+    /// `len` zeros, rounded up to whole lines in storage.
     pub fn zeros(len: usize) -> Self {
         AlignedBuf {
             lines: vec![Line::default(); len.div_ceil(PANEL)],
@@ -42,6 +43,7 @@ impl AlignedBuf {
         }
     }
 
+    /// The `len` values.
     pub fn as_slice(&self) -> &[f32] {
         // SAFETY: `Line` is `repr(C)` over `[f32; PANEL]` with no padding
         // (64 bytes, align 64), so the lines are `lines.len() * PANEL`
@@ -49,6 +51,7 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const f32, self.len) }
     }
 
+    /// The `len` values, writable.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         // SAFETY: as in `as_slice`; the borrow is unique.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut f32, self.len) }
@@ -60,8 +63,11 @@ impl AlignedBuf {
 /// and zero bias.
 #[derive(Debug, Clone)]
 pub struct PackedLinear {
+    /// Input width.
     pub inputs: usize,
+    /// Output width (without the last panel's padding).
     pub outputs: usize,
+    /// Panels of [`PANEL`] outputs: `outputs / PANEL` rounded up.
     pub panels: usize,
     /// `[panels][inputs]` lines.
     weight: Vec<Line>,
@@ -70,6 +76,7 @@ pub struct PackedLinear {
 }
 
 impl PackedLinear {
+    /// Pack `layer` (`[outputs, inputs]`, as [`crate::model::Linear`]) into panels.
     pub fn pack(layer: &crate::model::Linear) -> Self {
         let (k, n) = (layer.inputs, layer.outputs);
         let panels = n.div_ceil(PANEL);
@@ -142,6 +149,7 @@ impl Isa {
         }
     }
 
+    /// The variant's name, as benchmarks and logs print it.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512",
@@ -156,11 +164,17 @@ impl Isa {
 /// whole panels are stored).
 #[derive(Debug, Clone, Copy)]
 pub struct Rows {
+    /// The first input row.
     pub x: *const f32,
+    /// Values from one input row to the next.
     pub xs: usize,
+    /// Number of rows.
     pub rows: usize,
+    /// The first output row.
     pub y: *mut f32,
+    /// Values from one output row to the next.
     pub ys: usize,
+    /// Apply ReLU to the outputs (every layer but the last).
     pub relu: bool,
 }
 

@@ -359,11 +359,14 @@ pub fn cpu_predictor(
 /// One class and its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassProbability {
+    /// The class index.
     pub class: usize,
     /// The class's name, when the model names its classes (see
     /// [`Prediction::name_classes`]); left out of JSON when `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Its probability, in `[0, 1]` (for an ensemble, the mean of the
+    /// members').
     pub probability: f32,
 }
 

@@ -14,16 +14,22 @@ use crate::data::Preprocess;
 /// A layer's weights in memory: dense, pruned weights held as zeros.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerWeights {
+    /// f32 weights, `[outputs, inputs]` row-major.
     F32(Vec<f32>),
+    /// Symmetric int8 weights with one scale per output row.
     Int8(QuantizedWeights),
 }
 
 /// One fully connected layer of a compressed model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompressedLinear {
+    /// Input width.
     pub inputs: usize,
+    /// Output width.
     pub outputs: usize,
+    /// `outputs * inputs` weights, `[outputs, inputs]` as in [`Linear`].
     pub weights: LayerWeights,
+    /// `outputs` biases, kept in f32 in both formats.
     pub bias: Vec<f32>,
 }
 
@@ -48,12 +54,16 @@ impl CompressedLinear {
 /// A pruned and/or int8-quantized MLP.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompressedMlp {
+    /// The layers, input first; each layer's inputs are the previous one's outputs.
     pub layers: Vec<CompressedLinear>,
+    /// The preprocessing of raw inputs (as the f32 model it came from).
     pub preprocess: Preprocess,
+    /// Shape of one example (e.g. `[28, 28]`); its product is the input width.
     pub input_shape: Vec<usize>,
     /// The name of each class, in class order; empty when the model has
     /// none.
     pub class_names: Vec<String>,
+    /// How it was made (sparsity, quantization, fine-tuning).
     pub info: CompressionInfo,
 }
 
@@ -91,10 +101,13 @@ impl CompressedMlp {
         v
     }
 
+    /// Input values per example: the first layer's inputs (panics on a
+    /// model without layers).
     pub fn inputs(&self) -> usize {
         self.layers[0].inputs
     }
 
+    /// Number of classes: the last layer's outputs (0 without layers).
     pub fn classes(&self) -> usize {
         self.layers.last().map(|l| l.outputs).unwrap_or(0)
     }

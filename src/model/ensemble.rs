@@ -13,8 +13,11 @@ use crate::error::ModelError;
 /// Any model file wgtrain writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyModel {
+    /// An f32 model.
     F32(Mlp),
+    /// A pruned and/or int8 model.
     Compressed(CompressedMlp),
+    /// Several models whose probabilities are averaged.
     Ensemble(Ensemble),
 }
 
@@ -29,6 +32,7 @@ impl AnyModel {
         }
     }
 
+    /// Input values per example.
     pub fn inputs(&self) -> usize {
         match self {
             AnyModel::F32(m) => m.inputs(),
@@ -37,6 +41,7 @@ impl AnyModel {
         }
     }
 
+    /// Number of classes.
     pub fn classes(&self) -> usize {
         match self {
             AnyModel::F32(m) => m.classes(),
@@ -187,14 +192,17 @@ impl Ensemble {
         Ok(Ensemble { members })
     }
 
+    /// The members, in file order (the order their probabilities are summed in).
     pub fn members(&self) -> &[Member] {
         &self.members
     }
 
+    /// Input values per example, which every member shares.
     pub fn inputs(&self) -> usize {
         self.members[0].model.inputs()
     }
 
+    /// Number of classes, which every member shares.
     pub fn classes(&self) -> usize {
         self.members[0].model.classes()
     }

@@ -43,6 +43,7 @@ use crate::error::ModelError;
 /// How one layer of a compressed model was stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerStorage {
+    /// `dense-f32`, `dense-int8`, `bitmask-f32` or `bitmask-int8`.
     pub encoding: &'static str,
     /// Bytes of the layer's tensors (weights, scales, bias), without the
     /// file header.

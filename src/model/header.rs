@@ -141,7 +141,9 @@ pub enum Format {
     /// encoding of each layer (`dense-f32`, `dense-int8`, `bitmask-f32`,
     /// `bitmask-int8`; see [`super::file`]).
     Compressed {
+        /// How the model was made.
         info: CompressionInfo,
+        /// Each layer's weight encoding, input layer first.
         encodings: Vec<String>,
     },
 }
@@ -149,7 +151,9 @@ pub enum Format {
 /// The metadata of one model file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metadata {
+    /// Layer widths, input shape, preprocessing and class names.
     pub header: Header,
+    /// The file's format and what it adds.
     pub format: Format,
 }
 

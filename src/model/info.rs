@@ -16,12 +16,14 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The name written as the `compress.scope` metadata key.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Global => "global",
             Scope::Layer => "layer",
         }
     }
+    /// The scope named `s` (as [`Scope::as_str`] writes it); `None` for any other name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "global" => Some(Scope::Global),
@@ -42,12 +44,14 @@ pub enum Activations {
 }
 
 impl Activations {
+    /// The name written as the `compress.activations` metadata key.
     pub fn as_str(self) -> &'static str {
         match self {
             Activations::Int8 => "int8",
             Activations::F32 => "f32",
         }
     }
+    /// The mode named `s` (as [`Activations::as_str`] writes it); `None` for any other name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "int8" => Some(Activations::Int8),
@@ -66,6 +70,7 @@ pub struct CompressionInfo {
     pub scope: Option<Scope>,
     /// `none`, `one-shot` or `gradual-cubic`.
     pub schedule: String,
+    /// Epochs of fine-tuning after pruning (0: none).
     pub finetune_epochs: usize,
     /// `none` or `int8` (symmetric, per output channel).
     pub quantization: String,

@@ -58,9 +58,13 @@ pub fn max_abs(v: &[f32]) -> f32 {
 /// scale per output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedWeights {
+    /// Input width.
     pub inputs: usize,
+    /// Output width.
     pub outputs: usize,
+    /// `outputs * inputs` int8 values in `[-127, 127]`.
     pub q: Vec<i8>,
+    /// One scale per output row: weight `≈ q * scale`.
     pub scale: Vec<f32>,
 }
 

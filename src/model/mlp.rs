@@ -13,7 +13,9 @@ use crate::error::ModelError;
 /// `[out, in]` like PyTorch's `nn.Linear.weight`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Linear {
+    /// Input width (`in`).
     pub inputs: usize,
+    /// Output width (`out`).
     pub outputs: usize,
     /// `[outputs, inputs]`, row-major.
     pub weight: Vec<f32>,
@@ -42,6 +44,7 @@ impl Linear {
 /// A multi-layer perceptron: ReLU between layers, logits out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mlp {
+    /// The layers, input first; each layer's inputs are the previous one's outputs.
     pub layers: Vec<Linear>,
     /// How raw inputs are mapped before the first layer.
     pub preprocess: Preprocess,
@@ -104,14 +107,17 @@ impl Mlp {
         v
     }
 
+    /// Input values per example: the first layer's inputs (panics on a model without layers).
     pub fn inputs(&self) -> usize {
         self.layers[0].inputs
     }
 
+    /// Number of classes: the last layer's outputs (0 without layers).
     pub fn classes(&self) -> usize {
         self.layers.last().map(|l| l.outputs).unwrap_or(0)
     }
 
+    /// Weights and biases of every layer, counted.
     pub fn parameter_count(&self) -> usize {
         self.layers.iter().map(|l| l.weight.len() + l.bias.len()).sum()
     }

@@ -94,7 +94,9 @@ pub fn draw(seed: u64, step: u64, stream: u32, row: u32, col: u32) -> u32 {
 /// multiplied by `scale` (`1 / (1 - p)` in f32).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dropout {
+    /// Draws below this drop the unit: `round(p * 2^32)`, at least 1.
     pub threshold: u32,
+    /// The factor of a kept unit: `1 / (1 - p)`.
     pub scale: f32,
 }
 
@@ -125,8 +127,11 @@ impl Dropout {
 /// Every channel of a `[c, h, w]` image moves alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shift {
+    /// The largest shift in pixels, in each direction.
     pub max: u32,
+    /// Image height in pixels.
     pub height: u32,
+    /// Image width in pixels.
     pub width: u32,
 }
 

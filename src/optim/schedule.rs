@@ -40,9 +40,18 @@ pub enum Decay {
     /// The base rate at every step.
     Constant,
     /// Multiplied by `gamma` every `every_epochs` epochs.
-    Step { every_epochs: usize, gamma: f64 },
+    Step {
+        /// Epochs between two multiplications (at least 1).
+        every_epochs: usize,
+        /// The factor, in `(0, 1]`.
+        gamma: f64,
+    },
     /// Half a cosine from the base rate down to `lr_min` over the run.
-    Cosine { lr_min: f64 },
+    Cosine {
+        /// The rate the cosine falls towards (`eta_min`), from 0 to the
+        /// base rate.
+        lr_min: f64,
+    },
     /// torch's one-cycle policy with the base rate as its peak.
     OneCycle,
 }
@@ -62,6 +71,7 @@ impl Decay {
 /// The optional linear warm-up before the schedule proper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Warmup {
+    /// No warm-up: the schedule starts at its first step.
     #[default]
     None,
     /// This many whole epochs.
@@ -76,7 +86,9 @@ pub struct ScheduleSpec {
     /// The base rate: the constant rate, the start of a decay, the peak of
     /// one-cycle.
     pub lr: f64,
+    /// How the rate moves after the warm-up.
     pub decay: Decay,
+    /// The linear warm-up up to the rate the decay starts from, if any.
     pub warmup: Warmup,
 }
 

@@ -303,6 +303,7 @@ impl Watchdog {
 /// the backend was built.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepTiming {
+    /// Steps timed.
     pub steps: u64,
     /// Computing this rank's shard gradient (its host transfer included).
     pub compute: Duration,

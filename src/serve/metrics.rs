@@ -108,10 +108,12 @@ impl Metrics {
         self.header_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Add `n` (negative: remove) to the count of requests waiting for the inference thread.
     pub fn queue_add(&self, n: i64) {
         self.queue_depth.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Requests waiting for the inference thread now (`wgtrain_queue_depth`).
     pub fn queue_depth(&self) -> i64 {
         self.queue_depth.load(Ordering::Relaxed)
     }

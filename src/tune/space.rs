@@ -37,7 +37,9 @@ use crate::optim::{Adam, Decay, Optimizer, ScheduleSpec, Sgd, Warmup};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
+    /// A number (integer settings hold whole numbers).
     Num(f64),
+    /// A name (optimizer, schedule).
     Text(String),
 }
 
@@ -58,14 +60,22 @@ pub enum Dim {
     /// log-uniform; whole numbers only with `integer`. The grid sampler
     /// takes `points` values spaced evenly (geometrically with `log`).
     Range {
+        /// The smallest value.
         min: f64,
+        /// The largest value.
         max: f64,
+        /// Draw log-uniformly (needs `min > 0`).
         log: bool,
+        /// Round draws to whole numbers.
         integer: bool,
+        /// Values the grid sampler takes (at least 2 are taken).
         points: usize,
     },
     /// One of these values (a single one: the setting is fixed).
-    Choice { values: Vec<Value> },
+    Choice {
+        /// The values, in the order the grid sampler takes them.
+        values: Vec<Value>,
+    },
 }
 
 impl Dim {
@@ -196,7 +206,9 @@ fn default_of(key: &str) -> Value {
 /// A search space: every key's dimension, and the most epochs of a trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Space {
+    /// Each key's dimension, keys in sorted order.
     pub dims: BTreeMap<String, Dim>,
+    /// The most epochs a trial trains (successive halving's maximum resource).
     pub epochs: usize,
 }
 
@@ -445,14 +457,23 @@ fn parse_dim(kind: Kind, v: &toml::Value) -> std::result::Result<Dim, String> {
 /// The settings of one trial, drawn from a [`Space`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialConfig {
+    /// The (peak) learning rate.
     pub lr: f64,
+    /// One of [`OPTIMIZERS`].
     pub optimizer: String,
+    /// Weight decay (L2 for SGD and Adam, decoupled for AdamW).
     pub weight_decay: f64,
+    /// SGD's momentum factor (the `momentum` and `nesterov` optimizers).
     pub momentum: f64,
+    /// Dropout probability after each hidden layer.
     pub dropout: f64,
+    /// Units of every hidden layer.
     pub width: usize,
+    /// Number of hidden layers.
     pub depth: usize,
+    /// Examples per training step.
     pub batch: usize,
+    /// One of [`SCHEDULES`].
     pub schedule: String,
 }
 

@@ -37,6 +37,7 @@ pub const MAX_ATTEMPTS: i64 = 2;
 pub enum TrialState {
     /// Waiting for a process (re-queued after its process died).
     Queued,
+    /// Claimed by a process, whose heartbeat keeps it.
     Running,
     /// Trained every epoch.
     Complete,
@@ -47,6 +48,7 @@ pub enum TrialState {
 }
 
 impl TrialState {
+    /// The state as stored in the database's `state` column.
     pub fn as_str(self) -> &'static str {
         match self {
             TrialState::Queued => "queued",
@@ -76,11 +78,15 @@ impl TrialState {
 /// The settings every process of a study must share.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudySettings {
+    /// The search space trials are drawn from.
     pub space: Space,
+    /// How trial configurations are drawn from the space.
     pub sampler: Sampler,
+    /// The study's seed (sampler, validation split, trials).
     pub seed: u64,
     /// Successive halving (`None`: every trial trains every epoch).
     pub asha: Option<Asha>,
+    /// The fraction of the training set held out for validation.
     pub val_split: f64,
     /// The data's source and sizes.
     pub data: String,
@@ -89,15 +95,21 @@ pub struct StudySettings {
 /// One trial's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrialRow {
+    /// The trial's number (0-based; its row's key).
     pub number: usize,
+    /// The hyperparameters it trains with.
     pub config: TrialConfig,
+    /// Where it stands.
     pub state: TrialState,
+    /// The process holding it while it runs (`None` otherwise).
     pub worker: Option<String>,
     /// Epochs trained (reported).
     pub epochs: usize,
     /// The epoch of the best validation accuracy, and its figures.
     pub best_epoch: Option<usize>,
+    /// The best epoch's validation accuracy (a fraction).
     pub val_accuracy: Option<f64>,
+    /// The best epoch's validation loss (mean cross-entropy).
     pub val_loss: Option<f64>,
     /// The trial's model file.
     pub model: Option<String>,
@@ -110,30 +122,45 @@ pub struct TrialRow {
 /// One epoch of a trial's curve.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CurvePoint {
+    /// The epoch (1-based).
     pub epoch: usize,
+    /// Mean training loss over the epoch.
     pub train_loss: f64,
+    /// Training accuracy over the epoch (a fraction).
     pub train_accuracy: f64,
+    /// Mean validation loss.
     pub val_loss: f64,
+    /// Validation accuracy (a fraction).
     pub val_accuracy: f64,
+    /// Wall-clock seconds the epoch took.
     pub seconds: f64,
 }
 
 /// The best trial's test figures, evaluated once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BestRecord {
+    /// The trial's number.
     pub number: usize,
+    /// Its best validation accuracy (a fraction).
     pub val_accuracy: f64,
+    /// Accuracy of its model on the test split (a fraction).
     pub test_accuracy: f64,
+    /// Mean cross-entropy of its model on the test split.
     pub test_loss: f64,
+    /// Test examples evaluated.
     pub test_examples: usize,
+    /// The model file evaluated.
     pub model: String,
 }
 
 /// How a trial ended, for [`Storage::finish`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
+    /// How it ended: complete, pruned or failed.
     pub state: TrialState,
+    /// The model file written, if any.
     pub model: Option<String>,
+    /// Why it failed or was pruned.
     pub message: Option<String>,
 }
 
@@ -212,6 +239,7 @@ impl Storage {
         Storage::open(path)
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

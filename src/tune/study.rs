@@ -31,6 +31,7 @@ use crate::train::{train_with, Event, Hooks, StopMetric, TrainConfig};
 pub struct StudyOptions {
     /// Trials the study holds in all (across processes and resumptions).
     pub trials: usize,
+    /// How trial configurations are drawn from the space.
     pub sampler: Sampler,
     /// Seeds the sampler, the validation split, and every trial's
     /// initialisation and shuffles.
@@ -54,21 +55,33 @@ pub struct StudyOptions {
 /// What the study reports as it goes (from the workers' threads).
 #[derive(Debug, Clone)]
 pub enum TrialEvent {
+    /// A trial was claimed and starts training.
     Started {
+        /// The trial's number.
         number: usize,
+        /// Its hyperparameters.
         config: TrialConfig,
     },
+    /// A trial finished an epoch, recorded in the database.
     Epoch {
+        /// The trial's number.
         number: usize,
+        /// The epoch's figures.
         point: CurvePoint,
         /// False when successive halving prunes the trial here.
         promoted: bool,
     },
+    /// A trial ended.
     Finished {
+        /// The trial's number.
         number: usize,
+        /// How it ended.
         state: TrialState,
+        /// Epochs it trained.
         epochs: usize,
+        /// Its best validation accuracy (a fraction), if it reached an epoch.
         val_accuracy: Option<f64>,
+        /// Why it failed or was pruned.
         message: Option<String>,
     },
 }

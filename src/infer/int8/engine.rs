@@ -17,8 +17,12 @@ unsafe impl Sync for OutPtr {}
 /// A whole quantized MLP prepared for CPU inference.
 #[derive(Debug, Clone)]
 pub struct Int8Mlp {
+    /// The layers packed for the int8 kernels, input first.
     pub layers: Vec<PackedI8Linear>,
+    /// The preprocessing of raw inputs, applied before the first layer.
     pub preprocess: Preprocess,
+    /// The kernel variant that runs ([`Int8Mlp::new`] takes the best this CPU
+    /// runs).
     pub isa: I8Isa,
 }
 
@@ -26,6 +30,8 @@ pub struct Int8Mlp {
 const CHUNK: usize = 1024;
 
 impl Int8Mlp {
+    /// Pack `layers` (each layer's int8 weights and f32 bias, input first) for this CPU's best
+    /// kernels.
     pub fn new(layers: &[(QuantizedWeights, Vec<f32>)], preprocess: Preprocess) -> Self {
         Int8Mlp {
             layers: layers.iter().map(|(w, b)| PackedI8Linear::pack(w, b)).collect(),
@@ -34,10 +40,12 @@ impl Int8Mlp {
         }
     }
 
+    /// Input values per example: the first layer's inputs (panics without layers).
     pub fn inputs(&self) -> usize {
         self.layers[0].inputs
     }
 
+    /// Number of classes: the last layer's outputs (0 without layers).
     pub fn classes(&self) -> usize {
         self.layers.last().map(|l| l.outputs).unwrap_or(0)
     }

@@ -131,6 +131,7 @@ impl I8Isa {
         }
     }
 
+    /// The variant's name, as predictor names and benchmarks print it.
     pub fn name(self) -> &'static str {
         match self {
             I8Isa::Avx512Vnni => "avx512-vnni",

@@ -20,7 +20,9 @@ pub const MR: usize = 4;
 /// multiple of [`NR`].
 #[derive(Debug, Clone)]
 pub struct PackedI8Linear {
+    /// Input width (unpadded).
     pub inputs: usize,
+    /// Output width (unpadded).
     pub outputs: usize,
     /// Padded row length.
     pub stride: usize,
@@ -41,6 +43,7 @@ pub struct PackedI8Linear {
 }
 
 impl PackedI8Linear {
+    /// Pack `w` and its `w.outputs` biases, padding rows and outputs with zeros.
     pub fn pack(w: &QuantizedWeights, bias: &[f32]) -> Self {
         let stride = w.inputs.div_ceil(K_ALIGN).max(1) * K_ALIGN;
         let outs = w.outputs.div_ceil(NR) * NR;
