@@ -284,3 +284,57 @@ fn a_resumed_run_keeps_the_checkpoints_names_when_the_file_is_gone() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(stored_names(&r), Some(names));
 }
+
+#[test]
+fn tune_stores_the_names_in_every_trial_and_the_best_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    let f = dir.path().join("names.txt");
+    std::fs::write(&f, shipped().join("\n")).unwrap();
+    ok(&[
+        "tune",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--no-prune",
+        "--out",
+        out.to_str().unwrap(),
+        "--class-names",
+        f.to_str().unwrap(),
+    ]);
+    let trials: Vec<_> = std::fs::read_dir(out.join("trials"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    assert_eq!(trials.len(), 2, "{trials:?}");
+    let mut models = trials;
+    models.push(out.join("best.safetensors"));
+    for m in &models {
+        assert_eq!(stored_names(m), Some(shipped()), "{}", m.display());
+    }
+    // Refused like train's, before any trial runs.
+    let o = wgtrain(&[
+        "tune",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--trials",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--class-names",
+        "a,b",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("--class-names"),
+        "{}",
+        text(&o)
+    );
+}

@@ -268,6 +268,7 @@ fn options(dir: &Path, trials: usize) -> StudyOptions {
         storage: dir.join("study.db"),
         stale_after: Duration::from_secs(3),
         val_split: 0.2,
+        class_names: Vec::new(),
     }
 }
 

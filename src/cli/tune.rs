@@ -100,6 +100,11 @@ pub(crate) struct TuneArgs {
     data: DataArgs,
     #[command(flatten)]
     device: DeviceArgs,
+    /// Names of the classes, stored in every trial's model and in
+    /// best.safetensors, as `train --class-names` takes them: a file (one
+    /// name a line, in class order) or a comma-separated list.
+    #[arg(long, value_name = "FILE|a,b,...")]
+    class_names: Option<String>,
 }
 
 /// Run `wgtrain tune`.
@@ -134,6 +139,10 @@ pub(crate) fn run(a: TuneArgs) -> Result<()> {
     let storage = a.storage.clone().unwrap_or_else(|| a.out.join("study.db"));
     let mut data = load_data(&a.data, a.seed)?;
     data.hold_out_validation(a.val_split, a.seed).map_err(flagged)?;
+    let class_names = match &a.class_names {
+        Some(v) => super::class_names::parse(v, data.classes)?,
+        None => Vec::new(),
+    };
     let builtin = data.source == BUILTIN_SOURCE;
     let space = match space.take() {
         Some(mut s) => {
@@ -181,6 +190,7 @@ pub(crate) fn run(a: TuneArgs) -> Result<()> {
         storage: storage.clone(),
         stale_after: Duration::from_secs_f64(a.stale_after),
         val_split: a.val_split,
+        class_names,
     };
     let t0 = std::time::Instant::now();
     let make = |m, d, s| maker.make(m, d, s);

@@ -50,6 +50,9 @@ pub struct StudyOptions {
     /// The fraction of the training set held out for validation (for the
     /// record; the caller holds it out).
     pub val_split: f64,
+    /// The class names every trial's model (and `best.safetensors`)
+    /// carries, one per class; empty: none.
+    pub class_names: Vec<String>,
 }
 
 /// What the study reports as it goes (from the workers' threads).
@@ -326,7 +329,8 @@ fn run_trial(
         let mut sizes = vec![data.dim()];
         sizes.extend(config.hidden());
         sizes.push(data.classes);
-        let model = Mlp::new(&sizes, opts.seed, preprocess, data.shape.clone())?;
+        let model =
+            Mlp::new(&sizes, opts.seed, preprocess, data.shape.clone())?.with_class_names(opts.class_names.clone())?;
         let steps = steps_per_epoch(data.train.len(), config.batch);
         let schedule = LrSchedule::new(&config.schedule_spec(epochs), steps, epochs)?;
         let cfg = TrainConfig {
