@@ -611,7 +611,7 @@ fn bench_matmul_reports_a_time() {
     for variant in ["nn", "nt", "tn"] {
         let (t, tile) = ops::bench_matmul(&ctx, variant, 33, 17, 9, 3, None).unwrap();
         assert!(t.is_finite() && t > 0.0, "{variant}: {t}");
-        assert_eq!(tile, ops::gemm_tile(33, 17, 9));
+        assert_eq!(tile, wgtrain::gpu::Tile::choose(33, 17, 9, ctx.is_software()));
     }
 }
 

@@ -255,7 +255,7 @@ impl Gemm<'_> {
             ctx,
             label,
             step,
-            Tile::for_shape(self.m as u64, n_ext as u64, self.k as u64),
+            Tile::choose(self.m as u64, n_ext as u64, self.k as u64, ctx.is_software()),
         )
     }
 

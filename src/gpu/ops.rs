@@ -228,7 +228,7 @@ fn matmul(
     let c = poisoned(ctx, "c", m * n)?;
     let g = Gemm::plain(kernel, &ab, &bb, &c, m, n, k);
     let step = step_buffer(ctx, 0.0)?;
-    let tile = tile.unwrap_or_else(|| Tile::for_shape(m as u64, n as u64, k as u64));
+    let tile = tile.unwrap_or_else(|| Tile::choose(m as u64, n as u64, k as u64, ctx.is_software()));
     run(ctx, &[&g.dispatch_with_tile(ctx, kernel.name(), &step, tile)?]);
     ctx.dev.read_f32(&c, m * n)
 }
@@ -856,7 +856,7 @@ pub fn bench_matmul(
     let c = ctx.dev.storage("bench c", 4 * (m * n) as u64)?;
     let g = Gemm::plain(matmul_entry(variant)?, &a, &b, &c, m, n, k);
     let step = step_buffer(ctx, 0.0)?;
-    let tile = tile.unwrap_or_else(|| Tile::for_shape(m as u64, n as u64, k as u64));
+    let tile = tile.unwrap_or_else(|| Tile::choose(m as u64, n as u64, k as u64, ctx.is_software()));
     let d = g.dispatch_with_tile(ctx, "bench matmul", &step, tile)?;
     let record = |count: usize| {
         let mut enc = ctx.dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
