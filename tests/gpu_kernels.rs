@@ -1097,3 +1097,18 @@ fn first_layer_gather_with_shift_matches_cpu_twin() {
         }
     }
 }
+
+/// With `WGTRAIN_WEBGPU_LIMITS=1` (a run of CI) the device these tests use
+/// holds WebGPU's default limits, not the adapter's larger ones.
+#[test]
+fn webgpu_default_limits_are_in_force_when_asked() {
+    let Some(ctx) = common::gpu() else { return };
+    let r = ctx.report();
+    let d = wgpu::Limits::default();
+    if std::env::var("WGTRAIN_WEBGPU_LIMITS").is_ok_and(|v| v == "1") {
+        assert_eq!(r.max_storage_buffer_binding_size, d.max_storage_buffer_binding_size);
+        assert_eq!(r.max_buffer_size, d.max_buffer_size);
+    } else {
+        assert!(r.max_buffer_size >= d.max_buffer_size, "{r:?}");
+    }
+}

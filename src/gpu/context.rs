@@ -39,6 +39,21 @@ impl GpuContext {
         Ok(GpuContext { dev, registry })
     }
 
+    /// Find the adapter `sel` asks for and open a device on it with
+    /// `limits` instead of the adapter's own, e.g. `wgpu::Limits::default()`
+    /// (WebGPU's defaults) to run as a browser's adapter would: buffers and
+    /// kernels are then checked against those limits.
+    ///
+    /// # Errors
+    ///
+    /// [`GpuError::Device`] when the adapter cannot meet `limits`.
+    pub fn open_with_limits(sel: &AdapterSelector, limits: wgpu::Limits) -> Result<Self, GpuError> {
+        let (instance, adapter) = adapter::find(sel)?;
+        let dev = GpuDevice::open_with_limits(&instance, &adapter, limits)?;
+        let registry = Registry::new(&dev);
+        Ok(GpuContext { dev, registry })
+    }
+
     /// The adapter's name, e.g. `NVIDIA GeForce RTX 4090` or `llvmpipe (LLVM 15.0.6, 256 bits)`.
     pub fn name(&self) -> &str {
         &self.dev.info.name

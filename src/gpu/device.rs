@@ -48,8 +48,17 @@ impl GpuDevice {
     /// and with `TIMESTAMP_QUERY` when the adapter has it: it costs nothing
     /// until a pass asks for timestamps, and [`crate::gpu::timing`] needs it.
     pub(crate) fn open(instance: &wgpu::Instance, adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
+        Self::open_with_limits(instance, adapter, adapter.limits())
+    }
+
+    /// [`GpuDevice::open`] with the device's limits set to `limits` instead
+    /// of the adapter's (every limit check then holds against them).
+    pub(crate) fn open_with_limits(
+        instance: &wgpu::Instance,
+        adapter: &wgpu::Adapter,
+        limits: wgpu::Limits,
+    ) -> Result<Self, GpuError> {
         let info = adapter.get_info();
-        let limits = adapter.limits();
         let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let desc = wgpu::DeviceDescriptor {
             label: Some("wgtrain device"),

@@ -13,13 +13,19 @@ use wgtrain::gpu::{AdapterSelector, GpuContext};
 /// The GPU to test on: any adapter, software ones included, opened once per
 /// test binary. Without one, the test is skipped with a message, unless
 /// `WGTRAIN_REQUIRE_GPU=1` (as CI sets it), where a missing adapter fails
-/// the test: a silently skipped GPU test would be a green lie.
+/// the test: a silently skipped GPU test would be a green lie. With
+/// `WGTRAIN_WEBGPU_LIMITS=1` the device is opened with WebGPU's default
+/// limits (`wgpu::Limits::default()`) instead of the adapter's, so the
+/// kernels run as on a browser's adapter.
 pub fn gpu() -> Option<Arc<GpuContext>> {
     static CTX: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
     let ctx = CTX.get_or_init(|| {
-        GpuContext::open(&AdapterSelector::Any)
-            .map(Arc::new)
-            .map_err(|e| e.to_string())
+        let opened = if std::env::var("WGTRAIN_WEBGPU_LIMITS").is_ok_and(|v| v == "1") {
+            GpuContext::open_with_limits(&AdapterSelector::Any, wgpu::Limits::default())
+        } else {
+            GpuContext::open(&AdapterSelector::Any)
+        };
+        opened.map(Arc::new).map_err(|e| e.to_string())
     });
     match ctx {
         Ok(c) => Some(c.clone()),
