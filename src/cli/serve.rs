@@ -59,6 +59,13 @@ pub(crate) struct ServeArgs {
     /// answers 401 without it.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, the server's
+    /// certificate first); needs --tls-key.
+    #[arg(long, value_name = "FILE.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Listen on an address other than loopback without --token-file:
     /// anyone who can reach the address may then use the server.
     #[arg(long)]
@@ -125,6 +132,10 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             .filter(|d| !d.is_zero())
             .with_context(|| format!("{flag} {s}: give a positive number of seconds"))
     };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(wgtrain::serve::TlsConfig::from_pem_files(c, k).context("--tls-cert/--tls-key")?),
+        _ => None,
+    };
     let body_timeout = seconds("--body-timeout", a.body_timeout)?;
     let header_timeout = seconds("--header-timeout", a.header_timeout)?;
     let model = super::args::load_models(&a.model)?;
@@ -164,6 +175,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
         max_header_bytes: a.max_header_bytes,
         max_connections: a.max_connections,
         token,
+        tls,
         top_k: a.top_k,
         idle_spin: Duration::from_micros(a.spin_us),
         inline: false,
@@ -203,8 +215,9 @@ pub(crate) fn run(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", a.addr))?;
         let local = listener.local_addr()?;
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         log::info!(
-            "serving {} ({described}) on http://{local} with {}: POST /v1/predict, GET /healthz, GET /metrics",
+            "serving {} ({described}) on {scheme}://{local} with {}: POST /v1/predict, GET /healthz, GET /metrics",
             super::args::show_paths(&a.model),
             predictor.name()
         );

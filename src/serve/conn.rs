@@ -11,6 +11,9 @@
 //! are the router's (see `read_body` in the parent module), so they hold
 //! for an embedded [`super::router`] too.
 //!
+//! With TLS, each connection's handshake must also finish within the
+//! header deadline (a failed or late one is counted) before HTTP starts.
+//!
 //! On shutdown the listener closes, every connection is told to finish
 //! the request in flight and close (idle ones close at once), and the loop
 //! returns when the last one has.
@@ -27,14 +30,17 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use super::tls::TlsConfig;
 use super::Metrics;
 
 /// The connection-level limits of [`serve_connections`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct ConnLimits {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Serve TLS with this configuration (`None`: plain HTTP).
+    pub tls: Option<TlsConfig>,
 }
 
 /// Accept connections on `listener` and serve `app` on each until
@@ -82,24 +88,27 @@ where
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let http = http.clone();
+        let app = app.clone();
         let mut stop = stop_rx.clone();
         let metrics = metrics.clone();
+        let tls = limits.tls.clone();
+        let header_timeout = limits.header_timeout;
         tasks.spawn(async move {
             let _slot = slot;
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                if e.is_timeout() {
-                    metrics.header_timeout();
-                } else {
-                    log::debug!("connection ended with an error: {e}");
+            match tls {
+                None => serve_one(&http, stream, app, &mut stop, &metrics).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
+                    // The handshake, like a header, must finish in time.
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_one(&http, s, app, &mut stop, &metrics).await,
+                        Ok(Err(e)) => {
+                            log::debug!("TLS handshake failed: {e}");
+                            metrics.tls_handshake_failed();
+                        }
+                        Err(_) => metrics.tls_handshake_failed(),
+                    }
                 }
             }
         });
@@ -108,6 +117,30 @@ where
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Serve HTTP/1.1 on one connection until it ends, or until the stop flag
+/// is set and the request in flight is answered.
+async fn serve_one<IO>(http: &http1::Builder, io: IO, app: Router, stop: &mut watch::Receiver<bool>, metrics: &Metrics)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            metrics.header_timeout();
+        } else {
+            log::debug!("connection ended with an error: {e}");
+        }
+    }
 }
 
 /// Completes once the stop flag is set (or its sender is gone).

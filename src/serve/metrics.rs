@@ -67,6 +67,8 @@ pub struct Metrics {
     refused_connections: AtomicU64,
     /// Connections dropped because a request header did not arrive in time.
     header_timeouts: AtomicU64,
+    /// TLS handshakes that failed or did not finish in time.
+    tls_failures: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -79,6 +81,7 @@ impl Default for Metrics {
             rows: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
             header_timeouts: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
         }
     }
 }
@@ -106,6 +109,11 @@ impl Metrics {
     /// One connection dropped because a request header did not arrive in time.
     pub fn header_timeout(&self) {
         self.header_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One TLS handshake that failed or did not finish in time.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Add `n` (negative: remove) to the count of requests waiting for the inference thread.
@@ -164,6 +172,12 @@ impl Metrics {
             "# HELP wgtrain_header_timeouts_total Connections dropped: a request header did not arrive in time.\n\
              # TYPE wgtrain_header_timeouts_total counter\nwgtrain_header_timeouts_total {}",
             self.header_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP wgtrain_tls_handshake_failures_total TLS handshakes that failed or did not finish in time.\n\
+             # TYPE wgtrain_tls_handshake_failures_total counter\nwgtrain_tls_handshake_failures_total {}",
+            self.tls_failures.load(Ordering::Relaxed)
         );
         out
     }

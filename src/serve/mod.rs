@@ -35,6 +35,7 @@ mod batch;
 mod conn;
 pub mod metrics;
 mod request;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ use crate::infer::{input, predictions, Prediction, Predictor};
 use batch::{batch_loop, batch_task, BatchLimits, Job, JobQueue, QueueRefusal};
 pub use metrics::Metrics;
 use request::FlatRequest;
+pub use tls::TlsConfig;
 
 /// How the server batches and bounds its work.
 #[derive(Debug, Clone)]
@@ -83,6 +85,10 @@ pub struct ServeConfig {
     /// The bearer token every route but `/healthz` requires (`None`: no
     /// authorization).
     pub token: Option<String>,
+    /// Serve HTTPS with this certificate and key ([`TlsConfig::from_pem_files`]);
+    /// `None`: plain HTTP. Applies in [`serve`] (an application that
+    /// embeds [`router`] terminates TLS itself).
+    pub tls: Option<TlsConfig>,
     /// Classes listed in each prediction's `top_k`.
     pub top_k: usize,
     /// How long the idle inference thread polls the queue before it
@@ -117,6 +123,7 @@ impl Default for ServeConfig {
             max_header_bytes: 16 << 10,
             max_connections: 512,
             token: None,
+            tls: None,
             top_k: 3,
             idle_spin: Duration::ZERO,
             inline: false,
@@ -136,6 +143,10 @@ pub enum ServeError {
     /// inference thread, failed.
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key cannot be used; the message names the
+    /// file.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The inference thread (or task) panicked; requests still queued were
     /// not answered.
     #[error("the inference thread panicked")]
@@ -195,6 +206,7 @@ where
         header_timeout: config.header_timeout,
         max_header_bytes: config.max_header_bytes,
         max_connections: config.max_connections,
+        tls: config.tls.clone(),
     };
     let served = conn::serve_connections(listener, app, limits, metrics, shutdown).await;
     let joined = match worker {
