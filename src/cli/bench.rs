@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::args::{load_data, parse_list, DataArgs};
@@ -23,6 +23,12 @@ pub(crate) struct BenchArgs {
     /// Batch sizes of the epoch benchmark, comma-separated.
     #[arg(long, default_value = "64,256", value_name = "LIST")]
     batch: String,
+    /// Hidden layers of the epoch benchmark's models, comma-separated: one
+    /// model per entry, each entry one hidden width (`128,500,1024`: three
+    /// models of one hidden layer) or several joined by `x` or `-`
+    /// (`500x500`: one model of two hidden layers of 500).
+    #[arg(long, default_value = "500", value_name = "LIST")]
+    hidden: String,
     /// Epochs per configuration; the first is reported apart (warm-up), the
     /// median of the rest is the steady epoch time.
     #[arg(long, default_value_t = 3)]
@@ -136,10 +142,12 @@ fn bench_inference(
         batch: opts.batch,
         batch_iterations: 10,
     };
-    let mut predictors: Vec<(Box<dyn Predictor>, &BenchOptions)> = Vec::new();
+    // Each predictor with its device, spelt as the epoch and matmul lines spell it.
+    let mut predictors: Vec<(Box<dyn Predictor>, String, &BenchOptions)> = Vec::new();
     for dev in devices {
         match dev {
             None => {
+                let cpu = wgtrain::cpu::device_name(threads);
                 predictors.push((
                     Box::new(CpuPredictor::with_threads(
                         &f32_model,
@@ -147,18 +155,19 @@ fn bench_inference(
                         threads,
                         DEFAULT_SPIN,
                     )),
+                    cpu.clone(),
                     &opts,
                 ));
                 if let Some(p) = Int8Predictor::with_threads(&int8_model, threads, DEFAULT_SPIN) {
-                    predictors.push((Box::new(p), &opts));
+                    predictors.push((Box::new(p), cpu, &opts));
                 }
             }
             Some(ctx) => {
                 let o = if ctx.is_software() { &software } else { &opts };
                 let f = wgtrain::gpu::GpuPredictor::new(ctx.clone(), &f32_model, opts.batch)?;
-                predictors.push((Box::new(f), o));
+                predictors.push((Box::new(f), ctx.label(), o));
                 let q = wgtrain::gpu::GpuPredictor::from_compressed(ctx.clone(), &int8_model, opts.batch)?;
-                predictors.push((Box::new(q), o));
+                predictors.push((Box::new(q), ctx.label(), o));
             }
         }
     }
@@ -170,15 +179,15 @@ fn bench_inference(
         .join("-");
     eprintln!("\nin-process inference, {sizes} MLP");
     eprintln!(
-        "{:<40} {:>14} {:>14} {:>16}",
-        "predictor", "batch-1 p50 us", "batch-1 p99 us", "rows/s at 256"
+        "{:<40} {:>14} {:>14} {:>14} {:>16}",
+        "predictor", "batch-1 p50 us", "batch-1 p90 us", "batch-1 p99 us", "rows/s at 256"
     );
     let mut out = Vec::new();
-    for (p, o) in predictors.iter_mut() {
-        let r = bench_inference(p.as_mut(), o)?;
+    for (p, device, o) in predictors.iter_mut() {
+        let r = bench_inference(p.as_mut(), device, o)?;
         eprintln!(
-            "{:<40} {:>14.1} {:>14.1} {:>16.0}",
-            r.predictor, r.batch1_p50_us, r.batch1_p99_us, r.rows_per_second
+            "{:<40} {:>14.1} {:>14.1} {:>14.1} {:>16.0}",
+            r.predictor, r.batch1_p50_us, r.batch1_p90_us, r.batch1_p99_us, r.rows_per_second
         );
         out.push(r);
     }
@@ -200,7 +209,7 @@ fn gpu_matmul(
     let (secs, used) = wgtrain::gpu::ops::bench_matmul(ctx, variant, m, n, k, reps, tile)?;
     Ok(wgtrain::bench::MatmulTiming {
         bench: "matmul",
-        device: ctx.name().to_string(),
+        device: ctx.label(),
         variant,
         tile: Some(used.name()),
         m,
@@ -209,6 +218,29 @@ fn gpu_matmul(
         seconds_per_call: secs,
         gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
     })
+}
+
+/// The `--hidden` list: the hidden widths of each model.
+fn parse_hidden(s: &str) -> Result<Vec<Vec<usize>>> {
+    let models: Vec<Vec<usize>> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|entry| {
+            entry
+                .split(['x', 'X', '-'])
+                .map(|w| {
+                    w.trim().parse::<usize>().ok().filter(|&v| v > 0).with_context(|| {
+                        format!("--hidden `{s}`: `{entry}` is not a hidden width or widths such as 500 or 500x500")
+                    })
+                })
+                .collect()
+        })
+        .collect::<Result<_>>()?;
+    if models.is_empty() {
+        bail!("--hidden `{s}`: give at least one hidden width, e.g. 500");
+    }
+    Ok(models)
 }
 
 /// The `--tile` list: tile variants by size, or `all`.
@@ -242,6 +274,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         x => x,
     };
     let batches = parse_list("--batch", &a.batch, "batch size")?;
+    let hidden = parse_hidden(&a.hidden)?;
     if a.parallel {
         return bench_parallel(&a, &batches);
     }
@@ -279,57 +312,53 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         } else {
             0.001
         };
+        eprintln!("\nepoch time, {} lr {lr}", optimizer.name());
         eprintln!(
-            "\nepoch time, {}-500-{} MLP, {} lr {lr}",
-            data.dim(),
-            data.classes,
-            optimizer.name()
-        );
-        eprintln!(
-            "{:<40} {:>6} {:>10} {:>12} {:>12} {:>12}",
-            "device", "batch", "steps", "first (s)", "steady (s)", "examples/s"
+            "{:<40} {:>14} {:>6} {:>10} {:>12} {:>12} {:>12}",
+            "device", "model", "batch", "steps", "first (s)", "steady (s)", "examples/s"
         );
         for dev in &devices {
-            for &batch in &batches {
-                let model = Mlp::new(
-                    &[data.dim(), 500, data.classes],
-                    0,
-                    Preprocess::fit(Normalize::Scale, &data),
-                    data.shape.clone(),
-                )?;
-                let mut backend: Box<dyn wgtrain::Backend> = match dev {
-                    Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(
-                        ctx.clone(),
-                        model,
-                        data.clone(),
-                        TrainSpec::new(batch, optimizer),
-                    )?),
-                    None => Box::new(wgtrain::cpu::CpuBackend::with_threads(
-                        model,
-                        data.clone(),
-                        TrainSpec::new(batch, optimizer),
-                        a.threads,
-                    )?),
-                };
-                let t = bench::epoch_time(backend.as_mut(), data.train.len(), a.epochs, a.max_steps, lr)?;
-                eprintln!(
-                    "{:<40} {:>6} {:>10} {:>12.3} {:>12.3} {:>12.0}",
-                    t.device,
-                    t.batch,
-                    if t.steps_timed < t.steps_per_epoch {
-                        format!("{}/{}", t.steps_timed, t.steps_per_epoch)
-                    } else {
-                        t.steps_per_epoch.to_string()
-                    },
-                    t.first_epoch_s,
-                    t.steady_epoch_s,
-                    t.examples_per_s
-                );
-                let mut v = serde_json::to_value(&t)?;
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("optimizer".into(), optimizer.name().into());
+            for widths in &hidden {
+                let mut sizes = vec![data.dim()];
+                sizes.extend(widths);
+                sizes.push(data.classes);
+                for &batch in &batches {
+                    let model = Mlp::new(&sizes, 0, Preprocess::fit(Normalize::Scale, &data), data.shape.clone())?;
+                    let mut backend: Box<dyn wgtrain::Backend> = match dev {
+                        Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(
+                            ctx.clone(),
+                            model,
+                            data.clone(),
+                            TrainSpec::new(batch, optimizer),
+                        )?),
+                        None => Box::new(wgtrain::cpu::CpuBackend::with_threads(
+                            model,
+                            data.clone(),
+                            TrainSpec::new(batch, optimizer),
+                            a.threads,
+                        )?),
+                    };
+                    let t = bench::epoch_time(backend.as_mut(), &sizes, data.train.len(), a.epochs, a.max_steps, lr)?;
+                    eprintln!(
+                        "{:<40} {:>14} {:>6} {:>10} {:>12.3} {:>12.3} {:>12.0}",
+                        t.device,
+                        wgtrain::backend::join_sizes(&t.sizes),
+                        t.batch,
+                        if t.steps_timed < t.steps_per_epoch {
+                            format!("{}/{}", t.steps_timed, t.steps_per_epoch)
+                        } else {
+                            t.steps_per_epoch.to_string()
+                        },
+                        t.first_epoch_s,
+                        t.steady_epoch_s,
+                        t.examples_per_s
+                    );
+                    let mut v = serde_json::to_value(&t)?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("optimizer".into(), optimizer.name().into());
+                    }
+                    emit(v)?;
                 }
-                emit(v)?;
             }
         }
     }
@@ -352,7 +381,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                 eprintln!("{:<28} {:>8} {:>12.1}", "step (sum)", "", total);
                 emit(serde_json::json!({
                     "bench": "kernels",
-                    "device": ctx.name(),
+                    "device": ctx.label(),
                     "batch": batch,
                     "kernels": times,
                 }))?;
@@ -494,7 +523,7 @@ fn bench_parallel(a: &BenchArgs, batches: &[usize]) -> Result<()> {
                 cpu_threads * cpus.max(1),
             )?),
         };
-        let t = wgtrain::bench::epoch_time(plain.as_mut(), data.train.len(), 3, Some(steps), lr)?;
+        let t = wgtrain::bench::epoch_time(plain.as_mut(), &model.sizes(), data.train.len(), 3, Some(steps), lr)?;
         let plain_ms = t.steady_epoch_s * 1e3 / t.steps_per_epoch as f64;
         eprintln!(
             "{:<48} {:>6} {:>9.3} {:>11} {:>12} {:>10} {:>10} {:>12.0}",
