@@ -146,6 +146,8 @@ pub enum Error {
     Infer(#[from] InferError),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
     /// A setting that only means something together with another.
     #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
     Requires { setting: Setting, needs: Setting },
@@ -284,6 +286,41 @@ pub enum CompressError {
     SparsityOutOfRange { found: f64, max: f64 },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+}
+
+/// Errors of benchmark reports (`bench --report`, `--compare`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A run file that cannot be read.
+    #[error("{}: cannot read the benchmark lines: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line that is not a benchmark line; `line` counts from 1.
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// A run file with no benchmark line of a kind the report knows.
+    #[error("{}: no benchmark lines ({what}); give the JSON lines `wgtrain bench` prints on stdout", path.display())]
+    Empty { path: PathBuf, what: String },
+    /// A device peak (`NAME=GFLOPS,GBPS`) that cannot be read.
+    #[error("peak `{given}`: {message}; give NAME=GFLOPS,GBPS, e.g. \"RTX 3080=29770,760\"")]
+    Peak { given: String, message: String },
+    /// A figure that cannot be drawn or encoded.
+    #[error("cannot draw the figure {figure}: {message}")]
+    Draw { figure: String, message: String },
+    /// A report file (or a figure beside it) that cannot be written.
+    #[error("{}: cannot write the report: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Errors from exporting a model to another format (ONNX).

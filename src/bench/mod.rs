@@ -7,6 +7,8 @@
 //! - [`inference`]: batch-1 latency and throughput of a [`crate::infer::Predictor`].
 //! - [`parallel`]: a data-parallel step's phases, transfers and bytes.
 //! - [`synthetic`]: random data shaped like Fashion-MNIST.
+//! - [`report`]: the JSON lines of these measurements read back, compared
+//!   and written as HTML or markdown reports with tables and figures.
 //!
 //! Everything here only measures (or reports measurements): it runs the backends, predictors and
 //! engines of the rest of the crate, and nothing else in the library
@@ -19,6 +21,7 @@ pub mod forward;
 pub mod inference;
 pub mod matmul;
 pub mod parallel;
+pub mod report;
 pub mod synthetic;
 
 pub use epoch::{epoch_time, parameter_count, EpochTiming};
