@@ -86,6 +86,42 @@ pub(crate) struct BenchArgs {
     /// for the shape, as training uses.
     #[arg(long, value_name = "LIST")]
     tile: Option<String>,
+    /// Measure nothing: write a report of the RUNS (JSON lines saved from
+    /// `wgtrain bench > run.jsonl`, one file per machine or device) to
+    /// OUT: one self-contained .html file with inline SVG figures, or a
+    /// .md file with its PNG figures beside it (report.md ->
+    /// report-epoch-batch.png, ...). Tables of every kind of line; figures
+    /// of epoch time against batch and against model size, matmul GFLOP/s
+    /// against arithmetic intensity under the device's roofline (where its
+    /// peaks are known, or given by --peak), and batch-1 latency
+    /// percentiles per predictor.
+    #[arg(long, value_name = "OUT", help_heading = "Reports")]
+    report: Option<PathBuf>,
+    /// Measure nothing: match the lines of the two RUNS A and B on their
+    /// keys (kind, device, model, optimizer, batch, shape, tile, predictor)
+    /// and give B/A of each figure and B's speed-up over A (above 1: B is
+    /// better); a markdown table on stdout, or a table in the --report.
+    #[arg(long, help_heading = "Reports")]
+    compare: bool,
+    /// The f32 peak GFLOP/s and memory GB/s of a device not in the built-in
+    /// table (H200, H100, A100, RTX 4090), NAME being part of its adapter
+    /// name as the lines spell it, e.g. --peak "RTX 3080=29770,760".
+    /// Repeatable; the first match wins, before the built-in table.
+    #[arg(long, value_name = "NAME=GFLOPS,GBPS", help_heading = "Reports")]
+    peak: Vec<String>,
+    /// Also write the report's tables into this markdown file (README.md),
+    /// between the lines <!-- bench-report:begin --> and
+    /// <!-- bench-report:end -->, which must be there already.
+    #[arg(long, value_name = "FILE.md", requires = "report", help_heading = "Reports")]
+    readme: Option<PathBuf>,
+    /// A TrueType font for the figures' labels [default: DejaVu Sans or
+    /// Liberation Sans from the system's font folders].
+    #[arg(long, value_name = "FILE.ttf", help_heading = "Reports")]
+    font: Option<PathBuf>,
+    /// The runs of --report and --compare: FILE.jsonl, labelled by its file
+    /// name less the extension, or NAME=FILE.jsonl.
+    #[arg(value_name = "RUNS", help_heading = "Reports")]
+    runs: Vec<String>,
 }
 
 /// In-process inference figures of a model (or a fresh 784-500-10 MLP) in
@@ -266,9 +302,91 @@ fn parse_tiles(s: Option<&str>) -> Result<Vec<Option<wgtrain::gpu::Tile>>> {
     }
 }
 
+/// `wgtrain bench --report` and `--compare`: every argument checked
+/// before any file is read.
+fn report(a: &BenchArgs) -> Result<()> {
+    use wgtrain::bench::report::{self, markdown, Format, Peak, Peaks, Report, Run};
+    if let Some(out) = &a.report {
+        if Format::of(out).is_none() {
+            bail!("--report {}: give a name ending in .html or .md", out.display());
+        }
+        super::args::check_writable_as("--report", out)?;
+    }
+    if let Some(readme) = &a.readme {
+        if !readme.is_file() {
+            bail!("--readme {}: no such file", readme.display());
+        }
+    }
+    let peaks = Peaks {
+        user: a
+            .peak
+            .iter()
+            .map(|p| Peak::parse(p).context("--peak"))
+            .collect::<Result<_>>()?,
+    };
+    match (a.compare, a.runs.len()) {
+        (_, 0) => bail!("--report/--compare: give the JSON-lines files of the runs (wgtrain bench > run.jsonl)"),
+        (true, n) if n != 2 => bail!("--compare: give exactly two runs, A and B (got {n})"),
+        _ => {}
+    }
+    let specs: Vec<(String, PathBuf)> = a.runs.iter().map(|r| report::split_label(r)).collect();
+    for (_, path) in &specs {
+        if !path.is_file() {
+            bail!("{}: no such file (a run of --report/--compare)", path.display());
+        }
+    }
+    let runs = specs
+        .iter()
+        .map(|(label, path)| Run::read(label, path).map_err(anyhow::Error::new))
+        .collect::<Result<Vec<_>>>()?;
+    let rep = Report::new(runs, peaks, a.compare);
+    let Some(out) = &a.report else {
+        // --compare alone: the ratios on stdout.
+        if let Some(c) = &rep.comparison {
+            print!("{}", markdown::table(&c.table(), 2));
+        }
+        return Ok(());
+    };
+    super::plot::register_font(a.font.as_deref())?;
+    let written = report::write(&rep, out).with_context(|| format!("--report {}", out.display()))?;
+    for p in &written {
+        log::info!("wrote {}", p.display());
+    }
+    if let Some(readme) = &a.readme {
+        let text = std::fs::read_to_string(readme)
+            .with_context(|| format!("--readme {}: cannot read it", readme.display()))?;
+        let command = format!(
+            "wgtrain bench --report {} --readme {} {}",
+            out.display(),
+            readme.display(),
+            a.runs.join(" ")
+        );
+        let new = markdown::replace_section(&text, &markdown::section(&rep, &command)).with_context(|| {
+            format!(
+                "--readme {}: no {} ... {} lines to put the tables between",
+                readme.display(),
+                markdown::BEGIN,
+                markdown::END
+            )
+        })?;
+        std::fs::write(readme, new).with_context(|| format!("--readme {}: cannot write it", readme.display()))?;
+        log::info!("wrote the tables into {}", readme.display());
+    }
+    Ok(())
+}
+
 /// Run `wgtrain bench`.
 pub(crate) fn run(a: BenchArgs) -> Result<()> {
     use wgtrain::bench;
+    if a.report.is_some() || a.compare {
+        return report(&a);
+    }
+    if !a.runs.is_empty() {
+        bail!(
+            "bench: {} given without --report or --compare; run files are only read by those",
+            a.runs.join(" ")
+        );
+    }
     let (run_epoch, run_matmul, run_inference, run_kernels) = match (a.epoch, a.matmul, a.inference, a.kernels) {
         (false, false, false, false) => (true, true, false, true),
         x => x,
