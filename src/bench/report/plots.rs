@@ -164,23 +164,18 @@ pub fn figures(runs: &[Run], peaks: &Peaks) -> Vec<Figure> {
     out.push(Figure {
         name: "inference-latency",
         title: "Batch-1 latency percentiles per predictor".into(),
-        x_label: "percentile",
+        x_label: "1 call in N is slower (N = 100 / (100 - percentile): 2 is p50, 10 p90, 100 p99)",
         y_label: "latency (us)",
         series: group(
             Style::Line,
             runs.iter().flat_map(|run| {
                 run.inferences().flat_map(move |p| {
-                    let label = format!(
-                        "{}{} on {}",
-                        prefix(runs, run),
-                        p.predictor,
-                        p.device.as_deref().unwrap_or("?")
-                    );
-                    let mut v = vec![(label.clone(), (50.0, p.batch1_p50_us))];
+                    let label = format!("{}{}", prefix(runs, run), p.predictor);
+                    let mut v = vec![(label.clone(), (2.0, p.batch1_p50_us))];
                     if let Some(p90) = p.batch1_p90_us {
-                        v.push((label.clone(), (90.0, p90)));
+                        v.push((label.clone(), (10.0, p90)));
                     }
-                    v.push((label, (99.0, p.batch1_p99_us)));
+                    v.push((label, (100.0, p.batch1_p99_us)));
                     v
                 })
             }),
@@ -197,8 +192,8 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     if !lo.is_finite() {
         return 1.0..10.0;
     }
-    let lo = 10f64.powf((lo / 1.05).log10().floor());
-    let hi = 10f64.powf((hi * 1.05).log10().ceil());
+    let lo = 10f64.powf(lo.log10().floor());
+    let hi = 10f64.powf(hi.log10().ceil()).max(lo * 10.0);
     lo..hi
 }
 
@@ -222,6 +217,13 @@ pub fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> 
     let xs = log_range(fig.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     // Roofs included, so that every line lies inside the axes.
     let ys = log_range(fig.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    let legend_low = fig.name == "matmul-roofline";
+    // A decade more on top for a legend of many lines above the data.
+    let ys = if !legend_low && fig.series.len() > 3 {
+        ys.start..ys.end * 10.0
+    } else {
+        ys
+    };
     let mut chart = ChartBuilder::on(root)
         .caption(&fig.title, ("sans-serif", 20))
         .margin(12)
@@ -268,7 +270,7 @@ pub fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> 
     chart
         .configure_series_labels()
         // The roofline's empty corner is below the roofs, on the right.
-        .position(if fig.name == "matmul-roofline" {
+        .position(if legend_low {
             SeriesLabelPosition::LowerRight
         } else {
             SeriesLabelPosition::UpperLeft
