@@ -284,6 +284,9 @@ pub enum Error {
     /// Exporting a model (ONNX) failed.
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// A benchmark report could not be made.
+    #[error(transparent)]
+    Report(#[from] ReportError),
     /// A setting that only means something together with another.
     #[error("{} needs a {} above 0", setting.describe(), needs.describe())]
     Requires {
@@ -487,6 +490,63 @@ pub enum CompressError {
         what: String,
         /// What is wrong.
         message: String,
+    },
+}
+
+/// Errors of benchmark reports (`bench --report`, `--compare`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A run file that cannot be read.
+    #[error("{}: cannot read the benchmark lines: {source}", path.display())]
+    Read {
+        /// The run file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line that is not a benchmark line; `line` counts from 1.
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        /// The run file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A run file with no benchmark line of a kind the report knows.
+    #[error("{}: no benchmark lines ({what}); give the JSON lines `wgtrain bench` prints on stdout", path.display())]
+    Empty {
+        /// The run file.
+        path: PathBuf,
+        /// What it held instead, in words.
+        what: String,
+    },
+    /// A device peak (`NAME=GFLOPS,GBPS`) that cannot be read.
+    #[error("peak `{given}`: {message}; give NAME=GFLOPS,GBPS, e.g. \"RTX 3080=29770,760\"")]
+    Peak {
+        /// The text given.
+        given: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A figure that cannot be drawn or encoded.
+    #[error("cannot draw the figure {figure}: {message}")]
+    Draw {
+        /// The figure's name.
+        figure: String,
+        /// What plotters or the encoder said.
+        message: String,
+    },
+    /// A report file (or a figure beside it) that cannot be written.
+    #[error("{}: cannot write the report: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be written.
+        #[source]
+        source: std::io::Error,
     },
 }
 

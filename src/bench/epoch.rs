@@ -19,6 +19,10 @@ pub struct EpochTiming {
     pub bench: &'static str,
     /// The backend's device, in words.
     pub device: String,
+    /// Layer widths of the model, inputs first, classes last.
+    pub sizes: Vec<usize>,
+    /// Weights and biases of the model.
+    pub parameters: usize,
     /// Examples per training step.
     pub batch: usize,
     /// Steps in a full epoch.
@@ -34,11 +38,18 @@ pub struct EpochTiming {
     pub examples_per_s: f64,
 }
 
+/// Weights and biases of an MLP of layer widths `sizes`.
+pub fn parameter_count(sizes: &[usize]) -> usize {
+    sizes.windows(2).map(|w| w[1] * (w[0] + 1)).sum()
+}
+
 /// Time `epochs` epochs (at least 2: the first is reported apart) of SGD at
-/// `lr`. With `max_steps`, each epoch runs at most that many steps and the
-/// time is scaled to a full epoch.
+/// `lr` on `backend`, which trains a model of layer widths `sizes`. With
+/// `max_steps`, each epoch runs at most that many steps and the time is
+/// scaled to a full epoch.
 pub fn epoch_time(
     backend: &mut dyn Backend,
+    sizes: &[usize],
     n_train: usize,
     epochs: usize,
     max_steps: Option<usize>,
@@ -62,6 +73,8 @@ pub fn epoch_time(
     Ok(EpochTiming {
         bench: "epoch",
         device: backend.name(),
+        sizes: sizes.to_vec(),
+        parameters: parameter_count(sizes),
         batch,
         steps_per_epoch: full,
         steps_timed: steps,

@@ -1,5 +1,5 @@
 //! In-process inference figures of one [`Predictor`]: latency at batch 1
-//! (p50, p99) and throughput at a larger batch, behind
+//! (p50, p90, p99) and throughput at a larger batch, behind
 //! `wgtrain bench --inference`.
 
 use std::time::Instant;
@@ -36,10 +36,17 @@ impl Default for BenchOptions {
 /// In-process inference figures of one predictor.
 #[derive(Debug, Clone, Serialize)]
 pub struct InferenceBench {
+    /// `inference`, the kind of the JSON line.
+    pub bench: &'static str,
+    /// The device as the epoch and matmul lines name it
+    /// (`crate::cpu::device_name`, `GpuContext::label`).
+    pub device: String,
     /// [`Predictor::name`].
     pub predictor: String,
     /// Median latency of one row (preprocessing, forward pass, softmax), µs.
     pub batch1_p50_us: f64,
+    /// 90th percentile of the same, µs.
+    pub batch1_p90_us: f64,
     /// 99th percentile of the same, µs.
     pub batch1_p99_us: f64,
     /// Mean latency of one row, µs.
@@ -52,10 +59,14 @@ pub struct InferenceBench {
     pub rows_per_second: f64,
 }
 
-/// Measure `predictor` in process: latency at batch 1 (p50, p99) and
-/// throughput at `opts.batch` rows, on fixed pseudo-random raw inputs in
-/// 0..=255.
-pub fn bench_inference(predictor: &mut dyn Predictor, opts: &BenchOptions) -> Result<InferenceBench, InferError> {
+/// Measure `predictor`, which runs on `device`, in process: latency at
+/// batch 1 (p50, p90, p99) and throughput at `opts.batch` rows, on fixed
+/// pseudo-random raw inputs in 0..=255.
+pub fn bench_inference(
+    predictor: &mut dyn Predictor,
+    device: &str,
+    opts: &BenchOptions,
+) -> Result<InferenceBench, InferError> {
     let dim = predictor.inputs();
     let classes = predictor.classes();
     let batch = opts.batch.max(1);
@@ -94,8 +105,11 @@ pub fn bench_inference(predictor: &mut dyn Predictor, opts: &BenchOptions) -> Re
     let total: f64 = big.iter().sum();
     big.sort_by(f64::total_cmp);
     Ok(InferenceBench {
+        bench: "inference",
+        device: device.to_string(),
         predictor: predictor.name(),
         batch1_p50_us: pct(&lat, 0.5),
+        batch1_p90_us: pct(&lat, 0.9),
         batch1_p99_us: pct(&lat, 0.99),
         batch1_mean_us: mean,
         batch,

@@ -66,7 +66,7 @@ pub fn cpu_matmul(variant: &'static str, m: usize, n: usize, k: usize, budget_s:
     });
     MatmulTiming {
         bench: "matmul",
-        device: format!("cpu ({} threads)", team.size()),
+        device: crate::cpu::device_name(team.size()),
         variant,
         tile: None,
         m,

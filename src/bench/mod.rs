@@ -5,9 +5,12 @@
 //!   training step multiplies.
 //! - [`forward`]: forward-pass throughput of the f32 and int8 CPU paths.
 //! - [`inference`]: batch-1 latency and throughput of a [`crate::infer::Predictor`].
+//! - [`parallel`]: a data-parallel step's phases, transfers and bytes.
 //! - [`synthetic`]: random data shaped like Fashion-MNIST.
+//! - [`report`]: the JSON lines of these measurements read back, compared
+//!   and written as HTML or markdown reports with tables and figures.
 //!
-//! Everything here only measures: it runs the backends, predictors and
+//! Everything here only measures (or reports measurements): it runs the backends, predictors and
 //! engines of the rest of the crate, and nothing else in the library
 //! imports it.
 
@@ -18,9 +21,10 @@ pub mod forward;
 pub mod inference;
 pub mod matmul;
 pub mod parallel;
+pub mod report;
 pub mod synthetic;
 
-pub use epoch::{epoch_time, EpochTiming};
+pub use epoch::{epoch_time, parameter_count, EpochTiming};
 pub use forward::{bench_forward_f32, bench_forward_f32_predictor, bench_forward_int8, ForwardBench};
 pub use inference::{bench_inference, BenchOptions, InferenceBench};
 pub use matmul::{cpu_matmul, matmul_shapes, MatmulTiming};

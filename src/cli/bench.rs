@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::args::{load_data, parse_list, DataArgs};
@@ -23,6 +23,12 @@ pub(crate) struct BenchArgs {
     /// Batch sizes of the epoch benchmark, comma-separated.
     #[arg(long, default_value = "64,256", value_name = "LIST")]
     batch: String,
+    /// Hidden layers of the epoch benchmark's models, comma-separated: one
+    /// model per entry, each entry one hidden width (`128,500,1024`: three
+    /// models of one hidden layer) or several joined by `x` or `-`
+    /// (`500x500`: one model of two hidden layers of 500).
+    #[arg(long, default_value = "500", value_name = "LIST")]
+    hidden: String,
     /// Epochs per configuration; the first is reported apart (warm-up), the
     /// median of the rest is the steady epoch time.
     #[arg(long, default_value_t = 3)]
@@ -80,6 +86,42 @@ pub(crate) struct BenchArgs {
     /// for the shape, as training uses.
     #[arg(long, value_name = "LIST")]
     tile: Option<String>,
+    /// Measure nothing: write a report of the RUNS (JSON lines saved from
+    /// `wgtrain bench > run.jsonl`, one file per machine or device) to
+    /// OUT: one self-contained .html file with inline SVG figures, or a
+    /// .md file with its PNG figures beside it (report.md ->
+    /// report-epoch-batch.png, ...). Tables of every kind of line; figures
+    /// of epoch time against batch and against model size, matmul GFLOP/s
+    /// against arithmetic intensity under the device's roofline (where its
+    /// peaks are known, or given by --peak), and batch-1 latency
+    /// percentiles per predictor.
+    #[arg(long, value_name = "OUT", help_heading = "Reports")]
+    report: Option<PathBuf>,
+    /// Measure nothing: match the lines of the two RUNS A and B on their
+    /// keys (kind, device, model, optimizer, batch, shape, tile, predictor)
+    /// and give B/A of each figure and B's speed-up over A (above 1: B is
+    /// better); a markdown table on stdout, or a table in the --report.
+    #[arg(long, help_heading = "Reports")]
+    compare: bool,
+    /// The f32 peak GFLOP/s and memory GB/s of a device not in the built-in
+    /// table (H200, H100, A100, RTX 4090), NAME being part of its adapter
+    /// name as the lines spell it, e.g. --peak "RTX 3080=29770,760".
+    /// Repeatable; the first match wins, before the built-in table.
+    #[arg(long, value_name = "NAME=GFLOPS,GBPS", help_heading = "Reports")]
+    peak: Vec<String>,
+    /// Also write the report's tables into this markdown file (README.md),
+    /// between the lines <!-- bench-report:begin --> and
+    /// <!-- bench-report:end -->, which must be there already.
+    #[arg(long, value_name = "FILE.md", requires = "report", help_heading = "Reports")]
+    readme: Option<PathBuf>,
+    /// A TrueType font for the figures' labels [default: DejaVu Sans or
+    /// Liberation Sans from the system's font folders].
+    #[arg(long, value_name = "FILE.ttf", help_heading = "Reports")]
+    font: Option<PathBuf>,
+    /// The runs of --report and --compare: FILE.jsonl, labelled by its file
+    /// name less the extension, or NAME=FILE.jsonl.
+    #[arg(value_name = "RUNS", help_heading = "Reports")]
+    runs: Vec<String>,
 }
 
 /// In-process inference figures of a model (or a fresh 784-500-10 MLP) in
@@ -136,10 +178,12 @@ fn bench_inference(
         batch: opts.batch,
         batch_iterations: 10,
     };
-    let mut predictors: Vec<(Box<dyn Predictor>, &BenchOptions)> = Vec::new();
+    // Each predictor with its device, spelt as the epoch and matmul lines spell it.
+    let mut predictors: Vec<(Box<dyn Predictor>, String, &BenchOptions)> = Vec::new();
     for dev in devices {
         match dev {
             None => {
+                let cpu = wgtrain::cpu::device_name(threads);
                 predictors.push((
                     Box::new(CpuPredictor::with_threads(
                         &f32_model,
@@ -147,18 +191,19 @@ fn bench_inference(
                         threads,
                         DEFAULT_SPIN,
                     )),
+                    cpu.clone(),
                     &opts,
                 ));
                 if let Some(p) = Int8Predictor::with_threads(&int8_model, threads, DEFAULT_SPIN) {
-                    predictors.push((Box::new(p), &opts));
+                    predictors.push((Box::new(p), cpu, &opts));
                 }
             }
             Some(ctx) => {
                 let o = if ctx.is_software() { &software } else { &opts };
                 let f = wgtrain::gpu::GpuPredictor::new(ctx.clone(), &f32_model, opts.batch)?;
-                predictors.push((Box::new(f), o));
+                predictors.push((Box::new(f), ctx.label(), o));
                 let q = wgtrain::gpu::GpuPredictor::from_compressed(ctx.clone(), &int8_model, opts.batch)?;
-                predictors.push((Box::new(q), o));
+                predictors.push((Box::new(q), ctx.label(), o));
             }
         }
     }
@@ -170,15 +215,15 @@ fn bench_inference(
         .join("-");
     eprintln!("\nin-process inference, {sizes} MLP");
     eprintln!(
-        "{:<40} {:>14} {:>14} {:>16}",
-        "predictor", "batch-1 p50 us", "batch-1 p99 us", "rows/s at 256"
+        "{:<40} {:>14} {:>14} {:>14} {:>16}",
+        "predictor", "batch-1 p50 us", "batch-1 p90 us", "batch-1 p99 us", "rows/s at 256"
     );
     let mut out = Vec::new();
-    for (p, o) in predictors.iter_mut() {
-        let r = bench_inference(p.as_mut(), o)?;
+    for (p, device, o) in predictors.iter_mut() {
+        let r = bench_inference(p.as_mut(), device, o)?;
         eprintln!(
-            "{:<40} {:>14.1} {:>14.1} {:>16.0}",
-            r.predictor, r.batch1_p50_us, r.batch1_p99_us, r.rows_per_second
+            "{:<40} {:>14.1} {:>14.1} {:>14.1} {:>16.0}",
+            r.predictor, r.batch1_p50_us, r.batch1_p90_us, r.batch1_p99_us, r.rows_per_second
         );
         out.push(r);
     }
@@ -200,7 +245,7 @@ fn gpu_matmul(
     let (secs, used) = wgtrain::gpu::ops::bench_matmul(ctx, variant, m, n, k, reps, tile)?;
     Ok(wgtrain::bench::MatmulTiming {
         bench: "matmul",
-        device: ctx.name().to_string(),
+        device: ctx.label(),
         variant,
         tile: Some(used.name()),
         m,
@@ -209,6 +254,29 @@ fn gpu_matmul(
         seconds_per_call: secs,
         gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
     })
+}
+
+/// The `--hidden` list: the hidden widths of each model.
+fn parse_hidden(s: &str) -> Result<Vec<Vec<usize>>> {
+    let models: Vec<Vec<usize>> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|entry| {
+            entry
+                .split(['x', 'X', '-'])
+                .map(|w| {
+                    w.trim().parse::<usize>().ok().filter(|&v| v > 0).with_context(|| {
+                        format!("--hidden `{s}`: `{entry}` is not a hidden width or widths such as 500 or 500x500")
+                    })
+                })
+                .collect()
+        })
+        .collect::<Result<_>>()?;
+    if models.is_empty() {
+        bail!("--hidden `{s}`: give at least one hidden width, e.g. 500");
+    }
+    Ok(models)
 }
 
 /// The `--tile` list: tile variants by size, or `all`.
@@ -234,14 +302,97 @@ fn parse_tiles(s: Option<&str>) -> Result<Vec<Option<wgtrain::gpu::Tile>>> {
     }
 }
 
+/// `wgtrain bench --report` and `--compare`: every argument checked
+/// before any file is read.
+fn report(a: &BenchArgs) -> Result<()> {
+    use wgtrain::bench::report::{self, markdown, Format, Peak, Peaks, Report, Run};
+    if let Some(out) = &a.report {
+        if Format::of(out).is_none() {
+            bail!("--report {}: give a name ending in .html or .md", out.display());
+        }
+        super::args::check_writable_as("--report", out)?;
+    }
+    if let Some(readme) = &a.readme {
+        if !readme.is_file() {
+            bail!("--readme {}: no such file", readme.display());
+        }
+    }
+    let peaks = Peaks {
+        user: a
+            .peak
+            .iter()
+            .map(|p| Peak::parse(p).context("--peak"))
+            .collect::<Result<_>>()?,
+    };
+    match (a.compare, a.runs.len()) {
+        (_, 0) => bail!("--report/--compare: give the JSON-lines files of the runs (wgtrain bench > run.jsonl)"),
+        (true, n) if n != 2 => bail!("--compare: give exactly two runs, A and B (got {n})"),
+        _ => {}
+    }
+    let specs: Vec<(String, PathBuf)> = a.runs.iter().map(|r| report::split_label(r)).collect();
+    for (_, path) in &specs {
+        if !path.is_file() {
+            bail!("{}: no such file (a run of --report/--compare)", path.display());
+        }
+    }
+    let runs = specs
+        .iter()
+        .map(|(label, path)| Run::read(label, path).map_err(anyhow::Error::new))
+        .collect::<Result<Vec<_>>>()?;
+    let rep = Report::new(runs, peaks, a.compare);
+    let Some(out) = &a.report else {
+        // --compare alone: the ratios on stdout.
+        if let Some(c) = &rep.comparison {
+            print!("{}", markdown::table(&c.table(), 2));
+        }
+        return Ok(());
+    };
+    super::plot::register_font(a.font.as_deref())?;
+    let written = report::write(&rep, out).with_context(|| format!("--report {}", out.display()))?;
+    for p in &written {
+        log::info!("wrote {}", p.display());
+    }
+    if let Some(readme) = &a.readme {
+        let text = std::fs::read_to_string(readme)
+            .with_context(|| format!("--readme {}: cannot read it", readme.display()))?;
+        let command = format!(
+            "wgtrain bench --report {} --readme {} {}",
+            out.display(),
+            readme.display(),
+            a.runs.join(" ")
+        );
+        let new = markdown::replace_section(&text, &markdown::section(&rep, &command)).with_context(|| {
+            format!(
+                "--readme {}: no {} ... {} lines to put the tables between",
+                readme.display(),
+                markdown::BEGIN,
+                markdown::END
+            )
+        })?;
+        std::fs::write(readme, new).with_context(|| format!("--readme {}: cannot write it", readme.display()))?;
+        log::info!("wrote the tables into {}", readme.display());
+    }
+    Ok(())
+}
+
 /// Run `wgtrain bench`.
 pub(crate) fn run(a: BenchArgs) -> Result<()> {
     use wgtrain::bench;
+    if a.report.is_some() || a.compare {
+        return report(&a);
+    }
+    if !a.runs.is_empty() {
+        bail!(
+            "bench: {} given without --report or --compare; run files are only read by those",
+            a.runs.join(" ")
+        );
+    }
     let (run_epoch, run_matmul, run_inference, run_kernels) = match (a.epoch, a.matmul, a.inference, a.kernels) {
         (false, false, false, false) => (true, true, false, true),
         x => x,
     };
     let batches = parse_list("--batch", &a.batch, "batch size")?;
+    let hidden = parse_hidden(&a.hidden)?;
     if a.parallel {
         return bench_parallel(&a, &batches);
     }
@@ -279,57 +430,53 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         } else {
             0.001
         };
+        eprintln!("\nepoch time, {} lr {lr}", optimizer.name());
         eprintln!(
-            "\nepoch time, {}-500-{} MLP, {} lr {lr}",
-            data.dim(),
-            data.classes,
-            optimizer.name()
-        );
-        eprintln!(
-            "{:<40} {:>6} {:>10} {:>12} {:>12} {:>12}",
-            "device", "batch", "steps", "first (s)", "steady (s)", "examples/s"
+            "{:<40} {:>14} {:>6} {:>10} {:>12} {:>12} {:>12}",
+            "device", "model", "batch", "steps", "first (s)", "steady (s)", "examples/s"
         );
         for dev in &devices {
-            for &batch in &batches {
-                let model = Mlp::new(
-                    &[data.dim(), 500, data.classes],
-                    0,
-                    Preprocess::fit(Normalize::Scale, &data),
-                    data.shape.clone(),
-                )?;
-                let mut backend: Box<dyn wgtrain::Backend> = match dev {
-                    Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(
-                        ctx.clone(),
-                        model,
-                        data.clone(),
-                        TrainSpec::new(batch, optimizer),
-                    )?),
-                    None => Box::new(wgtrain::cpu::CpuBackend::with_threads(
-                        model,
-                        data.clone(),
-                        TrainSpec::new(batch, optimizer),
-                        a.threads,
-                    )?),
-                };
-                let t = bench::epoch_time(backend.as_mut(), data.train.len(), a.epochs, a.max_steps, lr)?;
-                eprintln!(
-                    "{:<40} {:>6} {:>10} {:>12.3} {:>12.3} {:>12.0}",
-                    t.device,
-                    t.batch,
-                    if t.steps_timed < t.steps_per_epoch {
-                        format!("{}/{}", t.steps_timed, t.steps_per_epoch)
-                    } else {
-                        t.steps_per_epoch.to_string()
-                    },
-                    t.first_epoch_s,
-                    t.steady_epoch_s,
-                    t.examples_per_s
-                );
-                let mut v = serde_json::to_value(&t)?;
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("optimizer".into(), optimizer.name().into());
+            for widths in &hidden {
+                let mut sizes = vec![data.dim()];
+                sizes.extend(widths);
+                sizes.push(data.classes);
+                for &batch in &batches {
+                    let model = Mlp::new(&sizes, 0, Preprocess::fit(Normalize::Scale, &data), data.shape.clone())?;
+                    let mut backend: Box<dyn wgtrain::Backend> = match dev {
+                        Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(
+                            ctx.clone(),
+                            model,
+                            data.clone(),
+                            TrainSpec::new(batch, optimizer),
+                        )?),
+                        None => Box::new(wgtrain::cpu::CpuBackend::with_threads(
+                            model,
+                            data.clone(),
+                            TrainSpec::new(batch, optimizer),
+                            a.threads,
+                        )?),
+                    };
+                    let t = bench::epoch_time(backend.as_mut(), &sizes, data.train.len(), a.epochs, a.max_steps, lr)?;
+                    eprintln!(
+                        "{:<40} {:>14} {:>6} {:>10} {:>12.3} {:>12.3} {:>12.0}",
+                        t.device,
+                        wgtrain::backend::join_sizes(&t.sizes),
+                        t.batch,
+                        if t.steps_timed < t.steps_per_epoch {
+                            format!("{}/{}", t.steps_timed, t.steps_per_epoch)
+                        } else {
+                            t.steps_per_epoch.to_string()
+                        },
+                        t.first_epoch_s,
+                        t.steady_epoch_s,
+                        t.examples_per_s
+                    );
+                    let mut v = serde_json::to_value(&t)?;
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("optimizer".into(), optimizer.name().into());
+                    }
+                    emit(v)?;
                 }
-                emit(v)?;
             }
         }
     }
@@ -352,7 +499,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                 eprintln!("{:<28} {:>8} {:>12.1}", "step (sum)", "", total);
                 emit(serde_json::json!({
                     "bench": "kernels",
-                    "device": ctx.name(),
+                    "device": ctx.label(),
                     "batch": batch,
                     "kernels": times,
                 }))?;
@@ -494,7 +641,7 @@ fn bench_parallel(a: &BenchArgs, batches: &[usize]) -> Result<()> {
                 cpu_threads * cpus.max(1),
             )?),
         };
-        let t = wgtrain::bench::epoch_time(plain.as_mut(), data.train.len(), 3, Some(steps), lr)?;
+        let t = wgtrain::bench::epoch_time(plain.as_mut(), &model.sizes(), data.train.len(), 3, Some(steps), lr)?;
         let plain_ms = t.steady_epoch_s * 1e3 / t.steps_per_epoch as f64;
         eprintln!(
             "{:<48} {:>6} {:>9.3} {:>11} {:>12} {:>10} {:>10} {:>12.0}",

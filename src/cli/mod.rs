@@ -71,7 +71,8 @@ enum Command {
     /// List the GPU adapters wgpu can see, with the limits that matter here.
     Devices(devices::DevicesArgs),
     /// Measure training speed (epoch time) and matrix-product throughput on
-    /// each device: a table on stderr, JSON lines on stdout.
+    /// each device: a table on stderr, JSON lines on stdout. With --report
+    /// or --compare, measure nothing: turn saved JSON lines into a report.
     Bench(bench::BenchArgs),
     /// Predict classes of images (PNG, JPEG), IDX image files or CSV rows
     /// with a saved model; prints the top-k classes and probabilities.

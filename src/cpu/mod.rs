@@ -18,7 +18,7 @@ use crate::model::Mlp;
 use crate::optim::draw::{dropout_stream, Dropout, Key, Shift, SHIFT_STREAM};
 use crate::optim::{Constraint, Optimizer, StepHyper};
 
-pub use team::{cores, Team};
+pub use team::{cores, device_name, Team};
 
 /// Rows per forward pass when evaluating.
 const EVAL_CHUNK: usize = 1024;
@@ -681,7 +681,7 @@ pub fn check_fit(model: &Mlp, data: &Dataset) -> Result<()> {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!("cpu ({} threads)", self.team.size())
+        team::device_name(self.team.size())
     }
 
     fn batch_size(&self) -> usize {

@@ -136,7 +136,7 @@ impl Team {
     /// runs on the caller. A helper that cannot be started only means less
     /// parallelism.
     pub fn new(threads: usize, spin: Duration) -> Self {
-        let threads = if threads == 0 { cores() } else { threads }.min(MAX_UNITS);
+        let threads = team_size(threads);
         let helpers = threads.saturating_sub(1);
         let shared = Arc::new(Shared {
             claimed: AtomicU64::new(u64::MAX),
@@ -317,6 +317,18 @@ fn helper(s: &Shared, index: usize, participants: usize) {
         s.sleeping[index].store(false, Ordering::Relaxed);
         idle_since = None;
     }
+}
+
+/// The threads of a team made for `threads` (0: one per core), at most
+/// [`MAX_UNITS`].
+pub fn team_size(threads: usize) -> usize {
+    if threads == 0 { cores() } else { threads }.min(MAX_UNITS)
+}
+
+/// The CPU as every benchmark line and backend names it, for a team of
+/// `threads` (0: one per core): `cpu (2 threads)`.
+pub fn device_name(threads: usize) -> String {
+    format!("cpu ({} threads)", team_size(threads))
 }
 
 /// The cores this process may run on, asked once: on Linux

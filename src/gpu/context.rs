@@ -59,6 +59,14 @@ impl GpuContext {
         &self.dev.info.name
     }
 
+    /// The device as every benchmark line and backend names it: the
+    /// adapter's name, graphics API and device type, e.g.
+    /// `NVIDIA H200 (Vulkan, DiscreteGpu)`.
+    pub fn label(&self) -> String {
+        let r = self.report();
+        format!("{} ({}, {})", r.name, r.backend, r.device_type)
+    }
+
     /// True for software adapters such as lavapipe.
     pub fn is_software(&self) -> bool {
         self.dev.info.device_type == wgpu::DeviceType::Cpu

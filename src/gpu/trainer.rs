@@ -830,8 +830,7 @@ impl Replica for GpuBackend {
 
 impl Backend for GpuBackend {
     fn name(&self) -> String {
-        let r = self.ctx.report();
-        format!("{} ({}, {})", r.name, r.backend, r.device_type)
+        self.ctx.label()
     }
 
     fn batch_size(&self) -> usize {
