@@ -10,7 +10,9 @@
 # 3. `wgtrain bench` on the GPU: epoch times, matmul GFLOP/s (every tile
 #    variant, and the chosen one with wgpu's shader checks on), per-kernel
 #    timestamps, inference latency and throughput (and the CPU inference
-#    rows for comparison);
+#    rows for comparison), their JSON lines gathered in $REPORT/bench.jsonl
+#    and turned into $REPORT/report.html and $REPORT/report.md
+#    (`wgtrain bench --report`);
 # 4. the full Fashion-MNIST recipe trained on the GPU, then evaluated;
 # 5. scripts/compare_pytorch.py on CUDA with --matmul, when PyTorch sees a
 #    CUDA device;
@@ -70,6 +72,13 @@ step() {
     SUMMARY+=("$(printf '%-22s %7.1fs  %s' "$name" "$(awk "BEGIN { print $t1 - $t0 }")" "$status")")
 }
 
+# jsonl COMMAND...: run COMMAND (a `wgtrain bench`) with its stdout, the
+# JSON lines, also appended to $REPORT/bench.jsonl for the report.
+jsonl() {
+    "$@" | tee -a "$REPORT/bench.jsonl"
+    return "${PIPESTATUS[0]}"
+}
+
 run_tests() {
     local rc=0 t
     for t in gpu_kernels train_equivalence gpu_predict gpu_int8; do
@@ -99,15 +108,21 @@ fi
 
 step devices "$WGTRAIN" devices
 step tests run_tests
-step bench-epoch "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA"
+: >"$REPORT/bench.jsonl"
+step bench-epoch jsonl "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA"
+# Epoch time against batch and model size, for the report's figures.
+step bench-epoch-sizes jsonl "$WGTRAIN" bench --epoch --device gpu --epochs 3 --data "$DATA" \
+    --batch 32,128,1024 --hidden 128,1024,500x500
 # Step cost of the stateful optimizers against the SGD epoch above (targets:
 # momentum at most 1.1x, AdamW 1.15x).
-step bench-epoch-momentum "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA" --momentum 0.9
-step bench-epoch-adamw "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA" --optimizer adamw --weight-decay 0.01
-step bench-matmul "$WGTRAIN" bench --matmul --device gpu --square 1024,2048,4096 --tile all
+step bench-epoch-momentum jsonl "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA" --momentum 0.9
+step bench-epoch-adamw jsonl "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA" --optimizer adamw --weight-decay 0.01
+step bench-matmul jsonl "$WGTRAIN" bench --matmul --device gpu --square 1024,2048,4096 --tile all
 step bench-matmul-checked env WGTRAIN_SHADER_CHECKS=1 "$WGTRAIN" bench --matmul --device gpu --square 4096
-step bench-kernels "$WGTRAIN" bench --kernels --device gpu --batch 64,256
-step bench-inference "$WGTRAIN" bench --inference --device cpu,gpu
+step bench-kernels jsonl "$WGTRAIN" bench --kernels --device gpu --batch 64,256
+step bench-inference jsonl "$WGTRAIN" bench --inference --device cpu,gpu
+step bench-report "$WGTRAIN" bench --report "$REPORT/report.html" "gpu-report=$REPORT/bench.jsonl"
+step bench-report-md "$WGTRAIN" bench --report "$REPORT/report.md" "gpu-report=$REPORT/bench.jsonl"
 step train-fashion train_gpu
 if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     step compare-pytorch env PYTHONUNBUFFERED=1 "$PYTHON" scripts/compare_pytorch.py --devices cuda --matmul \
