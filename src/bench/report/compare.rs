@@ -12,11 +12,15 @@ use super::tables::{fmt, model_name, Table};
 /// One figure of one matched pair of lines.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ratio {
+    /// The line kind (`epoch`, `matmul`, ...).
     pub kind: &'static str,
     /// The identifying keys, `device=..., batch=64`.
     pub key: String,
+    /// The figure compared (`steady_epoch_s`, `gflops`, ...).
     pub figure: &'static str,
+    /// The figure in run a.
     pub a: f64,
+    /// The figure in run b.
     pub b: f64,
     /// Throughput (higher is better) rather than time (lower is better).
     pub higher_is_better: bool,
@@ -41,10 +45,15 @@ impl Ratio {
 /// Every matched figure of two runs, and the lines left unmatched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
+    /// Run a's label.
     pub a: String,
+    /// Run b's label.
     pub b: String,
+    /// Every figure of every matched pair of lines.
     pub ratios: Vec<Ratio>,
+    /// Lines of run a that matched none of run b.
     pub only_a: usize,
+    /// Lines of run b that matched none of run a.
     pub only_b: usize,
 }
 

@@ -46,7 +46,9 @@ pub fn tables(report: &Report, level: usize) -> String {
 /// PNG bytes.
 #[derive(Debug, Clone)]
 pub struct Markdown {
+    /// The markdown text.
     pub text: String,
+    /// The figures: file name (beside the text) and PNG bytes.
     pub figures: Vec<(String, Vec<u8>)>,
 }
 

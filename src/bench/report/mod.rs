@@ -9,12 +9,6 @@
 //! The figures draw their text in plotters' `sans-serif` family: the
 //! caller registers a TrueType font for it first (the binary's
 //! `--font`).
-//!
-//! The types of this module are documented at the module level only so
-//! far: the item-by-item docs of their fields are still to come, so the
-//! crate's `missing_docs` lint is relaxed here and nowhere else.
-
-#![allow(missing_docs)]
 
 pub mod compare;
 pub mod html;
@@ -36,8 +30,11 @@ pub use tables::Table;
 /// roofline, and optionally the ratios of the second run to the first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// The runs, in the order given.
     pub runs: Vec<Run>,
+    /// The device peaks the roofline knows.
     pub peaks: Peaks,
+    /// The ratios of the second run to the first, when asked.
     pub comparison: Option<Comparison>,
 }
 

@@ -25,8 +25,11 @@ pub enum Style {
 /// One series: a legend label and its points.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
+    /// The legend label.
     pub label: String,
+    /// `(x, y)` points, both positive (log axes).
     pub points: Vec<(f64, f64)>,
+    /// How it is drawn.
     pub style: Style,
 }
 
@@ -36,9 +39,13 @@ pub struct Figure {
     /// File-name part: `epoch-batch`, `epoch-size`, `matmul-roofline`,
     /// `inference-latency`.
     pub name: &'static str,
+    /// The title above the plot.
     pub title: String,
+    /// The x axis's label.
     pub x_label: &'static str,
+    /// The y axis's label.
     pub y_label: &'static str,
+    /// The series drawn.
     pub series: Vec<Series>,
 }
 

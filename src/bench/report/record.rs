@@ -13,33 +13,50 @@ use crate::error::ReportError;
 /// One `bench: "epoch"` line.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Epoch {
+    /// The device, as every line kind spells it (`cpu (2 threads)`, `NVIDIA H200 (Vulkan, DiscreteGpu)`).
     pub device: String,
     /// Layer widths, inputs first; empty in lines older than `--hidden`.
     #[serde(default)]
     pub sizes: Vec<usize>,
+    /// Weights and biases of the model; absent in older lines.
     #[serde(default)]
     pub parameters: Option<usize>,
+    /// The optimizer (`sgd`, `adamw`, ...); absent in older lines.
     #[serde(default)]
     pub optimizer: Option<String>,
+    /// Examples per step.
     pub batch: usize,
+    /// Steps of a full epoch.
     pub steps_per_epoch: usize,
+    /// Steps run per timed epoch (fewer when capped).
     pub steps_timed: usize,
+    /// Seconds of the first epoch (warm-up), scaled to a full epoch.
     pub first_epoch_s: f64,
+    /// Median seconds of the later epochs, scaled to a full epoch.
     pub steady_epoch_s: f64,
+    /// Training examples per second in the steady state.
     pub examples_per_s: f64,
 }
 
 /// One `bench: "matmul"` line.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Matmul {
+    /// The device, as every line kind spells it.
     pub device: String,
+    /// `nn`, `nt` or `tn`: which operand is stored transposed.
     pub variant: String,
+    /// The GPU tile variant; absent on the CPU.
     #[serde(default)]
     pub tile: Option<String>,
+    /// Rows of the output.
     pub m: usize,
+    /// Columns of the output.
     pub n: usize,
+    /// The inner dimension.
     pub k: usize,
+    /// Median seconds of one product.
     pub seconds_per_call: f64,
+    /// 2mnk / seconds, in GFLOP/s.
     pub gflops: f64,
 }
 
@@ -50,32 +67,43 @@ pub struct Inference {
     /// Absent from lines older than the `device` field.
     #[serde(default)]
     pub device: Option<String>,
+    /// The predictor (f32 or int8, and where it runs).
     pub predictor: String,
+    /// Median latency of one row, µs.
     pub batch1_p50_us: f64,
     /// Absent from lines older than the p90.
     #[serde(default)]
     pub batch1_p90_us: Option<f64>,
+    /// 99th percentile of the same, µs.
     pub batch1_p99_us: f64,
+    /// Rows per call of the throughput measurement.
     pub batch: usize,
     /// Absent from lines transcribed from text logs, which do not show it.
     #[serde(default)]
     pub batch_p50_ms: Option<f64>,
+    /// Rows per second at `batch` rows a call.
     pub rows_per_second: f64,
 }
 
 /// One kernel of a `bench: "kernels"` line.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Kernel {
+    /// The kernel (and its layer).
     pub name: String,
+    /// Dispatches of it per step.
     pub calls: usize,
+    /// Mean GPU time of one step's dispatches of it, µs.
     pub mean_us: f64,
 }
 
 /// One `bench: "kernels"` line: the GPU time of each kernel of a step.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Kernels {
+    /// The device, as every line kind spells it.
     pub device: String,
+    /// Examples per step.
     pub batch: usize,
+    /// Every kernel of the step.
     pub kernels: Vec<Kernel>,
 }
 
@@ -89,28 +117,42 @@ impl Kernels {
 /// One `bench: "parallel"` line (a plain backend or replicas).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Parallel {
+    /// The device or devices, as the line names them.
     pub device: String,
+    /// A plain backend rather than replicas.
     #[serde(default)]
     pub plain: bool,
+    /// Replicas in the configuration.
     pub replicas: usize,
+    /// The global batch.
     pub batch: usize,
+    /// Milliseconds per step.
     pub step_ms: f64,
+    /// Of which computing the shard gradients and updates, ms.
     #[serde(default)]
     pub compute_ms: Option<f64>,
+    /// Of which GPU readback and upload, ms.
     #[serde(default)]
     pub transfer_ms: Option<f64>,
+    /// Of which the host sum, ms.
     #[serde(default)]
     pub reduce_ms: Option<f64>,
+    /// Training examples per second.
     pub examples_per_s: f64,
 }
 
 /// One benchmark line of a known kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
+    /// A `bench: "epoch"` line.
     Epoch(Epoch),
+    /// A `bench: "matmul"` line.
     Matmul(Matmul),
+    /// An inference line.
     Inference(Inference),
+    /// A `bench: "kernels"` line.
     Kernels(Kernels),
+    /// A `bench: "parallel"` line.
     Parallel(Parallel),
 }
 
@@ -178,8 +220,11 @@ enum Parsed {
 /// The benchmark lines of one input file, under the label the report shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
+    /// The label the report shows for the run.
     pub label: String,
+    /// The file read.
     pub path: PathBuf,
+    /// Its lines of known kinds, in file order.
     pub records: Vec<Record>,
     /// Lines of kinds this reader does not know, counted by kind.
     pub skipped: BTreeMap<String, usize>,
@@ -241,6 +286,7 @@ impl Run {
         })
     }
 
+    /// The `matmul` records, in file order.
     pub fn matmuls(&self) -> impl Iterator<Item = &Matmul> {
         self.records.iter().filter_map(|r| match r {
             Record::Matmul(e) => Some(e),
@@ -248,6 +294,7 @@ impl Run {
         })
     }
 
+    /// The `inference` records, in file order.
     pub fn inferences(&self) -> impl Iterator<Item = &Inference> {
         self.records.iter().filter_map(|r| match r {
             Record::Inference(e) => Some(e),
@@ -255,6 +302,7 @@ impl Run {
         })
     }
 
+    /// The `kernels` records, in file order.
     pub fn kernels(&self) -> impl Iterator<Item = &Kernels> {
         self.records.iter().filter_map(|r| match r {
             Record::Kernels(e) => Some(e),
@@ -262,6 +310,7 @@ impl Run {
         })
     }
 
+    /// The `parallel` records, in file order.
     pub fn parallels(&self) -> impl Iterator<Item = &Parallel> {
         self.records.iter().filter_map(|r| match r {
             Record::Parallel(e) => Some(e),

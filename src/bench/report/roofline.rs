@@ -70,6 +70,7 @@ impl Peak {
 /// The peaks a report knows: the user's first, then [`KNOWN_PEAKS`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Peaks {
+    /// Peaks given by the user (`--peak`), tried first.
     pub user: Vec<Peak>,
 }
 

@@ -9,10 +9,13 @@ use crate::backend::join_sizes;
 /// A table, rendered by the HTML and markdown writers alike.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
+    /// The table's title.
     pub title: String,
     /// A sentence under the title: what the figures are.
     pub note: String,
+    /// Column headers.
     pub headers: Vec<String>,
+    /// Rows of cells, as text.
     pub rows: Vec<Vec<String>>,
 }
 
