@@ -1,7 +1,7 @@
 //! Benchmark reports (`wgtrain bench --report`, `--compare`): the JSON
 //! lines of one or several runs of `wgtrain bench` read back
 //! ([`record`]), summarised in tables ([`tables`]), matched and divided
-//! ([`compare`]), set against the device's roofline where its peaks are
+//! ([`mod@compare`]), set against the device's roofline where its peaks are
 //! known ([`roofline`]), drawn ([`plots`]) and written as one HTML file
 //! with inline SVG ([`html`]) or as markdown with PNG figures beside it
 //! ([`markdown`]).
