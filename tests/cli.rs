@@ -702,18 +702,34 @@ fn average_and_swa_through_the_binary() {
     }
 }
 
+/// A 64-8-10 model of one epoch on the built-in digits, saved in `dir`.
+fn tiny_model(dir: &Path) -> std::path::PathBuf {
+    let model = dir.join("m.safetensors");
+    let o = wgtrain(&[
+        "train",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    model
+}
+
 /// A reader that goes away (`wgtrain eval ... | head -1`) ends the command
 /// quietly with success: no panic, no error message. The pipe's read end
 /// is closed before the command starts, so every write to it fails.
 #[test]
 fn closed_stdout_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.safetensors");
+    let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
-    let o = wgtrain(&[
-        "train", "--data", "builtin", "--device", "cpu", "--epochs", "1", "--hidden", "8", "--save", m,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
     let idx = dir.path().join("x.idx");
     let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 8, 0, 0, 0, 8];
     bytes.extend((0..128).map(|i| i as u8));
@@ -746,12 +762,8 @@ fn closed_stdout_ends_quietly() {
 #[test]
 fn serve_needs_a_token_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m.safetensors");
+    let model = tiny_model(dir.path());
     let m = model.to_str().unwrap();
-    let o = wgtrain(&[
-        "train", "--data", "builtin", "--device", "cpu", "--epochs", "1", "--hidden", "8", "--save", m,
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
     let o = wgtrain(&["serve", "--model", m, "--addr", "0.0.0.0:0", "--device", "cpu"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("--token-file"), "{}", text(&o));
