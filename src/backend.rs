@@ -24,6 +24,55 @@ pub struct TrainSpec {
     /// Keys the random draws of a step (dropout masks, shifts) together
     /// with the step count, so that every backend draws the same.
     pub seed: u64,
+    /// How the products of a training step round their operands.
+    pub precision: Precision,
+}
+
+/// The arithmetic of a training step's matrix products.
+///
+/// `F16Mixed` is mixed precision's numerics: every product of a training
+/// step (forward, input gradient, weight gradient) reads its operands (the
+/// weights, the input batch, each hidden layer's output and each
+/// backpropagated gradient) rounded to f16, round to nearest even, and
+/// accumulates in f32; the master weights, the biases, the optimizer state,
+/// the logits and the softmax stay f32, and evaluation always runs in f32.
+/// Both backends round the same values, so they stay twins. The operands
+/// are still stored as f32: the rounding gives f16's accuracy, not yet its
+/// memory or speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Every value f32 (the default and the reference).
+    #[default]
+    F32,
+    /// f16 operands, f32 accumulation, master weights and state.
+    F16Mixed,
+}
+
+impl Precision {
+    /// The name the command line uses: `f32` or `f16-mixed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16Mixed => "f16-mixed",
+        }
+    }
+
+    /// Whether the products round their operands to f16.
+    pub fn is_f16(self) -> bool {
+        self == Precision::F16Mixed
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16-mixed" => Ok(Precision::F16Mixed),
+            _ => Err(Error::invalid(Setting::Precision, s, "f32 or f16-mixed")),
+        }
+    }
 }
 
 /// What a training step does beyond the plain loss and optimizer: each is
@@ -90,6 +139,7 @@ impl TrainSpec {
             optimizer,
             regular: Regularization::default(),
             seed: 0,
+            precision: Precision::F32,
         }
     }
 

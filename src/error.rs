@@ -376,6 +376,8 @@ pub enum Setting {
     ClipGradNorm,
     /// The first epoch of stochastic weight averaging.
     SwaFrom,
+    /// The arithmetic of the training products.
+    Precision,
     /// Where a checkpoint (or resume) goes.
     Checkpoint,
     /// The shares of a global batch that data-parallel replicas take.
@@ -409,6 +411,7 @@ impl Setting {
             Setting::Shift => "image shift",
             Setting::ClipGradNorm => "gradient-norm clip",
             Setting::SwaFrom => "first epoch of weight averaging",
+            Setting::Precision => "precision",
             Setting::Checkpoint => "checkpoint",
             Setting::ShardWeights => "shard weights",
             Setting::Temperature => "distillation temperature",

@@ -720,6 +720,16 @@ pub fn scale(v: &mut [f32], c: f32) {
     }
 }
 
+/// Round every value to the nearest f16 (ties to even) and back to f32:
+/// the operand rounding of the f16-mixed products, the twin of WGSL's
+/// `f32(f16(v))` in matmul.wgsl. Values beyond f16's range become
+/// infinite, as an f16 store makes them.
+pub fn round_f16(v: &mut [f32]) {
+    for x in v {
+        *x = half::f16::from_f32(*x).to_f32();
+    }
+}
+
 /// Gather rows of raw features by index and preprocess them:
 /// `x[r, :] = features[index[r], :] * scale + offset`.
 pub fn gather_rows(features: &[f32], index: &[u32], dim: usize, scale: f32, offset: f32, x: &mut [f32]) {

@@ -5,11 +5,12 @@ pub mod kernels;
 pub mod optim;
 pub mod team;
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
 use crate::backend::{
-    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, Distillation, LayerSlots,
+    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, Distillation, LayerSlots, Precision,
     Predictions, Replica, SplitKind, StepStats, TrainSpec,
 };
 use crate::data::{Dataset, Preprocess};
@@ -63,6 +64,8 @@ pub struct CpuBackend {
     shift: Option<Shift>,
     /// The teachers when the student trains by distillation.
     distill: Option<CpuDistill>,
+    /// How the training products round their operands.
+    precision: Precision,
 }
 
 /// The teachers of a distilling backend and their buffers.
@@ -169,6 +172,7 @@ impl CpuBackend {
             dropout: Dropout::new(regular.dropout),
             shift,
             distill: None,
+            precision: spec.precision,
         })
     }
 
@@ -294,6 +298,7 @@ impl CpuBackend {
             let dy = &hi[0];
             if l > 0 {
                 backprop(
+                    self.precision,
                     self.dropout,
                     dy,
                     &layer.weight,
@@ -305,9 +310,18 @@ impl CpuBackend {
                 );
             }
             let mut gw = vec![0.0; layer.weight.len()];
-            kernels::matmul_tn(dy, &self.acts[l], &mut gw, layer.outputs, layer.inputs, rows);
             let mut gb = vec![0.0; layer.outputs];
-            kernels::column_sums(dy, &mut gb, rows, layer.outputs);
+            let p = self.precision;
+            layer_gradients(
+                p,
+                dy,
+                &self.acts[l],
+                &mut gw,
+                &mut gb,
+                rows,
+                layer.inputs,
+                layer.outputs,
+            );
             out.push((gw, gb));
         }
         out.reverse();
@@ -328,22 +342,26 @@ impl CpuBackend {
 
     /// [`CpuBackend::forward_train`] of rows that stand for rows `row0..`
     /// of the batch (for the dropout draws).
+    /// In f16-mixed, each product reads its input and weights rounded.
     fn forward_train_from(&mut self, rows: usize, row0: usize) {
-        let Some(drop) = self.dropout else {
+        let p = self.precision;
+        if self.dropout.is_none() && !p.is_f16() {
             forward(&self.model, &mut self.acts, rows);
             return;
-        };
+        }
         let nl = self.model.layers.len();
         let step = self.draw_step();
         for (l, layer) in self.model.layers.iter().enumerate() {
             let (lo, hi) = self.acts.split_at_mut(l + 1);
-            let (x, y) = (&lo[l], &mut hi[0]);
             let (inputs, outputs) = (layer.inputs, layer.outputs);
-            if l + 1 < nl {
-                let key = Key::new(self.seed, step, dropout_stream(l)).rows_from(row0 as u32);
-                kernels::linear_forward_dropout(x, &layer.weight, &layer.bias, y, rows, inputs, outputs, drop, key);
-            } else {
-                kernels::linear_forward(x, &layer.weight, &layer.bias, y, rows, inputs, outputs, false);
+            let (x, y) = (operand(p, &lo[l][..rows * inputs]), &mut hi[0]);
+            let w = operand(p, &layer.weight);
+            match self.dropout {
+                Some(drop) if l + 1 < nl => {
+                    let key = Key::new(self.seed, step, dropout_stream(l)).rows_from(row0 as u32);
+                    kernels::linear_forward_dropout(&x, &w, &layer.bias, y, rows, inputs, outputs, drop, key);
+                }
+                _ => kernels::linear_forward(&x, &w, &layer.bias, y, rows, inputs, outputs, l + 1 < nl),
             }
         }
     }
@@ -363,6 +381,7 @@ impl CpuBackend {
             if l > 0 {
                 // Uses the weights before this step's update.
                 backprop(
+                    self.precision,
                     self.dropout,
                     dy,
                     &layer.weight,
@@ -374,11 +393,12 @@ impl CpuBackend {
                 );
             }
             if self.optimizer.is_fused() {
+                let p = self.precision;
                 kernels::weight_update(
                     &mut layer.weight,
                     Some(&mut layer.bias),
-                    dy,
-                    &self.acts[l],
+                    &operand(p, &dy[..rows * layer.outputs]),
+                    &operand(p, &self.acts[l][..rows * layer.inputs]),
                     rows,
                     layer.inputs,
                     layer.outputs,
@@ -386,8 +406,8 @@ impl CpuBackend {
                 );
             } else {
                 let st = &mut self.opt_state[l];
-                kernels::matmul_tn(dy, &self.acts[l], &mut st.gw, layer.outputs, layer.inputs, rows);
-                kernels::column_sums(dy, &mut st.gb, rows, layer.outputs);
+                let (p, inputs, outputs) = (self.precision, layer.inputs, layer.outputs);
+                layer_gradients(p, dy, &self.acts[l], &mut st.gw, &mut st.gb, rows, inputs, outputs);
                 let t = self.updates + 1;
                 optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.weight, &st.gw, &mut st.w);
                 optim::update_tensor(&self.optimizer, hyper.lr, t, &mut layer.bias, &st.gb, &mut st.b);
@@ -472,6 +492,7 @@ impl CpuBackend {
             let dy = &hi[0];
             if l > 0 {
                 backprop(
+                    self.precision,
                     self.dropout,
                     dy,
                     &layer.weight,
@@ -482,8 +503,8 @@ impl CpuBackend {
                     layer.outputs,
                 );
             }
-            kernels::matmul_tn(dy, &self.acts[l], gw, layer.outputs, layer.inputs, rows);
-            kernels::column_sums(dy, gb, rows, layer.outputs);
+            let (p, inputs, outputs) = (self.precision, layer.inputs, layer.outputs);
+            layer_gradients(p, dy, &self.acts[l], gw, gb, rows, inputs, outputs);
         }
         (loss, correct)
     }
@@ -594,9 +615,24 @@ impl Replica for CpuBackend {
     }
 }
 
-/// `backprop_input` of a training step, with the dropout scale when it is on.
+/// `v` as a training product reads it: the values themselves in f32, a
+/// copy rounded to f16 in f16-mixed ([`Precision`]).
+fn operand(p: Precision, v: &[f32]) -> Cow<'_, [f32]> {
+    if p.is_f16() {
+        let mut r = v.to_vec();
+        kernels::round_f16(&mut r);
+        Cow::Owned(r)
+    } else {
+        Cow::Borrowed(v)
+    }
+}
+
+/// `backprop_input` of a training step, with the dropout scale when it is
+/// on; every operand as the step's precision reads it (the ReLU mask is
+/// taken from the rounded `x`, as the GPU takes it).
 #[allow(clippy::too_many_arguments)]
 fn backprop(
+    p: Precision,
     dropout: Option<Dropout>,
     dy: &[f32],
     w: &[f32],
@@ -606,10 +642,34 @@ fn backprop(
     inputs: usize,
     outputs: usize,
 ) {
+    let (dy, w, x) = (
+        operand(p, &dy[..rows * outputs]),
+        operand(p, w),
+        operand(p, &x[..rows * inputs]),
+    );
     match dropout {
-        None => kernels::backprop_input(dy, w, x, dx, rows, inputs, outputs),
-        Some(d) => kernels::backprop_input_dropout(dy, w, x, dx, rows, inputs, outputs, d.scale),
+        None => kernels::backprop_input(&dy, &w, &x, dx, rows, inputs, outputs),
+        Some(d) => kernels::backprop_input_dropout(&dy, &w, &x, dx, rows, inputs, outputs, d.scale),
     }
+}
+
+/// The weight and bias gradients of a layer, `gw = dy^T x` and `gb` the
+/// column sums of `dy`, with the operands as the step's precision reads
+/// them.
+#[allow(clippy::too_many_arguments)]
+fn layer_gradients(
+    p: Precision,
+    dy: &[f32],
+    x: &[f32],
+    gw: &mut [f32],
+    gb: &mut [f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+) {
+    let (dy, x) = (operand(p, &dy[..rows * outputs]), operand(p, &x[..rows * inputs]));
+    kernels::matmul_tn(&dy, &x, gw, outputs, inputs, rows);
+    kernels::column_sums(&dy, gb, rows, outputs);
 }
 
 /// Forward pass of `rows` preprocessed rows in `acts[0]`, filling every

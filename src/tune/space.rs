@@ -537,6 +537,7 @@ impl TrialConfig {
                 ..Regularization::default()
             },
             seed,
+            precision: crate::backend::Precision::F32,
         }
     }
 
