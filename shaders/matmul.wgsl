@@ -56,6 +56,12 @@
 //
 // The grid is folded: the host may spread the tiles over x and y when there
 // are more than a dimension allows, and the tile index is linearised here.
+//
+// `operand(v)`, also in front of this source, is what every loaded value of
+// A and B goes through, and the ReLU mask's value: `v` itself in the f32
+// modules, `f32(f16(v))` in the f16-mixed ones (enable f16), so that the
+// products see f16 operands and accumulate in f32 (the twin of round_f16
+// in src/cpu/kernels.rs).
 
 const BM: u32 = 4u * GM * TY;
 const BN: u32 = 4u * GN * TX;
@@ -221,12 +227,12 @@ fn load_a(i: u32, p: u32, base: u32) -> f32 {
         return 0.0;
     }
     if params.a_src == SRC_BUFFER {
-        return a[i * params.a_rs + p * params.a_cs];
+        return operand(a[i * params.a_rs + p * params.a_cs]);
     }
     if params.shift != 0u {
-        return shifted_input(params.a_src, i, p);
+        return operand(shifted_input(params.a_src, i, p));
     }
-    return input_at(params.a_src, base, p);
+    return operand(input_at(params.a_src, base, p));
 }
 
 fn load_b(p: u32, j: u32) -> f32 {
@@ -237,9 +243,9 @@ fn load_b(p: u32, j: u32) -> f32 {
         return 1.0; // the bias column (FLAG_BIAS)
     }
     if params.b_src == SRC_BUFFER {
-        return b[p * params.b_rs + j * params.b_cs];
+        return operand(b[p * params.b_rs + j * params.b_cs]);
     }
-    return input_value(params.b_src, p, j);
+    return operand(input_value(params.b_src, p, j));
 }
 
 fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
@@ -386,7 +392,7 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
                             if dropout {
                                 v *= params.drop_scale;
                             }
-                            c[at] = select(v, 0.0, aux[at] <= 0.0);
+                            c[at] = select(v, 0.0, operand(aux[at]) <= 0.0);
                         }
                         case EPI_SGD: {
                             if (params.flags & FLAG_GRAD) != 0u {

@@ -31,8 +31,9 @@ impl GpuContext {
     }
 
     /// Open a device on `adapter` (one of `instance`'s) with its own limits,
-    /// and with `TIMESTAMP_QUERY` when the adapter has it: it costs nothing
-    /// until a pass asks for timestamps, and [`crate::gpu::timing`] needs it.
+    /// and with `TIMESTAMP_QUERY` and `SHADER_F16` when the adapter has them:
+    /// they cost nothing until a pass asks for timestamps or a shader for
+    /// f16, and [`crate::gpu::timing`] and the f16-mixed products need them.
     pub fn from_adapter(instance: &wgpu::Instance, adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
         let dev = GpuDevice::open(instance, adapter)?;
         let registry = Registry::new(&dev);
@@ -85,6 +86,12 @@ impl GpuContext {
     /// Whether passes can write timestamps (`Features::TIMESTAMP_QUERY`).
     pub fn supports_timestamps(&self) -> bool {
         self.dev.supports_timestamps()
+    }
+
+    /// Whether the shaders may use WGSL's `f16` (`Features::SHADER_F16`),
+    /// which `--precision f16-mixed` needs.
+    pub fn supports_f16(&self) -> bool {
+        self.dev.supports_f16()
     }
 
     /// Whether WGSL's packed 4x8 integer dot product (`dot4I8Packed`) is

@@ -19,7 +19,7 @@ pub(crate) struct GpuDevice {
     pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
     /// The features the device was opened with: the adapter's
-    /// `TIMESTAMP_QUERY` when it has it, nothing else.
+    /// `TIMESTAMP_QUERY` and `SHADER_F16` when it has them, nothing else.
     features: wgpu::Features,
     /// The WGSL language extensions the shader compiler accepts.
     wgsl: wgpu::WgslLanguageFeatures,
@@ -45,8 +45,9 @@ pub(crate) fn need(what: &str, needed: u64, limit: u64, limit_name: &'static str
 
 impl GpuDevice {
     /// Open a device on `adapter` (one of `instance`'s) with its own limits,
-    /// and with `TIMESTAMP_QUERY` when the adapter has it: it costs nothing
-    /// until a pass asks for timestamps, and [`crate::gpu::timing`] needs it.
+    /// and with `TIMESTAMP_QUERY` and `SHADER_F16` when the adapter has them:
+    /// they cost nothing until a pass asks for timestamps or a shader for
+    /// f16, and [`crate::gpu::timing`] and the f16-mixed products need them.
     pub(crate) fn open(instance: &wgpu::Instance, adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
         Self::open_with_limits(instance, adapter, adapter.limits())
     }
@@ -59,7 +60,7 @@ impl GpuDevice {
         limits: wgpu::Limits,
     ) -> Result<Self, GpuError> {
         let info = adapter.get_info();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
         let desc = wgpu::DeviceDescriptor {
             label: Some("wgtrain device"),
             required_features: features,
@@ -110,6 +111,12 @@ impl GpuDevice {
     /// Whether passes can write timestamps (`Features::TIMESTAMP_QUERY`).
     pub(crate) fn supports_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Whether the shaders may use WGSL's `f16` (`Features::SHADER_F16`),
+    /// which the f16-mixed products need.
+    pub(crate) fn supports_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
     }
 
     /// Whether WGSL's packed 4x8 integer dot product (`dot4I8Packed`) is

@@ -13,6 +13,7 @@ use super::dispatch::{fold, need_u32, Dispatch};
 use super::registry::{GemmKernel, Kernel};
 use super::tile::Tile;
 use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_DROPOUT, FLAG_GRAD, FLAG_RELU};
+use crate::backend::Precision;
 use crate::error::GpuError;
 use crate::optim::draw::{Dropout, Shift};
 
@@ -96,6 +97,9 @@ pub(crate) struct Gemm<'a> {
     pub grad: bool,
     /// linear_forward, backprop_input: dropout (FLAG_DROPOUT).
     pub dropout: Option<LayerDropout>,
+    /// How the product rounds its operands (the f16-mixed modules round
+    /// every loaded value and the ReLU mask's input to f16).
+    pub precision: Precision,
 }
 
 impl<'a> Gemm<'a> {
@@ -130,6 +134,7 @@ impl<'a> Gemm<'a> {
             bias: None,
             grad: false,
             dropout: None,
+            precision: Precision::F32,
         }
     }
 
@@ -158,6 +163,7 @@ impl<'a> Gemm<'a> {
             bias: None,
             grad: false,
             dropout: None,
+            precision: Precision::F32,
         }
     }
 
@@ -185,6 +191,7 @@ impl<'a> Gemm<'a> {
             bias: None,
             grad: false,
             dropout: None,
+            precision: Precision::F32,
         }
     }
 
@@ -216,6 +223,7 @@ impl<'a> Gemm<'a> {
             bias,
             grad: false,
             dropout: None,
+            precision: Precision::F32,
         }
     }
 
@@ -241,6 +249,11 @@ impl<'a> Gemm<'a> {
 }
 
 impl Gemm<'_> {
+    /// The same call at `precision`.
+    pub(crate) fn with_precision(self, precision: Precision) -> Self {
+        Gemm { precision, ..self }
+    }
+
     /// The same call with `dropout` (linear_forward and backprop_input of a
     /// training step).
     pub(crate) fn with_dropout(self, dropout: Option<LayerDropout>) -> Self {
@@ -327,7 +340,7 @@ impl Gemm<'_> {
         }
         Dispatch::new(
             ctx,
-            Kernel::Gemm(self.kernel, tile),
+            Kernel::Gemm(self.kernel, tile, self.precision),
             label,
             bytemuck::bytes_of(&p),
             Some(step),

@@ -12,6 +12,7 @@ use super::uniforms::{
     BiasParams, ClipParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftTargetParams,
     SoftmaxParams, Stat, StepParams,
 };
+use crate::backend::Precision;
 
 /// A struct's layout: its size and `(name, offset, size)` per member.
 #[derive(Debug, PartialEq)]
@@ -129,7 +130,14 @@ fn gemm() -> Layout {
 fn uniform_structs_match_the_shaders() {
     let matmul: Vec<(String, String)> = Tile::ALL
         .iter()
-        .map(|&t| (format!("matmul.wgsl ({} tiles)", t.name()), shaders::matmul(t)))
+        .flat_map(|&t| {
+            [Precision::F32, Precision::F16Mixed].map(|p| {
+                (
+                    format!("matmul.wgsl ({} tiles, {})", t.name(), p.name()),
+                    shaders::matmul(t, p),
+                )
+            })
+        })
         .collect();
     let linear: Vec<(String, String)> = [Int8Path::Dot4, Int8Path::Unpacked]
         .iter()

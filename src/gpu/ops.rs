@@ -25,6 +25,7 @@ use super::softmax;
 use super::tile::Tile;
 use super::uniforms::{Stat, StepParams, STAT_BYTES};
 use super::vector;
+use crate::backend::Precision;
 use crate::cpu::optim::{AdamScalars, SgdScalars};
 use crate::error::GpuError;
 use crate::infer::int8::PackedI8Linear;
@@ -221,12 +222,13 @@ fn matmul(
     n: usize,
     k: usize,
     tile: Option<Tile>,
+    precision: Precision,
 ) -> Result<Vec<f32>, GpuError> {
     check_len("a", a.len(), m * k)?;
     check_len("b", b.len(), k * n)?;
     let (ab, bb) = (upload_f32(ctx, "a", a)?, upload_f32(ctx, "b", b)?);
     let c = poisoned(ctx, "c", m * n)?;
-    let g = Gemm::plain(kernel, &ab, &bb, &c, m, n, k);
+    let g = Gemm::plain(kernel, &ab, &bb, &c, m, n, k).with_precision(precision);
     let step = step_buffer(ctx, 0.0)?;
     let tile = tile.unwrap_or_else(|| Tile::choose(m as u64, n as u64, k as u64, ctx.is_software()));
     run(ctx, &[&g.dispatch_with_tile(ctx, kernel.name(), &step, tile)?]);
@@ -235,17 +237,17 @@ fn matmul(
 
 /// `c[m,n] = a[m,k] * b[k,n]`.
 pub fn matmul_nn(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, GemmKernel::MatmulNn, a, b, m, n, k, None)
+    matmul(ctx, GemmKernel::MatmulNn, a, b, m, n, k, None, Precision::F32)
 }
 
 /// `c[m,n] = a[m,k] * b[n,k]^T`.
 pub fn matmul_nt(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, GemmKernel::MatmulNt, a, b, m, n, k, None)
+    matmul(ctx, GemmKernel::MatmulNt, a, b, m, n, k, None, Precision::F32)
 }
 
 /// `c[m,n] = a[k,m]^T * b[k,n]`.
 pub fn matmul_tn(ctx: &GpuContext, a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, GemmKernel::MatmulTn, a, b, m, n, k, None)
+    matmul(ctx, GemmKernel::MatmulTn, a, b, m, n, k, None, Precision::F32)
 }
 
 /// `matmul_nn`, `matmul_nt` or `matmul_tn` (by `variant`) with the tile
@@ -262,7 +264,26 @@ pub fn matmul_with_tile(
     k: usize,
     tile: Tile,
 ) -> Result<Vec<f32>, GpuError> {
-    matmul(ctx, matmul_entry(variant)?, a, b, m, n, k, Some(tile))
+    matmul(ctx, matmul_entry(variant)?, a, b, m, n, k, Some(tile), Precision::F32)
+}
+
+/// [`matmul_with_tile`] at `precision`: with [`Precision::F16Mixed`] the
+/// product reads every operand rounded to f16 and accumulates in f32 (the
+/// training products of `--precision f16-mixed`; needs
+/// [`GpuContext::supports_f16`]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with_precision(
+    ctx: &GpuContext,
+    variant: &str,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    tile: Tile,
+    precision: Precision,
+) -> Result<Vec<f32>, GpuError> {
+    matmul(ctx, matmul_entry(variant)?, a, b, m, n, k, Some(tile), precision)
 }
 
 /// The entry point of a plain product by its variant: `nn`, `nt` or `tn`.

@@ -43,6 +43,7 @@ use super::optim::{optim_update, LayerOptim};
 use super::resident::ResidentSplit;
 use super::softmax::{soft_target_xent, soft_targets, softmax_xent, softmax_xent_eval, softmax_xent_part};
 use super::vector::apply_mask;
+use crate::backend::Precision;
 use crate::cpu::kernels::SoftTarget;
 use crate::data::Preprocess;
 use crate::error::GpuError;
@@ -85,6 +86,9 @@ pub(crate) struct Buffers<'a> {
     pub clip: Option<&'a ClipBuffers>,
     /// The teachers when the student trains by distillation.
     pub distill: Option<&'a GpuDistill>,
+    /// How the products round their operands (f32 for evaluation and
+    /// the teachers).
+    pub precision: Precision,
 }
 
 /// A teacher resident on the GPU: its weights and the activations of a
@@ -144,7 +148,8 @@ fn forward(
             let (w, b) = &bufs.params[l];
             let hidden = l + 1 < nl;
             let g = Gemm::linear_forward(x, w, b, &bufs.acts[l], rows, sizes[l], sizes[l + 1], hidden)
-                .with_dropout(if hidden { layer_dropout(dropout, l) } else { None });
+                .with_dropout(if hidden { layer_dropout(dropout, l) } else { None })
+                .with_precision(bufs.precision);
             g.dispatch(ctx, &format!("{tag} fc{} linear_forward", l + 1), bufs.step)
         })
         .collect()
@@ -197,7 +202,8 @@ pub(crate) fn train_step(
             // Before this layer's update: the gradient needs the old weights.
             // Layer l's input is hidden layer l - 1's output.
             let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs)
-                .with_dropout(layer_dropout(dropout, l - 1));
+                .with_dropout(layer_dropout(dropout, l - 1))
+                .with_precision(bufs.precision);
             plan.push(g.dispatch(ctx, &name(l, "backprop_input"), bufs.step)?);
         }
         let x = if l == 0 {
@@ -208,13 +214,14 @@ pub(crate) fn train_step(
         match &bufs.optim {
             None => {
                 // bias_update fused into the update.
-                let g = Gemm::weight_update(w, Some(b), dy, x, rows, inputs, outputs);
+                let g = Gemm::weight_update(w, Some(b), dy, x, rows, inputs, outputs).with_precision(bufs.precision);
                 plan.push(g.dispatch(ctx, &name(l, "weight_update"), bufs.step)?);
                 push_mask(ctx, bufs, &mut plan, l, &name(l, "apply_mask"))?;
             }
             Some(o) => {
                 let st = &o.layers[l];
-                let g = Gemm::weight_gradient(&st.gw, &st.gb, dy, x, rows, inputs, outputs);
+                let g =
+                    Gemm::weight_gradient(&st.gw, &st.gb, dy, x, rows, inputs, outputs).with_precision(bufs.precision);
                 plan.push(g.dispatch(ctx, &name(l, "weight_gradient"), bufs.step)?);
                 if bufs.clip.is_none() {
                     push_updates(ctx, bufs, o, &mut plan, l, &|k| name(l, k))?;
@@ -328,12 +335,13 @@ pub(crate) fn shard_gradient(
             Operand::rows(&bufs.acts[l - 1], inputs)
         };
         let st = &o.layers[l];
-        let g = Gemm::weight_gradient(&st.gw, &st.gb, dy, x, rows, inputs, outputs);
+        let g = Gemm::weight_gradient(&st.gw, &st.gb, dy, x, rows, inputs, outputs).with_precision(bufs.precision);
         cur.push(g.dispatch(ctx, &name(l, "weight_gradient"), bufs.step)?);
         segments.push((std::mem::take(&mut cur), l));
         if l > 0 {
             let g = Gemm::backprop_input(dy, w, &bufs.acts[l - 1], &bufs.grads[l - 1], rows, inputs, outputs)
-                .with_dropout(layer_dropout(dropout, l - 1));
+                .with_dropout(layer_dropout(dropout, l - 1))
+                .with_precision(bufs.precision);
             cur.push(g.dispatch(ctx, &name(l, "backprop_input"), bufs.step)?);
         }
     }
@@ -404,6 +412,7 @@ fn push_distill_loss(
             smoothing: 0.0,
             clip: None,
             distill: None,
+            precision: Precision::F32,
         };
         let ttag = format!("{tag} teacher {}", i + 1);
         plan.extend(forward(ctx, &tb, tin, rows, &ttag, None)?);

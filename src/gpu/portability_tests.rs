@@ -5,7 +5,11 @@
 //! rather than on a machine nobody tested on.
 //!
 //! - The WGSL is validated by naga's `Validator` with no optional capability
-//!   at all (`Capabilities::empty()`): no kernel needs one. The packed int8
+//!   at all (`Capabilities::empty()`): no kernel needs one, but for the
+//!   f16-mixed matmul modules, which need `SHADER_FLOAT16` (the registry
+//!   builds them only on a device opened with `SHADER_F16`; their SPIR-V
+//!   baseline adds `Float16`, and their HLSL needs shader model 6.2 or
+//!   later, so only 6.4 is written for them). The packed int8
 //!   dot product is a WGSL language extension
 //!   (`packed_4x8_integer_dot_product`), not a capability; the registry
 //!   asks the adapter for it before it builds that variant.
@@ -23,6 +27,7 @@
 //! - Each entry point's storage buffers, workgroup memory and workgroup
 //!   size are compared with `wgpu::Limits::default()` (WebGPU's defaults).
 
+use crate::backend::Precision;
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, Module, ShaderStage};
 
@@ -36,7 +41,14 @@ use super::tile::Tile;
 fn every_module() -> Vec<(String, String)> {
     let mut modules: Vec<(String, String)> = Tile::ALL
         .iter()
-        .map(|&t| (format!("matmul.wgsl ({} tiles)", t.name()), shaders::matmul(t)))
+        .flat_map(|&t| {
+            [Precision::F32, Precision::F16Mixed].map(|p| {
+                (
+                    format!("matmul.wgsl ({} tiles, {})", t.name(), p.name()),
+                    shaders::matmul(t, p),
+                )
+            })
+        })
         .collect();
     for path in [Int8Path::Dot4, Int8Path::Unpacked] {
         modules.push((
@@ -65,8 +77,41 @@ fn parse(name: &str, source: &str) -> Result<(Module, ModuleInfo), String> {
     Ok((module, info))
 }
 
+/// Whether `module` uses WGSL's `f16` (the f16-mixed matmul modules).
+fn uses_f16(module: &Module) -> bool {
+    let half_type = module.types.iter().any(|(_, t)| {
+        matches!(
+            t.inner,
+            naga::TypeInner::Scalar(naga::Scalar {
+                kind: naga::ScalarKind::Float,
+                width: 2
+            })
+        )
+    });
+    let half_cast = |f: &naga::Function| {
+        f.expressions.iter().any(|(_, e)| {
+            matches!(
+                e,
+                naga::Expression::As {
+                    kind: naga::ScalarKind::Float,
+                    convert: Some(2),
+                    ..
+                }
+            )
+        })
+    };
+    half_type
+        || module.functions.iter().any(|(_, f)| half_cast(f))
+        || module.entry_points.iter().any(|e| half_cast(&e.function))
+}
+
 fn validate(module: &Module) -> Result<ModuleInfo, String> {
-    Validator::new(ValidationFlags::all(), Capabilities::empty())
+    let caps = if uses_f16(module) {
+        Capabilities::SHADER_FLOAT16
+    } else {
+        Capabilities::empty()
+    };
+    Validator::new(ValidationFlags::all(), caps)
         .validate(module)
         .map_err(|e| format!("{:?}", e.into_inner()))
 }
@@ -117,13 +162,18 @@ fn spirv(module: &Module, info: &ModuleInfo, ep: usize, checked: bool) -> Result
         naga::back::spv::write_vec(module, info, &options, Some(&pipeline))
     };
     write(None).map_err(|e| format!("write with every capability: {e}"))?;
-    let baseline = [naga::back::spv::Capability::Shader].into_iter().collect();
+    let mut baseline: naga::FastHashSet<_> = [naga::back::spv::Capability::Shader].into_iter().collect();
+    if uses_f16(module) {
+        baseline.insert(naga::back::spv::Capability::Float16);
+    }
     let words = write(Some(baseline)).map_err(|e| format!("write with Shader alone: {e}"))?;
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     let back = naga::front::spv::parse_u8_slice(
         &bytes,
         &naga::front::spv::Options {
-            strict_capabilities: true,
+            // The writer declares the 16-bit storage capabilities with
+            // Float16, which naga's reader does not list as supported.
+            strict_capabilities: !uses_f16(module),
             ..Default::default()
         },
     )
@@ -216,6 +266,9 @@ fn translation_failures(module: &Module, info: &ModuleInfo, ep: usize) -> Vec<St
             }
         }
         for model in [ShaderModel::V5_1, ShaderModel::V6_4] {
+            if uses_f16(module) && model == ShaderModel::V5_1 {
+                continue;
+            }
             if let Err(e) = hlsl(module, info, ep, checked, model) {
                 failures.push(format!("HLSL {} ({mode}): {e}", model.to_str()));
             }

@@ -18,6 +18,7 @@ use super::uniforms::{
     BiasParams, ClipParams, GemmParams, LinearI8Params, MaskParams, OptimParams, QuantParams, SoftTargetParams,
     SoftmaxParams, STAT_BYTES, STEP_BYTES,
 };
+use crate::backend::Precision;
 use crate::error::GpuError;
 
 /// How `linear_forward_i8` multiplies four packed bytes.
@@ -76,10 +77,11 @@ impl GemmKernel {
 }
 
 /// What a compute pipeline is: the key of the registry. Only GEMM kernels
-/// come in tile variants, and only linear_forward_i8 in dot-product paths.
+/// come in tile variants and precisions (how they round their operands),
+/// and only linear_forward_i8 in dot-product paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
-    Gemm(GemmKernel, Tile),
+    Gemm(GemmKernel, Tile, Precision),
     SoftmaxXent,
     SoftmaxXentEval,
     SoftTargets,
@@ -98,7 +100,7 @@ impl Kernel {
     /// The WGSL entry point, named like its CPU twin.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Kernel::Gemm(g, _) => g.name(),
+            Kernel::Gemm(g, ..) => g.name(),
             Kernel::SoftmaxXent => "softmax_xent",
             Kernel::SoftmaxXentEval => "softmax_xent_eval",
             Kernel::SoftTargets => "soft_targets",
@@ -117,7 +119,8 @@ impl Kernel {
     /// The pipeline's label: the entry point and its variant, if any.
     pub(crate) fn label(self) -> String {
         match self {
-            Kernel::Gemm(g, tile) => format!("{} ({} tiles)", g.name(), tile.name()),
+            Kernel::Gemm(g, tile, Precision::F32) => format!("{} ({} tiles)", g.name(), tile.name()),
+            Kernel::Gemm(g, tile, p) => format!("{} ({} tiles, {})", g.name(), tile.name(), p.name()),
             Kernel::LinearForwardI8(path) => format!("linear_forward_i8 ({})", path.name()),
             k => k.name().to_string(),
         }
@@ -140,6 +143,7 @@ impl Kernel {
     /// The pipelines compiled together with this one.
     fn group(self) -> Group {
         match self {
+            Kernel::Gemm(.., Precision::F16Mixed) => Group::F16Gemm,
             Kernel::Gemm(..)
             | Kernel::SoftmaxXent
             | Kernel::SoftmaxXentEval
@@ -282,12 +286,14 @@ impl Family {
 enum Group {
     /// Every f32 kernel (training, evaluation, f32 inference).
     F32,
+    /// The GEMM kernels of f16-mixed training (needs shader-f16).
+    F16Gemm,
     Quantize,
     LinearI8(Int8Path),
 }
 
 impl Group {
-    const COUNT: usize = 4;
+    const COUNT: usize = 5;
 
     fn index(self) -> usize {
         match self {
@@ -295,6 +301,7 @@ impl Group {
             Group::Quantize => 1,
             Group::LinearI8(Int8Path::Dot4) => 2,
             Group::LinearI8(Int8Path::Unpacked) => 3,
+            Group::F16Gemm => 4,
         }
     }
 }
@@ -412,8 +419,14 @@ impl Registry {
     /// scope and returned, rather than left to wgpu's default handler,
     /// which panics.
     fn build(dev: &GpuDevice, group: Group) -> Result<Built, GpuError> {
-        if group == Group::F32 {
+        if matches!(group, Group::F32 | Group::F16Gemm) {
             Self::check_f32_limits(&dev.limits)?;
+        }
+        if group == Group::F16Gemm && !dev.supports_f16() {
+            return Err(GpuError::InvalidArgument(
+                "this GPU has no shader-f16 (WGSL's f16), which --precision f16-mixed needs; use --precision f32"
+                    .into(),
+            ));
         }
         if group == Group::LinearI8(Int8Path::Dot4) && !dev.supports_dot4_i8() {
             return Err(GpuError::InvalidArgument(
@@ -431,13 +444,7 @@ impl Registry {
         // (kernel, index into `modules`) for every pipeline of the group.
         let (modules, kernels): (Vec<wgpu::ShaderModule>, Vec<(Kernel, usize)>) = match group {
             Group::F32 => {
-                let mut modules: Vec<wgpu::ShaderModule> =
-                    Tile::ALL.iter().map(|&t| Self::matmul_module(dev, t)).collect();
-                let mut kernels: Vec<(Kernel, usize)> = Tile::ALL
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, &t)| GemmKernel::ALL.iter().map(move |&g| (Kernel::Gemm(g, t), i)))
-                    .collect();
+                let (mut modules, mut kernels) = Self::gemm_modules(dev, Precision::F32);
                 let mut add = |label: &str, src: &str, ks: &[Kernel]| {
                     modules.push(module(label, src.to_string()));
                     kernels.extend(ks.iter().map(|&k| (k, modules.len() - 1)));
@@ -466,6 +473,7 @@ impl Registry {
                 );
                 (modules, kernels)
             }
+            Group::F16Gemm => Self::gemm_modules(dev, Precision::F16Mixed),
             Group::Quantize => (
                 vec![module("quantize_rows_i8.wgsl", shaders::QUANTIZE_ROWS_I8.to_string())],
                 vec![(Kernel::QuantizeRowsI8, 0)],
@@ -523,6 +531,7 @@ impl Registry {
         if let Some(e) = pollster::block_on(scope.pop()) {
             let what = match group {
                 Group::F32 => "the compute pipelines".to_string(),
+                Group::F16Gemm => "the f16-mixed matmul pipelines".to_string(),
                 Group::Quantize => "the int8 quantize pipeline".to_string(),
                 Group::LinearI8(path) => format!("the int8 pipelines ({})", path.name()),
             };
@@ -569,12 +578,27 @@ impl Registry {
         )
     }
 
-    /// matmul.wgsl for `tile`, compiled without wgpu's runtime checks unless
-    /// [`shader_checks`] asks for them.
-    fn matmul_module(dev: &GpuDevice, tile: Tile) -> wgpu::ShaderModule {
+    /// One matmul.wgsl module per tile at `precision`, and every GEMM
+    /// kernel of each (the kernel and the index of its module).
+    fn gemm_modules(dev: &GpuDevice, precision: Precision) -> (Vec<wgpu::ShaderModule>, Vec<(Kernel, usize)>) {
+        let modules = Tile::ALL
+            .iter()
+            .map(|&t| Self::matmul_module(dev, t, precision))
+            .collect();
+        let kernels = Tile::ALL
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &t)| GemmKernel::ALL.iter().map(move |&g| (Kernel::Gemm(g, t, precision), i)))
+            .collect();
+        (modules, kernels)
+    }
+
+    /// matmul.wgsl for `tile` at `precision`, compiled without wgpu's
+    /// runtime checks unless [`shader_checks`] asks for them.
+    fn matmul_module(dev: &GpuDevice, tile: Tile, precision: Precision) -> wgpu::ShaderModule {
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some("matmul.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(Cow::Owned(shaders::matmul(tile))),
+            source: wgpu::ShaderSource::Wgsl(Cow::Owned(shaders::matmul(tile, precision))),
         };
         if shader_checks() {
             dev.device.create_shader_module(desc)

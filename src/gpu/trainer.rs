@@ -30,7 +30,7 @@ use super::resident::ResidentSplit;
 use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
 use super::vector::apply_mask;
 use crate::backend::{
-    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, Distillation, LayerSlots,
+    check_order, check_shard, check_steps, steps_per_epoch, Backend, BackendState, Distillation, LayerSlots, Precision,
     Predictions, Regularization, Replica, SplitKind, StepStats, TrainSpec,
 };
 use crate::cpu::optim::AdamScalars;
@@ -128,6 +128,8 @@ pub struct GpuBackend {
     unit_coef: wgpu::Buffer,
     /// Label smoothing of the training loss (0: none).
     smoothing: f32,
+    /// How the training products round their operands.
+    precision: Precision,
     /// Gradient clipping's partial sums and coefficient, when it clips.
     clip: Option<ClipBuffers>,
     /// Steps submitted so far: step `updates + 1` is torch's `t`, and the
@@ -189,6 +191,13 @@ impl GpuBackend {
         let regular = spec.regular;
         let shift = Shift::new(regular.shift, &data.shape)?;
         let batch = spec.batch;
+        if spec.precision.is_f16() && !ctx.supports_f16() {
+            return Err(GpuError::InvalidArgument(format!(
+                "--precision f16-mixed needs WGSL's f16 (shader-f16), which {} does not offer; use --precision f32 or the CPU",
+                ctx.label()
+            ))
+            .into());
+        }
         if data.train.is_empty() {
             return Err(Error::Config("the training split is empty".into()));
         }
@@ -209,6 +218,7 @@ impl GpuBackend {
             regular,
             draws,
             unfused,
+            spec.precision,
         );
         let invalid = pollster::block_on(invalid.pop());
         let oom = pollster::block_on(oom.pop());
@@ -231,6 +241,7 @@ impl GpuBackend {
         regular: Regularization,
         draws: Draws,
         unfused: bool,
+        precision: Precision,
     ) -> Result<Self> {
         let dev = &ctx.dev;
         let sizes = model.sizes();
@@ -332,6 +343,7 @@ impl GpuBackend {
             smoothing: 0.0,
             clip: None,
             distill: None,
+            precision: Precision::F32,
         };
         let pre = model.preprocess;
         let eval_plan = |split: &ResidentSplit, name: &str| {
@@ -391,6 +403,7 @@ impl GpuBackend {
             optim_spares,
             unit_coef,
             smoothing: regular.label_smoothing,
+            precision,
             clip,
             updates: 0,
             draws,
@@ -633,6 +646,7 @@ impl GpuBackend {
             smoothing: self.smoothing,
             clip: self.clip.as_ref(),
             distill: self.distill.as_ref(),
+            precision: self.precision,
         }
     }
 
