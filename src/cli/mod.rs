@@ -232,6 +232,7 @@ pub(crate) fn flag(setting: Setting) -> &'static str {
         Setting::Shift => "--shift",
         Setting::ClipGradNorm => "--clip-grad-norm",
         Setting::SwaFrom => "--swa-from",
+        Setting::Precision => "--precision",
         Setting::Checkpoint => "--checkpoint-dir",
         Setting::ShardWeights => "--shard-weights",
         Setting::Temperature => "--temperature",

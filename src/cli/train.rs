@@ -66,6 +66,13 @@ pub(crate) struct TrainArgs {
     /// Examples per step (the last, partial batch of an epoch is kept).
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Arithmetic of the training products: f32, or f16-mixed (every
+    /// product reads its operands rounded to f16 and accumulates in f32;
+    /// master weights, optimizer state and the softmax stay f32, and
+    /// evaluation runs in f32). On a GPU f16-mixed needs shader-f16; it
+    /// gives f16's accuracy, not yet its speed or memory.
+    #[arg(long, default_value = "f32", value_name = "f32|f16-mixed")]
+    precision: String,
     /// Passes over the training set [default: 10, or 30 for the built-in
     /// digits, whose 1,438 training images make only 23 steps an epoch].
     #[arg(long, value_name = "N")]
@@ -540,6 +547,7 @@ fn run_on(
         optimizer: optimizer_of(&a.optim)?,
         regular: a.regular.spec(),
         seed: a.seed,
+        precision: a.precision.parse().map_err(flagged)?,
     };
     spec.check().map_err(flagged)?;
     let mut cfg = TrainConfig::constant(a.epochs.unwrap_or(0), f64::from(a.lr), a.seed, a.log_every);
