@@ -287,6 +287,12 @@ pub trait Backend {
     /// Examples per training step.
     fn batch_size(&self) -> usize;
 
+    /// The memory this backend holds for the run, part by part, as it
+    /// allocated it: on the device for a GPU (parameters, weight
+    /// gradients, optimizer state, activations and their gradients, the
+    /// resident data, teachers, and the rest), on the host for the CPU.
+    fn memory(&self) -> crate::resources::Need;
+
     /// Start an epoch with this order of training examples (a permutation
     /// of `0..n_train`).
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()>;

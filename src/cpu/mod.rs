@@ -748,6 +748,48 @@ impl Backend for CpuBackend {
         self.batch
     }
 
+    fn memory(&self) -> crate::resources::Need {
+        let f32s = |v: &[f32]| 4 * v.len() as u64;
+        let nested = |v: &[Vec<f32>]| v.iter().map(|x| f32s(x)).sum::<u64>();
+        let params: u64 = self.model.layers.iter().map(|l| f32s(&l.weight) + f32s(&l.bias)).sum();
+        let grads: u64 = self.opt_state.iter().map(|s| f32s(&s.gw) + f32s(&s.gb)).sum();
+        let state: u64 = self.opt_state.iter().map(|s| nested(&s.w) + nested(&s.b)).sum();
+        let acts = nested(&self.acts) + nested(&self.grads) + 4 * self.labels.len() as u64;
+        let d = &self.data;
+        let split = |s: &crate::data::Split| f32s(&s.features) + 4 * s.labels.len() as u64;
+        let data = split(&d.train)
+            + split(&d.test)
+            + split(&d.validation)
+            + self.train_u8.as_ref().map_or(0, |b| b.len() as u64)
+            + 4 * self.order.capacity() as u64;
+        let teachers = self.distill.as_ref().map_or(0, |t| {
+            let weights: u64 = t
+                .teachers
+                .iter()
+                .flat_map(|m| &m.layers)
+                .map(|l| f32s(&l.weight) + f32s(&l.bias))
+                .sum();
+            let inputs: u64 = t.inputs.iter().flatten().map(|x| f32s(x)).sum();
+            let acts: u64 = t.acts.iter().map(|a| nested(a)).sum();
+            weights + inputs + acts + f32s(&t.probs) + t.cached.as_ref().map_or(0, |c| f32s(c))
+        });
+        crate::resources::Need {
+            what: format!(
+                "training {} on {}",
+                crate::resources::widths(&self.model.sizes()),
+                self.name()
+            ),
+            parts: vec![
+                ("parameters", params),
+                ("gradients", grads),
+                ("optimizer state", state),
+                ("activations", acts),
+                ("data", data),
+                ("teachers", teachers),
+            ],
+        }
+    }
+
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
         check_order(order, self.data.train.len())?;
         self.order.clear();

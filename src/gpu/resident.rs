@@ -67,6 +67,11 @@ impl ResidentSplit {
         })
     }
 
+    /// Bytes the split holds on the device (features and labels).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.data.size() + self.labels.size()
+    }
+
     /// The split as the first layer's input: through `index` when
     /// `gather` (training), else in order (evaluation).
     pub(crate) fn source<'a>(&'a self, index: &'a wgpu::Buffer, gather: bool, p: Preprocess) -> DataSource<'a> {

@@ -112,6 +112,9 @@ pub struct GpuBackend {
     last_rows: usize,
     eval_train: EvalPlan,
     eval_test: EvalPlan,
+    /// Bytes of the test split on the device (held by `eval_test`'s bind
+    /// groups).
+    test_bytes: u64,
     /// The validation split and its plan, when the dataset has one.
     eval_validation: Option<(ResidentSplit, EvalPlan)>,
     eval_rows: usize,
@@ -361,6 +364,7 @@ impl GpuBackend {
         };
         let eval_train = eval_plan(&train, "train")?;
         let eval_test = eval_plan(&test, "test")?;
+        let test_bytes = test.bytes();
         let eval_validation = match validation {
             Some(v) => {
                 let plan = eval_plan(&v, "validation")?;
@@ -393,6 +397,7 @@ impl GpuBackend {
             train,
             eval_train,
             eval_test,
+            test_bytes,
             eval_validation,
             eval_rows,
             eval_stats,
@@ -845,6 +850,52 @@ impl Replica for GpuBackend {
 impl Backend for GpuBackend {
     fn name(&self) -> String {
         self.ctx.label()
+    }
+
+    fn memory(&self) -> crate::resources::Need {
+        let sum = |bufs: &mut dyn Iterator<Item = &wgpu::Buffer>| bufs.map(|b| b.size()).sum::<u64>();
+        let params = sum(&mut self.params.iter().flat_map(|(w, b)| [w, b]));
+        let grads = sum(&mut self.optim_layers.iter().flat_map(|o| [&o.gw, &o.gb]));
+        let state = sum(&mut self
+            .optim_layers
+            .iter()
+            .flat_map(|o| o.w_state.iter().chain(&o.b_state)));
+        let acts = sum(&mut self.acts.iter().chain(&self.grads));
+        let data = self.train.bytes()
+            + self.test_bytes
+            + self.eval_validation.as_ref().map_or(0, |(v, _)| v.bytes())
+            + self.perm.size();
+        let teachers = self.distill.as_ref().map_or(0, |d| {
+            let t = sum(&mut d
+                .teachers
+                .iter()
+                .flat_map(|t| t.params.iter().flat_map(|(w, b)| [w, b]).chain(&t.acts)));
+            t + d.probs.size() + d.cached.as_ref().map_or(0, |c| c.size())
+        });
+        let mut other = sum(&mut [
+            &self.steps,
+            &self.stats,
+            &self.eval_stats,
+            &self.predictions,
+            &self.unit_coef,
+        ]
+        .into_iter()
+        .chain(&self.optim_spares));
+        other += self.clip.as_ref().map_or(0, |c| c.partials.size() + c.coef.size());
+        other += self.masks.as_ref().map_or(0, |m| sum(&mut m.iter()));
+        other += self.replica.as_ref().map_or(0, |r| r.down.size() + r.up.size());
+        crate::resources::Need {
+            what: format!("training {} on {}", crate::resources::widths(&self.sizes), self.name()),
+            parts: vec![
+                ("parameters", params),
+                ("gradients", grads),
+                ("optimizer state", state),
+                ("activations", acts),
+                ("data", data),
+                ("teachers", teachers),
+                ("other", other),
+            ],
+        }
     }
 
     fn batch_size(&self) -> usize {

@@ -414,6 +414,19 @@ impl Backend for Replicated {
         self.shared.batch
     }
 
+    fn memory(&self) -> crate::resources::Need {
+        let needs: Vec<_> = (0..self.replicas()).map(|i| self.shared.replica(i).memory()).collect();
+        let mut need = crate::resources::Need::sum(format!("training on {}", self.name()), &needs);
+        if let Some(first) = needs.first() {
+            // "training 784-500-10 on ..." of the first replica names the model.
+            need.what = match first.what.split_once(" on ") {
+                Some((model, _)) => format!("{model} on {}", self.name()),
+                None => need.what,
+            };
+        }
+        need
+    }
+
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
         // Every replica holds the same data and checks the order.
         self.each(|r| r.begin_epoch(order))?;

@@ -409,6 +409,12 @@ impl Backend for Distributed<'_> {
         self.replica.batch_size()
     }
 
+    fn memory(&self) -> crate::resources::Need {
+        let mut need = self.replica.memory();
+        need.what = format!("{}, rank {} of {}", need.what, self.mpi.rank(), self.mpi.size());
+        need
+    }
+
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {
         self.replica.begin_epoch(order)?;
         self.examples = order.len();
