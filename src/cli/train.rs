@@ -691,6 +691,7 @@ fn run_on(
         a.lr,
         epochs
     );
+    log::info!("{}", backend.memory().used());
     log::info!("learning rate: {}", cfg.schedule);
     if let Some(from) = cfg.swa_from {
         log::info!(
