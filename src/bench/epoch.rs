@@ -36,6 +36,8 @@ pub struct EpochTiming {
     pub steady_epoch_s: f64,
     /// Examples per second in the steady state.
     pub examples_per_s: f64,
+    /// Bytes the backend holds for the run ([`Backend::memory`]).
+    pub memory_bytes: u64,
 }
 
 /// Weights and biases of an MLP of layer widths `sizes`.
@@ -81,5 +83,6 @@ pub fn epoch_time(
         first_epoch_s: first,
         steady_epoch_s: steady,
         examples_per_s: n_train as f64 / steady,
+        memory_bytes: backend.memory().total(),
     })
 }

@@ -63,10 +63,19 @@ pub(crate) struct BenchArgs {
     /// at each --batch, --threads threads per CPU replica.
     #[arg(long)]
     parallel: bool,
-    /// Model for the inference benchmark (plain or compressed); default a
-    /// freshly initialised 784-500-10 MLP.
-    #[arg(long, value_name = "FILE")]
-    model: Option<PathBuf>,
+    /// A model file for the inference benchmark (plain or compressed;
+    /// default a freshly initialised 784-500-10 MLP), or the hidden widths
+    /// of one model for the epoch benchmark, comma-separated:
+    /// `--model 4096,4096,4096` times training a 784-4096-4096-4096-10 MLP
+    /// (37 million parameters; only the epoch benchmark unless another is
+    /// asked for). Each epoch configuration first logs the memory it holds
+    /// on its device.
+    #[arg(long, value_name = "FILE|W,W,...")]
+    model: Option<String>,
+    /// Arithmetic of the epoch benchmark's training products, as `train
+    /// --precision`: f32 or f16-mixed.
+    #[arg(long, default_value = "f32", value_name = "f32|f16-mixed")]
+    precision: String,
     /// Data for the epoch benchmark; default Fashion-MNIST when installed,
     /// else random images of the same shape.
     #[arg(long, value_name = "PATH")]
@@ -256,6 +265,38 @@ fn gpu_matmul(
     })
 }
 
+/// What `--model` names: a model file, or one model's hidden widths.
+enum ModelArg {
+    File(PathBuf),
+    Widths(Vec<usize>),
+}
+
+/// `--model`: an existing file is a file; a list of numbers (`4096,4096`)
+/// is the hidden widths of one model; anything else a file to load (whose
+/// absence the loader reports).
+fn model_arg(s: Option<&str>) -> Result<Option<ModelArg>> {
+    let Some(s) = s else { return Ok(None) };
+    let path = PathBuf::from(s);
+    let numeric = !s.trim().is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ',' || c == ' ');
+    if path.exists() || !numeric {
+        return Ok(Some(ModelArg::File(path)));
+    }
+    let widths = s
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            w.parse::<usize>().ok().filter(|&v| v > 0).with_context(|| {
+                format!("--model `{s}`: `{w}` is not a hidden width (give widths such as 4096,4096 or a model file)")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if widths.is_empty() {
+        bail!("--model `{s}`: give hidden widths such as 4096,4096 or a model file");
+    }
+    Ok(Some(ModelArg::Widths(widths)))
+}
+
 /// The `--hidden` list: the hidden widths of each model.
 fn parse_hidden(s: &str) -> Result<Vec<Vec<usize>>> {
     let models: Vec<Vec<usize>> = s
@@ -387,12 +428,18 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
             a.runs.join(" ")
         );
     }
+    let model = model_arg(a.model.as_deref())?;
     let (run_epoch, run_matmul, run_inference, run_kernels) = match (a.epoch, a.matmul, a.inference, a.kernels) {
+        (false, false, false, false) if matches!(model, Some(ModelArg::Widths(_))) => (true, false, false, false),
         (false, false, false, false) => (true, true, false, true),
         x => x,
     };
     let batches = parse_list("--batch", &a.batch, "batch size")?;
-    let hidden = parse_hidden(&a.hidden)?;
+    let hidden = match &model {
+        Some(ModelArg::Widths(w)) => vec![w.clone()],
+        _ => parse_hidden(&a.hidden)?,
+    };
+    let precision: wgtrain::backend::Precision = a.precision.parse().map_err(super::flagged)?;
     if a.parallel {
         return bench_parallel(&a, &batches);
     }
@@ -442,20 +489,18 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                 sizes.push(data.classes);
                 for &batch in &batches {
                     let model = Mlp::new(&sizes, 0, Preprocess::fit(Normalize::Scale, &data), data.shape.clone())?;
+                    let mut spec = TrainSpec::new(batch, optimizer);
+                    spec.precision = precision;
                     let mut backend: Box<dyn wgtrain::Backend> = match dev {
-                        Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(
-                            ctx.clone(),
-                            model,
-                            data.clone(),
-                            TrainSpec::new(batch, optimizer),
-                        )?),
+                        Some(ctx) => Box::new(wgtrain::gpu::GpuBackend::new(ctx.clone(), model, data.clone(), spec)?),
                         None => Box::new(wgtrain::cpu::CpuBackend::with_threads(
                             model,
                             data.clone(),
-                            TrainSpec::new(batch, optimizer),
+                            spec,
                             a.threads,
                         )?),
                     };
+                    log::info!("{}", backend.memory().used());
                     let t = bench::epoch_time(backend.as_mut(), &sizes, data.train.len(), a.epochs, a.max_steps, lr)?;
                     eprintln!(
                         "{:<40} {:>14} {:>6} {:>10} {:>12.3} {:>12.3} {:>12.0}",
@@ -474,6 +519,7 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
                     let mut v = serde_json::to_value(&t)?;
                     if let Some(o) = v.as_object_mut() {
                         o.insert("optimizer".into(), optimizer.name().into());
+                        o.insert("precision".into(), precision.name().into());
                     }
                     emit(v)?;
                 }
@@ -507,7 +553,15 @@ pub(crate) fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if run_inference {
-        for r in bench_inference(a.model.as_deref(), &devices, a.threads)? {
+        let file = match &model {
+            Some(ModelArg::File(p)) => Some(p.as_path()),
+            Some(ModelArg::Widths(_)) => bail!(
+                "--model {}: the inference benchmark takes a model file; hidden widths are for the epoch benchmark",
+                a.model.as_deref().unwrap_or_default()
+            ),
+            None => None,
+        };
+        for r in bench_inference(file, &devices, a.threads)? {
             emit(serde_json::to_value(&r)?)?;
         }
     }
