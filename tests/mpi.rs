@@ -358,6 +358,7 @@ fn two_ranks_with_adamw_dropout_clipping_and_a_schedule_match_two_shards_here() 
             ..Regularization::default()
         },
         seed: 3,
+        ..TrainSpec::sgd(64)
     };
     let cosine = ScheduleSpec {
         lr: f64::from(0.01f32),
