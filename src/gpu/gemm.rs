@@ -303,7 +303,7 @@ impl<'a> Gemm<'a> {
     }
 }
 
-impl Gemm<'_> {
+impl<'a> Gemm<'a> {
     /// The same call at `precision`.
     pub(crate) fn with_precision(self, precision: Precision) -> Self {
         Gemm { precision, ..self }
@@ -375,55 +375,7 @@ impl Gemm<'_> {
             (p.seed_lo, p.seed_hi) = (d.seed as u32, (d.seed >> 32) as u32);
             (p.drop_threshold, p.drop_scale, p.drop_stream) = (d.drop.threshold, d.drop.scale, d.stream);
         }
-        let (mut labels, mut index_buf, mut out2) = (None, None, self.bias);
-        let mut stats = None;
-        match (self.kernel, self.xent) {
-            (GemmKernel::LinearSoftmaxXent, Some(x)) => {
-                if tile.size() < self.n as u32 || self.a.data().is_some() || self.b.data().is_some() {
-                    return Err(GpuError::InvalidArgument(format!(
-                        "{label}: linear_softmax_xent needs a tile as wide as the {} classes ({} tiles are {} wide) and no dataset operand",
-                        self.n,
-                        tile.name(),
-                        tile.size()
-                    )));
-                }
-                if self.relu || self.dropout.is_some() {
-                    return Err(GpuError::InvalidArgument(format!(
-                        "{label}: linear_softmax_xent's logits take no ReLU or dropout"
-                    )));
-                }
-                if (x.stat_stride as u64) < tiles {
-                    return Err(GpuError::InvalidArgument(format!(
-                        "{label}: {} stats entries per step for {tiles} row blocks",
-                        x.stat_stride
-                    )));
-                }
-                check_matrix(label, "dlogits", x.dlogits, m, n, n, 1)?;
-                if x.stats.size() < STAT_BYTES * x.stat_stride as u64 {
-                    return Err(GpuError::InvalidArgument(format!(
-                        "{label}: the stats buffer is {} bytes, less than one step's {} entries",
-                        x.stats.size(),
-                        x.stat_stride
-                    )));
-                }
-                need_u32(&format!("{label}: stats entries per step"), x.stat_stride as u64)?;
-                let sm = Smoothing::new(x.smoothing, x.of_rows, self.n);
-                p.gather = x.gather as u32;
-                p.stat_stride = x.stat_stride as u32;
-                p.inv_rows = 1.0 / x.of_rows.max(1) as f32;
-                (p.smoothing, p.keep, p.per_class, p.d_label, p.d_class) =
-                    (sm.s, sm.keep, sm.per_class, sm.d_label, sm.d_class);
-                (labels, index_buf, out2, stats) = (Some(x.labels), Some(x.index), Some(x.dlogits), Some(x.stats));
-            }
-            (GemmKernel::LinearSoftmaxXent, None) | (_, Some(_)) => {
-                return Err(GpuError::Other(format!(
-                    "{label}: {} with{} a loss",
-                    self.kernel.name(),
-                    if self.xent.is_some() { "" } else { "out" }
-                )));
-            }
-            _ => {}
-        }
+        let xent = self.loss_params(label, tile, tiles, &mut p)?;
         let unused_ro = &ctx.registry.unused_ro;
         let a = operand(&self.a, unused_ro, &mut p.a_rs, &mut p.a_cs, &mut p.a_src);
         let b = operand(&self.b, unused_ro, &mut p.b_rs, &mut p.b_cs, &mut p.b_src);
@@ -448,16 +400,22 @@ impl Gemm<'_> {
             data = d.data;
             index = d.index;
         }
+        // linear_softmax_xent binds the labels where the dataset would be
+        // (its input never is the dataset), its dlogits where
+        // weight_update's bias is, and its stats.
         let mut buffers = vec![
             (2, a),
             (3, b),
             (4, self.aux.unwrap_or(unused_ro)),
-            (5, labels.unwrap_or(data)),
-            (6, index_buf.unwrap_or(index)),
+            (5, xent.map_or(data, |x| x.labels)),
+            (6, xent.map_or(index, |x| x.index)),
             (7, self.c),
-            (8, out2.unwrap_or(&ctx.registry.unused_rw)),
+            (
+                8,
+                xent.map(|x| x.dlogits).or(self.bias).unwrap_or(&ctx.registry.unused_rw),
+            ),
         ];
-        buffers.extend(stats.map(|s| (9, s)));
+        buffers.extend(xent.map(|x| (9, x.stats)));
         Dispatch::new(
             ctx,
             Kernel::Gemm(self.kernel, tile, self.precision),
@@ -467,6 +425,69 @@ impl Gemm<'_> {
             &buffers,
             groups,
         )
+    }
+
+    /// linear_softmax_xent's loss, checked against the call (a tile as wide
+    /// as the classes, no dataset operand, no ReLU or dropout, a stats
+    /// entry per row block) with its scalars written into `p`; `None` for
+    /// the other kernels.
+    fn loss_params(
+        &self,
+        label: &str,
+        tile: Tile,
+        tiles: u64,
+        p: &mut GemmParams,
+    ) -> Result<Option<XentLoss<'a>>, GpuError> {
+        let fused = self.kernel == GemmKernel::LinearSoftmaxXent;
+        let x = match (fused, self.xent) {
+            (false, None) => return Ok(None),
+            (true, Some(x)) => x,
+            _ => {
+                return Err(GpuError::Other(format!(
+                    "{label}: {} with{} a loss",
+                    self.kernel.name(),
+                    if fused { "out" } else { "" }
+                )))
+            }
+        };
+        let refuse = |why: String| Err(GpuError::InvalidArgument(format!("{label}: linear_softmax_xent {why}")));
+        if u64::from(tile.size()) < self.n as u64 {
+            return refuse(format!(
+                "over {} classes in {} tiles, {} wide: a workgroup must hold whole rows",
+                self.n,
+                tile.name(),
+                tile.size()
+            ));
+        }
+        if self.a.data().is_some() || self.b.data().is_some() {
+            return refuse("on the dataset: its binding holds the labels".into());
+        }
+        if self.relu || self.dropout.is_some() {
+            return refuse("with ReLU or dropout on the logits".into());
+        }
+        if (x.stat_stride as u64) < tiles {
+            return refuse(format!(
+                "with {} stats entries a step for {tiles} row blocks",
+                x.stat_stride
+            ));
+        }
+        need_u32(&format!("{label}: stats entries per step"), x.stat_stride as u64)?;
+        if x.stats.size() < STAT_BYTES * x.stat_stride as u64 {
+            return refuse(format!(
+                "with a stats buffer of {} bytes, less than a step's {} entries",
+                x.stats.size(),
+                x.stat_stride
+            ));
+        }
+        let (m, n) = (self.m as u64, self.n as u64);
+        check_matrix(label, "dlogits", x.dlogits, m, n, n, 1)?;
+        let sm = Smoothing::new(x.smoothing, x.of_rows, self.n);
+        p.gather = x.gather as u32;
+        p.stat_stride = x.stat_stride as u32;
+        p.inv_rows = 1.0 / x.of_rows.max(1) as f32;
+        (p.smoothing, p.keep, p.per_class, p.d_label, p.d_class) =
+            (sm.s, sm.keep, sm.per_class, sm.d_label, sm.d_class);
+        Ok(Some(x))
     }
 
     /// Check that every buffer holds what the shapes say the kernel reads

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use super::clip::ClipBuffers;
 use super::context::GpuContext;
-use super::dispatch::Dispatch;
+use super::dispatch::{need_u32, Dispatch};
 use super::optim::{self, LayerOptim};
 use super::plan::{
     shard_gradient, shard_update, stats_per_step, train_step, Buffers, EvalPlan, GpuDistill, GpuTeacher, OptimBuffers,
@@ -324,6 +324,8 @@ impl GpuBackend {
         let steps = dev.uniform_init("step ring", &vec![0u8; (slots as u64 * stride) as usize])?;
         // Room for the fused loss's partials, the most a step writes.
         let max_stats_per_step = stats_per_step(&sizes, false, batch);
+        // The shaders index the entries with u32 (`slot * stride + block`).
+        need_u32("the step stats entries", (slots * max_stats_per_step) as u64)?;
         let stats = dev.storage("step stats", STAT_BYTES * (slots * max_stats_per_step) as u64)?;
         let last_rows = n_train - (spe - 1) * batch;
 
