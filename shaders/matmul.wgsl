@@ -13,11 +13,13 @@
 //                                       the hash of draw.wgsl (prepended)
 //     weight_update                     C -= lr * A B            (SGD in place)
 //                                       C = A B with FLAG_GRAD   (the gradient)
+//     linear_softmax_xent               C = A B + bias (the logits), then
+//                                       softmax_xent on C's rows (below)
 //
 // weight_update can also update the bias in the same pass (FLAG_BIAS): the
 // bias gradient is the column sum of dY, which is dY^T times a column of
 // ones, so B gets an extra column of ones (j == n) whose result goes to
-// bias_out instead of C. That is the contract of its CPU twin; a pruning
+// out2 instead of C. That is the contract of its CPU twin; a pruning
 // mask is applied afterwards by apply_mask.wgsl.
 //
 // How each operand is stored (which one is transposed) reaches the kernel
@@ -62,6 +64,25 @@
 // modules, `f32(f16(v))` in the f16-mixed ones (enable f16), so that the
 // products see f16 operands and accumulate in f32 (the twin of round_f16
 // in src/cpu/kernels.rs).
+//
+// linear_softmax_xent is the last layer's linear_forward with the training
+// loss of softmax_xent.wgsl folded into its epilogue, one dispatch instead
+// of two. The host gives it a tile at least as wide as the classes
+// (BN >= n, so tiles_n is 1 and a workgroup holds whole rows of C) and A in
+// a buffer (a hidden layer's output), never the dataset: binding 5 then
+// holds the labels instead, read through `index` as the dataset's rows are.
+// After the product's epilogue has stored the logits in C, a storage
+// barrier makes them visible to the whole workgroup, and each thread takes
+// a row of the workgroup's block and computes what softmax_xent computes
+// for it, with the same formulas in the same order (so dlogits are those
+// softmax_xent writes from these logits): dlogits = (softmax - q) / of_rows
+// into binding 8, with label smoothing when `smoothing` is not 0, the row's
+// loss and whether its arg-max is its label. The workgroup sums those in
+// workgroup memory (smem, free by then) and writes one partial Stat, stats[slot * stat_stride +
+// w] for its row block w; workgroup 0's threads also zero the entries
+// past the last row block, up to stat_stride, so the host sums a step's stat_stride
+// entries in f64 whatever the tile (WGSL has no float atomics; one entry
+// per workgroup keeps the sum exact to each block's f32 rounding).
 
 const BM: u32 = 4u * GM * TY;
 const BN: u32 = 4u * GN * TX;
@@ -137,9 +158,17 @@ struct Gemm {
     shift: u32,
     img_h: u32,
     img_w: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    // linear_softmax_xent: stats entries per step, 1 / of_rows (the rows of
+    // the whole batch whose mean loss the gradient is of), and label
+    // smoothing s with 1 - s, s / classes, (1 - s) / of_rows and
+    // s / classes / of_rows, as softmax_xent.wgsl's Softmax holds them.
+    stat_stride: u32,
+    inv_rows: f32,
+    smoothing: f32,
+    keep: f32,
+    per_class: f32,
+    d_label: f32,
+    d_class: f32,
 }
 
 // What changes from one training step to the next (StepParams), bound with
@@ -156,21 +185,35 @@ struct Step {
     pad2: u32,
 }
 
+// A step's loss and correct count, or (linear_softmax_xent) one row
+// block's share of them (Stat in softmax_xent.wgsl).
+struct Stat {
+    loss: f32,
+    correct: u32,
+}
+
 @group(0) @binding(0) var<uniform> params: Gemm;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 // Bias (EPI_BIAS) or the ReLU mask source laid out like C (EPI_MASK).
 @group(0) @binding(4) var<storage, read> aux: array<f32>;
+// The resident dataset, or the labels in linear_softmax_xent.
 @group(0) @binding(5) var<storage, read> data: array<u32>;
 @group(0) @binding(6) var<storage, read> index: array<u32>;
 @group(0) @binding(7) var<storage, read_write> c: array<f32>;
-// The bias weight_update updates with FLAG_BIAS.
-@group(0) @binding(8) var<storage, read_write> bias_out: array<f32>;
+// The bias weight_update updates with FLAG_BIAS, or linear_softmax_xent's
+// dlogits (laid out like C).
+@group(0) @binding(8) var<storage, read_write> out2: array<f32>;
+// linear_softmax_xent's partial stats.
+@group(0) @binding(9) var<storage, read_write> stats: array<Stat>;
 
 // Per slice: A staged as [BK][SA], then B as [BK][SB]; after the k loop,
 // the partial sums of slices 1.. (see gemm).
+// linear_softmax_xent sums its rows' losses and correct counts in the first
+// THREADS entries once the product is done with it.
 var<workgroup> smem: array<vec4<f32>, SMEM>;
+const_assert SMEM >= THREADS;
 
 // Where row `row` of the input batch starts in the dataset.
 fn input_base(row: u32) -> u32 {
@@ -397,12 +440,12 @@ fn gemm(wid: vec3<u32>, nwg: vec3<u32>, t: u32, epilogue: u32) {
                         case EPI_SGD: {
                             if (params.flags & FLAG_GRAD) != 0u {
                                 if j == params.n {
-                                    bias_out[i] = v;
+                                    out2[i] = v;
                                 } else {
                                     c[at] = v;
                                 }
                             } else if j == params.n {
-                                bias_out[i] = bias_out[i] - step.lr * v;
+                                out2[i] = out2[i] - step.lr * v;
                             } else {
                                 c[at] = c[at] - step.lr * v;
                             }
@@ -469,4 +512,124 @@ fn weight_update(
     @builtin(local_invocation_index) t: u32,
 ) {
     gemm(wid, nwg, t, EPI_SGD);
+}
+
+// The label of row `row` of the batch (linear_softmax_xent, where binding 5
+// holds the labels): labels[index[index_off + row]] when gathering, as
+// input_base finds a row's example. The host checks every label below the
+// classes (and the permutation below the examples) before training; the
+// guard and the min only keep these reads of an unchecked module in their
+// buffers.
+fn label_of(row: u32) -> u32 {
+    var example = step.index_off + row;
+    if params.gather != 0u {
+        example = index[example];
+    }
+    if example >= arrayLength(&data) {
+        return 0u;
+    }
+    return min(data[example], params.n - 1u);
+}
+
+// softmax_xent (softmax_xent.wgsl) of row i of C, whose logits start at
+// `base`: its dlogits into out2, its loss and whether its arg-max is its
+// label.
+fn xent_row(i: u32, base: u32) -> vec2<f32> {
+    let classes = params.n;
+    var best = 0u;
+    var mx = c[base];
+    for (var j = 1u; j < classes; j++) {
+        let v = c[base + j];
+        if v > mx {
+            mx = v;
+            best = j;
+        }
+    }
+    var sum = 0.0;
+    for (var j = 0u; j < classes; j++) {
+        sum += exp(c[base + j] - mx);
+    }
+    let label = label_of(i);
+    let s = params.inv_rows / sum;
+    var loss: f32;
+    if params.smoothing == 0.0 {
+        loss = log(sum) - (c[base + label] - mx);
+        for (var j = 0u; j < classes; j++) {
+            var d = exp(c[base + j] - mx) * s;
+            if j == label {
+                d -= params.inv_rows;
+            }
+            out2[base + j] = d;
+        }
+    } else {
+        let lse = log(sum);
+        var zsum = 0.0;
+        for (var j = 0u; j < classes; j++) {
+            zsum += c[base + j] - mx;
+        }
+        let nll = lse - (c[base + label] - mx);
+        loss = params.keep * nll + (params.smoothing * lse - params.per_class * zsum);
+        for (var j = 0u; j < classes; j++) {
+            var d = exp(c[base + j] - mx) * s - params.d_class;
+            if j == label {
+                d -= params.d_label;
+            }
+            out2[base + j] = d;
+        }
+    }
+    return vec2(loss, select(0.0, 1.0, best == label));
+}
+
+// The loss epilogue of linear_softmax_xent, run by every thread of the
+// workgroup once the logits of its row block are in C.
+fn xent_block(wid: vec3<u32>, nwg: vec3<u32>, t: u32) {
+    let block = wid.x + wid.y * nwg.x;
+    let blocks = (params.m + BM - 1u) / BM;
+    // The loss and the correct count (in f32, exact: at most BM rows).
+    var part = vec2(0.0);
+    for (var r = t; r < BM; r += THREADS) {
+        let i = block * BM + r;
+        if block < blocks && i < params.m {
+            part += xent_row(i, i * params.ldc);
+        }
+    }
+    // The product is done with smem (see linear_softmax_xent).
+    smem[t] = vec4(part, 0.0, 0.0);
+    for (var width = THREADS / 2u; width > 0u; width /= 2u) {
+        workgroupBarrier();
+        if t < width {
+            smem[t] += smem[t + width];
+        }
+    }
+    let base = step.slot * params.stat_stride;
+    let len = arrayLength(&stats);
+    if t == 0u && block < blocks && base + block < len {
+        stats[base + block] = Stat(smem[0].x, u32(smem[0].y));
+    }
+    // Workgroup 0's threads zero the entries past the last row block
+    // (few: the host sizes the stride for the narrowest tile). Not one
+    // thread alone: on lavapipe such a loop stopped after ~65,500 trips.
+    if block == 0u {
+        for (var w = blocks + t; w < params.stat_stride && base + w < len; w += THREADS) {
+            stats[base + w] = Stat(0.0, 0u);
+        }
+    }
+}
+
+@compute @workgroup_size(THREADS)
+fn linear_softmax_xent(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    // The logits, as linear_forward stores them (no ReLU, no dropout).
+    gemm(wid, nwg, t, EPI_BIAS);
+    // Every thread of the workgroup reaches these, whichever slice it is in
+    // (slices 1.. leave gemm early): the storage barrier makes the logits
+    // the epilogue stored visible to the thread that takes their row, the
+    // workgroup barrier orders slice 0's last reads of smem before the
+    // loss sums overwrite it.
+    storageBarrier();
+    workgroupBarrier();
+    xent_block(wid, nwg, t);
 }

@@ -281,3 +281,51 @@ fn gpu_backend_with_cached_probabilities_matches_cpu() {
         );
     }
 }
+
+/// Turning distillation on and off between steps whose stats are still on
+/// the GPU: the fused loss writes a partial per row block, soft_target_xent
+/// one entry, so the backend reads the pending steps back in the layout
+/// they were written in before it switches. The totals equal the CPU's.
+#[test]
+fn switching_distillation_keeps_pending_stats() {
+    let Some(ctx) = common::gpu() else { return };
+    let data = digits();
+    let n = data.train.len();
+    let d = Distillation {
+        teachers: vec![model(&data, &[40], 31, Normalize::Scale)],
+        temperature: 2.0,
+        alpha: 0.5,
+        cached: None,
+    };
+    let student = model(&data, &[24], 1, Normalize::Scale);
+    let spec = TrainSpec::sgd(32);
+    let mut gpu = GpuBackend::new(ctx, student.clone(), data.clone(), spec).unwrap();
+    let mut cpu = CpuBackend::with_threads(student, data.clone(), spec, 1).unwrap();
+    let fused = gpu.step_kernels();
+    assert_eq!(fused[1], "linear_softmax_xent");
+    let order = epoch_permutation(n, 9, 1);
+    for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
+        b.begin_epoch(&order).unwrap();
+        b.train_steps(0, &StepHyper::constant(0.1, 3)).unwrap();
+        b.set_distillation(Some(&d)).unwrap();
+        b.train_steps(3, &StepHyper::constant(0.1, 3)).unwrap();
+        b.set_distillation(None).unwrap();
+        b.train_steps(6, &StepHyper::constant(0.1, 3)).unwrap();
+    }
+    assert_eq!(gpu.step_kernels(), fused);
+    let (g, c) = (gpu.take_stats().unwrap(), cpu.take_stats().unwrap());
+    assert_eq!((g.examples, g.steps), (9 * 32, 9));
+    assert_eq!((g.examples, g.steps), (c.examples, c.steps));
+    assert!(
+        (g.loss_sum - c.loss_sum).abs() <= 1e-4 * c.loss_sum,
+        "loss {} vs {}",
+        g.loss_sum,
+        c.loss_sum
+    );
+    assert!(
+        g.correct.abs_diff(c.correct) <= 1,
+        "correct {} vs {}",
+        g.correct,
+        c.correct
+    );
+}

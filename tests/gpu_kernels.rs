@@ -616,8 +616,9 @@ fn bench_matmul_reports_a_time() {
 }
 
 /// Per-kernel timestamps of training steps: on an adapter with
-/// TIMESTAMP_QUERY, every kernel of a step is named once, timed once per
-/// step, with a positive time; without it, `None`.
+/// TIMESTAMP_QUERY, every kernel of a step (the loss folded into fc2's
+/// forward pass) is named once, timed once per step, with a positive time;
+/// without it, `None`.
 #[test]
 fn kernel_times_cover_every_kernel_of_a_step() {
     let Some(ctx) = common::gpu() else { return };
@@ -632,8 +633,7 @@ fn kernel_times_cover_every_kernel_of_a_step() {
         names,
         [
             "fc1 linear_forward",
-            "fc2 linear_forward",
-            "softmax_xent",
+            "fc2 linear_softmax_xent",
             "fc2 backprop_input",
             "fc2 weight_update",
             "fc1 weight_update"
@@ -1111,4 +1111,379 @@ fn webgpu_default_limits_are_in_force_when_asked() {
     } else {
         assert!(r.max_buffer_size >= d.max_buffer_size, "{r:?}");
     }
+}
+
+/// Softmax cross-entropy with label smoothing `s` in f64 on the f32 logits
+/// `z`, over a batch of `of_rows` rows: `(dlogits, loss, correct)`, the
+/// target `q = (1 - s) onehot + s / classes` (torch's formula).
+fn reference_xent(
+    z: &[f32],
+    labels: &[u32],
+    rows: usize,
+    classes: usize,
+    s: f32,
+    of_rows: usize,
+) -> (Vec<f64>, f64, u32) {
+    let mut d = vec![0.0; rows * classes];
+    let (mut loss, mut correct) = (0.0, 0);
+    let s = s as f64;
+    for r in 0..rows {
+        let row: Vec<f64> = z[r * classes..(r + 1) * classes].iter().map(|&v| v as f64).collect();
+        let (best, max) = row.iter().enumerate().fold(
+            (0, f64::NEG_INFINITY),
+            |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+        );
+        let lse = row.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
+        let l = labels[r] as usize;
+        for k in 0..classes {
+            let q = (1.0 - s) * ((k == l) as u8 as f64) + s / classes as f64;
+            loss -= q * (row[k] - lse);
+            d[r * classes + k] = ((row[k] - lse).exp() - q) / of_rows as f64;
+        }
+        correct += (best == l) as u32;
+    }
+    (d, loss, correct)
+}
+
+/// `x w^T + bias` in f64, and its rounding bound: (inputs + 2) u times the
+/// sum of the magnitudes.
+fn reference_logits(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    rows: usize,
+    inputs: usize,
+    classes: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut r = vec![0.0; rows * classes];
+    let mut bound = vec![0.0; rows * classes];
+    for i in 0..rows {
+        for j in 0..classes {
+            let (mut v, mut abs) = (bias[j] as f64, (bias[j] as f64).abs());
+            for p in 0..inputs {
+                let t = x[i * inputs + p] as f64 * w[j * inputs + p] as f64;
+                v += t;
+                abs += t.abs();
+            }
+            r[i * classes + j] = v;
+            bound[i * classes + j] = (inputs as f64 + 2.0) * U * abs;
+        }
+    }
+    (r, bound)
+}
+
+/// One linear_softmax_xent case: the GPU's logits and the CPU twin's
+/// against f64 (x and w as the product reads them: `xr`, `wr`, rounded to
+/// f16 in f16-mixed), each side's dlogits, loss and count against f64
+/// softmax cross-entropy of its own logits, and the stats layout: the
+/// step's slot holds one partial per row block then zeros, the slots
+/// around it stay poisoned.
+#[allow(clippy::too_many_arguments)]
+fn check_linear_xent(
+    what: &str,
+    got: &ops::LinearXent,
+    xr: &[f32],
+    wr: &[f32],
+    bias: &[f32],
+    labels: &[u32],
+    rows: usize,
+    inputs: usize,
+    classes: usize,
+    s: f32,
+    of_rows: usize,
+) {
+    let mut logits = vec![f32::NAN; rows * classes];
+    let mut twin = vec![f32::NAN; rows * classes];
+    let (twin_loss, twin_correct) = cpu::linear_softmax_xent(
+        xr,
+        wr,
+        bias,
+        &mut logits,
+        labels,
+        &mut twin,
+        rows,
+        inputs,
+        classes,
+        s,
+        of_rows,
+    );
+    let (rz, zbound) = reference_logits(xr, wr, bias, rows, inputs, classes);
+    assert_close(&format!("{what} logits"), &got.logits, &logits, &rz, &zbound);
+    // As smoothed_softmax_xent_matches_cpu_twin: exp and log to ~20 ulp,
+    // sums of `classes` terms; each side against the softmax of its own
+    // logits (they differ by the products' rounding).
+    let elem = (classes as f64 + 24.0) * U / of_rows as f64;
+    let bound_of = |d: &[f64]| -> Vec<f64> { d.iter().map(|v| elem + (classes as f64 + 24.0) * U * v.abs()).collect() };
+    let (gd, gloss, gcorrect) = reference_xent(&got.logits, labels, rows, classes, s, of_rows);
+    let (td, tloss, tcorrect) = reference_xent(&logits, labels, rows, classes, s, of_rows);
+    assert_close(
+        &format!("{what} dlogits"),
+        &got.dlogits,
+        &got.dlogits,
+        &gd,
+        &bound_of(&gd),
+    );
+    assert_close(&format!("{what} dlogits (CPU twin)"), &twin, &twin, &td, &bound_of(&td));
+    let loss_bound = |r: f64| (2.0 * classes as f64 + 24.0 + rows as f64) * U * (r.abs() + rows as f64 * 8.0);
+    assert!(
+        (got.loss - gloss).abs() <= loss_bound(gloss),
+        "{what}: loss {} vs {gloss}",
+        got.loss
+    );
+    assert!(
+        (twin_loss - tloss).abs() <= loss_bound(tloss),
+        "{what}: CPU loss {twin_loss} vs {tloss}"
+    );
+    // The arg-max compares each side's own f32 logits: exact.
+    assert_eq!(got.correct, gcorrect, "{what}: correct");
+    assert_eq!(twin_correct, tcorrect, "{what}: CPU correct");
+    // The two sides' losses agree to the logits' rounding.
+    assert!(
+        (got.loss - twin_loss).abs() <= 1e-4 * (1.0 + tloss.abs()),
+        "{what}: GPU loss {} vs CPU {twin_loss}",
+        got.loss
+    );
+
+    let stride = got.stride;
+    let blocks = rows.div_ceil(got.tile.size() as usize);
+
+    assert_eq!(got.stats.len(), 3 * stride, "{what}: stats length");
+    for (i, &(loss, correct)) in got.stats.iter().enumerate() {
+        let (slot, w) = (i / stride, i % stride);
+        if slot != 1 {
+            assert!(
+                loss.is_nan() && correct == u32::MAX,
+                "{what}: stats[{i}] (slot {slot}) was written: ({loss}, {correct})"
+            );
+        } else if w < blocks {
+            assert!(
+                loss.is_finite() && correct as usize <= got.tile.size() as usize,
+                "{what}: row block {w}'s partial ({loss}, {correct})"
+            );
+        } else {
+            assert_eq!(
+                (loss, correct),
+                (0.0, 0),
+                "{what}: stats entry {w} past {blocks} row blocks"
+            );
+        }
+    }
+}
+
+/// Labels in `0..classes` for `rows` rows from `seed`.
+fn random_labels(rows: usize, classes: usize, seed: u64) -> Vec<u32> {
+    common::random(rows, seed)
+        .iter()
+        .map(|v| (((v + 1.0) / 2.0 * classes as f32) as u32).min(classes as u32 - 1))
+        .collect()
+}
+
+/// The fused last layer on every tile variant, for 1, 10 and as many
+/// classes as the tile is wide, one row and a ragged number of rows (two
+/// blocks and a partial third), with and without label smoothing, and a
+/// data-parallel shard's larger batch.
+#[test]
+fn linear_softmax_xent_matches_cpu_twin() {
+    use wgtrain::gpu::Tile;
+    let Some(ctx) = common::gpu() else { return };
+    let inputs = 19;
+    let mut case = 0u64;
+    for tile in Tile::ALL {
+        let width = tile.size() as usize;
+        for classes in [1, 10, width] {
+            for rows in [1, 2 * width + 3] {
+                for (s, of_rows) in [(0.0, rows), (0.1, rows), (0.0, rows + 5)] {
+                    case += 1;
+                    let seed = 3000 + 10 * case;
+                    let x: Vec<f32> = common::random(rows * inputs, seed).iter().map(|v| 2.0 * v).collect();
+                    let w = common::random(classes * inputs, seed + 1);
+                    let bias = common::random(classes, seed + 2);
+                    let labels = random_labels(rows, classes, seed + 3);
+                    let got = ops::linear_softmax_xent_with(
+                        &ctx,
+                        &x,
+                        &w,
+                        &bias,
+                        &labels,
+                        rows,
+                        inputs,
+                        classes,
+                        s,
+                        of_rows,
+                        Some(tile),
+                        wgtrain::backend::Precision::F32,
+                    )
+                    .unwrap();
+                    assert_eq!(got.tile, tile);
+                    let what = format!(
+                        "linear_softmax_xent {} tiles {rows}x{classes}x{inputs} s={s} of {of_rows}",
+                        tile.name()
+                    );
+                    check_linear_xent(&what, &got, &x, &w, &bias, &labels, rows, inputs, classes, s, of_rows);
+                }
+            }
+        }
+    }
+}
+
+/// The tile the trainer's dispatch chooses widens to hold every class of a
+/// row; past the widest tile, and on a tile narrower than the classes, the
+/// kernel is refused.
+#[test]
+fn linear_softmax_xent_takes_a_tile_as_wide_as_the_classes() {
+    use wgtrain::gpu::Tile;
+    let Some(ctx) = common::gpu() else { return };
+    let (rows, inputs) = (37, 70);
+    for (c, classes) in [2usize, 17, 33, 100, 128].into_iter().enumerate() {
+        let seed = 3500 + 10 * c as u64;
+        let x = common::random(rows * inputs, seed);
+        let w = common::random(classes * inputs, seed + 1);
+        let bias = common::random(classes, seed + 2);
+        let labels = random_labels(rows, classes, seed + 3);
+        let got = ops::linear_softmax_xent(&ctx, &x, &w, &bias, &labels, rows, inputs, classes, 0.05, rows).unwrap();
+        let chosen = Tile::choose(rows as u64, classes as u64, inputs as u64, ctx.is_software());
+        assert!(
+            got.tile.size() as usize >= classes,
+            "{classes} classes in {:?}",
+            got.tile
+        );
+        if chosen.size() as usize >= classes {
+            assert_eq!(got.tile, chosen, "{classes} classes");
+        }
+        let what = format!(
+            "linear_softmax_xent {rows}x{classes}x{inputs} ({} tiles)",
+            got.tile.name()
+        );
+        check_linear_xent(&what, &got, &x, &w, &bias, &labels, rows, inputs, classes, 0.05, rows);
+    }
+    let (x, w, b) = (vec![0.5; 2 * 3], vec![0.5; 129 * 3], vec![0.0; 129]);
+    let err = ops::linear_softmax_xent(&ctx, &x, &w, &b, &[0, 1], 2, 3, 129, 0.0, 2).unwrap_err();
+    assert!(err.to_string().contains("129 classes"), "{err}");
+    let f32 = wgtrain::backend::Precision::F32;
+    let err = ops::linear_softmax_xent_with(&ctx, &x, &w, &b, &[0, 1], 2, 3, 17, 0.0, 2, Some(Tile::Sliced), f32)
+        .unwrap_err();
+    assert!(err.to_string().contains("17 classes"), "{err}");
+    let err = ops::linear_softmax_xent(&ctx, &x, &w, &b, &[0, 1], 2, 3, 10, 0.0, 1).unwrap_err();
+    assert!(err.to_string().contains("batch of 1"), "{err}");
+    let err = ops::linear_softmax_xent(&ctx, &x, &w, &b, &[0, 10], 2, 3, 10, 0.0, 2).unwrap_err();
+    assert!(err.to_string().contains("label 10"), "{err}");
+}
+
+/// f16-mixed: the product reads x and w rounded to f16 and accumulates in
+/// f32, the logits and the loss stay f32; the CPU twin on rounded operands.
+/// Where the adapter has no shader-f16 (GL), the dispatch is refused.
+#[test]
+fn linear_softmax_xent_f16_mixed_matches_cpu_twin() {
+    use wgtrain::backend::Precision;
+    use wgtrain::gpu::Tile;
+    let Some(ctx) = common::gpu() else { return };
+    let inputs = 37;
+    if !ctx.supports_f16() {
+        let x = common::random(3 * inputs, 1);
+        let w = common::random(10 * inputs, 2);
+        let got = ops::linear_softmax_xent_with(
+            &ctx,
+            &x,
+            &w,
+            &[0.0; 10],
+            &[1, 2, 3],
+            3,
+            inputs,
+            10,
+            0.0,
+            3,
+            None,
+            Precision::F16Mixed,
+        );
+        let err = got.expect_err("f16-mixed without shader-f16");
+        assert!(err.to_string().contains("shader-f16"), "{err}");
+        eprintln!("{}: no shader-f16, f16-mixed refused", ctx.name());
+        return;
+    }
+    let mut case = 0u64;
+    for tile in Tile::ALL {
+        for (rows, classes, s) in [
+            (1, 10, 0.0),
+            (2 * tile.size() as usize + 3, 10, 0.1),
+            (7, tile.size() as usize, 0.0),
+        ] {
+            case += 1;
+            let seed = 3700 + 10 * case;
+            let x: Vec<f32> = common::random(rows * inputs, seed).iter().map(|v| 2.0 * v).collect();
+            let w = common::random(classes * inputs, seed + 1);
+            let bias = common::random(classes, seed + 2);
+            let labels = random_labels(rows, classes, seed + 3);
+            let got = ops::linear_softmax_xent_with(
+                &ctx,
+                &x,
+                &w,
+                &bias,
+                &labels,
+                rows,
+                inputs,
+                classes,
+                s,
+                rows,
+                Some(tile),
+                Precision::F16Mixed,
+            )
+            .unwrap();
+            let (mut xr, mut wr) = (x.clone(), w.clone());
+            cpu::round_f16(&mut xr);
+            cpu::round_f16(&mut wr);
+            let what = format!(
+                "f16-mixed linear_softmax_xent {} tiles {rows}x{classes}x{inputs} s={s}",
+                tile.name()
+            );
+            check_linear_xent(&what, &got, &xr, &wr, &bias, &labels, rows, inputs, classes, s, rows);
+            // The operands are rounded: f32 products of these inputs differ.
+            let plain = ops::linear_softmax_xent_with(
+                &ctx,
+                &x,
+                &w,
+                &bias,
+                &labels,
+                rows,
+                inputs,
+                classes,
+                s,
+                rows,
+                Some(tile),
+                Precision::F32,
+            )
+            .unwrap();
+            assert_ne!(plain.logits, got.logits, "{what}: the same logits as f32");
+        }
+    }
+}
+
+#[test]
+fn linear_softmax_xent_folds_a_grid_larger_than_one_dimension() {
+    use wgtrain::gpu::Tile;
+    let Some(ctx) = common::gpu() else { return };
+    // 64-row tiles: beyond_one_dimension's rows need one more block than a
+    // dimension holds.
+    let (rows, inputs, classes) = (beyond_one_dimension(&ctx), 3, 2);
+    let x = common::random(rows * inputs, 3900);
+    let w = common::random(classes * inputs, 3901);
+    let bias = common::random(classes, 3902);
+    let labels = random_labels(rows, classes, 3903);
+    let f32 = wgtrain::backend::Precision::F32;
+    let got = ops::linear_softmax_xent_with(
+        &ctx,
+        &x,
+        &w,
+        &bias,
+        &labels,
+        rows,
+        inputs,
+        classes,
+        0.0,
+        rows,
+        Some(Tile::Wide),
+        f32,
+    )
+    .unwrap();
+    let what = format!("linear_softmax_xent {rows}x{classes}x{inputs}");
+    check_linear_xent(&what, &got, &x, &w, &bias, &labels, rows, inputs, classes, 0.0, rows);
 }

@@ -249,7 +249,8 @@ fn gpu_follows_torch_optim() {
 
 /// An unfused rule's step: each weight_update becomes the same kernel
 /// writing the gradient, then one update per tensor (5 dispatches a layer
-/// instead of 3); plain SGD keeps its 6 for two layers.
+/// instead of 3, one less for the loss folded into the last layer's
+/// forward pass); plain SGD keeps its 5 for two layers.
 #[test]
 fn gpu_step_dispatches_per_optimizer() {
     let Some(ctx) = common::gpu() else { return };
@@ -261,18 +262,18 @@ fn gpu_step_dispatches_per_optimizer() {
             .unwrap()
             .step_kernels()
     };
-    let forward = ["linear_forward", "linear_forward", "softmax_xent", "backprop_input"];
-    assert_eq!(kernels(Optimizer::sgd())[4..], ["weight_update", "weight_update"]);
-    assert_eq!(kernels(Optimizer::sgd()).len(), 6);
+    let forward = ["linear_forward", "linear_softmax_xent", "backprop_input"];
+    assert_eq!(kernels(Optimizer::sgd())[3..], ["weight_update", "weight_update"]);
+    assert_eq!(kernels(Optimizer::sgd()).len(), 5);
     for case in cases.iter().filter(|c| !c.optimizer.is_fused()) {
         let update = match case.optimizer {
             Optimizer::Sgd(_) => "sgd_momentum_update",
             _ => "adam_update",
         };
         let got = kernels(case.optimizer);
-        assert_eq!(got[..4], forward, "{}", case.name);
+        assert_eq!(got[..3], forward, "{}", case.name);
         assert_eq!(
-            got[4..],
+            got[3..],
             ["weight_update", update, update, "weight_update", update, update],
             "{}",
             case.name

@@ -206,8 +206,8 @@ fn deeper_f32_model_matches_cpu() {
     let m = model(&data, &[33, 17], Normalize::Standardize);
     let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), TrainSpec::sgd(batch)).unwrap();
     let mut cpu = CpuBackend::new(m, data.clone(), TrainSpec::sgd(batch)).unwrap();
-    // linear_forward x3, softmax_xent, backprop_input x2, weight_update x3.
-    assert_eq!(gpu.dispatches_per_step(), 9);
+    // linear_forward x2, linear_softmax_xent, backprop_input x2, weight_update x3.
+    assert_eq!(gpu.dispatches_per_step(), 8);
     let g = per_step_losses(&mut gpu, n, 40, lr);
     let c = per_step_losses(&mut cpu, n, 40, lr);
     assert_same_losses("synthetic 20-33-17-5", &g, &c);
@@ -274,10 +274,10 @@ fn masked_training_matches_cpu() {
     );
 }
 
-/// The fast path stays the fast path: a step of 784-500-10 is six
-/// dispatches, the bias update fused into the weight updates; pruning adds
-/// one apply_mask after each layer's update, and clearing the masks takes
-/// them out again.
+/// The fast path stays the fast path: a step of 784-500-10 is five
+/// dispatches, the loss folded into the last layer's forward pass and the
+/// bias update into the weight updates; pruning adds one apply_mask after
+/// each layer's update, and clearing the masks takes them out again.
 #[test]
 fn step_dispatches_with_and_without_masks() {
     let Some(ctx) = common::gpu() else { return };
@@ -287,8 +287,7 @@ fn step_dispatches_with_and_without_masks() {
     let mut gpu = GpuBackend::new(ctx, m, data, TrainSpec::sgd(32)).unwrap();
     let plain = [
         "linear_forward",
-        "linear_forward",
-        "softmax_xent",
+        "linear_softmax_xent",
         "backprop_input",
         "weight_update",
         "weight_update",
@@ -299,8 +298,7 @@ fn step_dispatches_with_and_without_masks() {
         gpu.step_kernels(),
         [
             "linear_forward",
-            "linear_forward",
-            "softmax_xent",
+            "linear_softmax_xent",
             "backprop_input",
             "weight_update",
             "apply_mask",
@@ -310,6 +308,91 @@ fn step_dispatches_with_and_without_masks() {
     );
     gpu.set_constraint(None).unwrap();
     assert_eq!(gpu.step_kernels(), plain);
+}
+
+/// Where the fused kernel does not apply the step keeps linear_forward and
+/// softmax_xent: a model without a hidden layer (the fused kernel's input
+/// cannot be the dataset) and more classes than the widest tile (128). Both
+/// still train as the CPU does, the wide one over a partial last batch.
+#[test]
+fn unfused_loss_steps_match_cpu() {
+    let Some(ctx) = common::gpu() else { return };
+    let unfused = ["linear_forward", "softmax_xent", "weight_update"];
+    let data = synthetic(40, 8, 784, 10);
+    let gpu = GpuBackend::new(
+        ctx.clone(),
+        model(&data, &[], Normalize::Scale),
+        data,
+        TrainSpec::sgd(32),
+    )
+    .unwrap();
+    assert_eq!(gpu.step_kernels(), unfused);
+
+    // 130 classes; 100 examples at batch 24: the last batch has 4 rows.
+    let data = synthetic(100, 20, 12, 130);
+    let (batch, lr, n) = (24, 0.05, data.train.len());
+    for (hidden, kernels) in [
+        (
+            &[17][..],
+            &[
+                "linear_forward",
+                "linear_forward",
+                "softmax_xent",
+                "backprop_input",
+                "weight_update",
+                "weight_update",
+            ][..],
+        ),
+        (&[], &unfused[..]),
+    ] {
+        let m = model(&data, hidden, Normalize::Standardize);
+        let mut gpu = GpuBackend::new(ctx.clone(), m.clone(), data.clone(), TrainSpec::sgd(batch)).unwrap();
+        let mut cpu = CpuBackend::new(m, data.clone(), TrainSpec::sgd(batch)).unwrap();
+        assert_eq!(gpu.step_kernels(), kernels, "hidden {hidden:?}");
+        let g = per_step_losses(&mut gpu, n, 12, lr);
+        let c = per_step_losses(&mut cpu, n, 12, lr);
+        assert_same_losses(&format!("synthetic 12-{hidden:?}-130"), &g, &c);
+        let diff = max_weight_difference(&gpu.model().unwrap(), &cpu.model().unwrap());
+        assert!(diff < 1e-4, "weights differ by {diff:e} of their scale");
+    }
+}
+
+/// A fused step's stats: one partial per row block, summed on the host,
+/// give the loss and correct count of the whole batch, as the CPU's do,
+/// for full and partial batches many steps to a submission (the stats
+/// slots of several steps read back at once), at a batch whose row blocks
+/// do not fill the stats entries a step has.
+#[test]
+fn fused_loss_stats_sum_to_the_batch() {
+    let Some(ctx) = common::gpu() else { return };
+    // 330 examples at batch 100: three full steps and one of 30 rows.
+    let data = synthetic(330, 10, 20, 10);
+    let (batch, lr, n) = (100, 0.05, data.train.len());
+    let m = model(&data, &[33], Normalize::Standardize);
+    let mut gpu = GpuBackend::new(ctx, m.clone(), data.clone(), TrainSpec::sgd(batch)).unwrap();
+    let mut cpu = CpuBackend::new(m, data.clone(), TrainSpec::sgd(batch)).unwrap();
+    assert_eq!(gpu.step_kernels()[1], "linear_softmax_xent");
+    for epoch in 1..4 {
+        for b in [&mut gpu as &mut dyn Backend, &mut cpu] {
+            b.begin_epoch(&epoch_permutation(n, SEED, epoch)).unwrap();
+            b.train_steps(0, &StepHyper::constant(lr, 4)).unwrap();
+        }
+        let (g, c) = (gpu.take_stats().unwrap(), cpu.take_stats().unwrap());
+        assert_eq!((g.examples, g.steps), (330, 4));
+        assert_eq!((g.examples, g.steps), (c.examples, c.steps));
+        assert!(
+            (g.loss_sum - c.loss_sum).abs() <= 1e-5 * c.loss_sum,
+            "epoch {epoch}: loss {} vs {}",
+            g.loss_sum,
+            c.loss_sum
+        );
+        assert!(
+            g.correct.abs_diff(c.correct) <= 1,
+            "epoch {epoch}: correct {} vs {}",
+            g.correct,
+            c.correct
+        );
+    }
 }
 
 #[test]
@@ -369,9 +452,9 @@ fn clipped_and_smoothed_training_matches_cpu() {
         let mut gpu = GpuBackend::new(ctx.clone(), m.clone(), data.clone(), spec).unwrap();
         let mut cpu = CpuBackend::new(m.clone(), data.clone(), spec).unwrap();
         if clip > 0.0 {
-            // 3 layers: forward 3, softmax, backprop_input 2, weight_gradient 3,
-            // grad_sq_partial 3, clip_coef, 2 updates per layer.
-            assert_eq!(gpu.dispatches_per_step(), 6 * 3 + 1, "{what}");
+            // 3 layers: linear_forward 2, linear_softmax_xent, backprop_input 2,
+            // weight_gradient 3, grad_sq_partial 3, clip_coef, 2 updates per layer.
+            assert_eq!(gpu.dispatches_per_step(), 6 * 3, "{what}");
         }
         let g = per_step_losses(&mut gpu, n, 30, lr);
         let c = per_step_losses(&mut cpu, n, 30, lr);
@@ -411,8 +494,7 @@ fn clipped_step_dispatches() {
         gpu.step_kernels(),
         [
             "linear_forward",
-            "linear_forward",
-            "softmax_xent",
+            "linear_softmax_xent",
             "backprop_input",
             "weight_update",
             "weight_update",

@@ -410,6 +410,32 @@ pub fn softmax_xent_part(
     (loss, correct)
 }
 
+/// The last layer's forward pass and the training loss in one call (the
+/// twin of matmul.wgsl's `linear_softmax_xent`, the GPU's fused kernel):
+/// `logits[rows, classes] = x[rows, inputs] w[classes, inputs]^T + bias`
+/// as [`linear_forward`] computes them without ReLU, then
+/// [`softmax_xent_part`] of those logits over a batch of `of_rows` rows
+/// (`of_rows == rows` but for a data-parallel shard): `dlogits = (softmax
+/// - q) / of_rows` with label smoothing `smoothing`, and the returned
+/// summed loss and correct count. In f16-mixed the caller rounds `x` and
+/// `w`, as for [`linear_forward`]; the logits and the loss stay f32.
+pub fn linear_softmax_xent(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    logits: &mut [f32],
+    labels: &[u32],
+    dlogits: &mut [f32],
+    rows: usize,
+    inputs: usize,
+    classes: usize,
+    smoothing: f32,
+    of_rows: usize,
+) -> (f64, u32) {
+    linear_forward(x, w, bias, logits, rows, inputs, classes, false);
+    softmax_xent_part(logits, labels, dlogits, rows, classes, smoothing, of_rows)
+}
+
 /// The scalars of the distillation loss at temperature `T` with weight
 /// `alpha` on the soft targets, label smoothing `s`, over a batch of `rows`
 /// rows of `classes` classes, in f32 as both soft-target kernels use them

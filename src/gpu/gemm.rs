@@ -12,8 +12,9 @@ use super::context::GpuContext;
 use super::dispatch::{fold, need_u32, Dispatch};
 use super::registry::{GemmKernel, Kernel};
 use super::tile::Tile;
-use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_DROPOUT, FLAG_GRAD, FLAG_RELU};
+use super::uniforms::{GemmParams, FLAG_BIAS, FLAG_DROPOUT, FLAG_GRAD, FLAG_RELU, STAT_BYTES};
 use crate::backend::Precision;
+use crate::cpu::kernels::Smoothing;
 use crate::error::GpuError;
 use crate::optim::draw::{Dropout, Shift};
 
@@ -75,6 +76,29 @@ impl<'a> Operand<'a> {
     }
 }
 
+/// The loss linear_softmax_xent computes in its epilogue: softmax_xent's
+/// (src/gpu/softmax.rs), whose buffers it binds.
+#[derive(Clone, Copy)]
+pub(crate) struct XentLoss<'a> {
+    /// The split's labels, one per example.
+    pub labels: &'a wgpu::Buffer,
+    /// Example numbers, read at `index_off + row` when `gather` (the
+    /// epoch's permutation), as the dataset operand reads them.
+    pub index: &'a wgpu::Buffer,
+    pub gather: bool,
+    /// `[rows, classes]`: the gradient of the mean loss over `of_rows` rows.
+    pub dlogits: &'a wgpu::Buffer,
+    /// The stats buffer: `stat_stride` entries per step slot, each row
+    /// block's partial loss and correct count, then zeros.
+    pub stats: &'a wgpu::Buffer,
+    pub stat_stride: usize,
+    /// The rows of the whole batch (more than `rows` for a data-parallel
+    /// shard).
+    pub of_rows: usize,
+    /// Label smoothing (0: none).
+    pub smoothing: f32,
+}
+
 /// One GEMM-family kernel call: `c[m, n] = epilogue(A[m, k] B[k, n])`.
 pub(crate) struct Gemm<'a> {
     pub kernel: GemmKernel,
@@ -100,6 +124,8 @@ pub(crate) struct Gemm<'a> {
     /// How the product rounds its operands (the f16-mixed modules round
     /// every loaded value and the ReLU mask's input to f16).
     pub precision: Precision,
+    /// linear_softmax_xent: the loss in the epilogue.
+    pub xent: Option<XentLoss<'a>>,
 }
 
 impl<'a> Gemm<'a> {
@@ -135,6 +161,7 @@ impl<'a> Gemm<'a> {
             grad: false,
             dropout: None,
             precision: Precision::F32,
+            xent: None,
         }
     }
 
@@ -164,6 +191,32 @@ impl<'a> Gemm<'a> {
             grad: false,
             dropout: None,
             precision: Precision::F32,
+            xent: None,
+        }
+    }
+
+    /// The last layer's forward pass and the training loss in one kernel:
+    /// `logits[rows, classes] = x[rows, inputs] w[classes, inputs]^T + bias`
+    /// (as [`Gemm::linear_forward`] without ReLU), then softmax_xent of those
+    /// logits into `loss`'s buffers: the contract of the CPU twin
+    /// [`crate::cpu::kernels::linear_softmax_xent`]. `x` is a hidden layer's
+    /// output in a buffer (binding 5 holds the labels, so the dataset
+    /// cannot be the input).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear_softmax_xent(
+        x: &'a wgpu::Buffer,
+        w: &'a wgpu::Buffer,
+        bias: &'a wgpu::Buffer,
+        logits: &'a wgpu::Buffer,
+        rows: usize,
+        inputs: usize,
+        classes: usize,
+        loss: XentLoss<'a>,
+    ) -> Self {
+        Gemm {
+            kernel: GemmKernel::LinearSoftmaxXent,
+            xent: Some(loss),
+            ..Self::linear_forward(Operand::rows(x, inputs), w, bias, logits, rows, inputs, classes, false)
         }
     }
 
@@ -192,6 +245,7 @@ impl<'a> Gemm<'a> {
             grad: false,
             dropout: None,
             precision: Precision::F32,
+            xent: None,
         }
     }
 
@@ -224,6 +278,7 @@ impl<'a> Gemm<'a> {
             grad: false,
             dropout: None,
             precision: Precision::F32,
+            xent: None,
         }
     }
 
@@ -248,7 +303,7 @@ impl<'a> Gemm<'a> {
     }
 }
 
-impl Gemm<'_> {
+impl<'a> Gemm<'a> {
     /// The same call at `precision`.
     pub(crate) fn with_precision(self, precision: Precision) -> Self {
         Gemm { precision, ..self }
@@ -263,13 +318,19 @@ impl Gemm<'_> {
     /// The dispatch reading its per-step values from `step`, with the tile
     /// variant chosen for its shape.
     pub(crate) fn dispatch(&self, ctx: &GpuContext, label: &str, step: &wgpu::Buffer) -> Result<Dispatch, GpuError> {
-        let n_ext = self.n + self.bias.is_some() as usize;
-        self.dispatch_with_tile(
-            ctx,
-            label,
-            step,
-            Tile::choose(self.m as u64, n_ext as u64, self.k as u64, ctx.is_software()),
-        )
+        let n_ext = (self.n + self.bias.is_some() as usize) as u64;
+        let mut tile = Tile::choose(self.m as u64, n_ext, self.k as u64, ctx.is_software());
+        if self.kernel == GemmKernel::LinearSoftmaxXent {
+            // A workgroup must hold whole rows of logits.
+            tile = tile.covering(n_ext).ok_or_else(|| {
+                GpuError::InvalidArgument(format!(
+                    "{label}: linear_softmax_xent over {} classes, more than the widest tile's {}",
+                    self.n,
+                    Tile::widest()
+                ))
+            })?;
+        }
+        self.dispatch_with_tile(ctx, label, step, tile)
     }
 
     /// [`Gemm::dispatch`] with the tile variant `tile`.
@@ -314,6 +375,7 @@ impl Gemm<'_> {
             (p.seed_lo, p.seed_hi) = (d.seed as u32, (d.seed >> 32) as u32);
             (p.drop_threshold, p.drop_scale, p.drop_stream) = (d.drop.threshold, d.drop.scale, d.stream);
         }
+        let xent = self.loss_params(label, tile, tiles, &mut p)?;
         let unused_ro = &ctx.registry.unused_ro;
         let a = operand(&self.a, unused_ro, &mut p.a_rs, &mut p.a_cs, &mut p.a_src);
         let b = operand(&self.b, unused_ro, &mut p.b_rs, &mut p.b_cs, &mut p.b_src);
@@ -338,23 +400,94 @@ impl Gemm<'_> {
             data = d.data;
             index = d.index;
         }
+        // linear_softmax_xent binds the labels where the dataset would be
+        // (its input never is the dataset), its dlogits where
+        // weight_update's bias is, and its stats.
+        let mut buffers = vec![
+            (2, a),
+            (3, b),
+            (4, self.aux.unwrap_or(unused_ro)),
+            (5, xent.map_or(data, |x| x.labels)),
+            (6, xent.map_or(index, |x| x.index)),
+            (7, self.c),
+            (
+                8,
+                xent.map(|x| x.dlogits).or(self.bias).unwrap_or(&ctx.registry.unused_rw),
+            ),
+        ];
+        buffers.extend(xent.map(|x| (9, x.stats)));
         Dispatch::new(
             ctx,
             Kernel::Gemm(self.kernel, tile, self.precision),
             label,
             bytemuck::bytes_of(&p),
             Some(step),
-            &[
-                (2, a),
-                (3, b),
-                (4, self.aux.unwrap_or(unused_ro)),
-                (5, data),
-                (6, index),
-                (7, self.c),
-                (8, self.bias.unwrap_or(&ctx.registry.unused_rw)),
-            ],
+            &buffers,
             groups,
         )
+    }
+
+    /// linear_softmax_xent's loss, checked against the call (a tile as wide
+    /// as the classes, no dataset operand, no ReLU or dropout, a stats
+    /// entry per row block) with its scalars written into `p`; `None` for
+    /// the other kernels.
+    fn loss_params(
+        &self,
+        label: &str,
+        tile: Tile,
+        tiles: u64,
+        p: &mut GemmParams,
+    ) -> Result<Option<XentLoss<'a>>, GpuError> {
+        let fused = self.kernel == GemmKernel::LinearSoftmaxXent;
+        let x = match (fused, self.xent) {
+            (false, None) => return Ok(None),
+            (true, Some(x)) => x,
+            _ => {
+                return Err(GpuError::Other(format!(
+                    "{label}: {} with{} a loss",
+                    self.kernel.name(),
+                    if fused { "out" } else { "" }
+                )))
+            }
+        };
+        let refuse = |why: String| Err(GpuError::InvalidArgument(format!("{label}: linear_softmax_xent {why}")));
+        if u64::from(tile.size()) < self.n as u64 {
+            return refuse(format!(
+                "over {} classes in {} tiles, {} wide: a workgroup must hold whole rows",
+                self.n,
+                tile.name(),
+                tile.size()
+            ));
+        }
+        if self.a.data().is_some() || self.b.data().is_some() {
+            return refuse("on the dataset: its binding holds the labels".into());
+        }
+        if self.relu || self.dropout.is_some() {
+            return refuse("with ReLU or dropout on the logits".into());
+        }
+        if (x.stat_stride as u64) < tiles {
+            return refuse(format!(
+                "with {} stats entries a step for {tiles} row blocks",
+                x.stat_stride
+            ));
+        }
+        need_u32(&format!("{label}: stats entries per step"), x.stat_stride as u64)?;
+        if x.stats.size() < STAT_BYTES * x.stat_stride as u64 {
+            return refuse(format!(
+                "with a stats buffer of {} bytes, less than a step's {} entries",
+                x.stats.size(),
+                x.stat_stride
+            ));
+        }
+        let (m, n) = (self.m as u64, self.n as u64);
+        check_matrix(label, "dlogits", x.dlogits, m, n, n, 1)?;
+        let sm = Smoothing::new(x.smoothing, x.of_rows, self.n);
+        p.gather = x.gather as u32;
+        p.stat_stride = x.stat_stride as u32;
+        p.inv_rows = 1.0 / x.of_rows.max(1) as f32;
+        (p.smoothing, p.keep, p.per_class, p.d_label, p.d_class) =
+            (sm.s, sm.keep, sm.per_class, sm.d_label, sm.d_class);
+        Ok(Some(x))
     }
 
     /// Check that every buffer holds what the shapes say the kernel reads
@@ -370,7 +503,9 @@ impl Gemm<'_> {
         check_matrix(label, "C", self.c, m, n, n, 1)?;
         if let Some(aux) = self.aux {
             match self.kernel {
-                GemmKernel::LinearForward => check_matrix(label, "the bias", aux, 1, n, n, 1)?,
+                GemmKernel::LinearForward | GemmKernel::LinearSoftmaxXent => {
+                    check_matrix(label, "the bias", aux, 1, n, n, 1)?
+                }
                 _ => check_matrix(label, "the layer input", aux, m, n, n, 1)?,
             }
         }

@@ -120,9 +120,13 @@ fn gemm() -> Layout {
         shift,
         img_h,
         img_w,
-        pad0,
-        pad1,
-        pad2,
+        stat_stride,
+        inv_rows,
+        smoothing,
+        keep,
+        per_class,
+        d_label,
+        d_class,
     })
 }
 
@@ -161,6 +165,7 @@ fn uniform_structs_match_the_shaders() {
     for m in &matmul {
         cases.push((gemm(), m, "Gemm"));
         cases.push((step(), m, "Step"));
+        cases.push((host_layout!(Stat { loss, correct }), m, "Stat"));
     }
     cases.push((
         host_layout!(SoftmaxParams {

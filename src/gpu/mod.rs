@@ -20,7 +20,8 @@
 //!   (pipeline, bind group, grid), and the checks all builders share.
 //! - The dispatch builders, one per kernel family, each named like its CPU
 //!   twin: `gemm` (matmul_nn/nt/tn, linear_forward, backprop_input,
-//!   weight_update), `softmax` (softmax_xent, softmax_xent_eval), `vector`
+//!   weight_update, linear_softmax_xent), `softmax` (softmax_xent,
+//!   softmax_xent_eval, soft_targets, soft_target_xent), `vector`
 //!   (bias_update, apply_mask), `optim` (the stateful optimizers'
 //!   updates), `clip` (grad_sq_partial, clip_coef: gradient clipping's
 //!   norm) and [`int8`] (quantize_rows_i8, linear_forward_i8).

@@ -16,10 +16,10 @@ use rand_chacha::ChaCha8Rng;
 use super::clip;
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
-use super::gemm::{DataSource, Gemm, LayerDropout, Operand};
+use super::gemm::{DataSource, Gemm, LayerDropout, Operand, XentLoss};
 use super::int8::{self, GpuI8Layer};
 use super::optim;
-use super::registry::{GemmKernel, Int8Path};
+use super::registry::{GemmKernel, Int8Path, Kernel};
 use super::resident::upload_features;
 use super::softmax;
 use super::tile::Tile;
@@ -680,6 +680,157 @@ pub fn softmax_xent(
         .read_back(None, &[(&d, 0, 4 * (rows * classes) as u64), (&stats, 0, STAT_BYTES)])?;
     let s: Stat = bytemuck::pod_read_unaligned(&bytes[1]);
     Ok((bytemuck::pod_collect_to_vec(&bytes[0]), s.loss as f64, s.correct))
+}
+
+/// What [`linear_softmax_xent`] computed, read back.
+#[derive(Debug, Clone)]
+pub struct LinearXent {
+    /// `[rows, classes]`: `x w^T + bias`.
+    pub logits: Vec<f32>,
+    /// `[rows, classes]`: `(softmax - q) / of_rows`.
+    pub dlogits: Vec<f32>,
+    /// The step's stats entries summed in f64, as the trainer sums them.
+    pub loss: f64,
+    /// The step's correct counts summed.
+    pub correct: u32,
+    /// Every entry of the stats buffer, `(loss, correct)`: the dispatch
+    /// writes slot 1 (entries `stride..2 * stride`: a partial per row
+    /// block, then zeros); the slots before and after it start poisoned
+    /// (NaN, `u32::MAX`) and must stay so.
+    pub stats: Vec<(f32, u32)>,
+    /// Stats entries per slot: the row blocks plus two, so the zeroing of
+    /// the unused ones is seen.
+    pub stride: usize,
+    /// The tile variant the dispatch ran with.
+    pub tile: Tile,
+}
+
+/// The last layer's forward pass with the training loss in its epilogue,
+/// one dispatch (twin of [`crate::cpu::kernels::linear_softmax_xent`]):
+/// the logits `x w^T + bias`, `dlogits = (softmax - q) / of_rows` with label
+/// smoothing `smoothing`, and the loss and correct count of the rows. The
+/// labels are read through a permutation (reversed), as a training step
+/// reads them.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_softmax_xent(
+    ctx: &GpuContext,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    labels: &[u32],
+    rows: usize,
+    inputs: usize,
+    classes: usize,
+    smoothing: f32,
+    of_rows: usize,
+) -> Result<LinearXent, GpuError> {
+    linear_softmax_xent_with(
+        ctx,
+        x,
+        w,
+        bias,
+        labels,
+        rows,
+        inputs,
+        classes,
+        smoothing,
+        of_rows,
+        None,
+        Precision::F32,
+    )
+}
+
+/// [`linear_softmax_xent`] with the tile variant `tile` (`None`: the one
+/// the trainer would choose) at `precision` (f16-mixed rounds `x` and `w`
+/// as they are loaded; needs [`GpuContext::supports_f16`]).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_softmax_xent_with(
+    ctx: &GpuContext,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    labels: &[u32],
+    rows: usize,
+    inputs: usize,
+    classes: usize,
+    smoothing: f32,
+    of_rows: usize,
+    tile: Option<Tile>,
+    precision: Precision,
+) -> Result<LinearXent, GpuError> {
+    check_len("x", x.len(), rows * inputs)?;
+    check_len("w", w.len(), classes * inputs)?;
+    check_len("bias", bias.len(), classes)?;
+    check_labels(labels, rows, classes)?;
+    if of_rows < rows {
+        return Err(GpuError::InvalidArgument(format!(
+            "{rows} rows of a batch of {of_rows}"
+        )));
+    }
+    let (xb, wb, bb) = (
+        upload_f32(ctx, "x", x)?,
+        upload_f32(ctx, "w", w)?,
+        upload_f32(ctx, "bias", bias)?,
+    );
+    // Row r's example is index[r] = rows - 1 - r, whose label is labels[r].
+    let reversed: Vec<u32> = labels[..rows].iter().rev().copied().collect();
+    let index: Vec<u32> = (0..rows as u32).rev().collect();
+    let (lb, ib) = (upload_u32(ctx, "labels", &reversed)?, upload_u32(ctx, "index", &index)?);
+    let logits = poisoned(ctx, "logits", rows * classes)?;
+    let dlogits = poisoned(ctx, "dlogits", rows * classes)?;
+    let blocks = rows.div_ceil(Tile::narrowest() as usize);
+    let stride = blocks + 2;
+    let poison = Stat {
+        loss: f32::NAN,
+        correct: u32::MAX,
+    };
+    let stats = ctx
+        .dev
+        .storage_init("stats", bytemuck::cast_slice(&vec![poison; 3 * stride]))?;
+    let p = StepParams {
+        slot: 1,
+        ..Default::default()
+    };
+    let step = ctx.dev.uniform_init("single-step params", bytemuck::bytes_of(&p))?;
+    let loss = XentLoss {
+        labels: &lb,
+        index: &ib,
+        gather: true,
+        dlogits: &dlogits,
+        stats: &stats,
+        stat_stride: stride,
+        of_rows,
+        smoothing,
+    };
+    let g = Gemm::linear_softmax_xent(&xb, &wb, &bb, &logits, rows, inputs, classes, loss).with_precision(precision);
+    let d = match tile {
+        Some(t) => g.dispatch_with_tile(ctx, "linear_softmax_xent", &step, t)?,
+        None => g.dispatch(ctx, "linear_softmax_xent", &step)?,
+    };
+    let Kernel::Gemm(_, tile, _) = d.kernel() else {
+        return Err(GpuError::Other("linear_softmax_xent is not a GEMM kernel".into()));
+    };
+    run(ctx, &[&d]);
+    let n = 4 * (rows * classes) as u64;
+    let bytes = ctx.dev.read_back(
+        None,
+        &[
+            (&logits, 0, n),
+            (&dlogits, 0, n),
+            (&stats, 0, STAT_BYTES * 3 * stride as u64),
+        ],
+    )?;
+    let all: Vec<Stat> = bytemuck::pod_collect_to_vec(&bytes[2]);
+    let slot = &all[stride..2 * stride];
+    Ok(LinearXent {
+        logits: bytemuck::pod_collect_to_vec(&bytes[0]),
+        dlogits: bytemuck::pod_collect_to_vec(&bytes[1]),
+        loss: slot.iter().map(|s| f64::from(s.loss)).sum(),
+        correct: slot.iter().map(|s| s.correct).fold(0u32, u32::wrapping_add),
+        stats: all.iter().map(|s| (s.loss, s.correct)).collect(),
+        stride,
+        tile,
+    })
 }
 
 /// Twin of [`crate::cpu::kernels::soft_targets`]: `weight * softmax(logits

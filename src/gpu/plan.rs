@@ -2,33 +2,45 @@
 //! evaluation over a split, each built once per row count and recorded any
 //! number of times.
 //!
-//! A step of an `L`-layer network is `3L` dispatches (6 for 784-500-10),
-//! plus one `apply_mask` per layer when pruning:
+//! A step of an `L`-layer network is `3L - 1` dispatches (5 for
+//! 784-500-10), plus one `apply_mask` per layer when pruning:
 //!
 //! ```text
-//! linear_forward   x L      (the first reads the resident dataset through the permutation)
-//! softmax_xent              (dlogits, and the batch's loss and correct count into a stats slot)
-//! backprop_input   x L-1    (each before its layer's weights change)
-//! weight_update    x L      (with bias_update fused in; apply_mask after each when pruning)
+//! linear_forward      x L-1  (the first reads the resident dataset through the permutation)
+//! linear_softmax_xent        (the last layer's logits, then in its epilogue dlogits, and
+//!                             each row block's loss and correct count into the step's stats slot)
+//! backprop_input      x L-1  (each before its layer's weights change)
+//! weight_update       x L    (with bias_update fused in; apply_mask after each when pruning)
 //! ```
 //!
-//! A distilling step puts each teacher's `linear_forward`s and one
-//! `soft_targets` in front of the loss, and `soft_target_xent` in place of
-//! `softmax_xent`: `3L + K (L_t + 1)` dispatches for `K` teachers of `L_t`
-//! layers.
+//! The loss rides in the last layer's forward pass ([`fuses_loss`]) when
+//! the network has a hidden layer (the fused kernel's input is a buffer,
+//! not the dataset), the classes fit the widest tile (128: a workgroup
+//! holds whole rows of logits) and no teacher distills. Otherwise the
+//! last layer is a `linear_forward` like the others followed by
+//! `softmax_xent` (`3L` dispatches), and a step writes one stats entry,
+//! not one per row block ([`stats_per_step`]).
+//!
+//! A distilling step runs the unfused last layer, puts each teacher's
+//! `linear_forward`s and one `soft_targets` in front of the loss, and
+//! `soft_target_xent` in place of `softmax_xent`: `3L + K (L_t + 1)`
+//! dispatches for `K` teachers of `L_t` layers.
+//!
+//! A data-parallel replica's shard (`shard_gradient`) folds its loss the
+//! same way, with the gradient of the whole batch's mean loss.
 //!
 //! An unfused optimizer (momentum, weight decay, Adam, AdamW) replaces each
 //! weight_update by the same kernel writing the gradient into a buffer
 //! (FLAG_GRAD, the bias gradient as its extra column) and two elementwise
-//! updates, weight then bias: `5L` dispatches.
+//! updates, weight then bias: `5L - 1` dispatches.
 //!
 //! Gradient clipping needs every layer's gradient before any update, so a
 //! clipped step (any optimizer, plain SGD as momentum-free
 //! sgd_momentum_update) runs every weight_gradient first, then the norm,
-//! then the updates: `6L + 1` dispatches (13 for 784-500-10):
+//! then the updates: `6L` dispatches (12 for 784-500-10; `6L + 1` unfused):
 //!
 //! ```text
-//! linear_forward x L, softmax_xent, then per layer from the last:
+//! linear_forward x L-1, linear_softmax_xent, then per layer from the last:
 //!   backprop_input (not for the first), weight_gradient
 //! grad_sq_partial x L       (each layer's squares into per-workgroup partial sums)
 //! clip_coef                 (one workgroup: min(1, C / (norm + 1e-6)) into a buffer)
@@ -38,10 +50,11 @@
 use super::clip::{clip_coef, grad_sq_partial, ClipBuffers};
 use super::context::GpuContext;
 use super::dispatch::Dispatch;
-use super::gemm::{DataSource, Gemm, LayerDropout, Operand};
+use super::gemm::{DataSource, Gemm, LayerDropout, Operand, XentLoss};
 use super::optim::{optim_update, LayerOptim};
 use super::resident::ResidentSplit;
-use super::softmax::{soft_target_xent, soft_targets, softmax_xent, softmax_xent_eval, softmax_xent_part};
+use super::softmax::{soft_target_xent, soft_targets, softmax_xent_eval, softmax_xent_part};
+use super::tile::Tile;
 use super::vector::apply_mask;
 use crate::backend::Precision;
 use crate::cpu::kernels::SoftTarget;
@@ -89,6 +102,30 @@ pub(crate) struct Buffers<'a> {
     /// How the products round their operands (f32 for evaluation and
     /// the teachers).
     pub precision: Precision,
+    /// Entries of the stats buffer per step slot ([`stats_per_step`]).
+    pub stats_per_step: usize,
+}
+
+/// Whether a training step of a network of widths `sizes` computes its
+/// loss in the last layer's forward pass (`linear_softmax_xent`): when it
+/// has a hidden layer, at most as many classes as the widest tile has
+/// columns, and no teachers (`distill`).
+pub(crate) fn fuses_loss(sizes: &[usize], distill: bool) -> bool {
+    let classes = sizes.last().copied().unwrap_or(0);
+    sizes.len() >= 3 && !distill && classes <= Tile::widest() as usize
+}
+
+/// Entries of the stats buffer a training step of at most `batch` rows
+/// writes: one partial per row block of the fused loss, as many as the
+/// narrowest tile makes of a batch (a step with fewer blocks zeroes the
+/// rest), or the one entry of softmax_xent and soft_target_xent. Data-
+/// parallel shards write the same (their rows are part of a batch).
+pub(crate) fn stats_per_step(sizes: &[usize], distill: bool, batch: usize) -> usize {
+    if fuses_loss(sizes, distill) {
+        batch.div_ceil(Tile::narrowest() as usize).max(1)
+    } else {
+        1
+    }
 }
 
 /// A teacher resident on the GPU: its weights and the activations of a
@@ -126,8 +163,9 @@ fn layer_dropout(dropout: Option<(Dropout, u64)>, layer: usize) -> Option<LayerD
     })
 }
 
-/// The forward dispatches of `rows` rows whose input is `input`, with
-/// `dropout` (and the run's seed) after each hidden layer in training.
+/// The forward dispatches of layers `0..layers` for `rows` rows whose
+/// input is `input`, with `dropout` (and the run's seed) after each hidden
+/// layer in training.
 fn forward(
     ctx: &GpuContext,
     bufs: &Buffers,
@@ -135,10 +173,11 @@ fn forward(
     rows: usize,
     tag: &str,
     dropout: Option<(Dropout, u64)>,
+    layers: usize,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let sizes = bufs.sizes;
     let nl = sizes.len() - 1;
-    (0..nl)
+    (0..layers.min(nl))
         .map(|l| {
             let x = if l == 0 {
                 Operand::Data(input)
@@ -171,23 +210,14 @@ pub(crate) fn train_step(
     let sizes = bufs.sizes;
     let nl = sizes.len() - 1;
     let tag = format!("train step ({rows} rows)");
-    let mut plan = forward(ctx, bufs, input, rows, &tag, dropout)?;
-    match bufs.distill {
-        None => plan.push(softmax_xent(
-            ctx,
-            &format!("{tag} softmax_xent"),
-            rows,
-            sizes[nl],
-            bufs.smoothing,
-            &bufs.acts[nl - 1],
-            &train.labels,
-            input.index,
-            &bufs.grads[nl - 1],
-            stats,
-            bufs.step,
-        )?),
-        Some(d) => push_distill_loss(ctx, bufs, d, input, train, stats, rows, &tag, &mut plan)?,
-    }
+    let mut plan = match bufs.distill {
+        None => forward_and_loss(ctx, bufs, input, train, stats, rows, rows, &tag, dropout)?,
+        Some(d) => {
+            let mut plan = forward(ctx, bufs, input, rows, &tag, dropout, nl)?;
+            push_distill_loss(ctx, bufs, d, input, train, stats, rows, &tag, &mut plan)?;
+            plan
+        }
+    };
     if bufs.clip.is_some() && bufs.optim.is_none() {
         return Err(GpuError::Other(
             "a clipped step needs the gradient buffers of the unfused path".into(),
@@ -232,6 +262,72 @@ pub(crate) fn train_step(
     if let (Some(c), Some(o)) = (bufs.clip, &bufs.optim) {
         push_clipped_updates(ctx, bufs, c, o, &mut plan, &tag)?;
     }
+    Ok(plan)
+}
+
+/// The forward pass and the softmax cross-entropy loss of `rows` rows of a
+/// batch of `of_rows` (the step's `index_off` places them): the hidden
+/// layers' linear_forward, then the last layer's linear_softmax_xent when
+/// [`fuses_loss`], else its linear_forward and softmax_xent. The loss's
+/// gradient goes to the last `grads`, its stats to the step's slot of
+/// `stats` (`bufs.stats_per_step` entries).
+#[allow(clippy::too_many_arguments)]
+fn forward_and_loss(
+    ctx: &GpuContext,
+    bufs: &Buffers,
+    input: DataSource,
+    train: &ResidentSplit,
+    stats: &wgpu::Buffer,
+    rows: usize,
+    of_rows: usize,
+    tag: &str,
+    dropout: Option<(Dropout, u64)>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let sizes = bufs.sizes;
+    let nl = sizes.len() - 1;
+    let classes = sizes[nl];
+    if !fuses_loss(sizes, false) {
+        let mut plan = forward(ctx, bufs, input, rows, tag, dropout, nl)?;
+        plan.push(softmax_xent_part(
+            ctx,
+            &format!("{tag} softmax_xent"),
+            rows,
+            of_rows,
+            classes,
+            bufs.smoothing,
+            &bufs.acts[nl - 1],
+            &train.labels,
+            input.index,
+            &bufs.grads[nl - 1],
+            stats,
+            bufs.step,
+        )?);
+        return Ok(plan);
+    }
+    let mut plan = forward(ctx, bufs, input, rows, tag, dropout, nl - 1)?;
+    let (w, b) = &bufs.params[nl - 1];
+    let loss = XentLoss {
+        labels: &train.labels,
+        index: input.index,
+        gather: input.gather,
+        dlogits: &bufs.grads[nl - 1],
+        stats,
+        stat_stride: bufs.stats_per_step,
+        of_rows,
+        smoothing: bufs.smoothing,
+    };
+    let g = Gemm::linear_softmax_xent(
+        &bufs.acts[nl - 2],
+        w,
+        b,
+        &bufs.acts[nl - 1],
+        rows,
+        sizes[nl - 1],
+        classes,
+        loss,
+    )
+    .with_precision(bufs.precision);
+    plan.push(g.dispatch(ctx, &format!("{tag} fc{nl} linear_softmax_xent"), bufs.step)?);
     Ok(plan)
 }
 
@@ -309,21 +405,7 @@ pub(crate) fn shard_gradient(
     let nl = sizes.len() - 1;
     let tag = format!("shard gradient ({rows} of {of_rows} rows)");
     let name = |l: usize, k: &str| format!("{tag} fc{} {k}", l + 1);
-    let mut cur = forward(ctx, bufs, input, rows, &tag, dropout)?;
-    cur.push(softmax_xent_part(
-        ctx,
-        &format!("{tag} softmax_xent"),
-        rows,
-        of_rows,
-        sizes[nl],
-        bufs.smoothing,
-        &bufs.acts[nl - 1],
-        &train.labels,
-        input.index,
-        &bufs.grads[nl - 1],
-        stats,
-        bufs.step,
-    )?);
+    let mut cur = forward_and_loss(ctx, bufs, input, train, stats, rows, of_rows, &tag, dropout)?;
     let mut segments = Vec::with_capacity(nl);
     for l in (0..nl).rev() {
         let (w, _) = &bufs.params[l];
@@ -413,9 +495,10 @@ fn push_distill_loss(
             clip: None,
             distill: None,
             precision: Precision::F32,
+            stats_per_step: 1,
         };
         let ttag = format!("{tag} teacher {}", i + 1);
-        plan.extend(forward(ctx, &tb, tin, rows, &ttag, None)?);
+        plan.extend(forward(ctx, &tb, tin, rows, &ttag, None, t.sizes.len() - 1)?);
         let logits = t
             .acts
             .last()
@@ -545,7 +628,7 @@ impl EvalPlan {
         let nl = sizes.len() - 1;
         let plan = |rows: usize| -> Result<Vec<Dispatch>, GpuError> {
             let tag = format!("eval {name} ({rows} rows)");
-            let mut plan = forward(ctx, bufs, input, rows, &tag, None)?;
+            let mut plan = forward(ctx, bufs, input, rows, &tag, None, nl)?;
             plan.push(softmax_xent_eval(
                 ctx,
                 &format!("{tag} softmax_xent_eval"),

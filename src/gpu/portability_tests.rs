@@ -428,6 +428,34 @@ fn every_kernel_fits_webgpu_default_limits() {
     assert!(kernels > 11, "{kernels} entry points");
 }
 
+/// linear_softmax_xent is in every matmul module these tests check, and
+/// binds exactly WebGPU's default 8 storage buffers (the labels take the
+/// dataset's binding); no other matmul entry point binds its stats.
+#[test]
+fn the_fused_loss_kernel_is_in_every_matmul_module_within_the_limits() {
+    let limits = wgpu::Limits::default();
+    let mut seen = 0;
+    for (name, source) in every_module().iter().filter(|(n, _)| n.starts_with("matmul.wgsl")) {
+        let (module, info) = parse(name, source).expect("matmul.wgsl parses");
+        let ep = module
+            .entry_points
+            .iter()
+            .position(|e| e.name == "linear_softmax_xent")
+            .unwrap_or_else(|| panic!("{name} has no linear_softmax_xent"));
+        let n = needs(&module, &info, ep);
+        assert_eq!(n.storage_buffers, 8, "{name}: {n:?}");
+        assert_eq!(n.bindings_per_group, 10, "{name}: {n:?}");
+        assert_eq!(over(&n, &limits), Vec::<String>::new(), "{name}");
+        for (i, e) in module.entry_points.iter().enumerate() {
+            if e.name != "linear_softmax_xent" {
+                assert!(needs(&module, &info, i).storage_buffers <= 7, "{name} {}", e.name);
+            }
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2 * Tile::ALL.len());
+}
+
 /// The limit check catches a kernel over each limit, the validation one that
 /// needs a capability; the packed dot product translates for every target.
 #[test]

@@ -51,16 +51,19 @@ pub(crate) enum GemmKernel {
     LinearForward,
     BackpropInput,
     WeightUpdate,
+    /// The last layer's linear_forward with softmax_xent in its epilogue.
+    LinearSoftmaxXent,
 }
 
 impl GemmKernel {
-    const ALL: [GemmKernel; 6] = [
+    const ALL: [GemmKernel; 7] = [
         GemmKernel::MatmulNn,
         GemmKernel::MatmulNt,
         GemmKernel::MatmulTn,
         GemmKernel::LinearForward,
         GemmKernel::BackpropInput,
         GemmKernel::WeightUpdate,
+        GemmKernel::LinearSoftmaxXent,
     ];
 
     /// The entry point's name, the same as its CPU twin's.
@@ -72,6 +75,7 @@ impl GemmKernel {
             GemmKernel::LinearForward => "linear_forward",
             GemmKernel::BackpropInput => "backprop_input",
             GemmKernel::WeightUpdate => "weight_update",
+            GemmKernel::LinearSoftmaxXent => "linear_softmax_xent",
         }
     }
 }
@@ -129,6 +133,7 @@ impl Kernel {
     /// The bind group layout the kernel shares with its family.
     pub(crate) fn family(self) -> Family {
         match self {
+            Kernel::Gemm(GemmKernel::LinearSoftmaxXent, ..) => Family::GemmXent,
             Kernel::Gemm(..) => Family::Gemm,
             Kernel::SoftmaxXent | Kernel::SoftmaxXentEval => Family::Softmax,
             Kernel::SoftTargets | Kernel::SoftTargetXent => Family::SoftTarget,
@@ -166,6 +171,9 @@ impl Kernel {
 pub(crate) enum Family {
     /// matmul.wgsl: params, step, A, B, aux, data, index, C, bias.
     Gemm,
+    /// matmul.wgsl's linear_softmax_xent: params, step, A, B, bias, labels,
+    /// index, logits, dlogits, stats.
+    GemmXent,
     /// softmax_xent.wgsl: params, step, logits, labels, index, dlogits,
     /// predictions, stats.
     Softmax,
@@ -193,13 +201,14 @@ impl Family {
     pub(crate) fn has_step(self) -> bool {
         matches!(
             self,
-            Family::Gemm | Family::Softmax | Family::SoftTarget | Family::Vector | Family::Optim
+            Family::Gemm | Family::GemmXent | Family::Softmax | Family::SoftTarget | Family::Vector | Family::Optim
         )
     }
 
     fn name(self) -> &'static str {
         match self {
             Family::Gemm => "matmul",
+            Family::GemmXent => "linear_softmax_xent",
             Family::Softmax => "softmax_xent",
             Family::SoftTarget => "soft_target_xent",
             Family::Vector => "bias_update and apply_mask",
@@ -229,6 +238,18 @@ impl Family {
                 ro(6),
                 rw(7),
                 rw(8),
+            ],
+            Family::GemmXent => vec![
+                params(std::mem::size_of::<GemmParams>()),
+                step,
+                ro(2),
+                ro(3),
+                ro(4),
+                ro(5),
+                ro(6),
+                rw(7),
+                rw(8),
+                storage_entry(9, false, STAT_BYTES),
             ],
             Family::Softmax => vec![
                 params(std::mem::size_of::<SoftmaxParams>()),
@@ -565,14 +586,14 @@ impl Registry {
             "max_compute_workgroup_storage_size, bytes",
         )?;
         need(
-            "the kernels' storage bindings",
-            7,
+            "the kernels' storage bindings (linear_softmax_xent's 8)",
+            8,
             l.max_storage_buffers_per_shader_stage.into(),
             "max_storage_buffers_per_shader_stage",
         )?;
         need(
             "the kernels' bindings",
-            9,
+            10,
             l.max_bindings_per_bind_group.into(),
             "max_bindings_per_bind_group",
         )
@@ -608,7 +629,10 @@ impl Registry {
             // checks each buffer against that shape before it builds a
             // dispatch (`Gemm::check_buffers` in gemm.rs; the dataset and
             // its permutation are checked when uploaded, in resident.rs and
-            // by `check_order`), workgroup-memory indices are in range by
+            // by `check_order`; linear_softmax_xent's labels are read
+            // through that permutation and checked below the classes by
+            // `check_fit`, and its stats writes are guarded by the stats
+            // buffer's length), workgroup-memory indices are in range by
             // construction, and
             // every loop is bounded by a constant or by params.k.
             // tests/gpu_kernels.rs runs it on ragged shapes with

@@ -150,6 +150,30 @@ impl Tile {
         }
     }
 
+    /// This variant if its tiles are at least `n` columns wide, else the
+    /// narrowest one that is; `None` when none is (`n` above 128): the
+    /// tile of a product whose workgroups must each hold whole rows
+    /// (linear_softmax_xent).
+    pub(crate) fn covering(self, n: u64) -> Option<Tile> {
+        if u64::from(self.size()) >= n {
+            return Some(self);
+        }
+        Tile::ALL
+            .into_iter()
+            .filter(|t| u64::from(t.size()) >= n)
+            .min_by_key(|t| t.size())
+    }
+
+    /// The widest tile's columns (and rows): 128.
+    pub(crate) fn widest() -> u32 {
+        Tile::ALL.iter().map(|t| t.size()).max().unwrap_or(0)
+    }
+
+    /// The narrowest tile's rows (and columns): 16.
+    pub(crate) fn narrowest() -> u32 {
+        Tile::ALL.iter().map(|t| t.size()).min().unwrap_or(1)
+    }
+
     /// The variant named `name` (see [`Tile::name`]).
     pub fn from_name(name: &str) -> Option<Tile> {
         Tile::ALL.into_iter().find(|t| t.name() == name)
@@ -169,6 +193,20 @@ impl Tile {
 #[cfg(test)]
 mod software_tests {
     use super::Tile;
+
+    /// A tile covering `n` columns is the chosen one when it is wide
+    /// enough, else the narrowest that is.
+    #[test]
+    fn covering_widens_only_when_needed() {
+        assert_eq!(Tile::Sliced.covering(10), Some(Tile::Sliced));
+        assert_eq!(Tile::Sliced.covering(16), Some(Tile::Sliced));
+        assert_eq!(Tile::Sliced.covering(17), Some(Tile::Narrow));
+        assert_eq!(Tile::Narrow.covering(33), Some(Tile::Wide));
+        assert_eq!(Tile::Large.covering(5), Some(Tile::Large));
+        assert_eq!(Tile::Wide.covering(128), Some(Tile::Large));
+        assert_eq!(Tile::Sliced.covering(129), None);
+        assert_eq!((Tile::narrowest(), Tile::widest()), (16, 128));
+    }
 
     /// The step shapes of 784-500-10 at batch 64 and a square one, with the
     /// variant measured fastest on lavapipe for each (or one within 20% of

@@ -5,7 +5,8 @@
 //! Fashion-MNIST is read), records `steps` training steps with every
 //! dispatch in its own compute pass, timestamps written at the beginning
 //! and end of each pass, and reports the time per kernel of the step
-//! (`fc1 linear_forward`, `softmax_xent`, `fc2 backprop_input`, ...).
+//! (`fc1 linear_forward`, `fc2 linear_softmax_xent` (the last layer with
+//! the loss), `fc2 backprop_input`, ...).
 //!
 //! Pass-level timestamps (`Features::TIMESTAMP_QUERY`) are used rather than
 //! timestamps between dispatches inside one pass, which need the rarer
@@ -53,7 +54,8 @@ fn gpu_error(e: Error) -> GpuError {
 /// `sizes` (inputs first) at batch `batch`, in the order the step runs
 /// them, after one untimed warm-up step; `None` when the device cannot
 /// write timestamps. Steps are capped so that two timestamps per dispatch
-/// fit one query set (341 steps of a two-layer network).
+/// of a step of at most 3 dispatches a layer fit one query set (341 steps
+/// of a two-layer network).
 pub fn kernel_times(
     ctx: &Arc<GpuContext>,
     sizes: &[usize],
@@ -68,6 +70,8 @@ pub fn kernel_times(
             "timing needs layer sizes of at least two non-zero widths and a batch of at least 1 (got {sizes:?}, batch {batch})"
         )));
     }
+    // At most: linear_forward, backprop_input and weight_update a layer
+    // (the fused loss makes it one fewer).
     let dispatches = 3 * (sizes.len() - 1);
     let steps = steps.clamp(1, MAX_QUERIES / (2 * dispatches));
     let (dim, classes) = (sizes[0], sizes[sizes.len() - 1]);

@@ -11,8 +11,10 @@
 //! costs a few `set_bind_group`/`dispatch` calls and no allocation.
 //!
 //! Nothing is read back inside a step: each step writes its loss and correct
-//! count to its own slot of a stats buffer, and [`Backend::take_stats`]
-//! copies the used slots back in one transfer and sums them in f64.
+//! count to its own slot of a stats buffer (one entry, or with the fused
+//! loss one partial per row block of the last layer), and
+//! [`Backend::take_stats`] copies the used slots back in one transfer and
+//! sums them in f64.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -21,10 +23,11 @@ use std::time::Instant;
 
 use super::clip::ClipBuffers;
 use super::context::GpuContext;
-use super::dispatch::Dispatch;
+use super::dispatch::{need_u32, Dispatch};
 use super::optim::{self, LayerOptim};
 use super::plan::{
-    shard_gradient, shard_update, train_step, Buffers, EvalPlan, GpuDistill, GpuTeacher, OptimBuffers, Segments,
+    shard_gradient, shard_update, stats_per_step, train_step, Buffers, EvalPlan, GpuDistill, GpuTeacher, OptimBuffers,
+    Segments,
 };
 use super::resident::ResidentSplit;
 use super::uniforms::{Stat, StepParams, STAT_BYTES, STEP_BYTES};
@@ -99,8 +102,11 @@ pub struct GpuBackend {
     epoch_started: bool,
     /// Ring of per-step parameters, one entry per stats slot.
     steps: wgpu::Buffer,
-    /// `{loss: f32, correct: u32}` per step since the last `take_stats`.
+    /// `{loss: f32, correct: u32}` per step since the last `take_stats`:
+    /// `stats_per_step` entries a step (the fused loss's row-block
+    /// partials, or one), summed on the host.
     stats: wgpu::Buffer,
+    stats_per_step: usize,
     slots: usize,
     /// Slots used since the last `take_stats`.
     pending: usize,
@@ -319,7 +325,11 @@ impl GpuBackend {
         let slots = spe.clamp(1, MAX_STAT_SLOTS);
         let stride = ctx.registry.step_stride;
         let steps = dev.uniform_init("step ring", &vec![0u8; (slots as u64 * stride) as usize])?;
-        let stats = dev.storage("step stats", STAT_BYTES * slots as u64)?;
+        // Room for the fused loss's partials, the most a step writes.
+        let max_stats_per_step = stats_per_step(&sizes, false, batch);
+        // The shaders index the entries with u32 (`slot * stride + block`).
+        need_u32("the step stats entries", (slots * max_stats_per_step) as u64)?;
+        let stats = dev.storage("step stats", STAT_BYTES * (slots * max_stats_per_step) as u64)?;
         let last_rows = n_train - (spe - 1) * batch;
 
         let longest = train.len.max(test.len).max(validation.as_ref().map_or(0, |v| v.len));
@@ -347,6 +357,7 @@ impl GpuBackend {
             clip: None,
             distill: None,
             precision: Precision::F32,
+            stats_per_step: 1,
         };
         let pre = model.preprocess;
         let eval_plan = |split: &ResidentSplit, name: &str| {
@@ -385,6 +396,7 @@ impl GpuBackend {
             epoch_started: false,
             steps,
             stats,
+            stats_per_step: max_stats_per_step,
             slots,
             pending: 0,
             host_stats: StepStats::default(),
@@ -424,6 +436,12 @@ impl GpuBackend {
     /// for the last partial one; again whenever masks are set or cleared,
     /// since each mask adds an `apply_mask` after its layer's update.
     fn build_train_plans(&mut self) -> Result<(), GpuError> {
+        let per_step = stats_per_step(&self.sizes, self.distill.is_some(), self.batch);
+        if per_step != self.stats_per_step {
+            // The pending slots hold the old plans' layout.
+            self.drain_stats()?;
+            self.stats_per_step = per_step;
+        }
         let (full, last) = {
             let ctx = &*self.ctx;
             let bufs = self.buffers();
@@ -454,10 +472,10 @@ impl GpuBackend {
         if self.pending == 0 {
             return Ok(());
         }
-        let bytes = self
-            .ctx
-            .dev
-            .read_back(None, &[(&self.stats, 0, STAT_BYTES * self.pending as u64)])?;
+        let bytes = self.ctx.dev.read_back(
+            None,
+            &[(&self.stats, 0, STAT_BYTES * (self.pending * self.stats_per_step) as u64)],
+        )?;
         for s in stats_of(&bytes[0]) {
             self.host_stats.loss_sum += f64::from(s.loss);
             self.host_stats.correct += u64::from(s.correct);
@@ -652,6 +670,7 @@ impl GpuBackend {
             clip: self.clip.as_ref(),
             distill: self.distill.as_ref(),
             precision: self.precision,
+            stats_per_step: self.stats_per_step,
         }
     }
 

@@ -73,9 +73,16 @@ pub(crate) struct GemmParams {
     pub shift: u32,
     pub img_h: u32,
     pub img_w: u32,
-    pub pad0: u32,
-    pub pad1: u32,
-    pub pad2: u32,
+    /// linear_softmax_xent: stats entries per step (its row blocks'
+    /// partials, then zeros), `1 / of_rows`, and the smoothing scalars of
+    /// [`crate::cpu::kernels::Smoothing`], as in [`SoftmaxParams`].
+    pub stat_stride: u32,
+    pub inv_rows: f32,
+    pub smoothing: f32,
+    pub keep: f32,
+    pub per_class: f32,
+    pub d_label: f32,
+    pub d_class: f32,
 }
 
 /// `Softmax` in softmax_xent.wgsl.
@@ -121,8 +128,9 @@ pub(crate) struct SoftTargetParams {
     pub pad2: u32,
 }
 
-/// `Stat` in softmax_xent.wgsl: what a step or an evaluation chunk writes
-/// to its slot of a stats buffer.
+/// `Stat` in softmax_xent.wgsl (and matmul.wgsl): what a step or an
+/// evaluation chunk writes to its slot of a stats buffer, or (the fused
+/// `linear_softmax_xent`) one row block's share of a step's.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct Stat {
