@@ -31,14 +31,17 @@ use std::cell::UnsafeCell;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+mod barrier;
 
 use crate::backend::{check_steps, steps_per_epoch, Backend, BackendState, Predictions, Replica, SplitKind, StepStats};
 use crate::error::{Error, Result, Setting};
 use crate::model::Mlp;
 use crate::optim::{Constraint, StepHyper};
+use barrier::SpinBarrier;
 
 /// Check shard weights: one per replica, each finite and positive.
 pub fn check_weights(weights: &[f64], replicas: usize) -> Result<()> {
@@ -175,7 +178,7 @@ struct Shared {
     grads: Grads,
     job: Mutex<Job>,
     /// Every replica's thread (the caller's included).
-    barrier: Barrier,
+    barrier: SpinBarrier,
     /// Set by a thread whose replica failed; read after a barrier, so every
     /// thread sees the same value and leaves the job at the same step.
     failed: AtomicBool,
@@ -321,7 +324,7 @@ impl Replicated {
             },
             replicas: replicas.into_iter().map(Mutex::new).collect(),
             job: Mutex::new(Job::Idle),
-            barrier: Barrier::new(n),
+            barrier: SpinBarrier::new(n),
             failed: AtomicBool::new(false),
             errors: Mutex::new(Vec::new()),
             weights,
