@@ -152,9 +152,14 @@ impl Grads {
         unsafe {
             let sum = (*self.sum.get()).as_mut_ptr().add(part.start);
             let out = std::slice::from_raw_parts_mut(sum, part.len());
-            let first = &*self.bufs[0].get();
-            out.copy_from_slice(&first[part.clone()]);
-            for b in &self.bufs[1..] {
+            // The first two in one pass (the same sum as copying the first
+            // and adding the second), the others added in order.
+            let first = &(&*self.bufs[0].get())[part.clone()];
+            let second = &(&*self.bufs[1].get())[part.clone()];
+            for ((o, &a), &b) in out.iter_mut().zip(first).zip(second) {
+                *o = a + b;
+            }
+            for b in &self.bufs[2..] {
                 let b = &(&*b.get())[part.clone()];
                 for (o, &v) in out.iter_mut().zip(b) {
                     *o += v;
