@@ -5,17 +5,19 @@
 #
 # 1. the adapters wgpu sees;
 # 2. the GPU tests (kernels against their CPU twins, GPU training against
-#    CPU training, the GPU predictor and the int8 kernels), with
+#    CPU training, the GPU predictor, the int8 kernels, f16-mixed against
+#    its CPU twin, distillation, the memory count), with
 #    WGTRAIN_REQUIRE_GPU=1 so that a missing adapter fails them;
 # 3. `wgtrain bench` on the GPU: epoch times, matmul GFLOP/s (every tile
 #    variant, and the chosen one with wgpu's shader checks on), per-kernel
-#    timestamps, inference latency and throughput (and the CPU inference
+#    timestamps, a 37M-parameter model in f32 and f16-mixed, two replicas
+#    on the one GPU, inference latency and throughput (and the CPU inference
 #    rows for comparison), their JSON lines gathered in $REPORT/bench.jsonl
 #    and turned into $REPORT/report.html and $REPORT/report.md
 #    (`wgtrain bench --report`);
 # 4. the full Fashion-MNIST recipe trained on the GPU, then evaluated;
-# 5. scripts/compare_pytorch.py on CUDA with --matmul, when PyTorch sees a
-#    CUDA device;
+# 5. scripts/compare_pytorch.py on CUDA with --matmul, and for the large
+#    model with --amp, when PyTorch sees a CUDA device;
 # 6. scripts/loadtest.sh at concurrency 256 with the server on the CPU and
 #    on the GPU, when wrk is installed.
 #
@@ -27,7 +29,8 @@
 # Environment:
 #   WGTRAIN    the wgtrain binary (default: build target/release/wgtrain)
 #   TEST_BINS  a folder holding prebuilt test executables named gpu_kernels,
-#              train_equivalence, gpu_predict, gpu_int8 (default: cargo test)
+#              train_equivalence, gpu_predict, gpu_int8, mixed_precision,
+#              gpu_distill, memory (default: cargo test)
 #   DATA       Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)
 #   REPORT     folder for the logs (default target/gpu-report)
 #   PYTHON     interpreter with torch for the comparison (default python3)
@@ -81,7 +84,7 @@ jsonl() {
 
 run_tests() {
     local rc=0 t
-    for t in gpu_kernels train_equivalence gpu_predict gpu_int8; do
+    for t in gpu_kernels train_equivalence gpu_predict gpu_int8 mixed_precision gpu_distill memory; do
         if [ -n "${TEST_BINS:-}" ]; then
             "$TEST_BINS/$t" --test-threads 1 || rc=1
         else
@@ -119,6 +122,15 @@ step bench-epoch-momentum jsonl "$WGTRAIN" bench --epoch --device gpu --epochs 4
 step bench-epoch-adamw jsonl "$WGTRAIN" bench --epoch --device gpu --epochs 4 --data "$DATA" --optimizer adamw --weight-decay 0.01
 step bench-matmul jsonl "$WGTRAIN" bench --matmul --device gpu --square 1024,2048,4096 --tile all
 step bench-matmul-checked env WGTRAIN_SHADER_CHECKS=1 "$WGTRAIN" bench --matmul --device gpu --square 4096
+# A large model (784-4096-4096-4096-10, 37M parameters) at batch 1024, in
+# f32 and f16-mixed, with the memory each run logs (issue 14's large-model
+# target compares these with PyTorch below).
+step bench-large jsonl "$WGTRAIN" bench --model 4096,4096,4096 --device gpu --data "$DATA" --batch 1024 --epochs 2 --max-steps 20
+step bench-large-f16 jsonl "$WGTRAIN" bench --model 4096,4096,4096 --device gpu --data "$DATA" --batch 1024 --epochs 2 --max-steps 20 \
+    --precision f16-mixed
+# Two replicas on the one GPU against one: the machinery's overhead and the
+# measured readback, upload and host-sum times of the parallel cost model.
+step bench-parallel jsonl "$WGTRAIN" bench --parallel --device gpu:0,gpu:0 --batch 64,256 --max-steps 200
 step bench-kernels jsonl "$WGTRAIN" bench --kernels --device gpu --batch 64,256
 step bench-inference jsonl "$WGTRAIN" bench --inference --device cpu,gpu
 step bench-report "$WGTRAIN" bench --report "$REPORT/report.html" "gpu-report=$REPORT/bench.jsonl"
@@ -127,6 +139,8 @@ step train-fashion train_gpu
 if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     step compare-pytorch env PYTHONUNBUFFERED=1 "$PYTHON" scripts/compare_pytorch.py --devices cuda --matmul \
         --data "$DATA" --wgtrain "$WGTRAIN" --epochs 4
+    step compare-pytorch-large env PYTHONUNBUFFERED=1 "$PYTHON" scripts/compare_pytorch.py --devices cuda --amp \
+        --model 4096,4096,4096 --batch 1024 --max-steps 20 --data "$DATA" --wgtrain "$WGTRAIN" --epochs 3
 else
     SUMMARY+=("$(printf '%-22s %8s  %s' compare-pytorch - 'skipped (no CUDA PyTorch)')")
 fi
