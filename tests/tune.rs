@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wgtrain::backend::{Backend, TrainSpec};
+use wgtrain::backend::{Backend, Regularization, TrainSpec};
 use wgtrain::cpu::CpuBackend;
 use wgtrain::data::{builtin, Dataset};
 use wgtrain::gpu::GpuBackend;
@@ -230,6 +230,8 @@ fn bad_spaces_are_refused_with_the_key_and_the_reason() {
             "a range needs a numeric setting",
         ),
         ("lr = [", "(file)", "not valid TOML"),
+        ("shift = [0, 1.5]", "shift", "not a whole number"),
+        ("label_smoothing = 1.0", "label_smoothing", "outside [0, 1)"),
     ];
     for (text, key, why) in cases {
         let e = parse(text).expect_err(text).to_string();
@@ -277,6 +279,54 @@ fn cpu(m: Mlp, d: Arc<Dataset>, s: TrainSpec) -> wgtrain::Result<Box<dyn Backend
 }
 
 fn quiet(_: &TrialEvent) {}
+
+#[test]
+fn shift_and_label_smoothing_reach_the_trials_training_settings() {
+    let space = parse("shift = 2\nlabel_smoothing = 0.1\nlr = 0.05").unwrap();
+    let config = Sampler::Random.sample(&space, 1, 0).unwrap();
+    let spec = config.spec(7);
+    assert_eq!(spec.regular.shift, 2);
+    assert!((spec.regular.label_smoothing - 0.1).abs() < 1e-7);
+    assert!(
+        config.summary().ends_with("shift 2 smoothing 0.10"),
+        "{}",
+        config.summary()
+    );
+    // Left out, both are off, as in `wgtrain train`.
+    let plain = Sampler::Random.sample(&parse("lr = 0.05").unwrap(), 1, 0).unwrap();
+    assert_eq!(plain.spec(7).regular, Regularization::default());
+}
+
+#[test]
+fn a_study_stored_before_the_shift_keys_existed_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = parse("lr = { min = 0.01, max = 0.1, log = true }").unwrap();
+    let mut older = space.clone();
+    older.dims.remove("shift");
+    older.dims.remove("label_smoothing");
+    assert_ne!(older, space);
+    let mut db = Storage::open(&dir.path().join("study.db")).unwrap();
+    db.init_study(&settings(&older, None)).unwrap();
+    db.init_study(&settings(&space, None))
+        .expect("the same space with the new keys at their defaults");
+    // A new key drawn from a range is another space.
+    let shifted = parse("lr = { min = 0.01, max = 0.1, log = true }\nshift = [0, 1]").unwrap();
+    let e = db.init_study(&settings(&shifted, None)).unwrap_err().to_string();
+    assert!(e.contains("the search space"), "{e}");
+}
+
+#[test]
+fn a_shift_the_images_cannot_take_is_refused_before_any_trial() {
+    let dir = tempfile::tempdir().unwrap();
+    // The built-in digits are 8 x 8: a shift of 8 reaches across them.
+    let space = parse("epochs = 1\nshift = [0, 8]\nwidth = 8").unwrap();
+    let e = match run_study(&space, digits(), &options(dir.path(), 2), &cpu, &quiet) {
+        Ok(_) => panic!("a study with shifts of 8 on 8 x 8 images ran"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("shift") && e.contains("8 x 8"), "{e}");
+    assert!(!dir.path().join("study.db").exists(), "the study started: {e}");
+}
 
 #[test]
 fn a_resumed_study_repeats_no_finished_trial_and_reruns_a_dead_processs_trial() {

@@ -19,13 +19,14 @@ use wgtrain::tune::{
 #[derive(Debug, Args)]
 pub(crate) struct TuneArgs {
     /// The search space, a TOML file: each key (lr, optimizer, weight_decay,
-    /// momentum, dropout, width, depth, batch, schedule) a value (fixed), a
+    /// momentum, dropout, width, depth, batch, schedule, shift,
+    /// label_smoothing) a value (fixed), a
     /// list (one of these) or a range `{ min = A, max = B, log = true }`,
     /// and `epochs`, the most epochs of a trial (see the README). Default:
     /// lr 3e-4..0.3 (log), sgd/momentum/adam/adamw, weight decay
     /// 1e-6..1e-3 (log), dropout 0..0.3, width 128/256/512, depth 1/2,
     /// batch 32/64/128, constant/cosine schedule, 10 epochs (30 on the
-    /// built-in digits).
+    /// built-in digits), no shift or label smoothing.
     #[arg(long, value_name = "FILE.toml")]
     space: Option<PathBuf>,
     /// Trials the study holds in all, counting those of earlier runs and of

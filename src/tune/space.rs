@@ -18,11 +18,13 @@
 //! batch = [32, 64, 128]
 //! schedule = ["constant", "cosine"]
 //! momentum = 0.9
+//! shift = [0, 1]          # random image shifts (image data only)
+//! label_smoothing = 0.0
 //! ```
 //!
 //! A key left out keeps `wgtrain train`'s default (lr 0.1, sgd, no weight
-//! decay or dropout, one hidden layer of 500, batch 64, constant schedule,
-//! momentum 0.9 for the momentum optimizers).
+//! decay, dropout, shift or label smoothing, one hidden layer of 500,
+//! batch 64, constant schedule, momentum 0.9 for the momentum optimizers).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -187,6 +189,17 @@ const KEYS: &[(&str, Kind, Value)] = &[
     ("depth", Kind::Int { lo: 1.0, hi: 16.0 }, Value::Num(1.0)),
     ("batch", Kind::Int { lo: 1.0, hi: 65536.0 }, Value::Num(64.0)),
     ("schedule", Kind::Name(SCHEDULES), Value::Text(String::new())),
+    ("shift", Kind::Int { lo: 0.0, hi: 64.0 }, Value::Num(0.0)),
+    (
+        "label_smoothing",
+        Kind::Float {
+            lo: 0.0,
+            hi: 1.0,
+            open: true,
+            lo_open: false,
+        },
+        Value::Num(0.0),
+    ),
 ];
 
 /// The default of a key (names are filled in here: a `const` cannot hold
@@ -276,6 +289,30 @@ impl Space {
         set("batch", choice_nums(&[32.0, 64.0, 128.0]));
         set("schedule", choice_names(&["constant", "cosine"]));
         s
+    }
+
+    /// Add every key this space lacks, fixed at its default: a space
+    /// stored by a version with fewer keys then equals the same space
+    /// parsed now.
+    pub fn fill_defaults(&mut self) {
+        for (k, _, _) in KEYS {
+            self.dims.entry(k.to_string()).or_insert_with(|| fixed(default_of(k)));
+        }
+    }
+
+    /// The largest number key `key` can take (`None` for an unknown key
+    /// or one without numbers).
+    pub fn largest(&self, key: &str) -> Option<f64> {
+        match self.dims.get(key)? {
+            Dim::Range { max, .. } => Some(*max),
+            Dim::Choice { values } => values
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Num(x) => Some(*x),
+                    Value::Text(_) => None,
+                })
+                .reduce(f64::max),
+        }
     }
 
     /// Read a space file.
@@ -475,6 +512,14 @@ pub struct TrialConfig {
     pub batch: usize,
     /// One of [`SCHEDULES`].
     pub schedule: String,
+    /// Random shifts of the training images by up to this many pixels (0:
+    /// none; image data only). Absent from trials stored before it existed,
+    /// which read as 0.
+    #[serde(default)]
+    pub shift: u32,
+    /// Label smoothing of the training loss, in `[0, 1)`.
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 impl TrialConfig {
@@ -499,6 +544,8 @@ impl TrialConfig {
             depth: num("depth") as usize,
             batch: num("batch") as usize,
             schedule: text("schedule"),
+            shift: num("shift") as u32,
+            label_smoothing: num("label_smoothing"),
         }
     }
 
@@ -534,6 +581,8 @@ impl TrialConfig {
             optimizer,
             regular: Regularization {
                 dropout: self.dropout as f32,
+                label_smoothing: self.label_smoothing as f32,
+                shift: self.shift,
                 ..Regularization::default()
             },
             seed,
@@ -559,10 +608,11 @@ impl TrialConfig {
         }
     }
 
-    /// One line: optimizer, rate, decay, dropout, layers, batch, schedule.
+    /// One line: optimizer, rate, decay, dropout, layers, batch, schedule,
+    /// and the shift and label smoothing when they are on.
     pub fn summary(&self) -> String {
         let hidden: Vec<String> = self.hidden().iter().map(|w| w.to_string()).collect();
-        format!(
+        let mut line = format!(
             "{} lr {:.3e} wd {:.1e} dropout {:.2} hidden {} batch {} {}",
             self.optimizer,
             self.lr,
@@ -571,6 +621,13 @@ impl TrialConfig {
             hidden.join(","),
             self.batch,
             self.schedule
-        )
+        );
+        if self.shift > 0 {
+            line.push_str(&format!(" shift {}", self.shift));
+        }
+        if self.label_smoothing > 0.0 {
+            line.push_str(&format!(" smoothing {:.2}", self.label_smoothing));
+        }
+        line
     }
 }

@@ -274,7 +274,8 @@ impl Storage {
                     .map_err(|e| storage_err(&self.path, e))?;
             }
             Some(s) => {
-                let old: StudySettings = serde_json::from_str(&s).map_err(|e| storage_err(&self.path, e))?;
+                let mut old: StudySettings = serde_json::from_str(&s).map_err(|e| storage_err(&self.path, e))?;
+                old.space.fill_defaults();
                 if &old != settings {
                     let mut differ = Vec::new();
                     if old.space != settings.space {

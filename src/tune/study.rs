@@ -158,6 +158,10 @@ pub fn run_study(
     if opts.parallel == 0 {
         return Err(Error::Config("trials at once: expected at least 1".into()));
     }
+    // A shift the data cannot take fails here, not in the middle of a trial.
+    if let Some(max) = space.largest("shift") {
+        crate::optim::draw::Shift::new(max as u32, &data.shape)?;
+    }
     std::fs::create_dir_all(opts.out.join("trials")).map_err(|e| TuneError::Storage {
         path: opts.out.clone(),
         message: format!("cannot create the study folder: {e}"),
