@@ -69,6 +69,45 @@ impl Need {
     }
 }
 
+/// The bytes a training backend holds, part by part, as it allocated
+/// them (what [`crate::backend::Backend::memory`] reports).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrainingBytes {
+    /// The model's weights and biases.
+    pub parameters: u64,
+    /// Their gradients, where they are stored apart.
+    pub gradients: u64,
+    /// The optimizer's state (momentum, Adam's moments).
+    pub state: u64,
+    /// The batch's activations and their gradients.
+    pub activations: u64,
+    /// The dataset held for training and evaluation.
+    pub data: u64,
+    /// Distillation's teachers.
+    pub teachers: u64,
+    /// Everything else (uniforms, staging, masks, ...).
+    pub other: u64,
+}
+
+impl TrainingBytes {
+    /// The [`Need`] of training a model of `sizes` on `device` (a device's
+    /// name, as `Backend::name` gives it).
+    pub fn need(self, sizes: &[usize], device: &str) -> Need {
+        Need {
+            what: format!("training {} on {device}", widths(sizes)),
+            parts: vec![
+                ("parameters", self.parameters),
+                ("gradients", self.gradients),
+                ("optimizer state", self.state),
+                ("activations", self.activations),
+                ("data", self.data),
+                ("teachers", self.teachers),
+                ("other", self.other),
+            ],
+        }
+    }
+}
+
 /// Bytes in words: `1.6 MB`, `12.0 GB`.
 pub fn bytes(n: u64) -> String {
     let n = n as f64;

@@ -773,21 +773,16 @@ impl Backend for CpuBackend {
             let acts: u64 = t.acts.iter().map(|a| nested(a)).sum();
             weights + inputs + acts + f32s(&t.probs) + t.cached.as_ref().map_or(0, |c| f32s(c))
         });
-        crate::resources::Need {
-            what: format!(
-                "training {} on {}",
-                crate::resources::widths(&self.model.sizes()),
-                self.name()
-            ),
-            parts: vec![
-                ("parameters", params),
-                ("gradients", grads),
-                ("optimizer state", state),
-                ("activations", acts),
-                ("data", data),
-                ("teachers", teachers),
-            ],
+        crate::resources::TrainingBytes {
+            parameters: params,
+            gradients: grads,
+            state,
+            activations: acts,
+            data,
+            teachers,
+            other: 0,
         }
+        .need(&self.model.sizes(), &self.name())
     }
 
     fn begin_epoch(&mut self, order: &[u32]) -> Result<()> {

@@ -903,18 +903,16 @@ impl Backend for GpuBackend {
         other += self.clip.as_ref().map_or(0, |c| c.partials.size() + c.coef.size());
         other += self.masks.as_ref().map_or(0, |m| sum(&mut m.iter()));
         other += self.replica.as_ref().map_or(0, |r| r.down.size() + r.up.size());
-        crate::resources::Need {
-            what: format!("training {} on {}", crate::resources::widths(&self.sizes), self.name()),
-            parts: vec![
-                ("parameters", params),
-                ("gradients", grads),
-                ("optimizer state", state),
-                ("activations", acts),
-                ("data", data),
-                ("teachers", teachers),
-                ("other", other),
-            ],
+        crate::resources::TrainingBytes {
+            parameters: params,
+            gradients: grads,
+            state,
+            activations: acts,
+            data,
+            teachers,
+            other,
         }
+        .need(&self.sizes, &self.name())
     }
 
     fn batch_size(&self) -> usize {
