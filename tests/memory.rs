@@ -10,21 +10,18 @@ use std::sync::Arc;
 
 use wgtrain::backend::{Backend, TrainSpec};
 use wgtrain::cpu::CpuBackend;
-use wgtrain::data::{CsvOptions, DataSource, Dataset, Normalize, Preprocess};
+use wgtrain::data::Dataset;
 use wgtrain::gpu::GpuBackend;
 use wgtrain::optim::{Adam, Optimizer, Sgd};
 use wgtrain::resources::Need;
 use wgtrain::Mlp;
 
 fn digits() -> Arc<Dataset> {
-    Arc::new(DataSource::Builtin.load(CsvOptions::default()).unwrap())
+    common::builtin_digits()
 }
 
 fn model(data: &Dataset, hidden: &[usize]) -> Mlp {
-    let mut sizes = vec![data.dim()];
-    sizes.extend_from_slice(hidden);
-    sizes.push(data.classes);
-    Mlp::new(&sizes, 3, Preprocess::fit(Normalize::Scale, data), data.shape.clone()).unwrap()
+    common::mlp_for(data, hidden, 3)
 }
 
 fn part(n: &Need, name: &str) -> u64 {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use wgtrain::backend::{steps_per_epoch, Backend, Precision, StepStats, TrainSpec};
 use wgtrain::cpu::{kernels as cpu, CpuBackend};
-use wgtrain::data::{epoch_permutation, CsvOptions, DataSource, Dataset, Normalize, Preprocess};
+use wgtrain::data::{epoch_permutation, Dataset};
 use wgtrain::gpu::{ops, GpuBackend, Tile};
 use wgtrain::optim::{Adam, Optimizer, StepHyper};
 use wgtrain::Mlp;
@@ -154,14 +154,11 @@ fn f16_matmul_modules_round_every_operand_on_every_tile() {
 }
 
 fn digits() -> Arc<Dataset> {
-    Arc::new(DataSource::Builtin.load(CsvOptions::default()).unwrap())
+    common::builtin_digits()
 }
 
 fn model(data: &Dataset, hidden: &[usize]) -> Mlp {
-    let mut sizes = vec![data.dim()];
-    sizes.extend_from_slice(hidden);
-    sizes.push(data.classes);
-    Mlp::new(&sizes, 7, Preprocess::fit(Normalize::Scale, data), data.shape.clone()).unwrap()
+    common::mlp_for(data, hidden, 7)
 }
 
 fn per_step_losses(b: &mut dyn Backend, n: usize, steps: usize, lr: f32) -> Vec<StepStats> {

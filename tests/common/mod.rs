@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use wgtrain::data::{CsvOptions, DataSource, Dataset, Normalize, Preprocess};
 use wgtrain::gpu::{AdapterSelector, GpuContext};
+use wgtrain::Mlp;
 
 /// The GPU to test on: any adapter, software ones included, opened once per
 /// test binary. Without one, the test is skipped with a message, unless
@@ -62,4 +64,28 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The built-in digits, shared by the tests that train on them.
+pub fn builtin_digits() -> Arc<Dataset> {
+    Arc::new(
+        DataSource::Builtin
+            .load(CsvOptions::default())
+            .expect("the built-in digits"),
+    )
+}
+
+/// An MLP for `data` with these hidden widths, initialised from `seed`,
+/// its inputs scaled as `train` scales them by default.
+pub fn mlp_for(data: &Dataset, hidden: &[usize], seed: u64) -> Mlp {
+    let mut sizes = vec![data.dim()];
+    sizes.extend_from_slice(hidden);
+    sizes.push(data.classes);
+    Mlp::new(
+        &sizes,
+        seed,
+        Preprocess::fit(Normalize::Scale, data),
+        data.shape.clone(),
+    )
+    .expect("a test model")
 }
