@@ -142,6 +142,14 @@ pub const OPTIMIZERS: &[&str] = &["sgd", "momentum", "nesterov", "adam", "adamw"
 /// multiplies the rate by 0.1 every third of the run).
 pub const SCHEDULES: &[&str] = &["constant", "cosine", "step", "one-cycle"];
 
+/// A fraction in `[0, 1)`: momentum, dropout, label smoothing.
+const FRACTION: Kind = Kind::Float {
+    lo: 0.0,
+    hi: 1.0,
+    open: true,
+    lo_open: false,
+};
+
 /// Every key a space may hold besides `epochs`, its kind and its default.
 const KEYS: &[(&str, Kind, Value)] = &[
     (
@@ -165,41 +173,14 @@ const KEYS: &[(&str, Kind, Value)] = &[
         },
         Value::Num(0.0),
     ),
-    (
-        "momentum",
-        Kind::Float {
-            lo: 0.0,
-            hi: 1.0,
-            open: true,
-            lo_open: false,
-        },
-        Value::Num(0.9),
-    ),
-    (
-        "dropout",
-        Kind::Float {
-            lo: 0.0,
-            hi: 1.0,
-            open: true,
-            lo_open: false,
-        },
-        Value::Num(0.0),
-    ),
+    ("momentum", FRACTION, Value::Num(0.9)),
+    ("dropout", FRACTION, Value::Num(0.0)),
     ("width", Kind::Int { lo: 1.0, hi: 65536.0 }, Value::Num(500.0)),
     ("depth", Kind::Int { lo: 1.0, hi: 16.0 }, Value::Num(1.0)),
     ("batch", Kind::Int { lo: 1.0, hi: 65536.0 }, Value::Num(64.0)),
     ("schedule", Kind::Name(SCHEDULES), Value::Text(String::new())),
     ("shift", Kind::Int { lo: 0.0, hi: 64.0 }, Value::Num(0.0)),
-    (
-        "label_smoothing",
-        Kind::Float {
-            lo: 0.0,
-            hi: 1.0,
-            open: true,
-            lo_open: false,
-        },
-        Value::Num(0.0),
-    ),
+    ("label_smoothing", FRACTION, Value::Num(0.0)),
 ];
 
 /// The default of a key (names are filled in here: a `const` cannot hold
