@@ -30,6 +30,10 @@ pub struct ParallelTiming {
     pub step_ms: f64,
     /// Compute: the gradient and update phases less replica 0's transfers.
     pub compute_ms: f64,
+    /// The update phase on replica 0 (within `compute_ms`, transfers
+    /// included; the sum of the packed gradients too when the replicas add
+    /// them inside the update).
+    pub update_ms: f64,
     /// Replica 0's host transfers (GPU readback and upload; 0 on the CPU).
     pub transfer_ms: f64,
     /// The host sum of the packed gradients.
@@ -88,6 +92,7 @@ pub fn bench_parallel(
         steps_timed: t.steps,
         step_ms: wall * 1e3 / t.steps.max(1) as f64,
         compute_ms: per(t.gradients + t.apply - t.transfer),
+        update_ms: per(t.apply),
         transfer_ms: per(t.transfer),
         reduce_ms: per(t.reduce),
         bus_bytes: 2 * 4 * len * on_bus as u64,
