@@ -501,3 +501,16 @@ fn gpu_trials_share_one_device_and_match_the_cpu() {
         }
     }
 }
+
+/// The spaces the README runs (scripts/*.toml) load, with the keys and
+/// epochs it quotes.
+#[test]
+fn the_spaces_in_scripts_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let fashion = Space::load(&root.join("tune-fashion.toml")).unwrap();
+    assert_eq!(fashion.epochs, 81);
+    assert_eq!(fashion.largest("shift"), Some(1.0));
+    let seed = Space::load(&root.join("tune-throughput.toml")).unwrap();
+    assert_eq!(seed.epochs, 2);
+    assert_eq!(seed.grid_size(), 3, "one range (3 grid points), every other key fixed");
+}
