@@ -533,3 +533,52 @@ fn a_hung_rank_trips_the_watchdog_of_the_other() {
     );
     assert!(took < Duration::from_secs(30), "{took:?}");
 }
+
+/// `wgtrain tune` under mpirun: every rank is one process of the study on
+/// the shared database, so the ranks together run each trial exactly once
+/// (no MPI calls are needed for it; the database hands out the trials).
+#[test]
+fn tune_ranks_share_one_study() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = dir.path().join("space.toml");
+    std::fs::write(
+        &space,
+        "epochs = 3\nlr = { min = 0.02, max = 0.3, log = true }\nwidth = 16\nbatch = 64\n",
+    )
+    .unwrap();
+    let out = dir.path().join("study");
+    let mut c = mpirun(2);
+    c.arg(BIN).args([
+        "tune",
+        "--data",
+        "builtin",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--trials",
+        "6",
+    ]);
+    c.args(["--no-prune", "--quiet", "--space"])
+        .arg(&space)
+        .arg("--out")
+        .arg(&out);
+    let o = run_ok(c, "mpirun -np 2 wgtrain tune");
+    let text = String::from_utf8_lossy(&o.stdout);
+    // Each rank ends with "ran N trial(s) in ...".
+    let ran: Vec<usize> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ran ")?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(ran.len(), 2, "one summary per rank:\n{text}");
+    assert_eq!(ran.iter().sum::<usize>(), 6, "the ranks ran {ran:?} trials:\n{text}");
+    let trials = wgtrain::tune::Storage::open(&out.join("study.db"))
+        .unwrap()
+        .trials()
+        .unwrap();
+    assert_eq!(trials.len(), 6);
+    assert!(
+        trials.iter().all(|t| t.attempts == 1 && t.state.is_finished()),
+        "{trials:?}"
+    );
+}
